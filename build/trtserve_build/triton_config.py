@@ -1,0 +1,187 @@
+"""Triton model configs, built as ``ModelConfig`` protobufs from the spec; never from templates.
+
+Each function returns a ``model_config_pb2.ModelConfig``; :func:`write_config` serializes it
+with ``text_format`` and :func:`read_config` parses a config.pbtxt back (protobuf rejects
+unknown fields), so tests can round-trip every generated file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from trtserve_backend import contract
+
+from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest
+from .spec import DeploymentSpec
+from .tasks import ENCODER_INPUT_DECLS, TEXT_DECL, TensorDecl, get_task
+
+PLAN_FILE = "model.plan"
+PYTHON_MODEL_FILE = "model.py"
+
+
+class ConfigError(ValueError):
+    """A generated or parsed config is inconsistent."""
+
+
+def _tensor(cls, decl: TensorDecl):
+    return cls(name=decl.name, data_type=mc.DataType.Value(decl.dtype), dims=list(decl.dims))
+
+
+def _inputs(decls: Iterable[TensorDecl]):
+    return [_tensor(mc.ModelInput, d) for d in decls]
+
+
+def _outputs(decls: Iterable[TensorDecl]):
+    return [_tensor(mc.ModelOutput, d) for d in decls]
+
+
+def _parameters(config: mc.ModelConfig, values: dict[str, object]) -> None:
+    for key, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        config.parameters[key].string_value = text
+
+
+def _dynamic_batching(spec: DeploymentSpec, preferred: bool) -> mc.ModelDynamicBatching:
+    b = spec.batching
+    batching = mc.ModelDynamicBatching(max_queue_delay_microseconds=b.max_queue_delay_microseconds)
+    if preferred and b.preferred_batch_sizes:
+        batching.preferred_batch_size.extend(b.preferred_batch_sizes)
+    return batching
+
+
+def _cpu_instances(count: int = 1) -> list[mc.ModelInstanceGroup]:
+    return [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)]
+
+
+def encoder_input_decls(manifest: ExportManifest) -> tuple[TensorDecl, ...]:
+    return tuple(d for d in ENCODER_INPUT_DECLS if d.name in manifest.inputs)
+
+
+def encoder_output_decl(spec: DeploymentSpec, manifest: ExportManifest) -> TensorDecl:
+    decl = get_task(spec.task).encoder_output(manifest.hidden_size, manifest.num_labels)
+    if decl.name != manifest.output:
+        raise ConfigError(f"{spec.name}: export produced output {manifest.output!r}, task expects {decl.name!r}")
+    return decl
+
+
+def ensemble_output_decls(spec: DeploymentSpec, manifest: ExportManifest) -> tuple[TensorDecl, ...]:
+    return get_task(spec.task).ensemble_outputs(manifest.hidden_size, manifest.num_labels)
+
+
+def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=spec.tokenizer_model,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([TEXT_DECL]),
+        output=_outputs(encoder_input_decls(manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=False),
+        instance_group=_cpu_instances(),
+    )
+    _parameters(config, {
+        "tokenizer_file": TOKENIZER_FILE,
+        "max_sequence_length": str(spec.model.max_sequence_length),
+        "length_buckets": list(spec.model.length_buckets),
+        "pad_token_id": str(manifest.pad_token_id),
+    })
+    return config
+
+
+def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    engine = spec.engine(variant)
+    config = mc.ModelConfig(
+        name=spec.encoder_model,
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs(encoder_input_decls(manifest)),
+        output=_outputs([encoder_output_decl(spec, manifest)]),
+        dynamic_batching=_dynamic_batching(spec, preferred=True),
+    )
+    if engine.backend == "onnxruntime":
+        # The embedded server has no onnxruntime backend: ONNX Runtime runs in a Python model.
+        config.backend = "python"
+        config.instance_group.extend(_cpu_instances(engine.instance_count))
+        _parameters(config, {
+            "onnx_file": ONNX_FILE,
+            "intra_op_threads": str(engine.intra_op_threads),
+            "precision": engine.precision,
+        })
+    elif engine.backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = PLAN_FILE
+        config.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=engine.instance_count)
+        )
+    else:
+        raise ConfigError(f"{spec.name}: no encoder config for engine backend {engine.backend!r}")
+    return config
+
+
+def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=spec.postprocess_model,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([encoder_output_decl(spec, manifest)]),
+        output=_outputs(ensemble_output_decls(spec, manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=False),
+        instance_group=_cpu_instances(),
+    )
+    params: dict[str, object] = {"task": spec.task}
+    if spec.model.labels:
+        params["labels"] = list(spec.model.labels)
+    _parameters(config, params)
+    return config
+
+
+def ensemble_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+    """TEXT -> tokenizer -> encoder -> postprocess; internal tensors keep their own names."""
+    inputs = encoder_input_decls(manifest)
+    encoder_out = encoder_output_decl(spec, manifest)
+    outputs = ensemble_output_decls(spec, manifest)
+    step = mc.ModelEnsembling.Step
+    config = mc.ModelConfig(
+        name=spec.name,
+        platform="ensemble",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([TEXT_DECL]),
+        output=_outputs(outputs),
+        ensemble_scheduling=mc.ModelEnsembling(step=[
+            step(model_name=spec.tokenizer_model, model_version=-1,
+                 input_map={TEXT_DECL.name: TEXT_DECL.name},
+                 output_map={d.name: d.name for d in inputs}),
+            step(model_name=spec.encoder_model, model_version=-1,
+                 input_map={d.name: d.name for d in inputs},
+                 output_map={encoder_out.name: encoder_out.name}),
+            step(model_name=spec.postprocess_model, model_version=-1,
+                 input_map={encoder_out.name: encoder_out.name},
+                 output_map={d.name: d.name for d in outputs}),
+        ]),
+    )
+    return config
+
+
+def deployment_configs(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> list[mc.ModelConfig]:
+    """All four configs of one deployment, ensemble first."""
+    return [
+        ensemble_config(spec, manifest),
+        tokenizer_config(spec, manifest),
+        encoder_config(spec, manifest, variant),
+        postprocess_config(spec, manifest),
+    ]
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def write_config(config: mc.ModelConfig, path: Path) -> None:
+    path.write_text(to_text(config))
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt; unknown fields raise ``text_format.ParseError``."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())

@@ -1,0 +1,97 @@
+"""Batch tokenization with length buckets (the logic behind ``<name>_tokenizer``).
+
+All texts of all requests in one Triton execution are encoded in one call to the Rust
+tokenizer. Each request is then padded to the smallest configured length bucket that holds
+its longest text, so requests of similar length get identical shapes and the encoder's
+dynamic batcher can merge them.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import contract
+
+
+class InvalidTextError(ValueError):
+    """A request's TEXT tensor cannot be tokenized; the message names the problem."""
+
+
+def decode_texts(tensor: np.ndarray, input_name: str = contract.TEXT) -> list[str]:
+    """Flatten a [batch, 1] BYTES tensor into Python strings; reject invalid UTF-8 clearly."""
+    texts = []
+    for i, item in enumerate(tensor.reshape(-1)):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if not isinstance(item, (bytes, bytearray, np.bytes_)):
+            raise InvalidTextError(f"{input_name}[{i}]: expected UTF-8 bytes, got {type(item).__name__}")
+        try:
+            texts.append(bytes(item).decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise InvalidTextError(
+                f"{input_name}[{i}] is not valid UTF-8: byte 0x{bytes(item)[e.start]:02x} at offset {e.start}"
+            ) from None
+    return texts
+
+
+def choose_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (lengths beyond the last bucket were truncated already)."""
+    i = bisect.bisect_left(buckets, length)
+    return buckets[min(i, len(buckets) - 1)]
+
+
+@dataclass
+class BucketTokenizer:
+    """A Hugging Face fast tokenizer that truncates to ``max_length`` and pads to buckets."""
+
+    tokenizer: "object"  # tokenizers.Tokenizer
+    max_length: int
+    buckets: tuple[int, ...]
+    pad_token_id: int
+    output_names: tuple[str, ...] = contract.ENCODER_INPUTS
+
+    @classmethod
+    def from_file(cls, path: str, max_length: int, buckets: Sequence[int], pad_token_id: int,
+                  output_names: Sequence[str] = contract.ENCODER_INPUTS) -> "BucketTokenizer":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(path)
+        tok.no_padding()
+        tok.enable_truncation(max_length=max_length)
+        buckets = tuple(sorted(buckets))
+        if buckets[-1] != max_length:
+            raise ValueError(f"last length bucket {buckets[-1]} != max_length {max_length}")
+        return cls(tok, max_length, buckets, pad_token_id, tuple(output_names))
+
+    def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
+        """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request."""
+        flat = [t for texts in requests for t in texts]
+        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=True) if flat else []
+        results, start = [], 0
+        for texts in requests:
+            chunk = encodings[start:start + len(texts)]
+            start += len(texts)
+            results.append(self._pad(chunk))
+        return results
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.encode_requests([texts])[0]
+
+    def _pad(self, encodings) -> dict[str, np.ndarray]:
+        longest = max((len(e.ids) for e in encodings), default=1)
+        width = choose_bucket(longest, self.buckets)
+        n = len(encodings)
+        ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[row, :k] = e.ids
+            mask[row, :k] = 1
+            types[row, :k] = e.type_ids
+        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, contract.TOKEN_TYPE_IDS: types}
+        return {name: arrays[name] for name in self.output_names}

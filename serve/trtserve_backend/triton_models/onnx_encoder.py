@@ -1,0 +1,36 @@
+"""``<name>_encoder`` on CPU: the exported ONNX graph under ONNX Runtime."""
+from __future__ import annotations
+
+import os
+
+import triton_python_backend_utils as pb_utils
+
+from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.ort_encoder import OrtEncoder
+from trtserve_backend.triton_models._common import error_response, input_array, version_dir
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = PythonModelConfig.from_args(args)
+        if len(cfg.outputs) != 1:
+            raise ValueError(f"{cfg.name}: the encoder has exactly one output, config has {len(cfg.outputs)}")
+        self.inputs = cfg.inputs
+        self.output = cfg.outputs[0]
+        self.encoder = OrtEncoder(
+            os.path.join(version_dir(args), cfg.parameter("onnx_file")),
+            input_names=[t.name for t in cfg.inputs],
+            output_name=self.output.name,
+            intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
+        )
+
+    def execute(self, requests):
+        try:
+            feeds = [{t.name: input_array(r, t.name) for t in self.inputs} for r in requests]
+            outputs = self.encoder.run_requests(feeds)
+        except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
+            return [error_response(f"encoder failed: {e}") for _ in requests]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(self.output.name, out.astype(self.output.dtype, copy=False))])
+            for out in outputs
+        ]

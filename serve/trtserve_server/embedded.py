@@ -1,0 +1,218 @@
+"""The embedded Triton server: the real ``tritonserver`` binary shipped in ``nvidia-pytriton``.
+
+Set-up follows the verified recipe (../shared/ENVIRONMENT.md): the Python-backend stub for the
+running Python version is placed beside ``libtriton_python.so``; LD_LIBRARY_PATH names the
+wheel's bundled libraries and the folder holding ``libpython3.X.so.1.0``; the venv's ``bin`` is
+first on PATH because the stub runs the first ``python3`` it finds there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(RuntimeError):
+    """The embedded server could not be set up or did not become ready."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    libs: Path
+    backends: Path
+
+    @classmethod
+    def locate(cls) -> "TritonInstall":
+        try:
+            import pytriton
+        except ImportError as e:
+            raise ServerError("nvidia-pytriton is not installed; run `make venv` (it brings tritonserver)") from e
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+        install = cls(binary=root / "bin" / "tritonserver", libs=libs, backends=root / "backends")
+        for path in (install.binary, install.libs, install.backends / "python"):
+            if not path.exists():
+                raise ServerError(f"incomplete nvidia-pytriton install: {path} is missing")
+        return install
+
+    def prepare_python_backend(self) -> None:
+        """Put the stub for this Python version into backends/python (idempotent)."""
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.backends.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise ServerError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+        target = self.backends / "python" / "triton_python_backend_stub"
+        if not target.exists() or target.stat().st_size != stub.stat().st_size:
+            shutil.copy2(stub, target)
+        for exe in (target, self.binary):
+            exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libdirs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]
+        if env.get("LD_LIBRARY_PATH"):
+            libdirs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
+        # The stub ignores PYTHONPATH and runs the first python3 on PATH: make it this venv's.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(free_port(), free_port(), free_port())
+
+
+@dataclass
+class EmbeddedServer:
+    """A tritonserver child process bound to 127.0.0.1; use as a context manager."""
+
+    model_repository: Path
+    ports: Ports = field(default_factory=Ports)
+    log_path: Path | None = None
+    extra_args: Sequence[str] = ()
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            str(install.binary),
+            f"--model-repository={Path(self.model_repository).resolve()}",
+            f"--backend-directory={install.backends}",
+            f"--http-address={self.host}", f"--http-port={self.ports.http}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.ports.metrics}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            *self.extra_args,
+        ]
+
+    def start(self) -> "EmbeddedServer":
+        if not Path(self.model_repository).is_dir():
+            raise ServerError(f"model repository {self.model_repository} does not exist; run `make engines`")
+        install = TritonInstall.locate()
+        install.prepare_python_backend()
+        out = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            self.command(install),
+            env=install.environment(),
+            stdout=out or None,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,  # own process group: stop() reaps the stubs too
+        )
+        if out:
+            out.close()
+        return self
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    def _http(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = resp.read()
+            return json.loads(payload) if payload else None
+
+    def text_models(self) -> list[str]:
+        """Ready models whose input is the contract's TEXT string tensor (the ensembles)."""
+        names = []
+        for entry in self._http("POST", "/v2/repository/index", {}) or []:
+            if entry.get("state") != "READY":
+                continue
+            config = self._http("GET", f"/v2/models/{entry['name']}/config")
+            if config.get("platform") == "ensemble" and any(
+                i["name"] == "TEXT" and i["data_type"] == "TYPE_STRING" for i in config.get("input", [])
+            ):
+                names.append(entry["name"])
+        return sorted(names)
+
+    def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
+        body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
+        return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
+        """Wait until every text model answers a real inference (health alone can lie)."""
+        deadline = time.monotonic() + timeout_s
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            try:
+                if self._http("GET", "/v2/health/ready", timeout=2.0) is None:
+                    models = self.text_models()
+                    if models:
+                        for model in models:
+                            self.infer_text(model, ["readiness check"])
+                        return models
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
+                last_error = e
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s (last error: {last_error})"
+                          + (f"; see {self.log_path}" if self.log_path else ""))
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """SIGTERM the server's process group, then SIGKILL after ``grace_s``; returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0fs; killing", grace_s)
+        # Stubs live in the same process group: make sure nothing is left behind.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
