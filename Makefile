@@ -29,10 +29,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 engines: $(STAMP)
-	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION))
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
 serve: $(STAMP)
-	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu --if-missing
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	exec $(PY) -m trtserve_server.cli serve --model-repository model_repository/cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
@@ -43,7 +43,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -v tests/unit
 
 bench: $(STAMP)
-	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu --if-missing
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) bench/bench_serving.py
 
 clean:

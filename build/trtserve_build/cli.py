@@ -19,7 +19,7 @@ def engines(args: argparse.Namespace) -> int:
         if len(variants) > 1 and args.output:
             out = out / variant
         started = time.perf_counter()
-        repo = build_variant(specs, variant, out, precision=args.precision, if_missing=args.if_missing)
+        repo = build_variant(specs, variant, out, precision=args.precision, force=args.force)
         print(f"trtserve-build: {variant} model repository ready at {repo} ({time.perf_counter() - started:.1f}s)")
     return 0
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", choices=[*VARIANTS, "all"], default="cpu")
     p.add_argument("--precision", help="override every spec's engine precision")
     p.add_argument("--output", help="repository folder (default model_repository/<variant>)")
-    p.add_argument("--if-missing", action="store_true", help="reuse every cached artifact that is current")
+    p.add_argument("--force", action="store_true", help="rebuild even the artifacts that are current")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -1,0 +1,33 @@
+"""Length buckets let the dynamic batcher merge concurrent requests into one encoder execution."""
+from concurrent.futures import ThreadPoolExecutor
+
+import tritonclient.http as httpclient
+
+from .conftest import text_input
+
+
+def _counts(server, model):
+    client = httpclient.InferenceServerClient(server.http_url)
+    stats = client.get_inference_statistics(model)["model_stats"][0]
+    client.close()
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_concurrent_requests_are_batched(server):
+    before = _counts(server, "sentiment_encoder")
+    texts = [f"an utterly charming film number {i}" for i in range(96)]  # all fall in the 16-token bucket
+
+    def call(text):
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            return client.infer("sentiment", [text_input(httpclient, [text])]).as_numpy("LABEL")[0, 0]
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        labels = list(pool.map(call, texts))
+    assert len(labels) == 96
+    after = _counts(server, "sentiment_encoder")
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 96
+    assert executions < inferences, f"{executions} executions for {inferences} requests: nothing was merged"

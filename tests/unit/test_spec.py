@@ -1,0 +1,88 @@
+import copy
+import tomllib
+
+import pytest
+
+from trtserve_build.spec import SpecError, load_spec, parse_spec
+from trtserve_build.tasks import UnknownTaskError, get_task
+
+from ..conftest import DEPLOYMENTS
+
+
+def _raw(name="embed"):
+    with open(DEPLOYMENTS / f"{name}.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_shipped_specs_load(sentiment_spec, embed_spec):
+    assert sentiment_spec.task == "classification"
+    assert sentiment_spec.model.labels == ("negative", "positive")
+    assert sentiment_spec.batching.max_batch_size >= 64
+    assert embed_spec.model.length_buckets[-1] == embed_spec.model.max_sequence_length
+    assert sentiment_spec.encoder_model == "sentiment_encoder"
+    assert set(embed_spec.engines) == {"cpu", "gpu"}
+
+
+def test_unknown_keys_are_rejected():
+    raw = _raw()
+    raw["model"]["max_seq_len"] = 128
+    with pytest.raises(SpecError, match="unknown key.*max_seq_len"):
+        parse_spec(raw)
+    raw = _raw()
+    raw["colour"] = "blue"
+    with pytest.raises(SpecError, match="unknown top-level"):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["model"].update(length_buckets=[64, 32, 256]), "strictly increasing"),
+        (lambda r: r["model"].update(length_buckets=[16, 32]), "must equal"),
+        (lambda r: r["model"].update(labels=["a", "b"]), "takes no model.labels"),
+        (lambda r: r["batching"].update(preferred_batch_sizes=[128]), "preferred_batch_sizes"),
+        (lambda r: r["engine"]["cpu"].update(backend="tvm"), "backend 'tvm'"),
+        (lambda r: r["engine"]["cpu"].update(precision="bf8"), "precision 'bf8'"),
+        (lambda r: r["export"].update(opset=13), "opset"),
+        (lambda r: r.update(task="translation"), "unknown task"),
+        (lambda r: r["engine"].update(tpu={"backend": "onnxruntime"}), "unknown engine variant"),
+        (lambda r: r.update(name="my-model"), "valid identifier"),
+    ],
+)
+def test_invalid_specs_name_the_problem(mutate, message):
+    raw = copy.deepcopy(_raw())
+    mutate(raw)
+    with pytest.raises((SpecError, UnknownTaskError), match=message):
+        parse_spec(raw)
+
+
+def test_classification_needs_labels():
+    raw = _raw("sentiment")
+    raw["model"].pop("labels")
+    with pytest.raises(SpecError, match="needs model.labels"):
+        parse_spec(raw)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_spec(bad)
+
+
+def test_fingerprint_tracks_content(embed_spec):
+    raw = _raw()
+    raw["model"]["max_sequence_length"] = 128
+    raw["model"]["length_buckets"] = [16, 32, 64, 128]
+    other = parse_spec(raw)
+    assert other.fingerprint("model") != embed_spec.fingerprint("model")
+    assert parse_spec(_raw()).fingerprint() == parse_spec(_raw()).fingerprint()
+
+
+def test_task_registry():
+    task = get_task("embedding")
+    assert task.encoder_output(384, 0).dims == (384,)
+    with pytest.raises(UnknownTaskError, match="known tasks"):
+        get_task("nope")

@@ -1,0 +1,76 @@
+"""Generated configs: protobuf-built, round-trip through text_format, agree with the contract."""
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from trtserve_backend import contract
+from trtserve_build.export import ExportManifest
+from trtserve_build.triton_config import deployment_configs, read_config, to_text, write_config
+
+
+def manifest_for(spec, hidden=384):
+    return ExportManifest(
+        name=spec.name, task=spec.task, fingerprint="f", checkpoint="c",
+        inputs=contract.ENCODER_INPUTS,
+        output=contract.LOGITS if spec.task == contract.CLASSIFICATION else contract.POOLED,
+        hidden_size=hidden, num_labels=len(spec.model.labels), labels=spec.model.labels,
+        pad_token_id=0, opset=17, onnx_sha256="0", max_abs_diff=0.0, min_cosine=1.0, checked_texts=1, seconds=0.0,
+    )
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_round_trip(sentiment_spec, tmp_path, variant):
+    for config in deployment_configs(sentiment_spec, manifest_for(sentiment_spec), variant):
+        path = tmp_path / f"{config.name}.pbtxt"
+        write_config(config, path)
+        assert read_config(path) == config
+
+
+def test_sentiment_contract(sentiment_spec):
+    ensemble, tokenizer, encoder, post = deployment_configs(sentiment_spec, manifest_for(sentiment_spec), "cpu")
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size >= 64
+    (text,) = ensemble.input
+    assert (text.name, text.data_type, list(text.dims)) == ("TEXT", mc.TYPE_STRING, [1])
+    outs = {o.name: (o.data_type, list(o.dims)) for o in ensemble.output}
+    assert outs == {"LABEL": (mc.TYPE_STRING, [1]), "SCORE": (mc.TYPE_FP32, [1]), "PROBABILITIES": (mc.TYPE_FP32, [2])}
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "sentiment_tokenizer", "sentiment_encoder", "sentiment_postprocess"]
+    assert encoder.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
+    assert encoder.backend == "python" and encoder.parameters["onnx_file"].string_value == "model.onnx"
+    assert tokenizer.parameters["length_buckets"].string_value == "[16, 32, 64, 128]"
+    assert post.parameters["labels"].string_value == '["negative", "positive"]'
+
+
+def test_ensemble_wiring_is_closed(embed_spec):
+    """Every step input is produced by the ensemble input or an earlier step; every output is produced."""
+    ensemble, *members = deployment_configs(embed_spec, manifest_for(embed_spec), "cpu")
+    by_name = {m.name: m for m in members}
+    available = {i.name for i in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        member = by_name[step.model_name]
+        assert set(step.input_map) == {i.name for i in member.input}
+        assert set(step.input_map.values()) <= available
+        assert set(step.output_map) == {o.name for o in member.output}
+        available |= set(step.output_map.values())
+    assert {o.name for o in ensemble.output} <= available
+    assert {o.name: list(o.dims) for o in ensemble.output} == {"EMBEDDING": [384]}
+
+
+def test_gpu_encoder_is_a_tensorrt_plan(embed_spec):
+    encoder = deployment_configs(embed_spec, manifest_for(embed_spec), "gpu")[2]
+    assert encoder.platform == "tensorrt_plan" and encoder.default_model_filename == "model.plan"
+    assert encoder.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert not encoder.backend
+
+
+def test_unknown_fields_are_rejected(tmp_path):
+    path = tmp_path / "config.pbtxt"
+    path.write_text('name: "x"\nmax_batch_sise: 4\n')
+    with pytest.raises(text_format.ParseError, match="max_batch_sise"):
+        read_config(path)
+
+
+def test_text_is_stable(embed_spec):
+    m = manifest_for(embed_spec)
+    assert [to_text(c) for c in deployment_configs(embed_spec, m, "cpu")] == [
+        to_text(c) for c in deployment_configs(embed_spec, m, "cpu")]
