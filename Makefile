@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+TRITON_LOG ?= .cache/triton-serve.log
 VARIANT ?= cpu
 DEPLOYMENTS ?= deployments/sentiment.toml deployments/embed.toml
 export HF_HUB_OFFLINE := 1
@@ -34,7 +35,8 @@ engines: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	exec $(PY) -m trtserve_server.cli serve --model-repository model_repository/cpu \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		--log-file $(TRITON_LOG)
 
 test: $(STAMP)
 	$(PY) -m pytest -x -v --timeout=1800 tests

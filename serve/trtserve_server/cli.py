@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .embedded import EmbeddedServer, Ports, ServerError
+from .embedded import EmbeddedServer, Ports, ServerError, die_with_parent
 
 
 def _usage(server: EmbeddedServer, models: list[str]) -> str:
@@ -39,10 +39,13 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    die_with_parent(signal.SIGTERM)  # `make serve` killed -> we get SIGTERM and stop Triton
     try:
         server.start()
         models = server.wait_ready(timeout_s=args.ready_timeout)
         print(_usage(server, models), flush=True)
+        if server.log_path:
+            print(f"Server log: {server.log_path}", flush=True)
         code = server.process.wait()
         print(f"trtserve: tritonserver exited with code {code}", file=sys.stderr)
         return code or 1

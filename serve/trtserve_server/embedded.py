@@ -114,6 +114,7 @@ class EmbeddedServer:
             "--disable-auto-complete-config",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            "--exit-timeout-secs=10",  # idle keep-alive clients must not stall shutdown for 30 s
             *self.extra_args,
         ]
 
@@ -122,13 +123,14 @@ class EmbeddedServer:
             raise ServerError(f"model repository {self.model_repository} does not exist; run `make engines`")
         install = TritonInstall.locate()
         install.prepare_python_backend()
-        out = open(self.log_path, "ab") if self.log_path else None
+        out = open(self.log_path, "wb") if self.log_path else None
         self.process = subprocess.Popen(
             self.command(install),
             env=install.environment(),
             stdout=out or None,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,  # own process group: stop() reaps the stubs too
+            preexec_fn=_terminate_with_parent,
         )
         if out:
             out.close()
@@ -209,6 +211,27 @@ class EmbeddedServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _terminate_with_parent() -> None:
+    # Runs in the child between fork and exec: if whoever started tritonserver is killed
+    # (even with SIGKILL), tritonserver gets SIGTERM and shuts its stubs down.
+    die_with_parent(signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

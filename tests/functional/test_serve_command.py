@@ -80,3 +80,17 @@ def test_serve_fails_clearly_without_repository(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "does not exist" in out and "make engines" in out
+
+
+def test_killed_launcher_takes_triton_down(cpu_repository, tmp_path):
+    """Even SIGKILL of the launcher (or of `make` above it) leaves no orphaned tritonserver."""
+    repo = tmp_path / "repo-kill"
+    repo.symlink_to(cpu_repository, target_is_directory=True)
+    proc = _start(repo, Ports.free())
+    _wait_for_banner(proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(str(repo)), "tritonserver outlived its launcher"
