@@ -46,6 +46,17 @@ def time_calls(fn, texts: list[str], warmup: int = 10) -> list[float]:
     return samples
 
 
+def latency_and_throughput(fn, texts: list[str], seconds: float) -> dict[str, float]:
+    """Sequential in-process calls: latency over `texts`, then texts/s for `seconds`."""
+    out = latency_summary(time_calls(fn, texts))
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(texts[count % len(texts)])
+        count += 1
+    out["texts_per_s"] = count / (time.perf_counter() - start)
+    return out
+
+
 def served_latency(url: str, texts: list[str]) -> dict[str, float]:
     import tritonclient.grpc as grpcclient
 
@@ -111,14 +122,7 @@ def pipeline_bench(checkpoint: str, texts: list[str], seconds: float) -> dict[st
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=checkpoint, device=-1)
-    samples = time_calls(lambda t: clf(t), texts)
-    out = latency_summary(samples)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        clf(texts[count % len(texts)])
-        count += 1
-    out["texts_per_s"] = count / (time.perf_counter() - start)
-    return out
+    return latency_and_throughput(clf, texts, seconds)
 
 
 def onnxruntime_bench(onnx_path: Path, tokenizer_path: Path, max_len: int, texts: list[str], seconds: float):
@@ -141,13 +145,7 @@ def onnxruntime_bench(onnx_path: Path, tokenizer_path: Path, max_len: int, texts
         logits = session.run(None, {n: feeds[n] for n in names})[0]
         return classify(logits, ["negative", "positive"])
 
-    out = latency_summary(time_calls(call, texts))
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call(texts[count % len(texts)])
-        count += 1
-    out["texts_per_s"] = count / (time.perf_counter() - start)
-    return out
+    return latency_and_throughput(call, texts, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
