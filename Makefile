@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The project's venv, unless PY names another interpreter that already has the dependencies
+# (the compose `engines` service runs `make engines VARIANT=gpu PY=python3` in the NGC image).
+NEEDS_VENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -14,13 +17,15 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines repository bench clean help
+.PHONY: venv serve test unit engines bench loadtest overload clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
 	@echo "make test    - install and run the whole test suite"
 	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
+	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
+	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -29,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-engines: $(STAMP)
+engines: $(NEEDS_VENV)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
 serve: $(STAMP)
@@ -50,6 +55,23 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) bench/bench_serving.py
+
+LOADTEST_HOST ?= 127.0.0.1
+PROTOCOL ?= grpc
+USERS ?= 8
+SPAWN_RATE ?= 4
+DURATION ?= 30s
+SHAPE ?= constant
+loadtest: $(STAMP)
+	$(PY) -m loadtest.run --host $(LOADTEST_HOST) --protocol $(PROTOCOL) \
+		--port $(if $(filter http,$(PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT)) --metrics-port $(METRICS_PORT) \
+		--shape $(SHAPE) --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
+		$(if $(SLO_P95_MS),--slo-p95-ms $(SLO_P95_MS)) $(if $(SLO_FAILURE_RATE),--slo-failure-rate $(SLO_FAILURE_RATE)) \
+		$(if $(CORPUS),--corpus $(CORPUS)) $(if $(RESULTS),--results $(RESULTS)) $(LOADTEST_ARGS)
+
+overload: $(STAMP)
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
+	$(PY) bench/overload.py $(OVERLOAD_ARGS)
 
 clean:
 	rm -rf model_repository/cpu model_repository/gpu .cache/engines

@@ -23,9 +23,13 @@ from .errors import (
 )
 from .inputs import encode_texts, split_batches
 from .results import DEFAULT_LABELS, Classification
+from .retry import RetryPolicy, call_with_retry, is_retryable
 
 __all__ = [
     "TrtServeClient",
+    "RetryPolicy",
+    "is_retryable",
+    "call_with_retry",
     "Classification",
     "DEFAULT_LABELS",
     "DEFAULT_CLASSIFY_MODEL",

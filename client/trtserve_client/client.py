@@ -32,6 +32,7 @@ from .errors import (
 )
 from .inputs import Texts, encode_texts, split_batches, text_tensor
 from .results import DEFAULT_LABELS, Classification, decode_classifications, decode_embeddings
+from .retry import RetryPolicy, call_with_retry
 
 __all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "READY_PROBE_TEXT"]
 
@@ -53,7 +54,10 @@ class TrtServeClient:
     HTTP: the connect and network timeouts). Requests are split into chunks of the model's
     ``max_batch_size``, read once per model from its config; ``max_batch_size`` overrides that
     (and skips the config request). ``labels`` names the classifier's classes in
-    ``PROBABILITIES`` order.
+    ``PROBABILITIES`` order. ``retry`` (a :class:`~trtserve_client.retry.RetryPolicy`) retries
+    each request chunk the server refused (queue full, its queue timeout, unreachable) with
+    exponential backoff and full jitter within the policy's deadline; ``None`` (the default)
+    sends every request once.
 
     Every failure is a :class:`~trtserve_client.errors.TrtServeError` subclass. One instance
     is not safe to share between threads; create one per thread.
@@ -66,6 +70,7 @@ class TrtServeClient:
         timeout_s: float = 10.0,
         max_batch_size: int | None = None,
         labels: Sequence[str] = DEFAULT_LABELS,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -83,6 +88,9 @@ class TrtServeClient:
         self._timeout_s = float(timeout_s)
         self._max_batch_size = max_batch_size
         self._labels = tuple(labels)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        self._retry = retry
         self._server_batch_sizes: dict[str, int] = {}  # model -> config max_batch_size
         self._closed = False
         with self._translating():
@@ -105,6 +113,10 @@ class TrtServeClient:
     @property
     def labels(self) -> tuple[str, ...]:
         return self._labels
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self._retry
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -159,7 +171,8 @@ class TrtServeClient:
         for name in models:
             while True:
                 try:
-                    self._infer(name, [READY_PROBE_TEXT.encode("utf-8")], outputs=())
+                    # No retry policy here: this loop is the retry, bounded by timeout_s.
+                    self._infer(name, [READY_PROBE_TEXT.encode("utf-8")], outputs=(), retry=False)
                     break
                 except BadInputError:
                     raise
@@ -241,7 +254,7 @@ class TrtServeClient:
         return (server_max, True) if server_max > 0 else (1, False)
 
     def _infer(
-        self, model: str, encoded: list[bytes], outputs: Sequence[str]
+        self, model: str, encoded: list[bytes], outputs: Sequence[str], *, retry: bool = True
     ) -> dict[str, np.ndarray]:
         """Send ``encoded`` in chunks and concatenate each requested output over the chunks.
 
@@ -251,8 +264,14 @@ class TrtServeClient:
         chunk_size, batched = self._batch_plan(model)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
         for chunk in split_batches(encoded, chunk_size):
-            with self._translating(model):
-                response = self._transport.infer(model, text_tensor(chunk, batched=batched), outputs)
+            tensor = text_tensor(chunk, batched=batched)
+
+            def send(tensor: np.ndarray = tensor) -> dict[str, np.ndarray | None]:
+                with self._translating(model):
+                    return self._transport.infer(model, tensor, outputs)
+
+            # Per chunk: chunks already answered are not sent again.
+            response = call_with_retry(self._retry if retry else None, send)
             for name in outputs:
                 array = response.get(name)
                 if array is None:

@@ -1,0 +1,3 @@
+"""Load tests for the trtserve ensembles: Locust users (locustfile.py), a step shape
+(shape_step.py), the request mix and corpus (workload.py), Triton's metrics (triton_metrics.py),
+report reading, knee and SLO gate (report.py), and the `make loadtest` front door (run.py)."""
