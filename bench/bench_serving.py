@@ -35,9 +35,7 @@ def latency_summary(samples_ms: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(samples_ms, 50), "p95_ms": percentile(samples_ms, 95), "n": len(samples_ms)}
 
 
-def time_calls(fn, texts: list[str], warmup: int = 10) -> list[float]:
-    for t in texts[:warmup]:
-        fn(t)
+def time_calls(fn, texts: list[str]) -> list[float]:
     samples = []
     for t in texts:
         start = time.perf_counter()
@@ -46,18 +44,16 @@ def time_calls(fn, texts: list[str], warmup: int = 10) -> list[float]:
     return samples
 
 
-def latency_and_throughput(fn, texts: list[str], seconds: float) -> dict[str, float]:
-    """Sequential in-process calls: latency over `texts`, then texts/s for `seconds`."""
-    out = latency_summary(time_calls(fn, texts))
+def sequential_throughput(fn, texts: list[str], seconds: float) -> tuple[int, float]:
+    """One caller, back to back, for `seconds`: (texts done, elapsed seconds)."""
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         fn(texts[count % len(texts)])
         count += 1
-    out["texts_per_s"] = count / (time.perf_counter() - start)
-    return out
+    return count, time.perf_counter() - start
 
 
-def served_latency(url: str, texts: list[str]) -> dict[str, float]:
+def grpc_text_caller(url: str):
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -67,27 +63,21 @@ def served_latency(url: str, texts: list[str]) -> dict[str, float]:
         inp.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
         client.infer("sentiment", [inp])
 
-    out = latency_summary(time_calls(call, texts))
-    client.close()
-    return out
+    return call, client
 
 
-def served_throughput(url: str, texts: list[str], concurrency: int, seconds: float) -> dict[str, float]:
-    """`concurrency` closed-loop clients, each with its own gRPC channel, for `seconds`."""
-    import tritonclient.grpc as grpcclient
-
+def served_throughput(url: str, texts: list[str], concurrency: int, seconds: float) -> tuple[int, float, int]:
+    """`concurrency` closed-loop clients, each with its own gRPC channel: (done, elapsed, errors)."""
     counts = [0] * concurrency
     errors = [0] * concurrency
     stop = threading.Event()
 
     def worker(i: int) -> None:
-        client = grpcclient.InferenceServerClient(url)
+        call, client = grpc_text_caller(url)
         k = i
         while not stop.is_set():
-            inp = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[texts[k % len(texts)].encode()]], dtype=np.object_))
             try:
-                client.infer("sentiment", [inp])
+                call(texts[k % len(texts)])
                 counts[i] += 1
             except Exception:  # noqa: BLE001 - counted, reported
                 errors[i] += 1
@@ -102,9 +92,7 @@ def served_throughput(url: str, texts: list[str], concurrency: int, seconds: flo
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
-    return {"texts_per_s": sum(counts) / elapsed, "requests": sum(counts), "errors": sum(errors),
-            "concurrency": concurrency, "seconds": elapsed}
+    return sum(counts), time.perf_counter() - start, sum(errors)
 
 
 def encoder_batch_stats(http_url: str) -> dict[str, float]:
@@ -113,19 +101,18 @@ def encoder_batch_stats(http_url: str) -> dict[str, float]:
     client = httpclient.InferenceServerClient(http_url)
     stats = client.get_inference_statistics("sentiment_encoder")["model_stats"][0]
     client.close()
-    inferences, executions = int(stats["inference_count"]), int(stats["execution_count"])
-    return {"inferences": inferences, "executions": executions,
-            "mean_batch": inferences / executions if executions else 0.0}
+    return {"inferences": int(stats["inference_count"]), "executions": int(stats["execution_count"])}
 
 
-def pipeline_bench(checkpoint: str, texts: list[str], seconds: float) -> dict[str, float]:
+def pipeline_caller(checkpoint: str):
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=checkpoint, device=-1)
-    return latency_and_throughput(clf, texts, seconds)
+    return lambda text: clf(text)
 
 
-def onnxruntime_bench(onnx_path: Path, tokenizer_path: Path, max_len: int, texts: list[str], seconds: float):
+def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int):
+    """Fast tokenizer + session.run + softmax: the served work without the server."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -145,14 +132,16 @@ def onnxruntime_bench(onnx_path: Path, tokenizer_path: Path, max_len: int, texts
         logits = session.run(None, {n: feeds[n] for n in names})[0]
         return classify(logits, ["negative", "positive"])
 
-    return latency_and_throughput(call, texts, seconds)
+    return call
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default=str(REPO_ROOT / "model_repository" / "cpu"))
-    parser.add_argument("--requests", type=int, default=300, help="sequential requests for latency")
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each throughput run")
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests per subject for latency")
+    parser.add_argument("--seconds", type=float, default=20.0, help="throughput time per subject (all rounds)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="subjects are measured in interleaved rounds so load drift hits all alike")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "bench_serving.json"))
     args = parser.parse_args(argv)
@@ -166,37 +155,61 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = export_dir(spec)
     manifest = ExportManifest.read(artifacts)
     texts = corpus_texts()[-2000:]  # real review snippets
-    latency_texts = texts[: args.requests]
-    results: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
-        "texts": "review snippets (vaderSentiment movieReviewSnippets), one text per request",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    per_round = max(1, args.requests // args.rounds)
+    seconds = args.seconds / args.rounds
 
     log = REPO_ROOT / "results" / "bench_triton.log"
     log.parent.mkdir(exist_ok=True)
     server = EmbeddedServer(Path(args.repository), Ports.free(), log_path=log)
     with server:
         server.wait_ready(180)
-        print("measuring: served, concurrency 1 ...", file=sys.stderr)
-        results["served_c1"] = served_latency(server.grpc_url, latency_texts)
-        print(f"measuring: served, {args.concurrency} concurrent clients for {args.seconds:.0f}s ...", file=sys.stderr)
-        before = encoder_batch_stats(server.http_url)
-        results["served_throughput"] = served_throughput(server.grpc_url, texts, args.concurrency, args.seconds)
-        after = encoder_batch_stats(server.http_url)
-        executions = after["executions"] - before["executions"]
-        results["served_throughput"]["encoder_mean_batch"] = (
-            (after["inferences"] - before["inferences"]) / executions if executions else 0.0)
-    print("measuring: Hugging Face pipeline (PyTorch) in-process ...", file=sys.stderr)
-    results["pipeline"] = pipeline_bench(manifest.checkpoint, latency_texts, args.seconds)
-    print("measuring: raw ONNX Runtime in-process ...", file=sys.stderr)
-    results["onnxruntime"] = onnxruntime_bench(artifacts / "model.onnx", artifacts / "tokenizer.json",
-                                               spec.model.max_sequence_length, latency_texts, args.seconds)
+        served_call, served_client = grpc_text_caller(server.grpc_url)
+        callers = {
+            "served": served_call,
+            "pipeline": pipeline_caller(manifest.checkpoint),
+            "onnxruntime": onnxruntime_caller(artifacts / "model.onnx", artifacts / "tokenizer.json",
+                                              spec.model.max_sequence_length),
+        }
+        latency = {name: [] for name in callers}
+        done = {name: [0, 0.0] for name in callers}
+        rounds_tp = {name: [] for name in callers}
+        errors = 0
+        batched = [0, 0]  # encoder inferences, executions during the throughput phases
+        for name, call in callers.items():
+            time_calls(call, texts[:10])  # warm-up
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            chunk = texts[r * per_round:(r + 1) * per_round]
+            for name, call in callers.items():
+                latency[name] += time_calls(call, chunk)
+                if name == "served":
+                    before = encoder_batch_stats(server.http_url)
+                    n, elapsed, err = served_throughput(server.grpc_url, texts, args.concurrency, seconds)
+                    after = encoder_batch_stats(server.http_url)
+                    errors += err
+                    batched[0] += after["inferences"] - before["inferences"]
+                    batched[1] += after["executions"] - before["executions"]
+                else:
+                    n, elapsed = sequential_throughput(call, texts, seconds)
+                done[name][0] += n
+                done[name][1] += elapsed
+                rounds_tp[name].append(round(n / elapsed, 1))
+        served_client.close()
 
-    served_tp = results["served_throughput"]["texts_per_s"]
-    ratio = served_tp / results["pipeline"]["texts_per_s"]
-    overhead = results["served_c1"]["p50_ms"] - results["onnxruntime"]["p50_ms"]
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "texts": "review snippets (vaderSentiment movieReviewSnippets), one text per request",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rounds": args.rounds,
+    }
+    for name in callers:
+        results[name] = {**latency_summary(latency[name]), "texts_per_s": done[name][0] / done[name][1],
+                         "texts_per_s_by_round": rounds_tp[name]}
+    results["served"].update(concurrency=args.concurrency, errors=errors,
+                             encoder_mean_batch=batched[0] / max(batched[1], 1))
+    ratio = results["served"]["texts_per_s"] / results["pipeline"]["texts_per_s"]
+    overhead = results["served"]["p50_ms"] - results["onnxruntime"]["p50_ms"]
     results["targets"] = {
         "throughput_vs_pipeline": {"value": ratio, "target": ">= 1.5", "met": ratio >= 1.5},
         "served_p50_minus_onnxruntime_p50_ms": {"value": overhead, "target": "<= 3.0", "met": overhead <= 3.0},
@@ -208,20 +221,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(r: dict) -> None:
-    rows = [
-        ("served (Triton ensemble, gRPC)", r["served_c1"], r["served_throughput"]["texts_per_s"]),
-        ("HF pipeline (PyTorch, in-process)", r["pipeline"], r["pipeline"]["texts_per_s"]),
-        ("raw ONNX Runtime (in-process)", r["onnxruntime"], r["onnxruntime"]["texts_per_s"]),
-    ]
-    print(f"\nsentiment on {r['machine']['cpus']} CPU cores, {r['date']}")
+    rows = [("served (Triton ensemble, gRPC)", "served"), ("HF pipeline (PyTorch, in-process)", "pipeline"),
+            ("raw ONNX Runtime (in-process)", "onnxruntime")]
+    print(f"\nsentiment on {r['machine']['cpus']} CPU cores, {r['date']}, {r['rounds']} interleaved rounds")
     print(f"| {'':36} | {'p50 ms (c=1)':>12} | {'p95 ms (c=1)':>12} | {'texts/s':>8} |")
     print(f"|{'-' * 38}|{'-' * 14}|{'-' * 14}|{'-' * 10}|")
-    for name, lat, tp in rows:
-        print(f"| {name:36} | {lat['p50_ms']:12.2f} | {lat['p95_ms']:12.2f} | {tp:8.1f} |")
-    st = r["served_throughput"]
-    print(f"\nserved throughput: {st['concurrency']} concurrent clients, {st['requests']} requests, "
-          f"{st['errors']} errors, mean encoder batch {st['encoder_mean_batch']:.2f}; "
-          "in-process rows: one text per call, sequential")
+    for label, key in rows:
+        x = r[key]
+        print(f"| {label:36} | {x['p50_ms']:12.2f} | {x['p95_ms']:12.2f} | {x['texts_per_s']:8.1f} |")
+    s = r["served"]
+    print(f"\nserved texts/s: {s['concurrency']} concurrent gRPC clients, one text per request, {s['errors']} errors, "
+          f"mean encoder batch {s['encoder_mean_batch']:.2f}; in-process rows: one caller, one text per call")
+    for key in ("served", "pipeline", "onnxruntime"):
+        print(f"  texts/s by round, {key}: {r[key]['texts_per_s_by_round']}")
     for name, t in r["targets"].items():
         print(f"{name}: {t['value']:.2f} (target {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
 
