@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload clean help
+.PHONY: venv serve test unit engines bench loadtest overload gpu-pack gpu-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
+	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
+	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -72,6 +74,13 @@ loadtest: $(STAMP)
 overload: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) bench/overload.py $(OVERLOAD_ARGS)
+
+gpu-pack: $(STAMP)
+	$(PY) -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu
+	bench/gpu/pack_device.sh
+
+gpu-bench:
+	bash bench/gpu/run_gpu_bench.sh
 
 clean:
 	rm -rf model_repository/cpu model_repository/gpu .cache/engines

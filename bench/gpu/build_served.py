@@ -1,0 +1,128 @@
+"""Build the served ``sentiment`` gpu_torch repository on the GPU machine, through the project's stages.
+
+The sentiment checkpoint (90 MB FP32) does not travel with a 64 MiB run, so the encoder is the
+sentiment model's architecture (its config.json: MiniLM, 6 layers, hidden 384, 2 labels) with
+random weights (seeded); tokenizer.json and the export manifest are the real ones. The
+TorchScript is made by trtserve_build.torchscript (traced on the GPU, checked against FP32 on
+real review snippets) and the repository by trtserve_build.repository, as `make engines
+VARIANT=gpu_torch` would. Writes FP32 reference probabilities for the served correctness check,
+and cross-checks the CPU build path (trace on the CPU, retarget to cuda) against the GPU trace.
+
+Run with the image's python: ``python3 bench/gpu/build_served.py --data .device/data --work /tmp/w``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve")]
+
+from timing import gpu_info, write_json  # noqa: E402
+
+VARIANT = "gpu_torch"
+
+
+def log(msg: str) -> None:
+    print(f"[build_served {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder made by bench/gpu/pack_device.sh (.device/data)")
+    parser.add_argument("--work", required=True, help="scratch folder: cache/, repository/, reference.json")
+    parser.add_argument("--out", required=True, help="JSON summary")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-texts", type=int, default=64)
+    parser.add_argument("--skip-cpu-trace", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script on a machine without a GPU")
+    parser.add_argument("--precision", help="override the spec's gpu_torch precision (fp32 for a fast CPU dry run)")
+    args = parser.parse_args(argv)
+
+    data, work = Path(args.data), Path(args.work)
+    cache = work / "cache"
+    shutil.copytree(data / "engines", cache / "engines", dirs_exist_ok=True)
+    os.environ["TRTSERVE_CACHE"] = str(cache)
+
+    import torch
+
+    from trtserve_backend import contract
+    from trtserve_backend.postprocess import softmax
+    from trtserve_build import torchscript as ts
+    from trtserve_build.export import TOKENIZER_FILE, ExportManifest, export_dir
+    from trtserve_build.repository import generate_repository
+    from trtserve_build.spec import load_spec
+
+    spec = load_spec(ROOT / "deployments" / "sentiment.toml")
+    if args.precision:
+        from trtserve_build.pipeline import with_precision
+
+        spec = with_precision(spec, VARIANT, args.precision)
+    engine = spec.engine(VARIANT)
+    manifest = ExportManifest.read(export_dir(spec))
+    texts = [t for t in (data / "texts.txt").read_text().splitlines() if t]
+    summary: dict = {"machine": gpu_info(), "weights": f"random (seed {args.seed}), sentiment config.json architecture",
+                     "engine": {"precision": engine.precision, "attention": engine.attention}}
+
+    device = args.device
+    model = ts.random_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
+    feeds = ts.tokenize_for_check(export_dir(spec) / TOKENIZER_FILE, texts[:args.reference_texts],
+                                  spec.model.max_sequence_length, spec.model.length_buckets,
+                                  manifest.pad_token_id, manifest.inputs)
+    traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
+                                         feeds, ts.gate_for(spec, engine.precision), device=device,
+                                         target_device_type=torch.device(device).type,
+                                         pad_token_id=manifest.pad_token_id)
+    record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
+    record.fingerprint = f"random-{args.seed}"
+    path = ts.save(traced, record, ts.torchscript_path(spec, engine.precision, engine.attention))
+    summary["torchscript"] = {"path": str(path), "bytes": path.stat().st_size, **record.metadata()}
+    log(f"TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
+
+    repo = generate_repository([spec], VARIANT, work / "repository", plans={spec.name: path})
+    summary["repository"] = str(repo)
+    log(f"repository {repo}: {sorted(p.name for p in repo.iterdir())}")
+
+    # FP32 reference for the served check: the same random weights, texts padded as served.
+    reference = ts.task_module(model, spec.task)
+    with torch.no_grad():
+        logits = reference(*(torch.from_numpy(feeds[n]).to(device) for n in manifest.inputs)).float().cpu().numpy()
+    (work / "reference.json").write_text(json.dumps({
+        "texts": texts[:args.reference_texts], "labels": list(spec.model.labels),
+        "probabilities": softmax(logits).tolist()}))
+
+    if not args.skip_cpu_trace and device != "cpu":
+        # The CPU build path (no GPU on the build host): trace + check on the CPU, retarget to cuda.
+        started = time.perf_counter()
+        cpu_model = ts.random_model(data / "sentiment_config.json", spec.task, seed=args.seed)
+        small = {n: v[:16] for n, v in feeds.items()}
+        cpu_traced, cpu_record = ts.make_torchscript(cpu_model, spec.task, engine.precision, engine.attention,
+                                                     manifest.inputs, small, ts.gate_for(spec, engine.precision),
+                                                     device="cpu", target_device_type="cuda")
+        with tempfile.TemporaryDirectory() as tmp:
+            ts.save(cpu_traced, cpu_record, Path(tmp) / "cpu.pt")
+            loaded = torch.jit.load(str(Path(tmp) / "cpu.pt"), map_location="cuda")
+        args_gpu = [torch.from_numpy(feeds[n]).cuda() for n in manifest.inputs]
+        with torch.no_grad():
+            a = loaded(*args_gpu).float().cpu().numpy()
+            b = traced(*args_gpu).float().cpu().numpy()
+        agreement = ts.Agreement.measure(b, a)
+        summary["cpu_trace_retargeted_vs_gpu_trace"] = {
+            "retargeted_constants": cpu_record.retargeted_constants, **asdict(agreement),
+            "seconds": round(time.perf_counter() - started, 1)}
+        log(f"CPU-traced, retargeted module on cuda vs GPU trace: {summary['cpu_trace_retargeted_vs_gpu_trace']}")
+    write_json(args.out, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

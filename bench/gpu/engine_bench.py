@@ -1,0 +1,206 @@
+"""Raw engine on the GPU: BERT-base (from its config, random weights) in-process, side by side.
+
+Rows: Hugging Face PyTorch eager FP32 and FP16 (transformers' default attention), and the torch
+backend's engine (trtserve_build.torchscript + trtserve_backend.torch_engine.TorchEncoder, the
+code the served encoder runs) in fp16 and hybrid, with and without CUDA graphs. Shapes: batch
+1/8/32 x sequence 128/384, plus larger batches at 128 to find the best throughput. Also the
+fidelity of fp16/hybrid against FP32 (mean-pooled embeddings and logits, random padded inputs).
+
+Run with the image's python (transformers there): ``python3 bench/gpu/engine_bench.py --out x.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "build"), str(Path(__file__).resolve().parents[2] / "serve")]
+
+from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
+
+from trtserve_backend import contract  # noqa: E402
+from trtserve_backend.torch_engine import GraphPlan, TorchEncoder  # noqa: E402
+from trtserve_build import torchscript as ts  # noqa: E402
+
+NAMES = contract.ENCODER_INPUTS
+SHAPES = [(1, 128), (8, 128), (32, 128), (1, 384), (8, 384), (32, 384)]
+BEST_BATCHES = [64, 128, 256, 512]
+
+
+def log(msg: str) -> None:
+    print(f"[engine_bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def random_feeds(batch: int, seq: int, device, seed: int = 0, padded: bool = False):
+    import torch
+
+    g = torch.Generator().manual_seed(seed + batch * 1000 + seq)
+    ids = torch.randint(1000, 30000, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    if padded:
+        for row, length in enumerate(torch.randint(2, seq + 1, (batch,), generator=g).tolist()):
+            mask[row, length:] = 0
+    return {contract.INPUT_IDS: (ids * mask).to(device), contract.ATTENTION_MASK: mask.to(device),
+            contract.TOKEN_TYPE_IDS: torch.zeros(batch, seq, dtype=torch.int64, device=device)}
+
+
+def hf_rows(model, label: str, shapes) -> list[dict]:
+    import torch
+
+    module = ts.task_module(model, contract.CLASSIFICATION)
+    rows = []
+    for batch, seq in shapes:
+        feeds = random_feeds(batch, seq, "cuda")
+        args = [feeds[n] for n in NAMES]
+
+        def call():
+            with torch.no_grad():
+                return module(*args)
+
+        r = time_gpu(call, batch)
+        rows.append({"engine": label, "batch": batch, "seq": seq, **r})
+        log(f"{label:28s} {batch:4d}x{seq:<4d} p50 {r['p50_ms']:8.3f} ms  {r['throughput_per_s']:9.0f} seq/s")
+    return rows
+
+
+def engine_rows(encoder, label: str, shapes) -> list[dict]:
+    rows = []
+    for batch, seq in shapes:
+        feeds = random_feeds(batch, seq, "cuda")
+        r = time_gpu(lambda: encoder.run(feeds), batch)
+        rows.append({"engine": label, "batch": batch, "seq": seq, **r})
+        log(f"{label:28s} {batch:4d}x{seq:<4d} p50 {r['p50_ms']:8.3f} ms  {r['throughput_per_s']:9.0f} seq/s")
+    return rows
+
+
+def kernel_category(name: str) -> str:
+    name = name.lower()
+    if any(k in name for k in ("fmha", "attention", "flash", "mem_eff", "efficient")):
+        return "attention"
+    if any(k in name for k in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "matmul")):
+        return "gemm"
+    if "layer_norm" in name or "layernorm" in name:
+        return "layernorm"
+    if "gelu" in name:
+        return "gelu"
+    if "memcpy" in name or "memset" in name:
+        return "memcpy"
+    return "other elementwise"
+
+
+def kernel_breakdown(module, batch: int, seq: int, iters: int = 3) -> dict:
+    """GPU time per forward by kernel category (profiled without graphs: same kernels, no gaps)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    feeds = random_feeds(batch, seq, "cuda")
+    args = [feeds[n] for n in NAMES]
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        module(*args)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                module(*args)
+            torch.cuda.synchronize()
+    per_category: dict[str, float] = {}
+    kernels = 0
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if not us:
+            continue
+        cat = kernel_category(evt.key)
+        per_category[cat] = per_category.get(cat, 0.0) + us / iters / 1000.0
+        kernels += evt.count // iters
+    total = sum(per_category.values())
+    # BERT-base matmul FLOPs per token: 12 layers x (4 x 768^2 + 2 x 768 x 3072) x 2
+    gemm_flops = batch * seq * 12 * (4 * 768 * 768 + 2 * 768 * 3072) * 2
+    return {"shape": f"{batch}x{seq}", "ms_per_forward": {k: round(v, 3) for k, v in sorted(per_category.items())},
+            "total_ms": round(total, 3), "kernels_per_forward": kernels,
+            "gemm_tflops": gemm_flops / (per_category.get("gemm", float("nan")) / 1000.0) / 1e12}
+
+
+def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:
+    feeds = random_feeds(rows, seq, "cpu", seed=7, padded=True)
+    return {n: v.numpy() for n, v in feeds.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true", help="smoke run: two shapes, fp16 engine only")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+
+    import torch
+    import transformers
+    from transformers import BertConfig, BertForSequenceClassification
+
+    result: dict = {"machine": gpu_info(), "transformers": transformers.__version__,
+                    "model": "BERT-base (bert-base-uncased config: 12 layers, hidden 768, 12 heads), random weights, "
+                             "2-way classification head; inputs: random token ids, no padding",
+                    "timing": "p50 of calls each followed by cuda synchronize; throughput from the same call "
+                              "back to back (CUDA events)",
+                    "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "rows": [], "fidelity": {}, "capture": {}}
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    best = [] if args.quick else [(b, 128) for b in BEST_BATCHES]
+    torch.manual_seed(0)
+    config = BertConfig(num_labels=2)
+    model = BertForSequenceClassification(config).eval().cuda()
+    result["hf_attention"] = model.config._attn_implementation
+    log(f"BERT-base built ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
+        f"HF attention {result['hf_attention']}")
+
+    try:
+        result["rows"] += hf_rows(model, "HF eager fp32", shapes)
+        half = copy.deepcopy(model).half()
+        result["rows"] += hf_rows(half, "HF eager fp16", shapes)
+        del half
+        gc.collect()
+        torch.cuda.empty_cache()
+
+        variants = [("fp16", "sdpa")] if args.quick else [("fp16", "sdpa"), ("hybrid", "sdpa"), ("fp16", "eager")]
+        feeds = check_feeds()
+        for precision, attention in variants:
+            label = f"engine {precision} {attention}"
+            traced, record = ts.make_torchscript(model, contract.CLASSIFICATION, precision, attention, NAMES, feeds,
+                                                 ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), device="cuda")
+            result["fidelity"][f"{precision}/{attention} logits"] = {"trace_vs_eager": record.trace_vs_eager,
+                                                                     "vs_fp32": record.vs_fp32}
+            plan_batches = sorted({b for b, _ in shapes + best})
+            plan = GraphPlan(tuple(plan_batches), tuple(sorted({s for _, s in shapes})))
+            encoder = TorchEncoder(traced, NAMES, "cuda", plan)
+            result["capture"][label] = {"graphs": len(plan.keys()), "seconds": round(encoder.capture(), 2)}
+            log(f"{label}: captured {len(plan.keys())} graphs in {encoder.capture_seconds:.1f}s")
+            result["rows"] += engine_rows(encoder, f"{label} + CUDA graphs", shapes + (best if attention == "sdpa" else []))
+            if (precision, attention) == ("fp16", "sdpa"):
+                eager = TorchEncoder(traced, NAMES, "cuda", plan=None)
+                result["rows"] += engine_rows(eager, f"{label}, no graphs", shapes)
+            if attention == "sdpa" and not args.quick:
+                try:
+                    result.setdefault("kernel_breakdown", {})[label] = kernel_breakdown(traced, 256, 128)
+                    log(f"{label} kernels at 256x128: {result['kernel_breakdown'][label]}")
+                except Exception as e:  # noqa: BLE001 - the profiler is a diagnostic, not the benchmark
+                    result.setdefault("kernel_breakdown", {})[label] = {"error": str(e)[:300]}
+            del encoder, traced
+            gc.collect()
+            torch.cuda.empty_cache()
+
+        # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.
+        for precision in (["fp16"] if args.quick else ["fp16", "hybrid"]):
+            _, record = ts.make_torchscript(model.bert, contract.EMBEDDING_TASK, precision, "sdpa", NAMES, feeds,
+                                            ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), device="cuda")
+            result["fidelity"][f"{precision}/sdpa embeddings"] = {"trace_vs_eager": record.trace_vs_eager,
+                                                                  "vs_fp32": record.vs_fp32}
+            log(f"fidelity {precision} embeddings vs fp32: {record.vs_fp32}")
+    finally:
+        write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

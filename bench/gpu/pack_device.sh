@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Prepare, on the CPU machine, everything the one-call GPU benchmark needs beside the tracked
+# tree, in .device/ (listed in .git/info/exclude; passed to the device tool as `carry`).
+#
+#   .device/triton-server.tar.xz   slimmed nvidia-pytriton 0.7.0 tree (Triton 2.51): the server
+#                                  binary, its bundled libraries (no libpython3.13), the Python
+#                                  backend and the Python 3.12 stub only; an empty
+#                                  pytriton/__init__.py so trtserve_server.embedded finds it
+#   .device/wheels/                numpy 1.26.4 (the 2.51 stub needs numpy < 2) and the gRPC
+#                                  client: tritonclient, python-rapidjson, protobuf, grpcio
+#   .device/data/                  sentiment export manifest + tokenizer.json, the MiniLM
+#                                  config.json (weights are made on the GPU machine), texts
+#
+# Usage: bench/gpu/pack_device.sh   (needs the sentiment export: `make engines`)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DEV=$ROOT/.device
+grep -qx '/.device/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.device/' >> .git/info/exclude; }
+DL=${TMPDIR:-/tmp}/trtserve-device-downloads
+mkdir -p "$DL" "$DEV/wheels" "$DEV/data"
+
+PLATFORMS=(--platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64
+           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+for spec in nvidia-pytriton==0.7.0 numpy==1.26.4 tritonclient==2.73.0 python-rapidjson==1.25 \
+            protobuf==6.33.6 grpcio==1.85.1; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        "${PLATFORMS[@]}" -d "$DL" "$spec"
+done
+
+# --- the slimmed server tree ----------------------------------------------------------------
+if [ ! -f "$DEV/triton-server.tar.xz" ]; then
+    tmp=$(mktemp -d)
+    python3 -m zipfile -e "$DL"/nvidia_pytriton-0.7.0-*.whl "$tmp/x"
+    mkdir -p "$tmp/t/pytriton/tritonserver/python_backend_stubs"
+    cp -a "$tmp/x/pytriton/tritonserver/bin" "$tmp/x/pytriton/tritonserver/backends" "$tmp/t/pytriton/tritonserver/"
+    cp -a "$tmp/x/pytriton/tritonserver/python_backend_stubs/3.12" "$tmp/t/pytriton/tritonserver/python_backend_stubs/"
+    cp -a "$tmp/x/nvidia_pytriton.libs" "$tmp/t/"
+    rm -f "$tmp"/t/nvidia_pytriton.libs/libpython3-*.13.so.1.0 "$tmp"/t/pytriton/tritonserver/backends/python/triton_python_backend_stub
+    : > "$tmp/t/pytriton/__init__.py"   # TritonInstall.locate() only needs pytriton.__file__
+    chmod +x "$tmp/t/pytriton/tritonserver/bin/tritonserver" \
+             "$tmp/t/pytriton/tritonserver/python_backend_stubs/3.12/triton_python_backend_stub"
+    tar -C "$tmp/t" -cJf "$DEV/triton-server.tar.xz" .
+    rm -rf "$tmp"
+fi
+cp "$DL"/numpy-1.26.4-*.whl "$DL"/tritonclient-2.73.0-*.whl "$DL"/python_rapidjson-1.25-*.whl \
+   "$DL"/protobuf-6.33.6-*.whl "$DL"/grpcio-1.85.1-*.whl "$DEV/wheels/"
+
+# --- data: what the served sentiment repository is generated from -----------------------------
+EXPORT=${TRTSERVE_CACHE:-$ROOT/.cache}/engines/sentiment
+CHECKPOINT=${TRTSERVE_CACHE:-$ROOT/.cache}/checkpoints/sentiment
+mkdir -p "$DEV/data/engines/sentiment"
+cp "$EXPORT/export.json" "$EXPORT/tokenizer.json" "$DEV/data/engines/sentiment/"
+cp "$CHECKPOINT/config.json" "$DEV/data/sentiment_config.json"
+.venv/bin/python - "$DEV/data/texts.txt" <<'EOF'
+import sys
+from trtserve_build.data import corpus_texts
+texts = [t.replace("\n", " ") for t in corpus_texts()[-2000:]]
+open(sys.argv[1], "w").write("\n".join(texts) + "\n")
+print(f"{len(texts)} texts")
+EOF
+du -sh "$DEV"/* "$DEV"
