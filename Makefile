@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload gpu-pack gpu-bench clean help
+.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
+	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
+	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
 	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
 
@@ -74,6 +76,12 @@ loadtest: $(STAMP)
 overload: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) bench/overload.py $(OVERLOAD_ARGS)
+
+validate: $(STAMP)
+	$(PY) -m trtserve_build.fidelity $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
+
+bench-matrix: $(STAMP)
+	$(PY) bench/bench_matrix.py $(if $(QUICK),--quick)
 
 gpu-pack: $(STAMP)
 	$(PY) -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu

@@ -37,7 +37,8 @@ How types are assigned (one pass, no guessing from names)
 
 Usage::
 
-    python -m trtserve_build.precision --onnx .cache/engines/embed/model.onnx --precision hybrid --out /tmp/hybrid.onnx
+    python -m trtserve_build.precision --spec deployments/embed.toml --precision int8
+    python -m trtserve_build.precision --onnx model.onnx --precision hybrid --out hybrid.onnx
 """
 from __future__ import annotations
 
@@ -322,255 +323,251 @@ def retype(model, precision: str, policy: Fp32Policy):
     ``model`` is not modified. Raises :class:`PrecisionError` for graphs this cannot handle.
     """
     onnx = _onnx()
-    from onnx import helper, numpy_helper
-
     if precision not in ("fp16", "hybrid"):
         raise ValueError(f"retype handles fp16 and hybrid, not {precision!r}")
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
-    _name_nodes(g)
-    for opset in m.opset_import:
-        if opset.domain not in ("", "ai.onnx"):
-            raise PrecisionError(f"custom opset domain {opset.domain!r}: only standard ONNX ops can be retyped")
-    types = infer_types(m)
-    bad = sorted({t for t in types.values() if t in (F16, 11, 16)})  # fp16, double, bf16
-    if bad:
-        raise PrecisionError(f"the source graph already holds non-FP32 float tensors (types {bad}); give the FP32 export")
+    r = _Retyper(m, precision, policy)
+    r.assign_precisions()
+    r.retype_constants()
+    r.retype_attributes()
+    r.insert_casts()
+    del m.graph.value_info[:]  # the retyped tensors' types are re-derived by inference
+    _finish(m)
+    return m, r.report(m)
 
-    nodes = list(g.node)
-    consumers = _consumers(g)
-    is_float = lambda name: bool(name) and types.get(name) == F32  # noqa: E731
 
-    init_names = {t.name for t in g.initializer}
-    const_nodes = {i for i, n in enumerate(nodes) if _is_initializer_like(n)}
-    const_names = init_names | {nodes[i].output[0] for i in const_nodes}
+class _Retyper:
+    """The steps of :func:`retype` on one graph (see the module docstring for the rules)."""
 
-    for i, n in enumerate(nodes):
-        touches = any(is_float(x) for x in list(n.input) + list(n.output))
-        if n.op_type in UNSUPPORTED_FLOAT_OPS and touches:
-            raise PrecisionError(f"node {n.name} ({n.op_type}) touches float tensors; {precision} cannot retype it")
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            raise PrecisionError(f"node {n.name} ({n.op_type}) has subgraphs; not supported")
+    def __init__(self, model, precision: str, policy: Fp32Policy) -> None:
+        onnx = _onnx()
+        self.model, self.g, self.precision, self.policy = model, model.graph, precision, policy
+        _name_nodes(self.g)
+        for opset in model.opset_import:
+            if opset.domain not in ("", "ai.onnx"):
+                raise PrecisionError(f"custom opset domain {opset.domain!r}: only standard ONNX ops can be retyped")
+        self.types = infer_types(model)
+        bad = sorted({t for t in self.types.values() if t in (F16, 11, 16)})  # fp16, double, bf16
+        if bad:
+            raise PrecisionError(f"the source graph already holds non-FP32 float tensors (types {bad}); give the FP32 export")
+        self.nodes = list(self.g.node)
+        self.consumers = _consumers(self.g)
+        self.producer = _producers(self.g)
+        self.init_names = {t.name for t in self.g.initializer}
+        self.const_nodes = {i for i, n in enumerate(self.nodes) if _is_initializer_like(n)}
+        self.const_names = self.init_names | {self.nodes[i].output[0] for i in self.const_nodes}
+        self.graph_outputs = {o.name for o in self.g.output}
+        for n in self.nodes:
+            if n.op_type in UNSUPPORTED_FLOAT_OPS and any(self.is_float(x) for x in list(n.input) + list(n.output)):
+                raise PrecisionError(f"node {n.name} ({n.op_type}) touches float tensors; {precision} cannot retype it")
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+                raise PrecisionError(f"node {n.name} ({n.op_type}) has subgraphs; not supported")
+        self.prec: dict[int, int] = {}  # node index -> F16 / F32, for nodes that compute on floats
+        self.produced: dict[str, int] = {}  # float tensor -> the type it is produced in
+        self.const_variant: dict[tuple[str, int], str] = {}  # (constant, type) -> tensor to read
+        self.extra_const_nodes: dict[int, list] = defaultdict(list)
+        self.casts: dict[tuple[str, int], object] = {}
+        self.casts_after: dict[str, list] = defaultdict(list)
+        self.counts = Counter()
 
-    # 1. seeds
-    keep_fp32: set[int] = set()
-    for i, n in enumerate(nodes):
-        if n.op_type in policy.op_types:
-            keep_fp32.add(i)
-    if policy.decomposed_layernorm:
-        keep_fp32 |= decomposed_layernorm_nodes(g, const_names)
+    def is_float(self, name: str) -> bool:
+        return bool(name) and self.types.get(name) == F32
 
-    def fp16_seed(i: int) -> bool:
-        n = nodes[i]
+    def fp16_seed(self, i: int) -> bool:
+        n = self.nodes[i]
         if n.op_type in FP16_SEED_OPS:
             return True
         # an embedding lookup reads a weight table: FP16 weights
-        return n.op_type == "Gather" and n.input[0] in const_names and is_float(n.input[0])
+        return n.op_type == "Gather" and n.input[0] in self.const_names and self.is_float(n.input[0])
 
-    # 2. sources: float outputs computed from constants and non-float inputs only
-    source_tensors: set[str] = set()
-    source_nodes: set[int] = set()
-    for i, n in enumerate(nodes):
-        if i in const_nodes or i in keep_fp32 or fp16_seed(i):
-            continue
-        if not any(is_float(o) for o in n.output):
-            continue
-        if all(x in const_names or x in source_tensors for x in n.input if is_float(x)):
-            source_nodes.add(i)
-            source_tensors.update(o for o in n.output if is_float(o))
-
-    # 3. followers in topological order (also ops that read floats but return none, e.g. Equal)
-    graph_outputs = {o.name for o in g.output}
-    prec: dict[int, int] = {}  # node index -> F16 / F32 (nodes that compute on floats)
-    producer = _producers(g)
-    for i, n in enumerate(nodes):
-        if i in const_nodes or i in source_nodes:
-            continue
-        float_in = [x for x in n.input if is_float(x)]
-        float_out = [o for o in n.output if is_float(o)]
-        if not float_out and (n.op_type in TYPE_AGNOSTIC_INPUT_OPS or not float_in):
-            continue  # Shape, Cast-to-int, integer ops: nothing to type
-        if i in keep_fp32:
-            prec[i] = F32
-        elif fp16_seed(i) or precision == "fp16":
-            prec[i] = F16
-        else:
-            computed = [x for x in float_in if x not in const_names and x not in source_tensors]
-            from_fp32 = [prec.get(producer[x], F32) if x in producer else F32 for x in computed]
-            prec[i] = F32 if computed and all(p == F32 for p in from_fp32) else F16
-            if not computed and precision == "hybrid":
-                prec[i] = F32  # e.g. a comparison of a source with a constant
-
-    # 4. sources take what their consumers want (reverse order: sources feed sources)
-    def wanted(tensor: str) -> set[int]:
+    def wanted(self, tensor: str) -> set[int]:
+        """The types the (already typed) consumers of ``tensor`` read it in."""
         want: set[int] = set()
-        for c, j in consumers.get(tensor, []):
-            if nodes[c].op_type in TYPE_AGNOSTIC_INPUT_OPS and j == 0:
+        for c, j in self.consumers.get(tensor, []):
+            if self.nodes[c].op_type in TYPE_AGNOSTIC_INPUT_OPS and j == 0:
                 continue
-            if c in prec:
-                want.add(prec[c])
-        if tensor in graph_outputs:
+            if c in self.prec:
+                want.add(self.prec[c])
+        if tensor in self.graph_outputs:
             want.add(F32)
         return want
 
-    for i in sorted(source_nodes, reverse=True):
-        want = set()
-        for o in nodes[i].output:
-            if is_float(o):
-                want |= wanted(o)
-        prec[i] = F16 if F16 in want else F32
+    # 1.-4. ---------------------------------------------------------------------------
+    def assign_precisions(self) -> None:
+        nodes, is_float = self.nodes, self.is_float
+        keep_fp32 = {i for i, n in enumerate(nodes) if n.op_type in self.policy.op_types}
+        if self.policy.decomposed_layernorm:
+            keep_fp32 |= decomposed_layernorm_nodes(self.g, self.const_names)
 
-    # The precision in which each float tensor is produced.
-    produced: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        if i in prec:
-            for o in n.output:
-                if is_float(o):
-                    produced[o] = prec[i]
-    for vi in g.input:
-        if is_float(vi.name):
-            produced[vi.name] = F32
+        # sources: float outputs computed from constants and non-float inputs only
+        source_tensors: set[str] = set()
+        source_nodes: list[int] = []
+        for i, n in enumerate(nodes):
+            if i in self.const_nodes or i in keep_fp32 or self.fp16_seed(i) or not any(is_float(o) for o in n.output):
+                continue
+            if all(x in self.const_names or x in source_tensors for x in n.input if is_float(x)):
+                source_nodes.append(i)
+                source_tensors.update(o for o in n.output if is_float(o))
 
-    report = dict(clamped=0, underflowed=0, fp16_constants=0, duplicated=0)
-
-    # 5. constants in every precision their consumers need
-    new_inits = []
-    const_variant: dict[tuple[str, int], str] = {}  # (name, type) -> tensor name to read
-    extra_const_nodes: dict[int, list] = defaultdict(list)
-    const_tensors = {t.name: t for t in g.initializer}
-    for i in const_nodes:
-        const_tensors[nodes[i].output[0]] = next(a.t for a in nodes[i].attribute if a.name == "value")
-    for name, tensor in const_tensors.items():
-        if tensor.data_type != F32:
-            continue
-        want = wanted(name)
-        if not want:
-            want = {F32}
-        variants = {}
-        if F32 in want:
-            variants[F32] = name
-        if F16 in want:
-            variants[F16] = name if F32 not in want else f"{name}__{NODE_PREFIX}_fp16"
-            half, c, u = _to_fp16(numpy_helper.to_array(tensor))
-            report["clamped"] += c
-            report["underflowed"] += u
-            report["fp16_constants"] += 1
-            report["duplicated"] += int(F32 in want)
-            half_tensor = numpy_helper.from_array(half, variants[F16])
-            if name in init_names:
-                if F32 in want:
-                    new_inits.append(half_tensor)
-                else:
-                    tensor.CopyFrom(half_tensor)
+        # seeds and followers, in topological order (also ops that read floats but return none)
+        source_set = set(source_nodes)
+        for i, n in enumerate(nodes):
+            if i in self.const_nodes or i in source_set:
+                continue
+            float_in = [x for x in n.input if is_float(x)]
+            if not any(is_float(o) for o in n.output) and (n.op_type in TYPE_AGNOSTIC_INPUT_OPS or not float_in):
+                continue  # Shape, Cast-to-int, integer ops: nothing to type
+            if i in keep_fp32:
+                self.prec[i] = F32
+            elif self.fp16_seed(i) or self.precision == "fp16":
+                self.prec[i] = F16
             else:
-                idx = next(k for k in const_nodes if nodes[k].output[0] == name)
-                if F32 in want:
-                    extra_const_nodes[idx].append(helper.make_node(
-                        "Constant", [], [variants[F16]], name=f"{nodes[idx].name}__{NODE_PREFIX}_fp16", value=half_tensor))
+                computed = [x for x in float_in if x not in self.const_names and x not in source_tensors]
+                from_fp32 = [self.prec.get(self.producer[x], F32) if x in self.producer else F32 for x in computed]
+                # FP32 iff every computed input is FP32; a comparison of sources/constants: FP32
+                self.prec[i] = F32 if all(p == F32 for p in from_fp32) else F16
+
+        # sources take what their consumers want (reverse order: sources feed sources)
+        for i in reversed(source_nodes):
+            want = set().union(*(self.wanted(o) for o in nodes[i].output if is_float(o)))
+            self.prec[i] = F16 if F16 in want or (not want and self.precision == "fp16") else F32
+
+        for i, t in self.prec.items():
+            for o in nodes[i].output:
+                if is_float(o):
+                    self.produced[o] = t
+        for vi in self.g.input:
+            if is_float(vi.name):
+                self.produced[vi.name] = F32
+
+    # 5. -------------------------------------------------------------------------------
+    def retype_constants(self) -> None:
+        """Every FP32 constant in each type its consumers read (two copies when both)."""
+        from onnx import helper, numpy_helper
+
+        nodes = self.nodes
+        const_tensors = {t.name: t for t in self.g.initializer}
+        const_node_of = {nodes[i].output[0]: i for i in self.const_nodes}
+        for name, i in const_node_of.items():
+            const_tensors[name] = next(a.t for a in nodes[i].attribute if a.name == "value")
+        new_inits = []
+        for name, tensor in const_tensors.items():
+            if tensor.data_type != F32:
+                continue
+            want = self.wanted(name) or {F32}
+            variants = {F32: name} if F32 in want else {}
+            if F16 in want:
+                variants[F16] = name if F32 not in want else f"{name}__{NODE_PREFIX}_fp16"
+                half = numpy_helper.from_array(self._half(numpy_helper.to_array(tensor)), variants[F16])
+                self.counts["fp16_constants"] += 1
+                self.counts["duplicated"] += int(F32 in want)
+                if name in const_node_of:
+                    k = const_node_of[name]
+                    if F32 in want:
+                        self.extra_const_nodes[k].append(helper.make_node(
+                            "Constant", [], [variants[F16]], name=f"{nodes[k].name}__{NODE_PREFIX}_fp16", value=half))
+                    else:
+                        next(a for a in nodes[k].attribute if a.name == "value").t.CopyFrom(half)
+                elif F32 in want:
+                    new_inits.append(half)
                 else:
-                    for a in nodes[idx].attribute:
-                        if a.name == "value":
-                            a.t.CopyFrom(half_tensor)
-        for t, v in variants.items():
-            const_variant[(name, t)] = v
-            produced[v] = t
-    g.initializer.extend(new_inits)
+                    tensor.CopyFrom(half)
+            for t, v in variants.items():
+                self.const_variant[(name, t)] = v
+                self.produced[v] = t
+        self.g.initializer.extend(new_inits)
 
-    # 6. retype attributes of FP16 nodes that create floats
-    for i, t in prec.items():
-        if t != F16:
-            continue
-        n = nodes[i]
-        for a in n.attribute:
-            if n.op_type == "Cast" and a.name == "to" and a.i == F32:
-                a.i = F16
-            elif n.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == F32:
-                half, c, u = _to_fp16(numpy_helper.to_array(a.t))
-                report["clamped"] += c
-                report["underflowed"] += u
-                a.t.CopyFrom(numpy_helper.from_array(half, a.t.name))
+    def _half(self, array: np.ndarray) -> np.ndarray:
+        half, clamped, underflowed = _to_fp16(array)
+        self.counts["clamped"] += clamped
+        self.counts["underflowed"] += underflowed
+        return half
 
-    # 7. graph outputs keep FP32: an FP16 producer's output is renamed and cast back
-    renamed: dict[str, str] = {}  # public output name -> internal FP16 name
-    for out in g.output:
-        if is_float(out.name) and produced.get(out.name) == F16:
-            renamed[out.name] = f"{out.name}__{NODE_PREFIX}_fp16"
-    internal_of = {v: k for k, v in renamed.items()}
-    for n in nodes:
-        for k, name in enumerate(n.output):
-            if name in renamed:
-                n.output[k] = renamed[name]
-        for k, name in enumerate(n.input):
-            if name in renamed:
-                n.input[k] = renamed[name]
-    for public, internal in renamed.items():
-        produced[internal] = F16
+    # 6. -------------------------------------------------------------------------------
+    def retype_attributes(self) -> None:
+        """FP16 nodes that create floats from attributes: Cast(to=FLOAT), ConstantOfShape."""
+        from onnx import numpy_helper
 
-    # 8. casts where a consumer wants the other type: one per (tensor, type), placed right
-    #    after the producer and shared by every consumer
-    casts: dict[tuple[str, int], object] = {}
-    casts_after: dict[str, list] = defaultdict(list)
+        for i, t in self.prec.items():
+            n = self.nodes[i]
+            if t != F16:
+                continue
+            for a in n.attribute:
+                if n.op_type == "Cast" and a.name == "to" and a.i == F32:
+                    a.i = F16
+                elif n.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == F32:
+                    a.t.CopyFrom(numpy_helper.from_array(self._half(numpy_helper.to_array(a.t)), a.t.name))
 
-    def add_cast(name: str, want: int, output: str) -> None:
-        casts[(name, want)] = helper.make_node(
-            "Cast", [name], [output], to=want, name=f"{NODE_PREFIX}/cast/{name}->{_TYPE_NAME[want]}")
-        casts_after[name].append(casts[(name, want)])
+    # 7.-9. ----------------------------------------------------------------------------
+    def insert_casts(self) -> None:
+        """Casts where a reader wants the other type: one per (tensor, type), right after the
+        producer, shared by every reader. FP16 graph outputs are renamed and cast back to FP32
+        under their public name."""
+        renamed = {o.name: f"{o.name}__{NODE_PREFIX}_fp16" for o in self.g.output
+                   if self.is_float(o.name) and self.produced.get(o.name) == F16}
+        internal_of = {v: k for k, v in renamed.items()}
+        for n in self.nodes:
+            for k, name in enumerate(n.output):
+                n.output[k] = renamed.get(name, name)
+            for k, name in enumerate(n.input):
+                n.input[k] = renamed.get(name, name)
+        for public, internal in renamed.items():
+            self.produced[internal] = F16
+            self._add_cast(internal, F32, public)
 
-    for public, internal in renamed.items():
-        add_cast(internal, F32, public)  # the output keeps its public name and FP32 type
+        for i, n in enumerate(self.nodes):
+            if i not in self.prec:
+                continue
+            for j, name in enumerate(list(n.input)):
+                if not self.is_float(internal_of.get(name, name)):
+                    continue
+                if n.op_type in TYPE_AGNOSTIC_INPUT_OPS and j == 0:
+                    continue
+                n.input[j] = self._read_as(name, self.prec[i])
 
-    def read_as(name: str, want: int) -> str:
-        if (name, want) in const_variant:
-            return const_variant[(name, want)]
-        have = produced.get(name)
+        ordered = [c for vi in self.g.input for c in self.casts_after.get(vi.name, [])]
+        for i, n in enumerate(self.nodes):
+            ordered.append(n)
+            ordered.extend(self.extra_const_nodes.get(i, []))
+            for o in n.output:
+                ordered.extend(self.casts_after.get(o, []))
+        del self.g.node[:]
+        self.g.node.extend(ordered)
+
+    def _add_cast(self, name: str, to: int, output: str) -> None:
+        from onnx import helper
+
+        cast = helper.make_node("Cast", [name], [output], to=to, name=f"{NODE_PREFIX}/cast/{name}->{_TYPE_NAME[to]}")
+        self.casts[(name, to)] = cast
+        self.casts_after[name].append(cast)
+
+    def _read_as(self, name: str, want: int) -> str:
+        if (name, want) in self.const_variant:
+            return self.const_variant[(name, want)]
+        have = self.produced.get(name)
         if have is None or have == want:
             return name
-        if (name, want) not in casts:
-            add_cast(name, want, _cast_name(name, want))
-        return casts[(name, want)].output[0]
+        if (name, want) not in self.casts:
+            self._add_cast(name, want, _cast_name(name, want))
+        return self.casts[(name, want)].output[0]
 
-    for i, n in enumerate(nodes):
-        if i not in prec:
-            continue
-        for j, name in enumerate(list(n.input)):
-            if not is_float(internal_of.get(name, name)):
-                continue
-            if n.op_type in TYPE_AGNOSTIC_INPUT_OPS and j == 0:
-                continue
-            n.input[j] = read_as(name, prec[i])
-
-    # 9. emit in topological order: casts of graph inputs first, then each node followed by
-    #    its extra constant copies and the casts of its outputs
-    ordered = [c for vi in g.input for c in casts_after.get(vi.name, [])]
-    for i, n in enumerate(nodes):
-        ordered.append(n)
-        ordered.extend(extra_const_nodes.get(i, []))
-        for o in n.output:
-            ordered.extend(casts_after.get(o, []))
-    del g.node[:]
-    g.node.extend(ordered)
-
-    # 10. types of the retyped tensors: re-derived by inference
-    del g.value_info[:]
-    _finish(m)
-
-    fp32_ops = Counter(nodes[i].op_type for i, t in prec.items() if t == F32)
-    tr = TransformReport(
-        precision=precision,
-        policy=policy.to_dict(),
-        opset=_default_opset(m),
-        nodes=len(g.node),
-        fp16_nodes=sum(1 for t in prec.values() if t == F16),
-        fp32_nodes=sum(1 for t in prec.values() if t == F32),
-        fp32_ops=dict(sorted(fp32_ops.items())),
-        casts_inserted=len(casts),
-        constants_fp16=report["fp16_constants"],
-        constants_duplicated=report["duplicated"],
-        clamped_values=report["clamped"],
-        underflowed_values=report["underflowed"],
-    )
-    return m, tr
+    def report(self, model) -> TransformReport:
+        fp32_ops = Counter(self.nodes[i].op_type for i, t in self.prec.items() if t == F32)
+        return TransformReport(
+            precision=self.precision,
+            policy=self.policy.to_dict(),
+            opset=_default_opset(model),
+            nodes=len(model.graph.node),
+            fp16_nodes=sum(1 for t in self.prec.values() if t == F16),
+            fp32_nodes=sum(1 for t in self.prec.values() if t == F32),
+            fp32_ops=dict(sorted(fp32_ops.items())),
+            casts_inserted=len(self.casts),
+            constants_fp16=self.counts["fp16_constants"],
+            constants_duplicated=self.counts["duplicated"],
+            clamped_values=self.counts["clamped"],
+            underflowed_values=self.counts["underflowed"],
+        )
 
 
 def _default_opset(model) -> int:
@@ -772,7 +769,6 @@ def add_qdq(hybrid, fp32_model, activation_amax: Mapping[str, float], mode: str 
 
 def to_opset(model, opset: int):
     """``model`` converted to ``opset`` (no-op when already there)."""
-    onnx = _onnx()
     current = _default_opset(model)
     if current == opset:
         return model
@@ -844,21 +840,113 @@ def precision_onnx_name(precision: str, export_file: str = "model.onnx") -> str:
     return export_file if precision == "fp32" else f"{precision}.onnx"
 
 
+# ---------------------------------------------------------------------------------------
+# The spec-driven stage: <export dir>/<precision>.onnx (+ <precision>.json), cached
+# ---------------------------------------------------------------------------------------
+def precision_onnx_path(spec, precision: str) -> Path:
+    """Where ``precision``'s graph of ``spec`` lives (fp32: the export itself)."""
+    from .export import ONNX_FILE, export_dir
+
+    return export_dir(spec) / precision_onnx_name(precision, ONNX_FILE)
+
+
+def _report_path(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".json")
+
+
+def _wanted_key(spec, precision: str, source_sha: str) -> dict:
+    p = spec.precision
+    key = {"source_sha256": source_sha, "policy": policy_for(precision, p.fp32_ops_extra).to_dict()}
+    if precision == "int8":
+        key["calibration"] = {"method": p.calibration_method, "percentile": p.calibration_percentile,
+                              "samples": p.calibration_samples, "dataset": p.calibration_dataset,
+                              "int8_matmuls": p.int8_matmuls}
+    return key
+
+
+def ensure_precision_onnx(spec, precision: str, *, force: bool = False) -> Path:
+    """Make ``<export dir>/<precision>.onnx`` from the FP32 export (which must exist), unless a
+    current one is there; returns its path. int8 calibrates first (cached too)."""
+    onnx = _onnx()
+    from .export import ONNX_FILE, export_dir, sha256_file
+
+    if precision == "fp32":
+        return export_dir(spec) / ONNX_FILE
+    source = export_dir(spec) / ONNX_FILE
+    if not source.is_file():
+        raise PrecisionError(f"{spec.name}: no FP32 export at {source}; run `make engines` first")
+    out = precision_onnx_path(spec, precision)
+    source_sha = sha256_file(source)
+    key = _wanted_key(spec, precision, source_sha)
+    record = _report_path(out)
+    if not force and out.is_file() and record.is_file():
+        try:
+            old = json.loads(record.read_text())
+            if old.get("key") == key and old.get("onnx_sha256") == sha256_file(out):
+                log.info("%s: %s graph is current (%s)", spec.name, precision, out)
+                return out
+        except (ValueError, OSError):
+            pass
+    model = onnx.load(str(source))
+    amax, calib = None, None
+    if precision == "int8":
+        from .calibration import calibrate_spec
+        from .fidelity import spec_encoder
+
+        calib = calibrate_spec(spec, _named_copy(model), source_sha, export_dir(spec), spec_encoder(spec), force=force)
+        amax = calib.amax
+    transformed, report = transform(
+        model, precision, fp32_ops_extra=spec.precision.fp32_ops_extra,
+        activation_amax=amax, int8_matmuls=spec.precision.int8_matmuls,
+    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(transformed, str(tmp))
+    tmp.replace(out)
+    report.source_sha256 = source_sha
+    report.onnx_sha256 = sha256_file(out)
+    report.calibration = calib.summary() if calib is not None else None
+    data = json.loads(report.to_json())
+    data["key"] = key
+    record.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    log.info("%s: wrote %s (%d FP32 / %d FP16 nodes, %d casts%s)", spec.name, out, report.fp32_nodes,
+             report.fp16_nodes, report.casts_inserted,
+             f", {report.quantized_matmuls} quantized MatMuls" if precision == "int8" else "")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trtserve_build.precision", description=__doc__.split("\n")[0])
-    ap.add_argument("--onnx", required=True, type=Path, help="the FP32 export")
-    ap.add_argument("--precision", required=True, choices=("fp16", "hybrid"))
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--fp32-op", action="append", default=[], help="extra op type kept in FP32 (repeatable)")
+    ap = argparse.ArgumentParser(
+        prog="python -m trtserve_build.precision",
+        description="Make a precision variant of an FP32 encoder graph: from a deployment spec "
+                    "(--spec, any precision, cached in its export folder) or from a file (--onnx/--out, fp16/hybrid).",
+    )
+    ap.add_argument("--precision", required=True, choices=TRANSFORMED_PRECISIONS)
+    ap.add_argument("--spec", help="deployment spec TOML: writes <export dir>/<precision>.onnx (int8 calibrates)")
+    ap.add_argument("--onnx", type=Path, help="an FP32 graph (with --out)")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--fp32-op", action="append", default=[], help="extra op type kept in FP32 (with --onnx; repeatable)")
+    ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     onnx = _onnx()
     try:
+        if args.spec:
+            from .spec import SpecError, load_spec
+
+            try:
+                path = ensure_precision_onnx(load_spec(args.spec), args.precision, force=args.force)
+            except SpecError as e:
+                raise PrecisionError(str(e)) from e
+            print(_report_path(path).read_text(), end="")
+            return 0
+        if not (args.onnx and args.out) or args.precision == "int8":
+            ap.error("give --spec, or --onnx and --out for fp16/hybrid (int8 needs a spec for its calibration texts)")
         model, report = transform(onnx.load(str(args.onnx)), args.precision, fp32_ops_extra=args.fp32_op)
     except PrecisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     onnx.save(model, str(args.out))
-    print(report.to_json())
+    print(report.to_json(), end="")
     return 0
 
 

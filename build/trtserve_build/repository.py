@@ -5,6 +5,7 @@ Layout (per deployment ``<name>``)::
     <repo>/<name>/config.pbtxt, 1/                      ensemble
     <repo>/<name>_tokenizer/config.pbtxt, 1/model.py, 1/tokenizer.json, 1/trtserve_backend/
     <repo>/<name>_encoder/config.pbtxt, 1/model.onnx + model.py (cpu) | 1/model.plan (gpu)
+                                                        | 1/model.pt + model.py (gpu_torch)
     <repo>/<name>_postprocess/config.pbtxt, 1/model.py, 1/trtserve_backend/
 
 Python models get a copy of the one ``trtserve_backend`` package, so the repository is
@@ -23,7 +24,7 @@ import trtserve_backend
 
 from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest, export_dir
 from .spec import DeploymentSpec
-from .triton_config import PLAN_FILE, PYTHON_MODEL_FILE, deployment_configs, write_config
+from .triton_config import PLAN_FILE, PYTHON_MODEL_FILE, TORCHSCRIPT_FILE, deployment_configs, write_config
 
 STAMP_FILE = "trtserve_repository.json"
 BACKEND_DIR = Path(trtserve_backend.__file__).parent
@@ -31,6 +32,7 @@ BACKEND_DIR = Path(trtserve_backend.__file__).parent
 PYTHON_MODELS = {
     "tokenizer": BACKEND_DIR / "triton_models" / "tokenizer.py",
     "onnx_encoder": BACKEND_DIR / "triton_models" / "onnx_encoder.py",
+    "torch_encoder": BACKEND_DIR / "triton_models" / "torch_encoder.py",
     "postprocess": BACKEND_DIR / "triton_models" / "postprocess.py",
 }
 
@@ -79,7 +81,8 @@ def _plan_sha(plan: Path | None) -> str | None:
         return None
     record = plan.with_suffix(plan.suffix + ".json")
     if record.exists():
-        return json.loads(record.read_text()).get("plan_sha256")
+        data = json.loads(record.read_text())
+        return data.get("plan_sha256") or data.get("sha256")  # TensorRT record | TorchScript record
     return f"{plan.stat().st_size}:{int(plan.stat().st_mtime)}"
 
 
@@ -130,8 +133,11 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, plan: Path
             _install_python_model(version, "postprocess")
         elif config.name == spec.encoder_model:
             if engine.backend == "onnxruntime":
+                from .precision import precision_onnx_path
+
                 _install_python_model(version, "onnx_encoder")
-                _link_or_copy(artifacts / ONNX_FILE, version / ONNX_FILE)
+                # the precision's graph (fp32: the export), served under the configured name
+                _link_or_copy(precision_onnx_path(spec, engine.precision), version / ONNX_FILE)
             elif engine.backend == "tensorrt":
                 if plan is None or not plan.exists():
                     raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TensorRT plan; run `make engines VARIANT={variant}`")
@@ -139,4 +145,12 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, plan: Path
                 record = plan.with_suffix(plan.suffix + ".json")
                 if record.exists():
                     # Beside, not inside, the version folder's model file: the build record.
+                    shutil.copy2(record, root / config.name / "engine_record.json")
+            elif engine.backend == "torch":
+                if plan is None or not plan.exists():
+                    raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TorchScript file; run `make engines VARIANT={variant}`")
+                _install_python_model(version, "torch_encoder")
+                _link_or_copy(plan, version / TORCHSCRIPT_FILE)
+                record = plan.with_suffix(plan.suffix + ".json")
+                if record.exists():
                     shutil.copy2(record, root / config.name / "engine_record.json")

@@ -19,6 +19,9 @@ class OrtEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
+        # Spinning worker threads burn the cores that the tokenizer, postprocess and gRPC
+        # threads of the same server need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         graph_inputs = {i.name for i in self.session.get_inputs()}
         missing = set(input_names) - graph_inputs

@@ -20,7 +20,7 @@ def test_shipped_specs_load(sentiment_spec, embed_spec):
     assert sentiment_spec.batching.max_batch_size >= 64
     assert embed_spec.model.length_buckets[-1] == embed_spec.model.max_sequence_length
     assert sentiment_spec.encoder_model == "sentiment_encoder"
-    assert set(embed_spec.engines) == {"cpu", "gpu"}
+    assert set(embed_spec.engines) == {"cpu", "gpu", "gpu_torch"}
 
 
 def test_unknown_keys_are_rejected():

@@ -1,0 +1,343 @@
+"""The PyTorch engine behind ``<name>_encoder`` for the ``torch`` backend (TorchScript + CUDA graphs).
+
+The encoder is a TorchScript module traced by :mod:`trtserve_build.torchscript` (the same task
+module the ONNX export holds, in fp32, fp16 or hybrid). On a GPU, one CUDA graph is captured
+per (batch size, sequence length) of a :class:`GraphPlan` when the model loads: the sequence
+lengths are the tokenizer's length buckets, so every request shape the tokenizer produces has
+a graph, and a batch is padded up to the nearest captured batch size (larger batches run in
+chunks). A replay launches the whole encoder at once, so small batches are not launch-bound.
+Shapes without a graph run the module eagerly. The requests of one Triton execution may differ
+in length (the encoder's inputs allow ragged batches, so the dynamic batcher does not stop a
+batch at each change of length bucket): they are right-padded to the longest and run as one
+batch.
+
+Everything except the capture itself is plain logic that runs on the CPU too (the unit tests
+drive it with an eager stand-in for the graph), and ``torch`` is imported only where needed so
+the planning helpers import anywhere.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+#: Name of the JSON metadata file stored inside the TorchScript archive (``_extra_files``).
+METADATA_FILE = "trtserve.json"
+#: How the requests of one execution become batches (TorchEncoder.run_requests).
+MERGE_MODES = ("pad", "group")
+
+
+class TorchEngineError(RuntimeError):
+    """The TorchScript module cannot be served as configured; the message says why."""
+
+
+# ---- planning: pure logic -----------------------------------------------------------------
+
+def default_graph_batch_sizes(max_batch_size: int, preferred: Sequence[int] = ()) -> tuple[int, ...]:
+    """Powers of two up to ``max_batch_size``, plus it and the preferred batch sizes.
+
+    Padding a batch of n up to the next captured size wastes at most n-1 rows of compute
+    while keeping the number of graphs (and their memory) logarithmic in the batch size.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    sizes = {max_batch_size, *(p for p in preferred if 1 <= p <= max_batch_size)}
+    b = 1
+    while b < max_batch_size:
+        sizes.add(b)
+        b *= 2
+    return tuple(sorted(sizes))
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Which (batch size, sequence length) shapes get a captured CUDA graph."""
+
+    batch_sizes: tuple[int, ...]
+    seq_lengths: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name, values in (("batch_sizes", self.batch_sizes), ("seq_lengths", self.seq_lengths)):
+            if not values or list(values) != sorted(set(values)) or values[0] < 1:
+                raise ValueError(f"GraphPlan.{name} must be strictly increasing positive integers, got {list(values)}")
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_sizes[-1]
+
+    def keys(self) -> list[tuple[int, int]]:
+        """Every captured shape, largest first (so later captures reuse the first one's memory pool)."""
+        return sorted(((b, s) for b in self.batch_sizes for s in self.seq_lengths),
+                      key=lambda k: (k[0] * k[1], k), reverse=True)
+
+    def covers(self, seq_len: int) -> bool:
+        return seq_len in self.seq_lengths
+
+    def padded_batch(self, n: int) -> int:
+        """The smallest captured batch size >= n (n must not exceed the largest)."""
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"batch of {n} rows is outside 1..{self.max_batch}")
+        return self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
+
+    def chunks(self, n: int) -> list[tuple[int, int]]:
+        """Split n rows into (rows, padded batch) pieces: full largest graphs, then one padded rest."""
+        if n < 1:
+            raise ValueError(f"a batch needs at least one row, got {n}")
+        full, rest = divmod(n, self.max_batch)
+        pieces = [(self.max_batch, self.max_batch)] * full
+        if rest:
+            pieces.append((rest, self.padded_batch(rest)))
+        return pieces
+
+
+def group_by_length(requests: Sequence[Mapping[str, object]], key: str) -> dict[int, list[int]]:
+    """Request indices grouped by sequence length (the tokenizer pads each request to a bucket)."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, feeds in enumerate(requests):
+        groups[int(feeds[key].shape[1])].append(i)
+    return dict(groups)
+
+
+def read_metadata(path: str) -> dict:
+    """The build metadata stored inside a TorchScript file by trtserve_build.torchscript."""
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+
+
+# ---- execution ----------------------------------------------------------------------------
+
+class _Captured:
+    """One shape's static input buffer, output and the replay callable."""
+
+    def __init__(self, static_inputs, static_output, replay: Callable[[], None]):
+        self.static_inputs = static_inputs  # [n_inputs, batch, seq] int64 on the device
+        self.static_output = static_output
+        self.replay = replay
+
+
+class TorchEncoder:
+    """Run a traced encoder on batches of token tensors, through captured CUDA graphs when possible.
+
+    ``module(*inputs)`` takes the int64 tensors named ``input_names`` (each [batch, seq]) and
+    returns one float tensor [batch, ...]. Rows are independent, which is what makes padding a
+    batch with stale rows harmless: padded rows are computed and dropped.
+    """
+
+    def __init__(
+        self,
+        module,
+        input_names: Sequence[str],
+        device: str = "cuda",
+        plan: GraphPlan | None = None,
+        *,
+        warmup_runs: int = 2,
+        graph_factory: Callable | None = None,
+    ):
+        import torch
+
+        self.torch = torch
+        self.module = module
+        self.input_names = tuple(input_names)
+        self.device = torch.device(device)
+        self.plan = plan
+        self.warmup_runs = warmup_runs
+        self._graph_factory = graph_factory
+        self._graphs: dict[tuple[int, int], _Captured] = {}
+        self._staging = None  # pinned host buffer for one H2D copy of all inputs
+        self._staging_free = None  # event: the last copy out of _staging has finished
+        self.capture_seconds = 0.0
+        self.metadata: dict = {}
+
+    @classmethod
+    def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
+                  plan: GraphPlan | None = None, **kwargs) -> "TorchEncoder":
+        """Load a TorchScript file made by trtserve_build.torchscript and check it fits ``device``."""
+        import torch
+
+        extra = {METADATA_FILE: ""}
+        # Load on the CPU, then move parameters and buffers: the graph's tensor constants are the
+        # scalars of shape arithmetic (``int(seq_len + 0)``) and must stay in host memory. Moved
+        # to the GPU by map_location, each int() becomes a device sync, which CUDA graph capture
+        # refuses (seen on an H200: cudaErrorStreamCaptureUnsupported).
+        module = torch.jit.load(path, map_location="cpu", _extra_files=extra).to(device)
+        meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+        target = meta.get("target_device_type")
+        if target and target != torch.device(device).type:
+            raise TorchEngineError(
+                f"{path} was traced for {target!r} devices and cannot run on {device!r}; rebuild it "
+                f"with `trtserve-build engines` for this variant")
+        traced_inputs = meta.get("inputs")
+        if traced_inputs and list(traced_inputs) != list(input_names):
+            raise TorchEngineError(f"{path} takes inputs {traced_inputs}, the model config feeds {list(input_names)}")
+        module.eval()
+        engine = cls(module, input_names, device, plan, **kwargs)
+        engine.metadata = meta
+        return engine
+
+    # -- capture ----------------------------------------------------------------------------
+    @property
+    def graph_shapes(self) -> list[tuple[int, int]]:
+        return sorted(self._graphs)
+
+    def _static_inputs(self, batch: int, seq: int):
+        torch = self.torch
+        static = torch.zeros((len(self.input_names), batch, seq), dtype=torch.int64, device=self.device)
+        if "attention_mask" in self.input_names:
+            # No all-masked rows even before the first real batch lands in the buffer.
+            static[self.input_names.index("attention_mask")].fill_(1)
+        return static
+
+    def _call(self, inputs):
+        torch = self.torch
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            return self.module(*inputs)
+
+    def capture(self) -> float:
+        """Warm up and capture every shape of the plan; returns the seconds it took."""
+        if self.plan is None:
+            return 0.0
+        torch = self.torch
+        started = time.perf_counter()
+        if self._graph_factory is not None:
+            for batch, seq in self.plan.keys():
+                static = self._static_inputs(batch, seq)
+                self._graphs[(batch, seq)] = self._graph_factory(self, static)
+        else:
+            if self.device.type != "cuda":
+                raise TorchEngineError(f"CUDA graphs need a CUDA device, engine is on {self.device}")
+            pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            statics = {key: self._static_inputs(*key) for key in self.plan.keys()}
+            with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+                for static in statics.values():
+                    for _ in range(self.warmup_runs):
+                        self._call(list(static))
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            for key in self.plan.keys():  # largest first: the shared pool is sized once
+                static = statics[key]
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    output = self._call(list(static))
+                self._graphs[key] = _Captured(static, output, graph.replay)
+            torch.cuda.synchronize(self.device)
+        self.capture_seconds = time.perf_counter() - started
+        log.info("captured %d CUDA graphs in %.1fs", len(self._graphs), self.capture_seconds)
+        return self.capture_seconds
+
+    # -- running ----------------------------------------------------------------------------
+    def _stack_inputs(self, feeds: Mapping[str, object], start: int, rows: int):
+        """All inputs' rows [start, start+rows) as one [n_inputs, rows, seq] tensor ready to copy."""
+        torch = self.torch
+        tensors = [feeds[n][start:start + rows] for n in self.input_names]
+        if tensors[0].device.type != "cpu" or self.device.type != "cuda":
+            return torch.stack(tensors).to(self.device, torch.int64)
+        # Host inputs: stack into a pinned buffer so the three inputs cross PCIe in one copy.
+        count = len(tensors) * rows * tensors[0].shape[1]
+        if self._staging is None or self._staging.numel() < count:
+            self._staging = torch.empty(count, dtype=torch.int64).pin_memory()
+            self._staging_free = None
+        if self._staging_free is not None:
+            self._staging_free.synchronize()  # the previous async copy must have left the buffer
+        view = self._staging[:count].view(len(tensors), rows, tensors[0].shape[1])
+        torch.stack([t.to(torch.int64) for t in tensors], out=view)
+        return view
+
+    def _after_copy(self) -> None:
+        if self._staging is not None and self.device.type == "cuda":
+            self._staging_free = self.torch.cuda.Event()
+            self._staging_free.record()
+
+    def run_eager(self, feeds: Mapping[str, object]):
+        torch = self.torch
+        return self._call([torch.as_tensor(feeds[n]).to(self.device, torch.int64) for n in self.input_names])
+
+    def run(self, feeds: Mapping[str, object]):
+        """One batch ({name: [batch, seq] int64 tensor}) -> output tensor on the engine's device."""
+        torch = self.torch
+        feeds = {n: torch.as_tensor(feeds[n]) for n in self.input_names}
+        rows, seq = feeds[self.input_names[0]].shape
+        if not self._graphs or not self.plan.covers(seq):
+            return self.run_eager(feeds)
+        outputs, start = [], 0
+        for count, padded in self.plan.chunks(rows):
+            captured = self._graphs[(padded, seq)]
+            captured.static_inputs[:, :count].copy_(self._stack_inputs(feeds, start, count), non_blocking=True)
+            self._after_copy()
+            captured.replay()
+            # Clone: the next replay of this graph overwrites its static output.
+            outputs.append(captured.static_output[:count].clone())
+            start += count
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def run_requests(self, requests: Sequence[Mapping[str, object]], *, to_host: bool = False,
+                     merge: str = "pad") -> list:
+        """Run the requests of one execution as few batches as possible.
+
+        ``merge="pad"``: one batch, every request right-padded to the longest sequence length
+        among them (padding is masked out, so each row's result is unchanged; one replay instead
+        of one per length bucket). ``merge="group"``: one batch per distinct sequence length.
+        Returns one output tensor per request: on the engine's device, or with ``to_host`` in
+        host memory (one device-to-host copy per batch, not one per request).
+        """
+        if merge not in MERGE_MODES:
+            raise ValueError(f"merge {merge!r}; known: {MERGE_MODES}")
+        key = self.input_names[0]
+        if merge == "pad":
+            groups = {max(int(r[key].shape[1]) for r in requests): list(range(len(requests)))}
+        else:
+            groups = group_by_length(requests, key)
+        results: list = [None] * len(requests)
+        for length, members in groups.items():
+            merged = self._merge([requests[i] for i in members], length)
+            out = self.run(merged)
+            if to_host:
+                out = out.cpu()
+            start = 0
+            for i in members:
+                rows = requests[i][key].shape[0]
+                results[i] = out[start:start + rows]
+                start += rows
+        return results
+
+    def _merge(self, requests: Sequence[Mapping[str, object]], length: int) -> Mapping[str, object]:
+        """Concatenate requests' rows, right-padding each to ``length`` with zeros (mask 0 = ignored)."""
+        torch = self.torch
+        if len(requests) == 1 and int(requests[0][self.input_names[0]].shape[1]) == length:
+            return requests[0]
+        merged = {}
+        for name in self.input_names:
+            parts = [torch.as_tensor(r[name]) for r in requests]
+            rows = sum(int(p.shape[0]) for p in parts)
+            out = torch.zeros((rows, length), dtype=torch.int64, device=parts[0].device)
+            start = 0
+            for p in parts:
+                out[start:start + p.shape[0], :p.shape[1]] = p
+                start += p.shape[0]
+            merged[name] = out
+        return merged
+
+
+def eager_graph_factory(engine: TorchEncoder, static) -> _Captured:
+    """A stand-in for CUDA graph capture: 'replay' runs the module on the static buffers.
+
+    It gives the CPU the same static-buffer semantics as a captured graph (inputs copied into a
+    fixed buffer, output written into a fixed tensor), so the padding and chunking logic is
+    testable without a GPU.
+    """
+    output = engine._call(list(static))
+
+    def replay() -> None:
+        output.copy_(engine._call(list(static)))
+
+    return _Captured(static, output, replay)

@@ -1,0 +1,71 @@
+"""``<name>_encoder`` for the torch backend: TorchScript on the GPU with CUDA graphs (torch_engine.py).
+
+Runs as a Python-backend model with ``instance_group { kind: KIND_GPU }``. Inputs arrive as
+Triton tensors: host tensors are wrapped without a copy and cross to the GPU in one pinned
+copy per execution; GPU-resident ones (FORCE_CPU_ONLY_INPUT_TENSORS "no") come in through
+DLPack. The output goes back to host memory in one copy per execution (``output_device``
+"cpu", for the CPU postprocess) or stays on the GPU and leaves through DLPack ("gpu").
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.utils.dlpack
+import triton_python_backend_utils as pb_utils
+
+from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.torch_engine import GraphPlan, TorchEncoder
+from trtserve_backend.triton_models._common import error_response, version_dir
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = PythonModelConfig.from_args(args)
+        if len(cfg.outputs) != 1:
+            raise ValueError(f"{cfg.name}: the encoder has exactly one output, config has {len(cfg.outputs)}")
+        self.inputs = cfg.inputs
+        self.output = cfg.outputs[0]
+        self.output_on_gpu = cfg.parameter("output_device", "cpu") == "gpu"
+        self.merge = cfg.parameter("merge_lengths", "pad")
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+            torch.cuda.set_device(device)
+        else:
+            device = "cpu"
+        plan = None
+        if cfg.json_parameter("cuda_graphs") and device != "cpu":
+            plan = GraphPlan(tuple(cfg.json_parameter("cuda_graph_batch_sizes")),
+                             tuple(cfg.json_parameter("cuda_graph_sequence_lengths")))
+        self.engine = TorchEncoder.from_file(
+            os.path.join(version_dir(args), cfg.parameter("torchscript_file")),
+            input_names=[t.name for t in cfg.inputs],
+            device=device,
+            plan=plan,
+        )
+        self.engine.capture()
+        self.output_on_gpu = self.output_on_gpu and device != "cpu"
+
+    @staticmethod
+    def _tensor(request, name: str):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            raise KeyError(f"request lacks input '{name}'")
+        if tensor.is_cpu():
+            return torch.from_numpy(tensor.as_numpy())
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+
+    def _response(self, out):
+        if self.output_on_gpu:
+            return pb_utils.InferenceResponse(
+                [pb_utils.Tensor.from_dlpack(self.output.name, torch.utils.dlpack.to_dlpack(out.contiguous()))])
+        array = out.numpy().astype(self.output.dtype, copy=False)
+        return pb_utils.InferenceResponse([pb_utils.Tensor(self.output.name, array)])
+
+    def execute(self, requests):
+        try:
+            feeds = [{t.name: self._tensor(r, t.name) for t in self.inputs} for r in requests]
+            outputs = self.engine.run_requests(feeds, to_host=not self.output_on_gpu, merge=self.merge)
+        except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
+            return [error_response(f"encoder failed: {e}") for _ in requests]
+        return [self._response(out) for out in outputs]

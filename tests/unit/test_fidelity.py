@@ -1,0 +1,243 @@
+"""fidelity.py and calibration.py without real models: executors, metrics, gates, ranges, spec."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from trtserve_build import calibration as C  # noqa: E402
+from trtserve_build import fidelity as F  # noqa: E402
+from trtserve_build.spec import DEFAULT_GATES, GateSpec, SpecError, parse_spec  # noqa: E402
+
+from .test_precision import cosine_min, feeds, tiny_encoder  # noqa: E402
+
+
+def mul_chain(dtype: int):
+    """y = x * 1000 * 1000 * 1e-4: 100 in exact arithmetic, inf when the product is rounded to FP16."""
+    np_type = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    nodes = [helper.make_node("Mul", ["x", "k"], ["a"], name="m1"),
+             helper.make_node("Mul", ["a", "k"], ["b"], name="m2"),
+             helper.make_node("Mul", ["b", "s"], ["y"], name="m3")]
+    g = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", dtype, [1])], [helper.make_tensor_value_info("y", dtype, [1])],
+        [numpy_helper.from_array(np.array(1000, np_type), "k"), numpy_helper.from_array(np.array(1e-4, np_type), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+# ---- executors ---------------------------------------------------------------------------
+def test_onnxruntime_cpu_skips_fp16_rounding_and_the_probe_sees_it(tmp_path):
+    import onnxruntime as ort
+
+    path = tmp_path / "chain16.onnx"
+    onnx.save(mul_chain(TensorProto.FLOAT16), str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert float(session.run(None, {"x": np.array([1], np.float16)})[0][0]) == 100.0  # not inf: FP32 inside
+    assert F.ort_upcast_ops(path)["Mul"] >= 3
+    with pytest.raises(F.ExecutorUnavailableError, match="Mul"):
+        F.OrtExecutor(path)
+
+
+def test_interpreter_rounds_every_fp16_result():
+    out = F.TorchInterpreter(mul_chain(TensorProto.FLOAT16), device="cpu").run({"x": np.array([1], np.float16)})[0]
+    assert out.dtype == np.float16 and np.isinf(out).all()
+    exact = F.TorchInterpreter(mul_chain(TensorProto.FLOAT), device="cpu").run({"x": np.array([1], np.float32)})[0]
+    assert np.allclose(exact, 100.0)
+
+
+def test_choose_executor_prefers_ort_for_fp32_and_refuses_it_for_fp16(tmp_path):
+    from trtserve_build.precision import transform
+
+    model = tiny_encoder()
+    fp32, half = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(model, str(fp32))
+    onnx.save(transform(model, "fp16")[0], str(half))
+    ex, refused = F.choose_executor(fp32, None)
+    assert isinstance(ex, F.OrtExecutor) and refused and refused[0].startswith("tensorrt")
+    ex, refused = F.choose_executor(half, None)
+    assert isinstance(ex, F.TorchInterpreter)
+    assert any(r.startswith("onnxruntime-cpu") and "FP16 rounding" in r for r in refused)
+
+
+def test_interpreter_matches_onnx_runtime_on_fp32():
+    model = tiny_encoder()
+    data = feeds()
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, data)[0]
+    got = F.TorchInterpreter(model, device="cpu").run(data)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_interpreter_refuses_unknown_ops():
+    model = tiny_encoder()
+    model.graph.node.append(helper.make_node("Einsum", ["h0", "h0"], ["e"], equation="bsh,bsh->bs"))
+    with pytest.raises(F.ExecutorUnavailableError, match="Einsum"):
+        F.TorchInterpreter(model, device="cpu")
+
+
+def test_runner_restores_text_order():
+    class Echo:
+        def run(self, feeds):
+            return [feeds["input_ids"][:, :1].astype(np.float32)]
+
+    runner = F.Runner(Echo(), lambda texts: {"input_ids": np.array([[len(t)] for t in texts])})
+    texts = ["ccc", "a", "bbbbb", "dd"]
+    out = runner.outputs(texts, batch_size=2)
+    assert out[:, 0].tolist() == [3, 1, 5, 2]
+
+
+# ---- metrics and gates ------------------------------------------------------------------
+def test_compare_on_public_outputs():
+    ref = np.array([[2.0, -2.0], [0.01, -0.01], [-1.0, 1.0]], np.float32)
+    cand = np.array([[2.0, -2.0], [0.012, -0.008], [np.nan, 1.0]], np.float32)
+    m = F.compare(ref, cand, "classification")
+    assert m["nonfinite_fraction"] == pytest.approx(1 / 3)
+    assert m["cosine_min"] > 0.9999  # probabilities: well conditioned near the boundary
+    assert m["raw_cosine_min"] < 0.9999  # the raw logits turned by degrees
+    assert m["top1_agreement"] == pytest.approx(2 / 3)
+
+
+def test_top1_for_embeddings_is_nearest_neighbour():
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    assert F.top1(x, "embedding").tolist() == [1, 0, 3, 2]
+    assert F.top1(np.array([[0.1, 0.9], [3, 1]]), "classification").tolist() == [1, 0]
+
+
+def row(**kw):
+    base = dict(model="m", precision="hybrid", set="real", executor="x", texts=100, cosine_mean=1.0,
+                cosine_min=1.0, max_abs_error=0.0, nonfinite_fraction=0.0, top1_agreement=1.0)
+    base.update(kw)
+    return F.Row(**base)
+
+
+def test_gate_failures_are_typed_and_carry_numbers():
+    gate = DEFAULT_GATES["hybrid"]
+    ok = F.evaluate_gate("m", "hybrid", [row()], gate)
+    assert ok.passed
+    nan = F.evaluate_gate("m", "hybrid", [row(set="stress", nonfinite_fraction=0.05)], gate)
+    cos = F.evaluate_gate("m", "hybrid", [row(cosine_min=0.9990)], gate)
+    acc = F.evaluate_gate("m", "hybrid", [row(accuracy=0.85, reference_accuracy=0.86, accuracy_drop_points=1.0)], gate)
+    assert not nan.passed and nan.nonfinite and "5.00% of 100 outputs hold NaN/Inf" in nan.failures[0]
+    assert "min cosine 0.999000 < 0.9998" in cos.failures[0]
+    assert "drop 1.00 points > 0.5" in acc.failures[0]
+    with pytest.raises(F.NonFiniteOutputError, match="m/hybrid/stress"):
+        F.raise_for([ok, nan, cos])
+    with pytest.raises(F.ToleranceError, match="min cosine"):
+        F.raise_for([cos])
+    F.raise_for([ok])
+
+
+def test_fp16_default_gate_is_nan_only():
+    gate = DEFAULT_GATES["fp16"]
+    assert F.evaluate_gate("m", "fp16", [row(precision="fp16", cosine_min=0.5)], gate).passed
+    assert not F.evaluate_gate("m", "fp16", [row(precision="fp16", nonfinite_fraction=0.01)], gate).passed
+    assert DEFAULT_GATES["int8"].max_accuracy_drop_points == 1.0
+    assert DEFAULT_GATES["hybrid"] == GateSpec(min_cosine=0.9998, max_nonfinite_fraction=0.0, max_accuracy_drop_points=0.5)
+
+
+def test_report_files(tmp_path):
+    rep = F.DeploymentReport("m", "embedding", "onnxruntime-cpu", [row(precision="fp32"), row(cosine_min=float("nan"))],
+                             {"hybrid": {"executor": "x", "refused": ["onnxruntime-cpu: no kernels"]}},
+                             [F.GateResult("hybrid", "m", True)])
+    data = F.write_report([rep], tmp_path / "f.json", tmp_path / "f.md")
+    assert data["passed"] is True
+    assert json.loads((tmp_path / "f.json").read_text())["deployments"][0]["rows"][1]["cosine_min"] is None
+    md = (tmp_path / "f.md").read_text()
+    assert "| m | hybrid | real |" in md and "onnxruntime-cpu: no kernels" in md and "Measured on" in md
+
+
+def test_stress_set_is_long_repetitive_and_unusual():
+    texts = F.stress_texts(["a fine film."] * 300)
+    assert len(texts) >= 30
+    assert max(len(t) for t in texts) > 2000 and "" in texts
+    assert any(ord(c) > 0x1F000 for t in texts for c in t)  # emoji
+
+
+# ---- calibration ------------------------------------------------------------------------
+def test_histogram_grows_and_keeps_counts():
+    h = C.AbsHistogram(num_bins=64, max_bins=256)
+    h.update(np.linspace(-1, 1, 1000))
+    h.update(np.array([50.0, -3.0, np.nan]))
+    assert h.counts.sum() == 1002 and h.nonfinite == 1 and h.max_seen == 50.0
+    assert len(h.counts) <= 256 and h.edges[-1] >= 50.0
+
+
+def test_range_methods():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(200_000), [40.0, -60.0]])  # two outliers
+    h = C.AbsHistogram()
+    h.update(values)
+    assert h.amax("max") == 60.0
+    pct = h.amax("percentile", 99.99)
+    assert 3.0 < pct < 5.0
+    ent = h.amax("entropy")
+    assert 2.0 < ent < 20.0  # clips the outliers
+    with pytest.raises(ValueError):
+        h.amax("mse")
+    with pytest.raises(C.CalibrationError):
+        C.AbsHistogram().amax("max")
+
+
+def test_calibrate_tiny_graph_and_qdq_accuracy():
+    from trtserve_build.precision import _named_copy, transform
+
+    model = _named_copy(tiny_encoder())
+    batches = [feeds(seed=s) for s in range(4)]
+
+    def encode(texts):
+        return batches[len(texts[0]) % 4]
+
+    result = C.calibrate(model, ["a", "bb", "ccc", "dddd"], encode, method="percentile", batch_size=1)
+    assert set(result.amax) == {"h0", "h1", "g4"} and result.batches == 4
+    assert all(0 < result.amax[k] <= result.max_seen[k] for k in result.amax)
+    restored = C.CalibrationResult.from_json(result.to_json())
+    assert restored.amax == result.amax and restored.summary()["tensors"] == 3
+    out, report = transform(model, "int8", activation_amax=result.amax)
+    ref = F.TorchInterpreter(model, device="cpu").run(batches[0])[0]
+    got = F.TorchInterpreter(out, device="cpu").run(batches[0])[0]
+    assert cosine_min(ref, got) > 0.98
+
+
+# ---- spec -------------------------------------------------------------------------------
+def spec_dict(**precision):
+    d = {
+        "name": "tiny", "task": "embedding",
+        "model": {"checkpoint": "/nonexistent", "max_sequence_length": 64, "length_buckets": [16, 64]},
+        "engine": {"cpu": {"backend": "onnxruntime", "precision": "hybrid"}},
+    }
+    if precision:
+        d["precision"] = precision
+    return d
+
+
+def test_spec_precision_section_defaults_and_overrides():
+    plain = parse_spec(spec_dict())
+    assert plain.precision.gate("hybrid").min_cosine == 0.9998
+    assert plain.precision.calibration_method == "percentile"
+    custom = parse_spec(spec_dict(fp32_ops_extra=["Erf"], calibration_method="entropy",
+                                  gates={"hybrid": {"min_cosine": 0.9999}}))
+    assert custom.precision.fp32_ops_extra == ("Erf",)
+    gate = custom.precision.gate("hybrid")
+    assert gate.min_cosine == 0.9999 and gate.max_accuracy_drop_points == 0.5  # merged over the default
+    assert custom.fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"calibration_metod": "entropy"}, "unknown key"),
+    ({"calibration_method": "mse"}, "calibration_method"),
+    ({"fp32_ops_extra": ["LayerNorm"]}, "unknown ONNX op"),
+    ({"gates": {"fp32": {"min_cosine": 1}}}, "no gates for precision"),
+    ({"gates": {"hybrid": {"min_cosin": 1}}}, "unknown key"),
+    ({"gates": {"int8": {"max_nonfinite_fraction": 2}}}, "fraction"),
+    ({"int8_matmuls": "some"}, "int8_matmuls"),
+    ({"calibration_dataset": "sst2"}, "calibration_dataset"),
+])
+def test_spec_precision_section_rejects_mistakes(bad, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(spec_dict(**bad))
