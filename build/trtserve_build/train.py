@@ -63,8 +63,23 @@ class TrainingData:
 
 
 def training_fingerprint(spec: DeploymentSpec) -> str:
-    """Cache key of a trained checkpoint: the spec's ``training`` and ``model`` sections."""
-    return spec.fingerprint("training", "model")
+    """Cache key of a trained checkpoint: what the folder depends on.
+
+    The training recipe, the label names, the tokenizer's saved max length and the folder
+    itself; not serving-only settings such as length buckets, which must not cause retraining.
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    m = spec.model
+    payload = {
+        "training": dataclasses.asdict(spec.training) if spec.training else None,
+        "labels": list(m.labels),
+        "max_sequence_length": m.max_sequence_length,
+        "checkpoint": m.checkpoint,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_stamp(folder: Path) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ def _counts(server, model):
 
 def test_concurrent_requests_are_batched(server):
     before = _counts(server, "sentiment_encoder")
-    texts = [f"an utterly charming film number {i}" for i in range(96)]  # all fall in the 16-token bucket
+    texts = [f"an utterly charming film number {i}" for i in range(96)]  # short: one or two length buckets
 
     def call(text):
         client = httpclient.InferenceServerClient(server.http_url)

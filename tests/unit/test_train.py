@@ -107,6 +107,18 @@ def test_labels_change_the_fingerprint(tmp_path: Path) -> None:
     assert not is_up_to_date(folder, training_fingerprint(b))
 
 
+def test_serving_settings_do_not_retrain(tmp_path: Path) -> None:
+    """Length buckets and batching only shape serving: the trained folder stays current."""
+    import dataclasses
+
+    a = make_spec(tmp_path / "ckpt")
+    b = dataclasses.replace(a, model=dataclasses.replace(a.model, length_buckets=(8, a.model.max_sequence_length)),
+                            batching=dataclasses.replace(a.batching, max_batch_size=32))
+    assert training_fingerprint(a) == training_fingerprint(b)
+    c = dataclasses.replace(a, training=dataclasses.replace(a.training, seed=a.training.seed + 1))
+    assert training_fingerprint(a) != training_fingerprint(c)
+
+
 @pytest.mark.parametrize("broken", ["no-stamp", "corrupt-stamp", "no-weights", "no-folder"])
 def test_incomplete_folders_are_stale(tmp_path: Path, broken: str) -> None:
     spec = make_spec(tmp_path / "ckpt")

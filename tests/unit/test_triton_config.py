@@ -1,4 +1,6 @@
 """Generated configs: protobuf-built, round-trip through text_format, agree with the contract."""
+import json
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -37,7 +39,7 @@ def test_sentiment_contract(sentiment_spec):
         "sentiment_tokenizer", "sentiment_encoder", "sentiment_postprocess"]
     assert encoder.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
     assert encoder.backend == "python" and encoder.parameters["onnx_file"].string_value == "model.onnx"
-    assert tokenizer.parameters["length_buckets"].string_value == "[16, 32, 64, 128]"
+    assert json.loads(tokenizer.parameters["length_buckets"].string_value) == list(sentiment_spec.model.length_buckets)
     assert post.parameters["labels"].string_value == '["negative", "positive"]'
 
 
