@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 
 from trtserve_backend import contract
 
+from .export import record_path, sha256_file
 from .spec import PRECISIONS, DeploymentSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -269,20 +270,6 @@ class EngineRecord:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "EngineRecord":
         return cls.from_json(Path(path).read_text())
-
-
-def record_path(plan_path: str | os.PathLike[str]) -> Path:
-    """``<plan>.json``: where the record of ``plan_path`` lives."""
-    plan_path = Path(plan_path)
-    return plan_path.with_name(plan_path.name + ".json")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:

@@ -83,6 +83,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def record_path(artifact: str | os.PathLike[str]) -> Path:
+    """``<artifact>.json``: where a built artifact's (plan, TorchScript) record lives."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
 def _checkpoint_fingerprint(folder: Path) -> str:
     """Cheap identity of a checkpoint folder: names, sizes and mtimes of its files."""
     h = hashlib.sha256()

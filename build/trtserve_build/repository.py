@@ -22,7 +22,7 @@ from typing import Sequence
 
 import trtserve_backend
 
-from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest, export_dir
+from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest, export_dir, record_path
 from .spec import DeploymentSpec
 from .triton_config import PLAN_FILE, PYTHON_MODEL_FILE, TORCHSCRIPT_FILE, deployment_configs, write_config
 
@@ -79,11 +79,18 @@ def repository_fingerprint(specs: Sequence[DeploymentSpec], variant: str, plans:
 def _plan_sha(plan: Path | None) -> str | None:
     if plan is None:
         return None
-    record = plan.with_suffix(plan.suffix + ".json")
+    record = record_path(plan)
     if record.exists():
         data = json.loads(record.read_text())
         return data.get("plan_sha256") or data.get("sha256")  # TensorRT record | TorchScript record
     return f"{plan.stat().st_size}:{int(plan.stat().st_mtime)}"
+
+
+def _copy_engine_record(engine_file: Path, model_dir: Path) -> None:
+    """The engine's build record, beside (not inside) the version folder."""
+    record = record_path(engine_file)
+    if record.exists():
+        shutil.copy2(record, model_dir / "engine_record.json")
 
 
 def is_current(out_dir: Path, fingerprint: dict) -> bool:
@@ -142,15 +149,10 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, plan: Path
                 if plan is None or not plan.exists():
                     raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TensorRT plan; run `make engines VARIANT={variant}`")
                 _link_or_copy(plan, version / PLAN_FILE)
-                record = plan.with_suffix(plan.suffix + ".json")
-                if record.exists():
-                    # Beside, not inside, the version folder's model file: the build record.
-                    shutil.copy2(record, root / config.name / "engine_record.json")
+                _copy_engine_record(plan, root / config.name)
             elif engine.backend == "torch":
                 if plan is None or not plan.exists():
                     raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TorchScript file; run `make engines VARIANT={variant}`")
                 _install_python_model(version, "torch_encoder")
                 _link_or_copy(plan, version / TORCHSCRIPT_FILE)
-                record = plan.with_suffix(plan.suffix + ".json")
-                if record.exists():
-                    shutil.copy2(record, root / config.name / "engine_record.json")
+                _copy_engine_record(plan, root / config.name)

@@ -45,6 +45,7 @@ import numpy as np
 from trtserve_backend import contract
 from trtserve_backend.torch_engine import METADATA_FILE
 
+from .export import record_path
 from .spec import TORCH_ATTENTION, TORCH_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -493,10 +494,6 @@ def save(script_module, record: TorchScriptRecord, path: Path) -> Path:
     record.sha256 = sha256_file(path)
     record.write(record_path(path))
     return path
-
-
-def record_path(path: Path) -> Path:
-    return Path(path).with_suffix(Path(path).suffix + ".json")
 
 
 # ---- the pipeline stage ---------------------------------------------------------------------

@@ -58,24 +58,19 @@ def exit_code_for(error: TrtServeError) -> int:
     return EXIT_ERROR
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _seconds(*, allow_zero: bool):
+    """An argparse type for a number of seconds: > 0, or >= 0 with ``allow_zero``."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= 0 if allow_zero else value > 0):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if allow_zero else '>'} 0, got {text}")
+        return value
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return parse
 
 
 def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -92,7 +87,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default=default("grpc"),
                         help="default: grpc")
-    parser.add_argument("--timeout", type=_positive_float, default=default(10.0), metavar="SECONDS",
+    parser.add_argument("--timeout", type=_seconds(allow_zero=False), default=default(10.0), metavar="SECONDS",
                         help="per-request timeout (default: 10)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print JSON instead of text")
@@ -126,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(ready, suppress=True)
     ready.add_argument("--model", action="append", default=None, dest="models", metavar="MODEL",
                        help=f"repeatable (default: {DEFAULT_CLASSIFY_MODEL} and {DEFAULT_EMBED_MODEL})")
-    ready.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="SECONDS",
+    ready.add_argument("--wait", type=_seconds(allow_zero=True), default=0.0, metavar="SECONDS",
                        help="keep trying this long (default: 0, try once)")
     ready.set_defaults(handler=_run_ready)
     return parser

@@ -90,6 +90,11 @@ class PythonModelConfig:
                 return t
         raise ModelConfigError(f"{self.name}: config.pbtxt has no output '{name}' (has {[t.name for t in self.outputs]})")
 
+    def single_output(self) -> TensorSpec:
+        if len(self.outputs) != 1:
+            raise ModelConfigError(f"{self.name}: expected exactly one output, config has {[t.name for t in self.outputs]}")
+        return self.outputs[0]
+
     def single_input(self) -> TensorSpec:
         if len(self.inputs) != 1:
             raise ModelConfigError(f"{self.name}: expected exactly one input, config has {[t.name for t in self.inputs]}")

@@ -13,10 +13,8 @@ from trtserve_backend.triton_models._common import error_response, input_array, 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
-        if len(cfg.outputs) != 1:
-            raise ValueError(f"{cfg.name}: the encoder has exactly one output, config has {len(cfg.outputs)}")
         self.inputs = cfg.inputs
-        self.output = cfg.outputs[0]
+        self.output = cfg.single_output()
         self.encoder = OrtEncoder(
             os.path.join(version_dir(args), cfg.parameter("onnx_file")),
             input_names=[t.name for t in cfg.inputs],

@@ -22,10 +22,8 @@ from trtserve_backend.triton_models._common import error_response, version_dir
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
-        if len(cfg.outputs) != 1:
-            raise ValueError(f"{cfg.name}: the encoder has exactly one output, config has {len(cfg.outputs)}")
         self.inputs = cfg.inputs
-        self.output = cfg.outputs[0]
+        self.output = cfg.single_output()
         self.output_on_gpu = cfg.parameter("output_device", "cpu") == "gpu"
         self.merge = cfg.parameter("merge_lengths", "pad")
         if args.get("model_instance_kind") == "GPU":
