@@ -257,7 +257,7 @@ def export(spec: DeploymentSpec, *, force: bool = False) -> ExportManifest:
             seconds=round(time.perf_counter() - started, 2),
         )
         manifest.write(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -288,7 +288,7 @@ def _compare_with_pytorch(spec, module, tokenizer, onnx_path, texts, input_names
     )
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Swap ``new`` into place at ``target`` (old contents removed)."""
     old = None
     if target.exists():

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import trtserve_backend
 
-from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest, export_dir, record_path
+from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest, export_dir, record_path, replace_dir
 from .spec import DeploymentSpec
 from .triton_config import PLAN_FILE, PYTHON_MODEL_FILE, TORCHSCRIPT_FILE, deployment_configs, write_config
 
@@ -114,11 +114,7 @@ def generate_repository(
         for spec in specs:
             _write_deployment(spec, variant, tmp, plans.get(spec.name))
         (tmp / STAMP_FILE).write_text(json.dumps(repository_fingerprint(specs, variant, plans), indent=2) + "\n")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .checkpoints import resolve_checkpoint
 from .data import LabelledText, dataset_labels, load_dataset, split_holdout
+from .export import replace_dir
 from .spec import DeploymentSpec, TrainingSpec, load_spec
 
 if TYPE_CHECKING:  # heavy imports stay out of the cache-hit path
@@ -359,7 +360,6 @@ def reset_tokenizer_state(tokenizer: PreTrainedTokenizerBase, max_length: int) -
 def publish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, stamp: dict[str, Any]) -> None:
     """Save model (safetensors), tokenizer and stamp next to ``target``, then swap it in."""
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp))
@@ -369,12 +369,9 @@ def publish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: 
             raise TrainingError(f"saving the checkpoint to {tmp} did not produce {missing}")
         (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         _make_readable(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _make_readable(folder: Path) -> None:
