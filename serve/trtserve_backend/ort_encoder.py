@@ -19,9 +19,13 @@ class OrtEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
-        # Spinning worker threads burn the cores that the tokenizer, postprocess and gRPC
-        # threads of the same server need between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin inside a Run (each of the graph's many small parallel ops starts
+        # at once instead of waiting for a futex wake-up: -0.6 ms per request at concurrency 1
+        # on 2 cores) but stop spinning when it returns, so between batches they do not burn
+        # the cores that the tokenizer, postprocess and gRPC threads of the same server need
+        # (spinning between runs cost 20% of the served throughput).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         graph_inputs = {i.name for i in self.session.get_inputs()}
         missing = set(input_names) - graph_inputs
