@@ -131,10 +131,14 @@ def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str)
             "onnx_file": ONNX_FILE,
             "intra_op_threads": str(engine.intra_op_threads),
             "precision": engine.precision,
+            # One ONNX Runtime batch per length bucket in an execution. On the CPU, compute grows
+            # with the padded tokens; padding every request to the longest ("pad", what the GPU
+            # engine does to replay one CUDA graph) did not serve more texts/s on 2 cores.
+            "merge_lengths": "group",
         })
-        # Requests padded to different length buckets may share an execution (the model runs
-        # each length as its own ONNX Runtime batch): otherwise the dynamic batcher closes a
-        # batch at every change of shape and batches stay near one request.
+        # Requests padded to different length buckets may share an execution: otherwise the
+        # dynamic batcher closes a batch at every change of shape and batches stay near one
+        # request.
         _allow_ragged(config)
     elif engine.backend == "tensorrt":
         config.platform = "tensorrt_plan"

@@ -1,18 +1,21 @@
 """ONNX Runtime encoder (the CPU engine behind ``<name>_encoder``).
 
-The dynamic batcher hands one execution several requests. Requests with the same sequence
-length (the tokenizer pads to buckets) are concatenated and run as one batch.
+The dynamic batcher hands one execution several requests, padded by the tokenizer to length
+buckets; :mod:`.batching` turns them into ONNX Runtime batches (one per length, or one padded
+to the longest request).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
 
+from .batching import check_merge, pad_merge, plan_batches, split_rows
+
 
 class OrtEncoder:
-    def __init__(self, onnx_path: str, input_names: Sequence[str], output_name: str, intra_op_threads: int = 0):
+    def __init__(self, onnx_path: str, input_names: Sequence[str], output_name: str, intra_op_threads: int = 0,
+                 merge: str = "group"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -33,22 +36,16 @@ class OrtEncoder:
             raise ValueError(f"{onnx_path}: ONNX graph lacks inputs {sorted(missing)} (has {sorted(graph_inputs)})")
         self.input_names = tuple(input_names)
         self.output_name = output_name
+        self.merge = check_merge(merge)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
 
     def run_requests(self, requests: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """Run many requests, merging those of equal sequence length into one batch each."""
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, feeds in enumerate(requests):
-            groups[feeds[self.input_names[0]].shape[1:]].append(i)
+        """Run the requests of one execution as few batches as ``merge`` allows; one output each."""
+        key = self.input_names[0]
         results: list[np.ndarray | None] = [None] * len(requests)
-        for members in groups.values():
-            merged = {n: np.concatenate([requests[i][n] for i in members]) for n in self.input_names}
-            out = self.run(merged)
-            start = 0
-            for i in members:
-                rows = requests[i][self.input_names[0]].shape[0]
-                results[i] = out[start:start + rows]
-                start += rows
+        for length, members in plan_batches(requests, key, self.merge).items():
+            out = self.run(pad_merge([requests[i] for i in members], self.input_names, length))
+            split_rows(out, requests, members, key, results)
         return results  # type: ignore[return-value]

@@ -21,16 +21,15 @@ import bisect
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
+
+from .batching import MERGE_MODES, group_by_length, plan_batches, split_rows  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 #: Name of the JSON metadata file stored inside the TorchScript archive (``_extra_files``).
 METADATA_FILE = "trtserve.json"
-#: How the requests of one execution become batches (TorchEncoder.run_requests).
-MERGE_MODES = ("pad", "group")
 
 
 class TorchEngineError(RuntimeError):
@@ -94,14 +93,6 @@ class GraphPlan:
         if rest:
             pieces.append((rest, self.padded_batch(rest)))
         return pieces
-
-
-def group_by_length(requests: Sequence[Mapping[str, object]], key: str) -> dict[int, list[int]]:
-    """Request indices grouped by sequence length (the tokenizer pads each request to a bucket)."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, feeds in enumerate(requests):
-        groups[int(feeds[key].shape[1])].append(i)
-    return dict(groups)
 
 
 def read_metadata(path: str) -> dict:
@@ -290,24 +281,11 @@ class TorchEncoder:
         Returns one output tensor per request: on the engine's device, or with ``to_host`` in
         host memory (one device-to-host copy per batch, not one per request).
         """
-        if merge not in MERGE_MODES:
-            raise ValueError(f"merge {merge!r}; known: {MERGE_MODES}")
         key = self.input_names[0]
-        if merge == "pad":
-            groups = {max(int(r[key].shape[1]) for r in requests): list(range(len(requests)))}
-        else:
-            groups = group_by_length(requests, key)
         results: list = [None] * len(requests)
-        for length, members in groups.items():
-            merged = self._merge([requests[i] for i in members], length)
-            out = self.run(merged)
-            if to_host:
-                out = out.cpu()
-            start = 0
-            for i in members:
-                rows = requests[i][key].shape[0]
-                results[i] = out[start:start + rows]
-                start += rows
+        for length, members in plan_batches(requests, key, merge).items():
+            out = self.run(self._merge([requests[i] for i in members], length))
+            split_rows(out.cpu() if to_host else out, requests, members, key, results)
         return results
 
     def _merge(self, requests: Sequence[Mapping[str, object]], length: int) -> Mapping[str, object]:

@@ -39,6 +39,8 @@ def test_sentiment_contract(sentiment_spec):
         "sentiment_tokenizer", "sentiment_encoder", "sentiment_postprocess"]
     assert encoder.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
     assert encoder.backend == "python" and encoder.parameters["onnx_file"].string_value == "model.onnx"
+    assert encoder.parameters["merge_lengths"].string_value == "group"
+    assert all(t.allow_ragged_batch for t in encoder.input)
     assert json.loads(tokenizer.parameters["length_buckets"].string_value) == list(sentiment_spec.model.length_buckets)
     assert post.parameters["labels"].string_value == '["negative", "positive"]'
 

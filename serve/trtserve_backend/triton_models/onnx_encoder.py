@@ -20,6 +20,7 @@ class TritonPythonModel:
             input_names=[t.name for t in cfg.inputs],
             output_name=self.output.name,
             intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
+            merge=cfg.parameter("merge_lengths", "group"),
         )
 
     def execute(self, requests):

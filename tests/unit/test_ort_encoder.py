@@ -1,0 +1,87 @@
+"""The CPU engine (ONNX Runtime) and the batching helpers every encoder shares.
+
+A tiny row-independent model is exported to ONNX here, so the tests need no built artifacts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trtserve_backend import contract  # noqa: E402
+from trtserve_backend.batching import check_merge, pad_merge, plan_batches, split_rows  # noqa: E402
+from trtserve_backend.ort_encoder import OrtEncoder  # noqa: E402
+
+from .test_torch_engine import NAMES, RowModel, feeds  # noqa: E402
+
+KEY = contract.INPUT_IDS
+
+
+def test_plan_batches_pad_and_group():
+    reqs = [feeds(1, 8), feeds(2, 16), feeds(3, 8)]
+    assert plan_batches(reqs, KEY, "pad") == {16: [0, 1, 2]}
+    assert plan_batches(reqs, KEY, "group") == {8: [0, 2], 16: [1]}
+    with pytest.raises(ValueError, match="merge 'sorted'"):
+        plan_batches(reqs, KEY, "sorted")
+    with pytest.raises(ValueError, match="known"):
+        check_merge("")
+
+
+def test_pad_merge_right_pads_with_zeros_and_keeps_rows():
+    a, b = feeds(1, 8, 1), feeds(2, 16, 2)
+    merged = pad_merge([a, b], NAMES, 16)
+    for name in NAMES:
+        assert merged[name].shape == (3, 16) and merged[name].dtype == a[name].dtype
+        np.testing.assert_array_equal(merged[name][0, :8], a[name][0])
+        assert not merged[name][0, 8:].any()
+        np.testing.assert_array_equal(merged[name][1:], b[name])
+
+
+def test_pad_merge_passes_one_request_of_the_right_length_through():
+    a = feeds(2, 8)
+    assert pad_merge([a], NAMES, 8) is a
+    assert pad_merge([a], NAMES, 16)[KEY].shape == (2, 16)
+
+
+def test_split_rows_hands_each_request_its_rows():
+    reqs = [feeds(1, 8), feeds(3, 8), feeds(2, 8)]
+    results = [None] * 4
+    split_rows(np.arange(6), reqs, [0, 1, 2], KEY, results)
+    assert [list(r) for r in results[:3]] == [[0], [1, 2, 3], [4, 5]] and results[3] is None
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = RowModel().eval()
+    path = tmp_path_factory.mktemp("ort") / "row.onnx"
+    example = tuple(torch.from_numpy(v) for v in feeds(2, 8).values())
+    axes = {name: {0: "batch", 1: "sequence"} for name in NAMES}
+    torch.onnx.export(model, example, str(path), input_names=list(NAMES), output_names=["out"],
+                      dynamic_axes={**axes, "out": {0: "batch"}}, opset_version=17, dynamo=False)
+    return model, str(path)
+
+
+def reference(model, f):
+    with torch.no_grad():
+        return model(*(torch.from_numpy(f[n]) for n in NAMES)).numpy()
+
+
+@pytest.mark.parametrize("merge", ["group", "pad"])
+def test_run_requests_of_mixed_lengths_keep_order_and_results(onnx_model, merge):
+    model, path = onnx_model
+    encoder = OrtEncoder(path, NAMES, "out", intra_op_threads=1, merge=merge)
+    reqs = [feeds(1, 8, 1), feeds(2, 16, 2), feeds(3, 8, 3), feeds(1, 16, 4)]
+    outs = encoder.run_requests(reqs)
+    assert [o.shape for o in outs] == [(1, 4), (2, 4), (3, 4), (1, 4)]
+    for f, out in zip(reqs, outs):
+        np.testing.assert_allclose(out, reference(model, f), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_merge_and_missing_inputs_are_named(onnx_model):
+    _, path = onnx_model
+    with pytest.raises(ValueError, match="merge 'sorted'"):
+        OrtEncoder(path, NAMES, "out", merge="sorted")
+    with pytest.raises(ValueError, match=r"lacks inputs \['position_ids'\]"):
+        OrtEncoder(path, (*NAMES, "position_ids"), "out")
