@@ -23,3 +23,12 @@ def input_array(request, name: str):
     if tensor is None:
         raise KeyError(f"request lacks input '{name}'")
     return tensor.as_numpy()
+
+
+def input_arrays(request, names) -> dict:
+    """{name: array} for ``names``, reading the request's inputs once (not once per name)."""
+    tensors = {t.name(): t for t in request.inputs()}
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise KeyError(f"request lacks input '{missing[0]}'")
+    return {n: tensors[n].as_numpy() for n in names}

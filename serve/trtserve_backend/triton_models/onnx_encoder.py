@@ -7,17 +7,17 @@ import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.ort_encoder import OrtEncoder
-from trtserve_backend.triton_models._common import error_response, input_array, version_dir
+from trtserve_backend.triton_models._common import error_response, input_arrays, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
-        self.inputs = cfg.inputs
+        self.input_names = [t.name for t in cfg.inputs]
         self.output = cfg.single_output()
         self.encoder = OrtEncoder(
             os.path.join(version_dir(args), cfg.parameter("onnx_file")),
-            input_names=[t.name for t in cfg.inputs],
+            input_names=self.input_names,
             output_name=self.output.name,
             intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
             merge=cfg.parameter("merge_lengths", "group"),
@@ -25,7 +25,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         try:
-            feeds = [{t.name: input_array(r, t.name) for t in self.inputs} for r in requests]
+            feeds = [input_arrays(r, self.input_names) for r in requests]
             outputs = self.encoder.run_requests(feeds)
         except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
             return [error_response(f"encoder failed: {e}") for _ in requests]

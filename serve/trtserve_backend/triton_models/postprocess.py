@@ -5,7 +5,7 @@ import triton_python_backend_utils as pb_utils
 
 from trtserve_backend import contract
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.postprocess import classify, l2_normalize
+from trtserve_backend.postprocess import Classifier, l2_normalize
 from trtserve_backend.triton_models._common import error_response, input_array
 
 
@@ -15,7 +15,7 @@ class TritonPythonModel:
         self.input_name = cfg.single_input().name
         self.task = cfg.parameter("task")
         if self.task == contract.CLASSIFICATION:
-            self.labels = cfg.json_parameter("labels")
+            self.classify = Classifier(cfg.json_parameter("labels"))
             self.out_label = cfg.output(contract.LABEL)
             self.out_score = cfg.output(contract.SCORE)
             self.out_probs = cfg.output(contract.PROBABILITIES)
@@ -26,7 +26,7 @@ class TritonPythonModel:
 
     def _respond(self, values):
         if self.task == contract.CLASSIFICATION:
-            names, scores, probs = classify(values, self.labels)
+            names, scores, probs = self.classify(values)
             tensors = [
                 pb_utils.Tensor(self.out_label.name, names),
                 pb_utils.Tensor(self.out_score.name, scores.astype(self.out_score.dtype, copy=False)),
