@@ -27,6 +27,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def percentile(samples_ms: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples_ms), q))
 
@@ -95,11 +105,11 @@ def served_throughput(url: str, texts: list[str], concurrency: int, seconds: flo
     return sum(counts), time.perf_counter() - start, sum(errors)
 
 
-def encoder_batch_stats(http_url: str) -> dict[str, float]:
-    import tritonclient.http as httpclient
+def encoder_batch_stats(grpc_url: str) -> dict[str, float]:
+    import tritonclient.grpc as grpcclient
 
-    client = httpclient.InferenceServerClient(http_url)
-    stats = client.get_inference_statistics("sentiment_encoder")["model_stats"][0]
+    client = grpcclient.InferenceServerClient(grpc_url)
+    stats = client.get_inference_statistics("sentiment_encoder", as_json=True)["model_stats"][0]
     client.close()
     return {"inferences": int(stats["inference_count"]), "executions": int(stats["execution_count"])}
 
@@ -183,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, call in callers.items():
                 latency[name] += time_calls(call, chunk)
                 if name == "served":
-                    before = encoder_batch_stats(server.http_url)
+                    before = encoder_batch_stats(server.grpc_url)
                     n, elapsed, err = served_throughput(server.grpc_url, texts, args.concurrency, seconds)
-                    after = encoder_batch_stats(server.http_url)
+                    after = encoder_batch_stats(server.grpc_url)
                     errors += err
                     batched[0] += after["inferences"] - before["inferences"]
                     batched[1] += after["executions"] - before["executions"]
@@ -197,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         served_client.close()
 
     results: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "processor": cpu_model(), "python": platform.python_version()},
         "texts": "review snippets (vaderSentiment movieReviewSnippets), one text per request",
+        "checkpoint": str(manifest.checkpoint),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rounds": args.rounds,
     }
@@ -223,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(r: dict) -> None:
     rows = [("served (Triton ensemble, gRPC)", "served"), ("HF pipeline (PyTorch, in-process)", "pipeline"),
             ("raw ONNX Runtime (in-process)", "onnxruntime")]
-    print(f"\nsentiment on {r['machine']['cpus']} CPU cores, {r['date']}, {r['rounds']} interleaved rounds")
+    print(f"\nsentiment on {r['machine']['cpus']} CPU cores ({r['machine']['processor']}), {r['date']}, "
+          f"{r['rounds']} interleaved rounds")
     print(f"| {'':36} | {'p50 ms (c=1)':>12} | {'p95 ms (c=1)':>12} | {'texts/s':>8} |")
     print(f"|{'-' * 38}|{'-' * 14}|{'-' * 14}|{'-' * 10}|")
     for label, key in rows:

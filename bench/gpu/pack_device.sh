@@ -9,7 +9,9 @@
 #   .device/wheels/                numpy 1.26.4 (the 2.51 stub needs numpy < 2) and the gRPC
 #                                  client: tritonclient, python-rapidjson, protobuf, grpcio
 #   .device/data/                  sentiment export manifest + tokenizer.json, the MiniLM
-#                                  config.json (weights are made on the GPU machine), texts
+#                                  config.json (weights are made on the GPU machine), texts;
+#                                  the checkpoint minus its weights and the review snippets
+#                                  (run_cpu_bench.sh)
 #
 # Usage: bench/gpu/pack_device.sh   (needs the sentiment export: `make engines`)
 set -euo pipefail
@@ -52,6 +54,11 @@ CHECKPOINT=${TRTSERVE_CACHE:-$ROOT/.cache}/checkpoints/sentiment
 mkdir -p "$DEV/data/engines/sentiment"
 cp "$EXPORT/export.json" "$EXPORT/tokenizer.json" "$DEV/data/engines/sentiment/"
 cp "$CHECKPOINT/config.json" "$DEV/data/sentiment_config.json"
+# run_cpu_bench.sh: the checkpoint without its weights (random_checkpoint.py fills them in) and
+# the review snippets the build checks the export on
+mkdir -p "$DEV/data/checkpoint"
+cp "$CHECKPOINT"/{config.json,tokenizer.json,tokenizer_config.json,trtserve_training.json} "$DEV/data/checkpoint/"
+cp "${TRTSERVE_CACHE:-$ROOT/.cache}/data/movieReviewSnippets_GroundTruth.txt" "$DEV/data/"
 .venv/bin/python - "$DEV/data/texts.txt" <<'EOF'
 import sys
 from trtserve_build.data import corpus_texts

@@ -52,8 +52,8 @@ class TritonInstall:
         return install
 
     def prepare_python_backend(self) -> None:
-        """Put the stub for this Python version into backends/python (idempotent)."""
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        """Put the stub for the stubs' Python version into backends/python (idempotent)."""
+        version = stub_python_version()
         stub = self.backends.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
             raise ServerError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
@@ -69,10 +69,34 @@ class TritonInstall:
         if env.get("LD_LIBRARY_PATH"):
             libdirs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
-        # The stub ignores PYTHONPATH and runs the first python3 on PATH: make it this venv's.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The stub ignores PYTHONPATH and runs the first python3 on PATH: make it this venv's
+        # (or TRTSERVE_STUB_PYTHON's).
+        env["PATH"] = os.pathsep.join([str(stub_python().parent), env.get("PATH", "")])
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         return env
+
+
+def stub_python() -> Path:
+    """The Python whose environment the Python-backend stubs run in.
+
+    This interpreter's, unless ``TRTSERVE_STUB_PYTHON`` names another python3 of the same
+    version: the models' environment can then differ from the launcher's (on the GPU machine the
+    stubs need numpy < 2 while the image's transformers needs numpy 2).
+    """
+    return Path(os.environ.get("TRTSERVE_STUB_PYTHON") or sys.executable)
+
+
+def stub_python_version() -> str:
+    """"3.X" of :func:`stub_python` (its stub binary is the one for that version)."""
+    python = stub_python()
+    if python == Path(sys.executable):
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ServerError(f"TRTSERVE_STUB_PYTHON={python} does not run: {e}") from e
+    return out.stdout.strip()
 
 
 def free_port() -> int:

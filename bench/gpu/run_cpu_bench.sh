@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make bench` (bench/bench_serving.py) on the GPU machine's host CPUs: the served CPU ensemble
+# against HF pipeline and raw ONNX Runtime, side by side in one run, on a 16-core server host
+# instead of the 2-vCPU development VM. The GPU is not used.
+#
+#   1. environment (bench/gpu/device_env.sh): Triton 2.51 server tree, stub venv, client;
+#   2. random_checkpoint.py: the sentiment checkpoint with random weights (the trained 90 MB
+#      checkpoint does not fit the 64 MiB transfer; timings depend on the architecture and the
+#      token counts, not on weight values); real tokenizer, config and training stamp;
+#   3. `python -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu`: export,
+#      ONNX Runtime vs PyTorch check, the CPU model repository (the same stages as `make engines`);
+#   4. bench/bench_serving.py, as `make bench` runs it.
+#
+# Prepare with bench/gpu/pack_device.sh, then through the device tool (carry: .device):
+#     bash bench/gpu/run_cpu_bench.sh
+# Results: $OUT/bench_serving.json, $OUT/run.log, $OUT/parts.tgz (Triton log, build output).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/.device/out}
+DEV=${DEV:-$ROOT/.device}
+WORK=${WORK:-/tmp/trtserve-cpu}
+PARTS=$WORK/parts
+IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
+REQUESTS=${REQUESTS:-1000}
+BENCH_SECONDS=${BENCH_SECONDS:-40}
+source bench/gpu/device_env.sh
+log "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+
+# The spec's checkpoint folder is .cache/checkpoints/sentiment under the repository (not carried).
+CACHE=$ROOT/.cache
+mkdir -p "$CACHE/data" && cp "$DEV/data/movieReviewSnippets_GroundTruth.txt" "$CACHE/data/"
+PACKAGES=$ROOT/build:$ROOT/serve:$ROOT/client
+IMG=(env "PYTHONPATH=$PACKAGES:$IMAGE_PYTHONPATH" "$IMAGE_PY")
+# The benchmark process (client, HF pipeline, raw ONNX Runtime) runs on the image's python, whose
+# transformers needs its numpy 2; the server's Python-backend stubs run in the stub venv
+# (numpy 1.26 for the 2.51 stub), which TRTSERVE_STUB_PYTHON names.
+BENCH=(env "PYTHONPATH=$PACKAGES:$IMAGE_PYTHONPATH:$WORK/triton" "TRTSERVE_STUB_PYTHON=$STUB_PY" "$IMAGE_PY")
+
+step checkpoint 120 "${IMG[@]}" bench/gpu/random_checkpoint.py --data "$DEV/data/checkpoint" \
+    --out "$CACHE/checkpoints/sentiment" || exit 1
+step engines 240 "${IMG[@]}" -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu || exit 1
+step bench 420 "${BENCH[@]}" bench/bench_serving.py --requests "$REQUESTS" --seconds "$BENCH_SECONDS" \
+    --output "$OUT/bench_serving.json"
+cp results/bench_triton.log "$PARTS/" 2>/dev/null

@@ -1,0 +1,39 @@
+"""Which Python the embedded server's Python-backend stubs run in (no server started here)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from trtserve_server.embedded import ServerError, TritonInstall, stub_python, stub_python_version
+
+HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def install(tmp_path: Path) -> TritonInstall:
+    return TritonInstall(binary=tmp_path / "tritonserver", libs=tmp_path / "libs", backends=tmp_path / "backends")
+
+
+def test_default_is_this_interpreter(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRTSERVE_STUB_PYTHON", raising=False)
+    assert stub_python() == Path(sys.executable) and stub_python_version() == HERE
+    env = install(tmp_path).environment()
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert str(tmp_path / "libs") in env["LD_LIBRARY_PATH"].split(os.pathsep)
+
+
+def test_another_python_heads_path_and_picks_the_stub_version(monkeypatch, tmp_path):
+    other = tmp_path / "stubenv" / "bin"
+    other.mkdir(parents=True)
+    (other / "python3").symlink_to(sys.executable)
+    monkeypatch.setenv("TRTSERVE_STUB_PYTHON", str(other / "python3"))
+    assert stub_python_version() == HERE  # asked of that interpreter, not assumed
+    assert install(tmp_path).environment()["PATH"].split(os.pathsep)[0] == str(other)
+
+
+def test_a_python_that_does_not_run_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRTSERVE_STUB_PYTHON", str(tmp_path / "nope" / "python3"))
+    with pytest.raises(ServerError, match="TRTSERVE_STUB_PYTHON=.*nope/python3 does not run"):
+        stub_python_version()
