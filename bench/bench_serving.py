@@ -10,6 +10,7 @@ Targets (issue #2): served throughput >= 1.5x the pipeline's; served p50 at conc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -154,12 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="subjects are measured in interleaved rounds so load drift hits all alike")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "bench_serving.json"))
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the do-nothing ensemble (bench/ensemble_floor.py) latency row")
     args = parser.parse_args(argv)
 
     from trtserve_build.data import corpus_texts
     from trtserve_build.export import ExportManifest, export_dir
     from trtserve_build.spec import load_spec
     from trtserve_server.embedded import EmbeddedServer, Ports
+
+    from ensemble_floor import write_floor_repository
 
     spec = load_spec(REPO_ROOT / "deployments" / "sentiment.toml")
     artifacts = export_dir(spec)
@@ -171,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     log = REPO_ROOT / "results" / "bench_triton.log"
     log.parent.mkdir(exist_ok=True)
     server = EmbeddedServer(Path(args.repository), Ports.free(), log_path=log)
-    with server:
+    floor = None
+    if not args.no_floor:
+        floor_repo = write_floor_repository(Path(args.repository), REPO_ROOT / "results" / "floor_repository")
+        floor = EmbeddedServer(floor_repo, Ports.free(), log_path=REPO_ROOT / "results" / "bench_floor_triton.log")
+    with server, (floor or contextlib.nullcontext()):
         server.wait_ready(180)
         served_call, served_client = grpc_text_caller(server.grpc_url)
         callers = {
@@ -180,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": onnxruntime_caller(artifacts / "model.onnx", artifacts / "tokenizer.json",
                                               spec.model.max_sequence_length),
         }
+        if floor is not None:
+            floor.wait_ready(180)
+            callers["floor"], floor_client = grpc_text_caller(floor.grpc_url)
         latency = {name: [] for name in callers}
         done = {name: [0, 0.0] for name in callers}
         rounds_tp = {name: [] for name in callers}
@@ -192,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             chunk = texts[r * per_round:(r + 1) * per_round]
             for name, call in callers.items():
                 latency[name] += time_calls(call, chunk)
+                if name == "floor":  # latency only: nothing to serve at throughput
+                    continue
                 if name == "served":
                     before = encoder_batch_stats(server.grpc_url)
                     n, elapsed, err = served_throughput(server.grpc_url, texts, args.concurrency, seconds)
@@ -205,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 done[name][1] += elapsed
                 rounds_tp[name].append(round(n / elapsed, 1))
         served_client.close()
+        if floor is not None:
+            floor_client.close()
 
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "processor": cpu_model(), "python": platform.python_version()},
@@ -214,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
     }
     for name in callers:
-        results[name] = {**latency_summary(latency[name]), "texts_per_s": done[name][0] / done[name][1],
-                         "texts_per_s_by_round": rounds_tp[name]}
+        results[name] = latency_summary(latency[name])
+        if rounds_tp[name]:
+            results[name].update(texts_per_s=done[name][0] / done[name][1], texts_per_s_by_round=rounds_tp[name])
     results["served"].update(concurrency=args.concurrency, errors=errors,
                              encoder_mean_batch=batched[0] / max(batched[1], 1))
     ratio = results["served"]["texts_per_s"] / results["pipeline"]["texts_per_s"]
@@ -231,20 +248,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(r: dict) -> None:
-    rows = [("served (Triton ensemble, gRPC)", "served"), ("HF pipeline (PyTorch, in-process)", "pipeline"),
-            ("raw ONNX Runtime (in-process)", "onnxruntime")]
+    rows = [("served (Triton ensemble, gRPC)", "served"), ("  same ensemble, models do nothing", "floor"),
+            ("HF pipeline (PyTorch, in-process)", "pipeline"), ("raw ONNX Runtime (in-process)", "onnxruntime")]
     print(f"\nsentiment on {r['machine']['cpus']} CPU cores ({r['machine']['processor']}), {r['date']}, "
           f"{r['rounds']} interleaved rounds")
     print(f"| {'':36} | {'p50 ms (c=1)':>12} | {'p95 ms (c=1)':>12} | {'texts/s':>8} |")
     print(f"|{'-' * 38}|{'-' * 14}|{'-' * 14}|{'-' * 10}|")
     for label, key in rows:
+        if key not in r:
+            continue
         x = r[key]
-        print(f"| {label:36} | {x['p50_ms']:12.2f} | {x['p95_ms']:12.2f} | {x['texts_per_s']:8.1f} |")
+        tps = f"{x['texts_per_s']:8.1f}" if "texts_per_s" in x else f"{'-':>8}"
+        print(f"| {label:36} | {x['p50_ms']:12.2f} | {x['p95_ms']:12.2f} | {tps} |")
     s = r["served"]
     print(f"\nserved texts/s: {s['concurrency']} concurrent gRPC clients, one text per request, {s['errors']} errors, "
           f"mean encoder batch {s['encoder_mean_batch']:.2f}; in-process rows: one caller, one text per call")
     for key in ("served", "pipeline", "onnxruntime"):
         print(f"  texts/s by round, {key}: {r[key]['texts_per_s_by_round']}")
+    if "floor" in r:
+        print(f"models doing nothing (bench/ensemble_floor.py): ensemble + 3 Python-backend hops + gRPC at c=1 cost "
+              f"{r['floor']['p50_ms']:.2f} ms p50 on this machine before any work")
     for name, t in r["targets"].items():
         print(f"{name}: {t['value']:.2f} (target {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
 
