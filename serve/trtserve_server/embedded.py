@@ -7,6 +7,7 @@ first on PATH because the stub runs the first ``python3`` it finds there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -113,7 +114,13 @@ class Ports:
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(free_port(), free_port(), free_port())
+        """Three distinct free ports: all three sockets stay bound until all are picked (one
+        closed before the next bind may be handed out again: it was, for gRPC and metrics)."""
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(3)]
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            return cls(*(s.getsockname()[1] for s in socks))
 
 
 @dataclass

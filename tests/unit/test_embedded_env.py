@@ -37,3 +37,11 @@ def test_a_python_that_does_not_run_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("TRTSERVE_STUB_PYTHON", str(tmp_path / "nope" / "python3"))
     with pytest.raises(ServerError, match="TRTSERVE_STUB_PYTHON=.*nope/python3 does not run"):
         stub_python_version()
+
+
+def test_free_ports_are_distinct():
+    from trtserve_server.embedded import Ports
+
+    for _ in range(50):
+        ports = Ports.free()
+        assert len({ports.http, ports.grpc, ports.metrics}) == 3
