@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench clean help
+.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
 	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
+	@echo "make host-bench - on the GPU machine: make bench on its 16 CPU cores -> .device/out/"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -89,6 +90,10 @@ gpu-pack: $(STAMP)
 
 gpu-bench:
 	bash bench/gpu/run_gpu_bench.sh
+
+# `make bench` on the GPU machine's CPUs (16 cores), after `make gpu-pack` here
+host-bench:
+	bash bench/gpu/run_cpu_bench.sh
 
 clean:
 	rm -rf model_repository/cpu model_repository/gpu .cache/engines

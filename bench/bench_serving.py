@@ -115,6 +115,34 @@ def encoder_batch_stats(grpc_url: str) -> dict[str, float]:
     return {"inferences": int(stats["inference_count"]), "executions": int(stats["execution_count"])}
 
 
+STEPS = ("sentiment", "sentiment_tokenizer", "sentiment_encoder", "sentiment_postprocess")
+
+
+def step_stats(grpc_url: str) -> dict[str, dict]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    stats = client.get_inference_statistics("", as_json=True)["model_stats"]
+    client.close()
+    return {m["name"]: m["inference_stats"] for m in stats if m["name"] in STEPS}
+
+
+def per_request_us(after: dict, before: dict) -> dict[str, dict[str, float]]:
+    """Average microseconds per request in each step between two statistics snapshots."""
+    out = {}
+    for name in STEPS:
+        a, b = after[name], before[name]
+        n = int(a["success"].get("count", 0)) - int(b["success"].get("count", 0))
+        if n <= 0:
+            continue
+
+        def us(key: str) -> float:
+            return (int(a[key].get("ns", 0)) - int(b[key].get("ns", 0))) / n / 1000
+
+        out[name] = {k: us(k) for k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
+    return out
+
+
 def pipeline_caller(checkpoint: str):
     from transformers import pipeline
 
@@ -197,13 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         rounds_tp = {name: [] for name in callers}
         errors = 0
         batched = [0, 0]  # encoder inferences, executions during the throughput phases
+        c1_steps: dict[str, dict[str, list[float]]] = {}  # Triton statistics of the served c=1 phases
         for name, call in callers.items():
             time_calls(call, texts[:10])  # warm-up
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             chunk = texts[r * per_round:(r + 1) * per_round]
             for name, call in callers.items():
+                before = step_stats(server.grpc_url) if name == "served" else None
                 latency[name] += time_calls(call, chunk)
+                if before is not None:
+                    for step, values in per_request_us(step_stats(server.grpc_url), before).items():
+                        for key, value in values.items():
+                            c1_steps.setdefault(step, {}).setdefault(key, []).append(value)
                 if name == "floor":  # latency only: nothing to serve at throughput
                     continue
                 if name == "served":
@@ -234,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if rounds_tp[name]:
             results[name].update(texts_per_s=done[name][0] / done[name][1], texts_per_s_by_round=rounds_tp[name])
     results["served"].update(concurrency=args.concurrency, errors=errors,
-                             encoder_mean_batch=batched[0] / max(batched[1], 1))
+                             encoder_mean_batch=batched[0] / max(batched[1], 1),
+                             c1_us_per_request_by_step={step: {k: float(np.mean(v)) for k, v in values.items()}
+                                                        for step, values in c1_steps.items()})
     ratio = results["served"]["texts_per_s"] / results["pipeline"]["texts_per_s"]
     overhead = results["served"]["p50_ms"] - results["onnxruntime"]["p50_ms"]
     results["targets"] = {
@@ -265,6 +301,12 @@ def print_table(r: dict) -> None:
           f"mean encoder batch {s['encoder_mean_batch']:.2f}; in-process rows: one caller, one text per call")
     for key in ("served", "pipeline", "onnxruntime"):
         print(f"  texts/s by round, {key}: {r[key]['texts_per_s_by_round']}")
+    steps = s.get("c1_us_per_request_by_step", {})
+    if steps:
+        parts = ", ".join(f"{name.split('_')[-1]} {v['success'] / 1000:.2f}" for name, v in steps.items()
+                          if name != "sentiment")
+        print(f"served c=1, Triton statistics, mean ms per request: {parts}; whole ensemble "
+              f"{steps['sentiment']['success'] / 1000:.2f} (the rest of the client p50 is gRPC and the client)")
     if "floor" in r:
         print(f"models doing nothing (bench/ensemble_floor.py): ensemble + 3 Python-backend hops + gRPC at c=1 cost "
               f"{r['floor']['p50_ms']:.2f} ms p50 on this machine before any work")
