@@ -91,6 +91,11 @@ class EngineSpec:
     backend: str
     precision: str = "fp32"
     instance_count: int = 1
+    #: Instances of the Python-backend tokenizer and postprocess models in this variant (each
+    #: its own process): one keeps a 2-core machine free for the encoder; a large host serves
+    #: more texts/s with several, because each step handles one execution at a time.
+    tokenizer_instances: int = 1
+    postprocess_instances: int = 1
     #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
     intra_op_threads: int = 0
     #: torch backend: transformers attention implementation traced into the TorchScript.
@@ -326,8 +331,9 @@ def validate(spec: DeploymentSpec) -> None:
             raise SpecError(f"{where}: [engine.{variant}] backend {engine.backend!r}; known: {ENGINE_BACKENDS}")
         if engine.precision not in PRECISIONS:
             raise SpecError(f"{where}: [engine.{variant}] precision {engine.precision!r}; known: {PRECISIONS}")
-        if engine.instance_count < 1:
-            raise SpecError(f"{where}: [engine.{variant}] instance_count must be >= 1")
+        for knob in ("instance_count", "tokenizer_instances", "postprocess_instances"):
+            if getattr(engine, knob) < 1:
+                raise SpecError(f"{where}: [engine.{variant}] {knob} must be >= 1")
         _validate_torch_engine(spec, variant, engine, where)
 
 

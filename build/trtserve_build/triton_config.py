@@ -95,7 +95,7 @@ def ensemble_output_decls(spec: DeploymentSpec, manifest: ExportManifest) -> tup
     return get_task(spec.task).ensemble_outputs(manifest.hidden_size, manifest.num_labels)
 
 
-def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=spec.tokenizer_model,
         backend="python",
@@ -103,7 +103,7 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.Model
         input=_inputs([TEXT_DECL]),
         output=_outputs(encoder_input_decls(manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=False, bounded=True),
-        instance_group=_cpu_instances(),
+        instance_group=_cpu_instances(spec.engine(variant).tokenizer_instances),
     )
     _parameters(config, {
         "tokenizer_file": TOKENIZER_FILE,
@@ -191,7 +191,7 @@ def _allow_ragged(config: mc.ModelConfig) -> None:
         tensor.allow_ragged_batch = True
 
 
-def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=spec.postprocess_model,
         backend="python",
@@ -199,7 +199,7 @@ def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.Mod
         input=_inputs([encoder_output_decl(spec, manifest)]),
         output=_outputs(ensemble_output_decls(spec, manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=False),
-        instance_group=_cpu_instances(),
+        instance_group=_cpu_instances(spec.engine(variant).postprocess_instances),
     )
     params: dict[str, object] = {"task": spec.task}
     if spec.model.labels:
@@ -239,9 +239,9 @@ def deployment_configs(spec: DeploymentSpec, manifest: ExportManifest, variant: 
     """All four configs of one deployment, ensemble first."""
     return [
         ensemble_config(spec, manifest),
-        tokenizer_config(spec, manifest),
+        tokenizer_config(spec, manifest, variant),
         encoder_config(spec, manifest, variant),
-        postprocess_config(spec, manifest),
+        postprocess_config(spec, manifest, variant),
     ]
 
 

@@ -293,8 +293,9 @@ def test_shm_size_covers_the_python_backend(services):
     instances = 0
     largest_request = 0
     for spec in specs:
-        python_models = 2 + (spec.engine("gpu").backend == "onnxruntime")  # tokenizer, postprocess
-        instances += python_models * (spec.engine("gpu").instance_count if python_models == 3 else 1)
+        gpu = spec.engine("gpu")
+        instances += gpu.tokenizer_instances + gpu.postprocess_instances
+        instances += gpu.instance_count if gpu.backend == "onnxruntime" else 0  # a Python-backend encoder
         token_tensors = spec.batching.max_batch_size * spec.model.max_sequence_length * 3 * 8  # int64 x3
         largest_request = max(largest_request, token_tensors)
     assert default_bytes >= 8 * largest_request

@@ -47,6 +47,8 @@ def test_unknown_keys_are_rejected():
         (lambda r: r.update(task="translation"), "unknown task"),
         (lambda r: r["engine"].update(tpu={"backend": "onnxruntime"}), "unknown engine variant"),
         (lambda r: r.update(name="my-model"), "valid identifier"),
+        (lambda r: r["engine"]["cpu"].update(tokenizer_instances=0), r"\[engine.cpu\] tokenizer_instances must be >= 1"),
+        (lambda r: r["engine"]["cpu"].update(postprocess_instances=0), "postprocess_instances must be >= 1"),
     ],
 )
 def test_invalid_specs_name_the_problem(mutate, message):

@@ -78,3 +78,16 @@ def test_text_is_stable(embed_spec):
     m = manifest_for(embed_spec)
     assert [to_text(c) for c in deployment_configs(embed_spec, m, "cpu")] == [
         to_text(c) for c in deployment_configs(embed_spec, m, "cpu")]
+
+
+def test_step_instances_come_from_the_variant(sentiment_spec):
+    """Tokenizer and postprocess instances are per variant: a big GPU host gets more of them."""
+    import dataclasses
+
+    gpu = dataclasses.replace(sentiment_spec.engine("gpu"), tokenizer_instances=4, postprocess_instances=3)
+    spec = dataclasses.replace(sentiment_spec, engines={**sentiment_spec.engines, "gpu": gpu})
+    _, tokenizer, encoder, post = deployment_configs(spec, manifest_for(spec), "gpu")
+    assert [(g.kind, g.count) for g in tokenizer.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 4)]
+    assert [(g.kind, g.count) for g in post.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    _, tokenizer, _, post = deployment_configs(spec, manifest_for(spec), "cpu")
+    assert tokenizer.instance_group[0].count == 1 and post.instance_group[0].count == 1
