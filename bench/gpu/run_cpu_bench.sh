@@ -14,6 +14,8 @@
 # Prepare with bench/gpu/pack_device.sh, then through the device tool (carry: .device):
 #     bash bench/gpu/run_cpu_bench.sh
 # Results: $OUT/bench_serving.json, $OUT/run.log, $OUT/parts.tgz (Triton log, build output).
+# SCALED=1 adds step 5 (the cpu variant sized for 16 cores against the default); MAIN_BENCH=0
+# skips step 4.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -40,6 +42,18 @@ BENCH=(env "PYTHONPATH=$PACKAGES:$IMAGE_PYTHONPATH:$WORK/triton" "TRTSERVE_STUB_
 step checkpoint 120 "${IMG[@]}" bench/gpu/random_checkpoint.py --data "$DEV/data/checkpoint" \
     --out "$CACHE/checkpoints/sentiment" || exit 1
 step engines 240 "${IMG[@]}" -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu || exit 1
-step bench 420 "${BENCH[@]}" bench/bench_serving.py --requests "$REQUESTS" --seconds "$BENCH_SECONDS" \
+[ "${MAIN_BENCH:-1}" = 1 ] && step bench 420 "${BENCH[@]}" bench/bench_serving.py --requests "$REQUESTS" --seconds "$BENCH_SECONDS" \
     --output "$OUT/bench_serving.json"
 cp results/bench_triton.log "$PARTS/" 2>/dev/null
+
+# 5. (SCALED=1) the cpu variant sized for this host against the default, side by side
+#    (bench/ab_repositories.py): more tokenizer/postprocess processes, two encoders.
+if [ "${SCALED:-0}" = 1 ]; then
+    sed -e '/^\[engine.cpu\]/,/^\[/ s/^instance_count = 1/instance_count = 2\nintra_op_threads = 8\ntokenizer_instances = 4\npostprocess_instances = 4/' \
+        deployments/sentiment.toml > "$WORK/sentiment_scaled.toml"
+    grep -A8 '^\[engine.cpu\]' "$WORK/sentiment_scaled.toml" | tee -a "$OUT/run.log"
+    step engines_scaled 120 "${IMG[@]}" -m trtserve_build.cli engines "$WORK/sentiment_scaled.toml" --variant cpu \
+        --output "$ROOT/model_repository/cpu_scaled"
+    step ab_scaled 300 "${BENCH[@]}" bench/ab_repositories.py model_repository/cpu model_repository/cpu_scaled \
+        --rounds 5 --throughput-seconds 6
+fi
