@@ -250,6 +250,16 @@ def trace(module, example: tuple):
         return torch.jit.trace(module, example, check_trace=False)
 
 
+def _find_nodes(script_module, kind: str):
+    """Every ``kind`` node in the graphs of a TorchScript module and its submodules."""
+    for module in script_module.modules():
+        try:
+            graph = module.graph
+        except RuntimeError:  # a submodule without a forward method
+            continue
+        yield from graph.findAllNodes(kind)
+
+
 def retarget_device_constants(script_module, device_type: str) -> int:
     """Point every device constant in the traced graphs at ``device_type``; returns how many changed.
 
@@ -258,15 +268,10 @@ def retarget_device_constants(script_module, device_type: str) -> int:
     GPU trace loses its device index ("cuda:0" -> "cuda": the current device at run time).
     """
     changed = 0
-    for module in script_module.modules():
-        try:
-            graph = module.graph
-        except RuntimeError:  # a submodule without a forward method
-            continue
-        for node in graph.findAllNodes("prim::Constant"):
-            if node.output().type().kind() == "DeviceObjType" and node.s("value") != device_type:
-                node.s_("value", device_type)
-                changed += 1
+    for node in _find_nodes(script_module, "prim::Constant"):
+        if node.output().type().kind() == "DeviceObjType" and node.s("value") != device_type:
+            node.s_("value", device_type)
+            changed += 1
     return changed
 
 
@@ -277,29 +282,19 @@ def constant_copies(script_module) -> int:
     refuses ("Cannot copy between CPU and CUDA tensors during CUDA graph capture").
     """
     count = 0
-    for module in script_module.modules():
-        try:
-            graph = module.graph
-        except RuntimeError:
-            continue
-        for node in graph.findAllNodes("aten::to"):
-            source = next(node.inputs()).node()
-            if source.kind() == "prim::Constant" and source.output().type().kind() == "TensorType":
-                count += 1
+    for node in _find_nodes(script_module, "aten::to"):
+        source = next(node.inputs()).node()
+        if source.kind() == "prim::Constant" and source.output().type().kind() == "TensorType":
+            count += 1
     return count
 
 
 def device_constants(script_module) -> set[str]:
     """The device constants left in a traced module's graphs."""
     found = set()
-    for module in script_module.modules():
-        try:
-            graph = module.graph
-        except RuntimeError:
-            continue
-        for node in graph.findAllNodes("prim::Constant"):
-            if node.output().type().kind() == "DeviceObjType":
-                found.add(node.s("value"))
+    for node in _find_nodes(script_module, "prim::Constant"):
+        if node.output().type().kind() == "DeviceObjType":
+            found.add(node.s("value"))
     return found
 
 
