@@ -8,7 +8,7 @@ result is unchanged); ``merge="group"`` runs one batch per distinct length.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,15 +36,23 @@ def plan_batches(requests: Sequence[Mapping[str, object]], key: str, merge: str)
     return group_by_length(requests, key)
 
 
-def pad_merge(requests: Sequence[Mapping[str, np.ndarray]], names: Sequence[str],
-              length: int) -> Mapping[str, np.ndarray]:
-    """Concatenate the requests' rows, right-padding each to ``length`` with zeros."""
-    if len(requests) == 1 and requests[0][names[0]].shape[1] == length:
+def _numpy_zeros(shape: tuple[int, int], like: np.ndarray) -> np.ndarray:
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def pad_merge(requests: Sequence[Mapping[str, object]], names: Sequence[str], length: int, *,
+              as_array: Callable = np.asarray, zeros: Callable = _numpy_zeros) -> Mapping[str, object]:
+    """Concatenate the requests' rows, right-padding each to ``length`` with zeros.
+
+    numpy by default; an engine on another array library passes its own ``as_array`` and
+    ``zeros(shape, like)`` (the torch engine: tensors on the inputs' device).
+    """
+    if len(requests) == 1 and int(requests[0][names[0]].shape[1]) == length:
         return requests[0]
     merged = {}
     for name in names:
-        parts = [r[name] for r in requests]
-        out = np.zeros((sum(p.shape[0] for p in parts), length), dtype=parts[0].dtype)
+        parts = [as_array(r[name]) for r in requests]
+        out = zeros((sum(int(p.shape[0]) for p in parts), length), parts[0])
         start = 0
         for p in parts:
             out[start:start + p.shape[0], :p.shape[1]] = p

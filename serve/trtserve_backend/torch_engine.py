@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .batching import MERGE_MODES, group_by_length, plan_batches, split_rows  # noqa: F401 - re-exported
+from .batching import MERGE_MODES, group_by_length, pad_merge, plan_batches, split_rows  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -291,19 +291,8 @@ class TorchEncoder:
     def _merge(self, requests: Sequence[Mapping[str, object]], length: int) -> Mapping[str, object]:
         """Concatenate requests' rows, right-padding each to ``length`` with zeros (mask 0 = ignored)."""
         torch = self.torch
-        if len(requests) == 1 and int(requests[0][self.input_names[0]].shape[1]) == length:
-            return requests[0]
-        merged = {}
-        for name in self.input_names:
-            parts = [torch.as_tensor(r[name]) for r in requests]
-            rows = sum(int(p.shape[0]) for p in parts)
-            out = torch.zeros((rows, length), dtype=torch.int64, device=parts[0].device)
-            start = 0
-            for p in parts:
-                out[start:start + p.shape[0], :p.shape[1]] = p
-                start += p.shape[0]
-            merged[name] = out
-        return merged
+        return pad_merge(requests, self.input_names, length, as_array=torch.as_tensor,
+                         zeros=lambda shape, like: torch.zeros(shape, dtype=torch.int64, device=like.device))
 
 
 def eager_graph_factory(engine: TorchEncoder, static) -> _Captured:
