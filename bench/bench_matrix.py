@@ -319,13 +319,10 @@ def tensorrt_unavailable_reason() -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{len(os.sched_getaffinity(0))}"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    from trtserve_build.host import cpu_model
+
+    model = cpu_model()
+    return f"{model} x{len(os.sched_getaffinity(0))}" if model else platform.processor() or "cpu"
 
 
 # ---------------------------------------------------------------------------------------

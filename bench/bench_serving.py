@@ -28,16 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def percentile(samples_ms: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples_ms), q))
 
@@ -189,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trtserve_build.data import corpus_texts
     from trtserve_build.export import ExportManifest, export_dir
+    from trtserve_build.host import cpu_model
     from trtserve_build.spec import load_spec
     from trtserve_server.embedded import EmbeddedServer, Ports
 
@@ -257,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             floor_client.close()
 
     results: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "processor": cpu_model(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "processor": cpu_model() or platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
         "texts": "review snippets (vaderSentiment movieReviewSnippets), one text per request",
         "checkpoint": str(manifest.checkpoint),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -51,6 +51,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .fidelity_errors import ExecutorUnavailableError, FidelityError, NonFiniteOutputError, ToleranceError  # noqa: F401
+from .host import cpu_model
 from .onnx_interpreter import TorchInterpreter
 from .spec import REPO_ROOT, DeploymentSpec, GateSpec, SpecError, load_spec
 
@@ -534,7 +535,7 @@ def machine_info() -> dict:
     info = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
-        "processor": _cpu_model(),
+        "processor": cpu_model() or platform.processor() or "unknown",
         "cpus": _cpu_count(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
@@ -547,16 +548,6 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _cpu_count() -> int:
