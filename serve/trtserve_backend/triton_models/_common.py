@@ -19,10 +19,7 @@ def error_response(message: str, invalid_argument: bool = False):
 
 
 def input_array(request, name: str):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise KeyError(f"request lacks input '{name}'")
-    return tensor.as_numpy()
+    return input_arrays(request, (name,))[name]
 
 
 def input_arrays(request, names) -> dict:
