@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serving import grpc_text_caller, per_request_us, served_throughput, step_stats
+from bench_serving import add_step_times, grpc_text_caller, mean_step_times, served_throughput, step_stats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repositories", nargs="+", type=Path)
@@ -57,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     call(text)
                     latency[i].append((time.perf_counter() - start) * 1000)
-                for name, values in per_request_us(step_stats(server.grpc_url), before).items():
-                    for key, value in values.items():
-                        steps[i].setdefault(name, {}).setdefault(key, []).append(value)
+                add_step_times(steps[i], step_stats(server.grpc_url), before)
                 if args.throughput_seconds > 0:
                     n, elapsed, _ = served_throughput(server.grpc_url, texts, 8, args.throughput_seconds)
                     throughput[i].append(n / elapsed)
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if tp:
             line += f"  8 clients {np.mean(tp):6.1f} texts/s (rounds {[round(x) for x in tp]})"
         print(line)
-        for name, values in st.items():
-            v = {k: float(np.mean(x)) for k, x in values.items()}
+        for name, v in mean_step_times(st).items():
             print(f"    {name:22} {v['success']:6.0f} us/request: queue {v['queue']:4.0f}, input {v['compute_input']:4.0f},"
                   f" infer {v['compute_infer']:5.0f}, output {v['compute_output']:4.0f}")
     return 0

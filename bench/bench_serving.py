@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -133,6 +134,17 @@ def per_request_us(after: dict, before: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def add_step_times(acc: dict[str, dict[str, list[float]]], after: dict, before: dict) -> None:
+    """Append one phase's per-step microseconds per request (:func:`per_request_us`) to ``acc``."""
+    for step, values in per_request_us(after, before).items():
+        for key, value in values.items():
+            acc.setdefault(step, {}).setdefault(key, []).append(value)
+
+
+def mean_step_times(acc: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {step: {k: float(np.mean(v)) for k, v in values.items()} for step, values in acc.items()}
+
+
 def pipeline_caller(checkpoint: str):
     from transformers import pipeline
 
@@ -140,18 +152,19 @@ def pipeline_caller(checkpoint: str):
     return lambda text: clf(text)
 
 
-def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int):
+def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int, labels: Sequence[str]):
     """Fast tokenizer + session.run + softmax: the served work without the server."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from trtserve_backend.postprocess import classify
+    from trtserve_backend.postprocess import Classifier
 
     tok = Tokenizer.from_file(str(tokenizer_path))
     tok.no_padding()
     tok.enable_truncation(max_length=max_len)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    classify = Classifier(labels)  # once, as the served postprocess does
 
     def call(text: str):
         enc = tok.encode(text)
@@ -159,7 +172,7 @@ def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int):
                  "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
                  "token_type_ids": np.array([enc.type_ids], dtype=np.int64)}
         logits = session.run(None, {n: feeds[n] for n in names})[0]
-        return classify(logits, ["negative", "positive"])
+        return classify(logits)
 
     return call
 
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "served": served_call,
             "pipeline": pipeline_caller(manifest.checkpoint),
             "onnxruntime": onnxruntime_caller(artifacts / "model.onnx", artifacts / "tokenizer.json",
-                                              spec.model.max_sequence_length),
+                                              spec.model.max_sequence_length, spec.model.labels),
         }
         if floor is not None:
             floor.wait_ready(180)
@@ -226,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = step_stats(server.grpc_url) if name == "served" else None
                 latency[name] += time_calls(call, chunk)
                 if before is not None:
-                    for step, values in per_request_us(step_stats(server.grpc_url), before).items():
-                        for key, value in values.items():
-                            c1_steps.setdefault(step, {}).setdefault(key, []).append(value)
+                    add_step_times(c1_steps, step_stats(server.grpc_url), before)
                 if name == "floor":  # latency only: nothing to serve at throughput
                     continue
                 if name == "served":
@@ -261,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name].update(texts_per_s=done[name][0] / done[name][1], texts_per_s_by_round=rounds_tp[name])
     results["served"].update(concurrency=args.concurrency, errors=errors,
                              encoder_mean_batch=batched[0] / max(batched[1], 1),
-                             c1_us_per_request_by_step={step: {k: float(np.mean(v)) for k, v in values.items()}
-                                                        for step, values in c1_steps.items()})
+                             c1_us_per_request_by_step=mean_step_times(c1_steps))
     ratio = results["served"]["texts_per_s"] / results["pipeline"]["texts_per_s"]
     overhead = results["served"]["p50_ms"] - results["onnxruntime"]["p50_ms"]
     results["targets"] = {
