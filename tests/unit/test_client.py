@@ -44,17 +44,13 @@ from trtserve_client import (
 from trtserve_client import cli
 from trtserve_client.inputs import encode_texts, text_tensor
 from trtserve_client.results import decode_classifications, decode_embeddings
+from trtserve_server.embedded import free_port  # a port nothing listens on
 
 FAKE_MAX_BATCH = 4
 FAKE_EMBED_DIM = 8
 FAST_S = 2.0  # "quickly": far below the client timeout used in the same test
 
 
-def free_port() -> int:
-    """A port nothing listens on: bind to an ephemeral port, then close it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
