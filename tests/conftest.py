@@ -26,3 +26,31 @@ def embed_spec():
     from trtserve_build.spec import load_spec
 
     return load_spec(DEPLOYMENTS / "embed.toml")
+
+
+# ---- GPT-2 (issue 11): a tiny random-weight checkpoint, its ONNX export, real prompts ----------
+GPT2_PROMPTS_FILE = REPO_ROOT / "loadtest" / "data" / "review_snippets.txt"
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiny_checkpoint():
+    """GPT-2 architecture (2 layers, 64 wide, the real 50,257-token vocabulary), seeded random weights."""
+    from trtserve_build.spec import cache_dir
+    from trtserve_gpt2.checkpoints import random_checkpoint
+
+    return random_checkpoint(cache_dir() / "checkpoints" / "gpt2-tiny-random", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiny_onnx(gpt2_tiny_checkpoint, tmp_path_factory):
+    """The checkpoint exported with past key/values (checked against PyTorch by the export)."""
+    from trtserve_gpt2.export import export_decoder
+
+    return export_decoder(gpt2_tiny_checkpoint, tmp_path_factory.mktemp("gpt2-onnx"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_prompts():
+    """Real text: review snippets shipped with the project (first 60 lines)."""
+    lines = [line.strip() for line in GPT2_PROMPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines[:60]

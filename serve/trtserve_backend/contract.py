@@ -25,3 +25,41 @@ POOLED = "pooled"  # mean-pooled hidden state, not yet normalised
 # Task names.
 CLASSIFICATION = "classification"
 EMBEDDING_TASK = "embedding"
+
+# ---- generation (the decoupled ``generate`` model) ----------------------------------------
+# Public inputs.
+PROMPT = "PROMPT"
+MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
+TEMPERATURE = "TEMPERATURE"
+TOP_P = "TOP_P"
+SEED = "SEED"
+STOP = "STOP"
+GENERATE_OPTIONAL_INPUTS = (MAX_NEW_TOKENS, TEMPERATURE, TOP_P, SEED, STOP)
+# Public outputs: every streamed response carries TEXT; the last one also FINISH_REASON and TOKENS.
+FINISH_REASON = "FINISH_REASON"
+TOKENS = "TOKENS"
+FINISH_LENGTH = "length"
+FINISH_STOP = "stop"
+FINISH_EOS = "eos"
+FINISH_REASONS = (FINISH_LENGTH, FINISH_STOP, FINISH_EOS)
+GENERATION_TASK = "generation"
+
+# The decoder graph (GPT-2 with past key/values; one graph for prompt and decode steps).
+POSITION_IDS = "position_ids"
+DECODER_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
+
+
+def past_key_name(layer: int) -> str:
+    return f"past_key_values.{layer}.key"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"

@@ -1,0 +1,224 @@
+"""Step-level batching: every decoding sequence shares one engine call per decode step.
+
+One thread owns the engine. Each iteration of its loop is a step boundary: sequences whose
+client went away are dropped, waiting requests are admitted into free slots (their prompt runs
+alone, which yields their first token), then one decode step runs all decoding sequences as
+one batch. A sequence that finishes leaves at once; the others do not wait for it, nor it for
+them. The engine keeps each slot's KV cache between steps (:class:`DecoderExecutor`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .. import contract
+from .requests import CapacityError, GenerationRequest
+from .sampling import Sampler
+from .text import IncrementalDecoder, StopMatcher, TokenBytes
+
+log = logging.getLogger(__name__)
+
+
+class DecoderExecutor(Protocol):
+    """An engine that keeps a KV cache per slot (0 .. max_batch-1) between calls."""
+
+    max_batch: int
+
+    def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
+        """Run a prompt into ``slot``'s (new) cache; the logits [vocab] of its last position."""
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each slot's cache in one batched call; logits [len(slots), vocab]."""
+
+    def release(self, slot: int) -> None:
+        """Forget ``slot``'s cache."""
+
+
+class StreamSink(Protocol):
+    """Where one request's pieces go (a Triton response sender, or a list in tests)."""
+
+    def send(self, text: str) -> None: ...
+
+    def finish(self, text: str, reason: str, tokens: int) -> None: ...
+
+    def fail(self, message: str) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    sink: StreamSink
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    sampler: Sampler
+    slot: int = -1
+    generated: int = 0
+    next_token: int = -1
+
+
+@dataclass
+class SchedulerStats:
+    """Counts that show batching at work (and that the tests check)."""
+
+    prefills: int = 0
+    decode_calls: int = 0
+    decode_rows: int = 0
+    max_rows: int = 0
+    finished: dict = field(default_factory=lambda: collections.Counter())
+    cancelled: int = 0
+
+
+class StepScheduler:
+    def __init__(self, executor: DecoderExecutor, token_bytes: TokenBytes, eos_id: int, max_sequences: int,
+                 note: Callable[[str], None] | None = None):
+        """``note`` receives one line per notable event (a client that went away), e.g. the server log."""
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+        self.executor = executor
+        self.token_bytes = token_bytes
+        self.eos_id = eos_id
+        self.max_sequences = max_sequences
+        self.stats = SchedulerStats()
+        self.note = note or log.info
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._active: list[_Sequence] = []
+        self._free_slots = list(range(executor.max_batch - 1, -1, -1))
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- called from Triton's execute thread ----------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: StreamSink) -> None:
+        """Queue a request for the next step boundary; CapacityError when the server is full."""
+        seq = _Sequence(request, sink, IncrementalDecoder(self.token_bytes), StopMatcher(request.stops),
+                        Sampler(request.sampling))
+        with self._lock:
+            held = len(self._waiting) + len(self._active)
+            if held >= self.max_sequences:
+                raise CapacityError(f"too many pending sequences: {held} held, the limit is max_sequences "
+                                    f"{self.max_sequences}; try again later")
+            self._waiting.append(seq)
+            self._lock.notify()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._waiting) + len(self._active)
+
+    # ---- the engine thread ----------------------------------------------------------------
+
+    def start(self) -> "StepScheduler":
+        self._thread = threading.Thread(target=self._run, name="trtserve-generate", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        for seq in list(self._waiting) + self._active:
+            _quietly(seq.sink.fail, "the model is shutting down")
+        self._waiting.clear()
+        self._active.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._active:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - the engine failed: fail its sequences, keep serving
+                log.exception("generate step failed")
+                for seq in list(self._active):
+                    self._end(seq)
+                    _quietly(seq.sink.fail, f"generation failed: {e}")
+
+    def step(self) -> None:
+        """One step boundary: drop cancelled, admit waiting, one batched decode step."""
+        for seq in [s for s in self._active if s.sink.cancelled()]:
+            self._drop(seq, "its client cancelled the request")
+        self._admit()
+        if not self._active:
+            return
+        for start in range(0, len(self._active), self.executor.max_batch):
+            group = self._active[start:start + self.executor.max_batch]
+            logits = self.executor.decode([s.slot for s in group], [s.next_token for s in group])
+            self.stats.decode_calls += 1
+            self.stats.decode_rows += len(group)
+            self.stats.max_rows = max(self.stats.max_rows, len(group))
+            for seq, row in zip(group, logits):
+                self._advance(seq, row)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or not self._free_slots:
+                    return
+                seq = self._waiting.popleft()
+                if seq.sink.cancelled():
+                    self.stats.cancelled += 1
+                    self.note("generate: dropped a waiting sequence: its client cancelled the request")
+                    continue
+                seq.slot = self._free_slots.pop()
+                self._active.append(seq)
+            logits = self.executor.prefill(seq.slot, seq.request.prompt_ids)
+            self.stats.prefills += 1
+            self._advance(seq, logits)
+
+    def _advance(self, seq: _Sequence, logits: np.ndarray) -> None:
+        """Sample the next token of ``seq``, stream its text, finish it when it is done."""
+        token = seq.sampler(logits)
+        seq.generated += 1
+        seq.next_token = token
+        if token == self.eos_id:
+            return self._finish(seq, "", contract.FINISH_EOS)
+        text, stopped = seq.stops.feed(seq.decoder.push(token))
+        if stopped:
+            return self._finish(seq, text, contract.FINISH_STOP)
+        if seq.generated >= seq.request.max_new_tokens:
+            return self._finish(seq, text, contract.FINISH_LENGTH)
+        if text:
+            try:
+                seq.sink.send(text)
+            except Exception as e:  # noqa: BLE001 - the client is gone: free the sequence
+                self._drop(seq, f"its stream failed ({e})")
+
+    def _finish(self, seq: _Sequence, text: str, reason: str) -> None:
+        if reason != contract.FINISH_STOP:
+            # what the decoder and the STOP matcher still hold belongs to the output
+            tail, stopped = seq.stops.feed(seq.decoder.flush())
+            text += tail if stopped else tail + seq.stops.flush()
+        self._end(seq)
+        self.stats.finished[reason] += 1
+        _quietly(seq.sink.finish, text, reason, seq.generated)
+
+    def _drop(self, seq: _Sequence, why: str) -> None:
+        self.stats.cancelled += 1
+        self._end(seq)
+        self.note(f"generate: freed the sequence in slot {seq.slot} after {seq.generated} tokens: {why}")
+
+    def _end(self, seq: _Sequence) -> None:
+        with self._lock:
+            if seq in self._active:
+                self._active.remove(seq)
+                self.executor.release(seq.slot)
+                self._free_slots.append(seq.slot)
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - a vanished client must not stop the engine thread
+        log.info("could not deliver to a client: %s", e)

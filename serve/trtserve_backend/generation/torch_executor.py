@@ -1,0 +1,181 @@
+"""GPT-2 in PyTorch with a static KV cache on the device and CUDA graphs for decode steps.
+
+The cache is one pair of tensors [layers, max_batch, heads, max_length, head_dim] allocated
+once, so a decode step has the same shapes every time and can be captured as a CUDA graph per
+configured batch size (a step of n sequences replays the smallest graph of >= n rows; the extra
+rows are free cache rows and their outputs are ignored). Live sequences occupy rows 0..n-1: a
+sequence that leaves has its row filled by the last one (one row copied on the device), so a
+step never gathers. Prompts run eagerly (their length varies). Attention covers all max_length
+positions with a mask of each row's own length, so shapes stay static.
+
+The weights are those of a Hugging Face ``GPT2LMHeadModel``; the forward is GPT-2's (pre-LN
+blocks, GELU-tanh MLP, tied LM head). On the CPU (no graphs) it runs eagerly: the unit tests
+check it there against ``generate``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class TorchExecutor:
+    """:class:`~.scheduler.DecoderExecutor` over a static-cache GPT-2."""
+
+    def __init__(self, hf_model, max_batch: int, max_length: int | None = None, dtype: str = "fp32",
+                 device: str | None = None, graph_batch_sizes: Sequence[int] = ()):
+        import torch
+
+        self.torch = torch
+        cfg = hf_model.config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = getattr(torch, _DTYPES[dtype])
+        self.max_batch = max_batch
+        self.max_length = max_length or cfg.n_positions
+        if self.max_length > cfg.n_positions:
+            raise ValueError(f"max_length {self.max_length} > the model's {cfg.n_positions} positions")
+        self.layers, self.heads = cfg.n_layer, cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.eps = cfg.layer_norm_epsilon
+        sd = {k: v.detach().to(self.device, self.dtype) for k, v in hf_model.transformer.state_dict().items()}
+        self.w = sd
+        shape = (self.layers, max_batch, self.heads, self.max_length, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self._row_of: dict[int, int] = {}  # slot -> cache row
+        self._length: dict[int, int] = {}
+        self._graphs: dict[int, tuple] = {}
+        self._key_index = torch.arange(self.max_length, device=self.device)
+        if graph_batch_sizes and self.device.type == "cuda":
+            self._capture(sorted({min(b, max_batch) for b in graph_batch_sizes}))
+
+    @classmethod
+    def from_checkpoint(cls, folder: str, **kwargs) -> "TorchExecutor":
+        from transformers import GPT2LMHeadModel
+
+        return cls(GPT2LMHeadModel.from_pretrained(folder).eval(), **kwargs)
+
+    # ---- the model ------------------------------------------------------------------------
+
+    def _ln(self, x, prefix):
+        return self.torch.nn.functional.layer_norm(x, (x.shape[-1],), self.w[prefix + ".weight"], self.w[prefix + ".bias"], self.eps)
+
+    def _linear(self, x, prefix):  # GPT-2's Conv1D: weight [in, out]
+        return self.torch.addmm(self.w[prefix + ".bias"], x.reshape(-1, x.shape[-1]), self.w[prefix + ".weight"]).reshape(*x.shape[:-1], -1)
+
+    def _forward(self, row0: int, tokens, positions, attend):
+        """Rows row0..row0+b-1 of the cache; tokens/positions [b, s]; attend [b, s, max_length] bool.
+        Writes the new keys/values into the cache; returns logits [b, s, V]."""
+        torch = self.torch
+        b, s = tokens.shape
+        batch_index = torch.arange(b, device=self.device)[:, None].expand(b, s)
+        x = self.w["wte.weight"][tokens] + self.w["wpe.weight"][positions]
+        bias = torch.zeros(attend.shape, device=self.device, dtype=self.dtype).masked_fill(~attend, torch.finfo(self.dtype).min)
+        bias = bias[:, None]  # [b, 1, s, L]
+        for i in range(self.layers):
+            p = f"h.{i}"
+            qkv = self._linear(self._ln(x, p + ".ln_1"), p + ".attn.c_attn")
+            q, k, v = qkv.split(self.heads * self.head_dim, dim=-1)
+            q, k, v = (t.view(b, s, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            keys, values = self.k_cache[i, row0:row0 + b], self.v_cache[i, row0:row0 + b]  # views [b, H, L, D]
+            keys[batch_index, :, positions] = k.transpose(1, 2)
+            values[batch_index, :, positions] = v.transpose(1, 2)
+            scores = torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias
+            probs = torch.softmax(scores.float(), dim=-1).to(self.dtype)
+            attn = torch.matmul(probs, values).transpose(1, 2).reshape(b, s, -1)
+            x = x + self._linear(attn, p + ".attn.c_proj")
+            h = self._linear(self._ln(x, p + ".ln_2"), p + ".mlp.c_fc")
+            x = x + self._linear(torch.nn.functional.gelu(h, approximate="tanh"), p + ".mlp.c_proj")
+        x = self._ln(x, "ln_f")
+        return torch.matmul(x, self.w["wte.weight"].t())
+
+    def _decode_rows(self, tokens, positions):
+        """One decode step for rows 0..b-1 (tokens/positions [b]); logits [b, V]."""
+        attend = (self._key_index[None, :] <= positions[:, None])[:, None, :]
+        return self._forward(0, tokens[:, None], positions[:, None], attend)[:, 0]
+
+    # ---- CUDA graphs ----------------------------------------------------------------------
+
+    def _capture(self, batch_sizes: list[int]) -> None:
+        torch = self.torch
+        pool = None
+        for b in sorted(batch_sizes, reverse=True):
+            tokens = torch.zeros(b, dtype=torch.long, device=self.device)
+            positions = torch.zeros(b, dtype=torch.long, device=self.device)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph
+                    self._decode_rows(tokens, positions)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self._decode_rows(tokens, positions)
+            pool = graph.pool()
+            self._graphs[b] = (graph, tokens, positions, logits)
+        log.info("captured decode CUDA graphs for batch sizes %s", sorted(self._graphs))
+
+    # ---- DecoderExecutor ------------------------------------------------------------------
+
+    def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
+        torch = self.torch
+        self.release(slot)
+        row = len(self._row_of)
+        if row >= self.max_batch:
+            raise RuntimeError(f"no free cache row (max_batch {self.max_batch})")
+        n = len(ids)
+        if n > self.max_length:
+            raise ValueError(f"prompt of {n} tokens exceeds max_length {self.max_length}")
+        self._row_of[slot], self._length[slot] = row, n
+        positions = torch.arange(n, device=self.device)[None]
+        attend = (self._key_index[None, None, :] <= positions[..., None])
+        with torch.inference_mode():
+            logits = self._forward(row, torch.tensor([list(ids)], device=self.device), positions, attend)
+        return logits[0, -1].float().cpu().numpy()
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        torch = self.torch
+        n = len(slots)
+        if n != len(self._row_of):
+            raise ValueError(f"a decode step must cover all {len(self._row_of)} live sequences, got {n}")
+        by_row = [0] * n
+        pos = [0] * n
+        for slot, token in zip(slots, tokens):
+            r = self._row_of[slot]
+            by_row[r], pos[r] = token, self._length[slot]
+            if pos[r] >= self.max_length:
+                raise ValueError(f"sequence in slot {slot} reached max_length {self.max_length}")
+        with torch.inference_mode():
+            graph_b = next((b for b in sorted(self._graphs) if b >= n), None)
+            if graph_b is None:
+                logits = self._decode_rows(torch.tensor(by_row, device=self.device), torch.tensor(pos, device=self.device))
+            else:
+                graph, static_tokens, static_positions, static_logits = self._graphs[graph_b]
+                static_tokens.zero_()
+                static_positions.zero_()
+                static_tokens[:n].copy_(torch.tensor(by_row))
+                static_positions[:n].copy_(torch.tensor(pos))
+                graph.replay()
+                logits = static_logits[:n]
+            out = logits.float().cpu().numpy()
+        for slot in slots:
+            self._length[slot] += 1
+        return out[[self._row_of[s] for s in slots]]
+
+    def release(self, slot: int) -> None:
+        row = self._row_of.pop(slot, None)
+        self._length.pop(slot, None)
+        if row is None:
+            return
+        last = len(self._row_of)  # rows are 0..last after the pop
+        if row != last:
+            moved = next(s for s, r in self._row_of.items() if r == last)
+            self.k_cache[:, row].copy_(self.k_cache[:, last])
+            self.v_cache[:, row].copy_(self.v_cache[:, last])
+            self._row_of[moved] = row

@@ -1,0 +1,81 @@
+"""``generate``: decoupled, streaming text generation with step-level batching (GPT-2 family).
+
+``execute`` only checks each request and hands it to the :class:`StepScheduler`, whose thread
+owns the engine and streams every sequence's pieces through the request's response sender;
+requests that arrive while others decode join them at the next step boundary.
+"""
+from __future__ import annotations
+
+import os
+
+import triton_python_backend_utils as pb_utils
+
+from trtserve_backend import contract
+from trtserve_backend.generation.requests import CapacityError, GenerationInputError, GenerationLimits, parse_request
+from trtserve_backend.generation.responses import ResponseSink
+from trtserve_backend.generation.scheduler import StepScheduler
+from trtserve_backend.generation.text import TokenBytes
+from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.triton_models._common import version_dir
+
+
+def _executor(cfg: PythonModelConfig, folder: str, max_batch: int):
+    engine = cfg.parameter("engine", "onnxruntime")
+    if engine == "onnxruntime":
+        from trtserve_backend.generation.ort_executor import OrtDecoderGraph, OrtExecutor
+
+        graph = OrtDecoderGraph(os.path.join(folder, cfg.parameter("onnx_file")),
+                                intra_op_threads=int(cfg.parameter("intra_op_threads", "0")))
+        return OrtExecutor(graph, max_batch=max_batch)
+    if engine == "torch":
+        from trtserve_backend.generation.torch_executor import TorchExecutor
+
+        return TorchExecutor.from_checkpoint(
+            os.path.join(folder, cfg.parameter("checkpoint_dir")), max_batch=max_batch,
+            dtype=cfg.parameter("precision", "fp16"), graph_batch_sizes=cfg.json_parameter("graph_batch_sizes"),
+            max_length=int(cfg.parameter("context_length")))
+    raise ValueError(f"{cfg.name}: unknown engine {engine!r} (onnxruntime | torch)")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from tokenizers import Tokenizer
+
+        cfg = PythonModelConfig.from_args(args)
+        if not pb_utils.using_decoupled_model_transaction_policy(cfg_json(args)):
+            raise ValueError(f"{cfg.name}: the generate model must be decoupled (model_transaction_policy)")
+        folder = version_dir(args)
+        tokenizer_file = os.path.join(folder, cfg.parameter("tokenizer_file"))
+        self.tokenizer = Tokenizer.from_file(tokenizer_file)
+        self.limits = GenerationLimits.from_parameters(cfg.parameter)
+        self.eos_id = int(cfg.parameter("eos_token_id"))
+        self.dtypes = {t.name: t.dtype for t in cfg.outputs}
+        executor = _executor(cfg, folder, int(cfg.parameter("max_decode_batch")))
+        self.scheduler = StepScheduler(executor, TokenBytes.from_tokenizer_json(tokenizer_file), self.eos_id,
+                                       self.limits.max_sequences, note=pb_utils.Logger.log_info).start()
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def execute(self, requests):
+        for request in requests:
+            sink = ResponseSink(pb_utils, request, self.dtypes)
+            try:
+                arrays = {t.name(): t.as_numpy() for t in request.inputs()}
+                self.scheduler.submit(parse_request(arrays, self._encode, self.limits, self.eos_id), sink)
+            except GenerationInputError as e:
+                sink.fail(str(e), "INVALID_ARG")
+            except CapacityError as e:
+                sink.fail(str(e), "UNAVAILABLE")
+            except Exception as e:  # noqa: BLE001 - this request fails, the model stays up
+                sink.fail(f"{contract.PROMPT}: {e}")
+        return None
+
+    def finalize(self):
+        self.scheduler.stop()
+
+
+def cfg_json(args):
+    import json
+
+    return json.loads(args["model_config"])

@@ -1,0 +1,209 @@
+"""The generation engines and the step-level scheduler against Hugging Face ``generate`` (no Triton).
+
+A tiny GPT-2 with seeded random weights and the real tokenizer; prompts are real text. The ONNX
+Runtime executor (the embedded server's) and the torch executor (the GPU server's, eager here)
+must give the tokens ``generate(do_sample=False)`` gives, alone and batched with other sequences
+that joined at other steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trtserve_backend import contract
+from trtserve_backend.generation.requests import CapacityError, GenerationRequest
+from trtserve_backend.generation.sampling import SamplingParams
+from trtserve_backend.generation.scheduler import StepScheduler
+from trtserve_backend.generation.text import TokenBytes
+
+EOS = 50256
+MAX_PROMPT = 40
+
+
+class ListSink:
+    def __init__(self):
+        self.pieces, self.final, self.error, self.gone = [], None, None, False
+
+    def send(self, text):
+        assert self.final is None, "a piece after the final response"
+        self.pieces.append(text)
+
+    def finish(self, text, reason, tokens):
+        self.final = (text, reason, tokens)
+
+    def fail(self, message):
+        self.error = message
+
+    def cancelled(self):
+        return self.gone
+
+    @property
+    def text(self):
+        return "".join(self.pieces) + (self.final[0] if self.final else "")
+
+
+@pytest.fixture(scope="module")
+def hf(gpt2_tiny_checkpoint):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(str(gpt2_tiny_checkpoint)).eval()
+    return model, AutoTokenizer.from_pretrained(str(gpt2_tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def token_bytes(gpt2_tiny_checkpoint):
+    return TokenBytes.from_tokenizer_json(str(gpt2_tiny_checkpoint / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(hf, gpt2_prompts):
+    _, tok = hf
+    return [tok(p)["input_ids"][:MAX_PROMPT] for p in gpt2_prompts]
+
+
+def hf_greedy(model, ids, max_new):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=max_new, pad_token_id=EOS)
+    return out[0, len(ids):].tolist()
+
+
+def ort_executor(onnx_path, max_batch):
+    from trtserve_backend.generation.ort_executor import OrtDecoderGraph, OrtExecutor
+
+    return OrtExecutor(OrtDecoderGraph(str(onnx_path)), max_batch=max_batch)
+
+
+def torch_executor(checkpoint, max_batch):
+    from trtserve_backend.generation.torch_executor import TorchExecutor
+
+    return TorchExecutor.from_checkpoint(str(checkpoint), max_batch=max_batch, dtype="fp32", device="cpu")
+
+
+@pytest.fixture(params=["onnxruntime", "torch"])
+def make_executor(request, gpt2_tiny_onnx, gpt2_tiny_checkpoint):
+    if request.param == "onnxruntime":
+        return lambda max_batch: ort_executor(gpt2_tiny_onnx, max_batch)
+    return lambda max_batch: torch_executor(gpt2_tiny_checkpoint, max_batch)
+
+
+def expected(token_bytes, ids):
+    text_ids = [t for t in ids if t != EOS]
+    reason = contract.FINISH_EOS if ids and ids[-1] == EOS else contract.FINISH_LENGTH
+    return token_bytes.decode(text_ids), reason, len(ids)
+
+
+def drain(scheduler, limit=10_000):
+    for _ in range(limit):
+        if not scheduler.pending():
+            return
+        scheduler.step()
+    raise AssertionError("the scheduler did not finish")
+
+
+def test_batched_decode_logits_equal_each_sequence_alone(make_executor, prompt_ids):
+    """One step for three sequences of different lengths (left-padded pasts) = three steps alone."""
+    batched = make_executor(4)
+    for slot, ids in enumerate(prompt_ids[:3]):
+        batched.prefill(slot, ids)
+    tokens = [11, 22, 33]
+    together = batched.decode([2, 0, 1], [tokens[2], tokens[0], tokens[1]])
+    for slot, ids in enumerate(prompt_ids[:3]):
+        alone = make_executor(1)
+        alone.prefill(0, ids)
+        row = [2, 0, 1].index(slot)
+        np.testing.assert_allclose(together[row], alone.decode([0], [tokens[slot]])[0], atol=2e-4)
+
+
+def test_greedy_equals_hf_generate_with_joins_and_leaves(make_executor, hf, token_bytes, prompt_ids):
+    """20 prompts, different lengths, different MAX_NEW_TOKENS; requests arrive while others decode."""
+    model, _ = hf
+    scheduler = StepScheduler(make_executor(8), token_bytes, EOS, max_sequences=64)
+    cases = [(ids, 6 + (i * 7) % 17) for i, ids in enumerate(prompt_ids[:20])]
+    sinks = []
+    for i, (ids, n) in enumerate(cases):
+        sink = ListSink()
+        scheduler.submit(GenerationRequest(list(ids), n), sink)
+        sinks.append(sink)
+        if i % 3 == 2:
+            scheduler.step()  # later requests join at step boundaries of running ones
+    drain(scheduler)
+    for (ids, n), sink in zip(cases, sinks):
+        assert sink.error is None
+        text, reason, tokens = expected(token_bytes, hf_greedy(model, ids, n))
+        assert (sink.text, sink.final[1], sink.final[2]) == (text, reason, tokens)
+    stats = scheduler.stats
+    assert stats.prefills == 20
+    assert stats.max_rows == 8  # sequences shared decode steps ...
+    assert stats.decode_calls < stats.decode_rows / 3  # ... not one engine call per sequence
+
+
+def test_new_request_does_not_wait_for_the_batch(make_executor, token_bytes, prompt_ids):
+    scheduler = StepScheduler(make_executor(4), token_bytes, EOS, max_sequences=8)
+    long_sink, short_sink = ListSink(), ListSink()
+    scheduler.submit(GenerationRequest(prompt_ids[0], 40), long_sink)
+    for _ in range(3):
+        scheduler.step()
+    scheduler.submit(GenerationRequest(prompt_ids[1], 2), short_sink)
+    scheduler.step()
+    scheduler.step()
+    assert short_sink.final is not None and short_sink.final[2] == 2
+    assert long_sink.final is None  # still decoding; the short one joined and left
+
+
+def test_seeded_sampling_is_reproducible_across_batch_company(make_executor, token_bytes, prompt_ids):
+    def run(company):
+        scheduler = StepScheduler(make_executor(8), token_bytes, EOS, max_sequences=16)
+        sink = ListSink()
+        scheduler.submit(GenerationRequest(prompt_ids[0], 12, SamplingParams(temperature=1.0, top_p=0.9, seed=5)), sink)
+        for ids in prompt_ids[1:1 + company]:
+            scheduler.submit(GenerationRequest(ids, 12, SamplingParams(temperature=1.0)), ListSink())
+        drain(scheduler)
+        return sink.text, sink.final
+
+    alone = run(0)
+    assert run(5) == alone
+    assert run(0) == alone
+
+
+def test_stop_and_eos_end_with_their_reason(make_executor, hf, token_bytes, prompt_ids):
+    model, _ = hf
+    ids = prompt_ids[2]
+    greedy = hf_greedy(model, ids, 12)
+    full = token_bytes.decode(greedy)
+    # STOP: a string that appears in the greedy continuation
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    scheduler = StepScheduler(make_executor(2), token_bytes, EOS, max_sequences=4)
+    sink = ListSink()
+    scheduler.submit(GenerationRequest(ids, 12, stops=(stop,)), sink)
+    drain(scheduler)
+    assert sink.final[1] == contract.FINISH_STOP
+    assert sink.text == full[:full.index(stop)]
+    # EOS: declare the 5th greedy token the end-of-sequence token of this scheduler
+    eos = greedy[4]
+    scheduler = StepScheduler(make_executor(2), token_bytes, eos, max_sequences=4)
+    sink = ListSink()
+    scheduler.submit(GenerationRequest(ids, 12), sink)
+    drain(scheduler)
+    first = greedy.index(eos)
+    assert sink.final[1:] == (contract.FINISH_EOS, first + 1)
+    assert sink.text == token_bytes.decode(greedy[:first])
+
+
+def test_capacity_and_cancellation_free_sequences(make_executor, token_bytes, prompt_ids):
+    executor = make_executor(2)
+    scheduler = StepScheduler(executor, token_bytes, EOS, max_sequences=3)
+    sinks = [ListSink() for _ in range(3)]
+    for sink in sinks:
+        scheduler.submit(GenerationRequest(prompt_ids[0], 30), sink)
+    with pytest.raises(CapacityError, match="max_sequences 3"):
+        scheduler.submit(GenerationRequest(prompt_ids[0], 30), ListSink())
+    scheduler.step()  # two decode (max_batch 2), one waits
+    sinks[0].gone = True  # its client disconnected
+    scheduler.step()
+    assert scheduler.stats.cancelled == 1 and scheduler.pending() == 2
+    scheduler.submit(GenerationRequest(prompt_ids[1], 3), ListSink())  # the freed place is usable
+    drain(scheduler)
+    assert sinks[0].final is None and all(s.final[1] == contract.FINISH_LENGTH for s in sinks[1:])
