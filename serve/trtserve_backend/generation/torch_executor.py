@@ -28,23 +28,26 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class TorchExecutor:
     """:class:`~.scheduler.DecoderExecutor` over a static-cache GPT-2."""
 
-    def __init__(self, hf_model, max_batch: int, max_length: int | None = None, dtype: str = "fp32",
+    def __init__(self, config: dict, weights: dict, max_batch: int, max_length: int | None = None, dtype: str = "fp32",
                  device: str | None = None, graph_batch_sizes: Sequence[int] = ()):
+        """``config``: a GPT-2 config.json as a dict; ``weights``: the ``transformer.*`` tensors (prefix optional)."""
         import torch
 
         self.torch = torch
-        cfg = hf_model.config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, _DTYPES[dtype])
         self.max_batch = max_batch
-        self.max_length = max_length or cfg.n_positions
-        if self.max_length > cfg.n_positions:
-            raise ValueError(f"max_length {self.max_length} > the model's {cfg.n_positions} positions")
-        self.layers, self.heads = cfg.n_layer, cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
-        self.eps = cfg.layer_norm_epsilon
-        sd = {k: v.detach().to(self.device, self.dtype) for k, v in hf_model.transformer.state_dict().items()}
-        self.w = sd
+        positions = int(config["n_positions"])
+        self.max_length = max_length or positions
+        if self.max_length > positions:
+            raise ValueError(f"max_length {self.max_length} > the model's {positions} positions")
+        self.layers, self.heads = int(config["n_layer"]), int(config["n_head"])
+        self.head_dim = int(config["n_embd"]) // self.heads
+        self.eps = float(config.get("layer_norm_epsilon", 1e-5))
+        self.w = {k.removeprefix("transformer."): v.detach().to(self.device, self.dtype) for k, v in weights.items()
+                  if not k.startswith("lm_head")}
+        if "wte.weight" not in self.w:
+            raise ValueError(f"not GPT-2 weights: no transformer.wte.weight among {sorted(weights)[:5]} ...")
         shape = (self.layers, max_batch, self.heads, self.max_length, self.head_dim)
         self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
@@ -57,9 +60,23 @@ class TorchExecutor:
 
     @classmethod
     def from_checkpoint(cls, folder: str, **kwargs) -> "TorchExecutor":
-        from transformers import GPT2LMHeadModel
+        """A GPT-2 checkpoint folder (config.json + model.safetensors | pytorch_model.bin), read
+        without ``transformers`` (the GPU server's stub environment cannot import it)."""
+        import json
+        import os
 
-        return cls(GPT2LMHeadModel.from_pretrained(folder).eval(), **kwargs)
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        safetensors_file = os.path.join(folder, "model.safetensors")
+        if os.path.exists(safetensors_file):
+            from safetensors.torch import load_file
+
+            weights = load_file(safetensors_file)
+        else:
+            import torch
+
+            weights = torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        return cls(config, weights, **kwargs)
 
     # ---- the model ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.triton_models._common import version_dir
 
 
-def _executor(cfg: PythonModelConfig, folder: str, max_batch: int):
+def _executor(cfg: PythonModelConfig, folder: str, max_batch: int, args):
     engine = cfg.parameter("engine", "onnxruntime")
     if engine == "onnxruntime":
         from trtserve_backend.generation.ort_executor import OrtDecoderGraph, OrtExecutor
@@ -30,8 +30,9 @@ def _executor(cfg: PythonModelConfig, folder: str, max_batch: int):
     if engine == "torch":
         from trtserve_backend.generation.torch_executor import TorchExecutor
 
+        device = "cpu" if args.get("model_instance_kind") == "CPU" else f"cuda:{args.get('model_instance_device_id', 0)}"
         return TorchExecutor.from_checkpoint(
-            os.path.join(folder, cfg.parameter("checkpoint_dir")), max_batch=max_batch,
+            os.path.join(folder, cfg.parameter("checkpoint_dir")), max_batch=max_batch, device=device,
             dtype=cfg.parameter("precision", "fp16"), graph_batch_sizes=cfg.json_parameter("graph_batch_sizes"),
             max_length=int(cfg.parameter("context_length")))
     raise ValueError(f"{cfg.name}: unknown engine {engine!r} (onnxruntime | torch)")
@@ -50,7 +51,7 @@ class TritonPythonModel:
         self.limits = GenerationLimits.from_parameters(cfg.parameter)
         self.eos_id = int(cfg.parameter("eos_token_id"))
         self.dtypes = {t.name: t.dtype for t in cfg.outputs}
-        executor = _executor(cfg, folder, int(cfg.parameter("max_decode_batch")))
+        executor = _executor(cfg, folder, int(cfg.parameter("max_decode_batch")), args)
         self.scheduler = StepScheduler(executor, TokenBytes.from_tokenizer_json(tokenizer_file), self.eos_id,
                                        self.limits.max_sequences, note=pb_utils.Logger.log_info).start()
 
