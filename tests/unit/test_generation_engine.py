@@ -117,6 +117,19 @@ def test_batched_decode_logits_equal_each_sequence_alone(make_executor, prompt_i
         np.testing.assert_allclose(together[row], alone.decode([0], [tokens[slot]])[0], atol=2e-4)
 
 
+def test_a_reused_slot_starts_from_a_fresh_cache(make_executor, prompt_ids):
+    """A sequence that ends frees its slot; the next one in that slot must not see the old cache."""
+    executor = make_executor(2)
+    executor.prefill(0, prompt_ids[0])
+    executor.decode([0], [5])
+    executor.release(0)
+    executor.prefill(0, prompt_ids[1])
+    reused = executor.decode([0], [7])
+    fresh = make_executor(2)
+    fresh.prefill(0, prompt_ids[1])
+    np.testing.assert_allclose(reused, fresh.decode([0], [7]), atol=1e-5)
+
+
 def test_greedy_equals_hf_generate_with_joins_and_leaves(make_executor, hf, token_bytes, prompt_ids):
     """20 prompts, different lengths, different MAX_NEW_TOKENS; requests arrive while others decode."""
     model, _ = hf

@@ -116,7 +116,9 @@ class OrtExecutor:
     def release(self, slot: int) -> None:
         self._loose.pop(slot, None)
         self._lengths.pop(slot, None)
-        # the stacked batch keeps its rows until the next restack; a released row is dropped then
+        # The stacked batch keeps its rows until the next restack, which drops this one; the
+        # placeholder makes sure a restack happens even if the slot is reused right away.
+        self._order = [-1 if s == slot else s for s in self._order]
 
     def length(self, slot: int) -> int:
         return self._lengths[slot]
