@@ -1,4 +1,4 @@
-"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``).
+"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``, ``generate``).
 
     from trtserve_client import TrtServeClient, ServerUnavailableError
 
@@ -9,7 +9,7 @@
 Errors are typed (see :mod:`trtserve_client.errors`); the ``trtserve`` command is
 :func:`trtserve_client.cli.main`.
 """
-from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, TrtServeClient
+from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_GENERATE_MODEL, TrtServeClient
 from .errors import (
     BadInputError,
     InferenceError,
@@ -21,6 +21,7 @@ from .errors import (
     TrtServeError,
     translate_error,
 )
+from .generation import GenerationOptions, GenerationResult, GenerationStream
 from .inputs import encode_texts, split_batches
 from .results import DEFAULT_LABELS, Classification
 from .retry import RetryPolicy, call_with_retry, is_retryable
@@ -34,6 +35,10 @@ __all__ = [
     "DEFAULT_LABELS",
     "DEFAULT_CLASSIFY_MODEL",
     "DEFAULT_EMBED_MODEL",
+    "DEFAULT_GENERATE_MODEL",
+    "GenerationOptions",
+    "GenerationResult",
+    "GenerationStream",
     "TrtServeError",
     "ServerUnavailableError",
     "ModelNotReadyError",

@@ -5,11 +5,13 @@ and they import their tritonclient module lazily, so a gRPC user never imports g
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from trtserve_backend import contract
+
+from .generation import GenerationOptions, grpc_events, http_events
 
 __all__ = ["Transport", "GrpcTransport", "HttpTransport", "make_transport", "PROTOCOLS", "DEFAULT_URLS"]
 
@@ -27,6 +29,8 @@ class Transport(Protocol):
         self, model: str, text: np.ndarray, outputs: Sequence[str] | None
     ) -> dict[str, np.ndarray | None]: ...
 
+    def generate_events(self, model: str, prompt: str, options: GenerationOptions) -> Iterator[dict]: ...
+
     def close(self) -> None: ...
 
 
@@ -39,6 +43,9 @@ class GrpcTransport:
         self._module = grpcclient
         self._timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url)
+
+    def generate_events(self, model, prompt, options):
+        return grpc_events(self._client, self._module, model, prompt, options, self._timeout_s)
 
     def is_live(self) -> bool:
         return bool(self._client.is_server_live(client_timeout=self._timeout_s))
@@ -67,6 +74,7 @@ class HttpTransport:
         import tritonclient.http as httpclient
 
         self._module = httpclient
+        self._url, self._timeout_s = url, timeout_s
         self._client = httpclient.InferenceServerClient(
             url, connection_timeout=timeout_s, network_timeout=timeout_s
         )
@@ -76,6 +84,9 @@ class HttpTransport:
 
     def model_config(self, model: str) -> dict[str, Any]:
         return self._client.get_model_config(model)
+
+    def generate_events(self, model, prompt, options):
+        return http_events(self._url, model, prompt, options, self._timeout_s)
 
     def infer(self, model, text, outputs):
         text_input = self._module.InferInput(contract.TEXT, list(text.shape), _BYTES)

@@ -4,6 +4,7 @@
     trtserve embed --json "some text"
     echo "one text per line" | trtserve classify
     trtserve ready --wait 120
+    trtserve generate "The film was" --max-new-tokens 32     # prints pieces as they arrive
 
 Texts come from the arguments, or from stdin (one per line, blank lines skipped) when none
 are given or one is ``-``. Errors print one line, ``trtserve: <ErrorClass>: <message>``, to
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from ._transport import DEFAULT_URLS, PROTOCOLS
-from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, TrtServeClient
+from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_GENERATE_MODEL, TrtServeClient
 from .errors import (
     BadInputError,
     RequestTimeoutError,
@@ -115,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", default=DEFAULT_EMBED_MODEL, help=f"default: {DEFAULT_EMBED_MODEL}")
     embed.set_defaults(handler=_run_embed)
 
+    generate = commands.add_parser("generate", help="stream a continuation of a prompt, printed as it arrives")
+    _add_connection_options(generate, suppress=True)
+    generate.add_argument("prompt", metavar="PROMPT", help="the prompt; '-': stdin (all of it)")
+    generate.add_argument("--model", default=DEFAULT_GENERATE_MODEL, help=f"default: {DEFAULT_GENERATE_MODEL}")
+    generate.add_argument("--max-new-tokens", type=int, default=None, metavar="N")
+    generate.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--stop", action="append", default=[], metavar="TEXT", help="repeatable")
+    generate.set_defaults(handler=_run_generate)
+
     ready = commands.add_parser(
         "ready", help="check that models answer a real inference (exit 0 when they do)"
     )
@@ -183,6 +195,24 @@ def _run_embed(client: TrtServeClient, args: argparse.Namespace, texts: list[str
             head = " ".join(f"{x:+.4f}" for x in vector[:_EMBEDDING_VALUES_SHOWN])
             more = " ..." if vector.shape[0] > _EMBEDDING_VALUES_SHOWN else ""
             print(f"dim={vector.shape[0]}\t[{head}{more}]\t{text}", file=out)
+    return EXIT_OK
+
+
+def _run_generate(client: TrtServeClient, args: argparse.Namespace, texts: list[str], out: TextIO) -> int:
+    prompt = sys.stdin.read() if args.prompt == STDIN_MARKER else args.prompt
+    stream = client.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed, stop=args.stop, model=args.model)
+    for piece in stream:
+        if not args.json:
+            out.write(piece)
+            out.flush()
+    if args.json:
+        _print_json({"prompt": prompt, "text": stream.text, "finish_reason": stream.finish_reason,
+                     "tokens": stream.tokens, "first_piece_s": stream.first_piece_s, "total_s": stream.total_s}, out)
+    else:
+        print(file=out)
+        print(f"[{stream.finish_reason}, {stream.tokens} tokens, first piece after "
+              f"{(stream.first_piece_s or 0) * 1000:.0f} ms]", file=sys.stderr)
     return EXIT_OK
 
 

@@ -30,14 +30,16 @@ from .errors import (
     TrtServeError,
     translate_error,
 )
+from .generation import GenerationOptions, GenerationResult, GenerationStream
 from .inputs import Texts, encode_texts, split_batches, text_tensor
 from .results import DEFAULT_LABELS, Classification, decode_classifications, decode_embeddings
 from .retry import RetryPolicy, call_with_retry
 
-__all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "READY_PROBE_TEXT"]
+__all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "DEFAULT_GENERATE_MODEL", "READY_PROBE_TEXT"]
 
 DEFAULT_CLASSIFY_MODEL = "sentiment"
 DEFAULT_EMBED_MODEL = "embed"
+DEFAULT_GENERATE_MODEL = "generate"
 # Sent by wait_ready: a real request through the whole ensemble (tokenizer, encoder,
 # postprocess), because /v2/health/ready stays green when a Python stub has died.
 READY_PROBE_TEXT = "trtserve readiness probe"
@@ -149,6 +151,36 @@ class TrtServeClient:
         outputs = self._infer(model, encoded, _EMBEDDING_OUTPUTS)
         with self._adding_context(model):
             return decode_embeddings(outputs[contract.EMBEDDING], count=len(encoded))
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        model: str = DEFAULT_GENERATE_MODEL,
+    ) -> GenerationStream:
+        """Stream a continuation of ``prompt``: iterate the returned stream for text pieces as the
+        server produces them (each valid UTF-8); afterwards it holds ``finish_reason``
+        (``length`` | ``stop`` | ``eos``), ``tokens`` and ``text``. gRPC streams over Triton's
+        bidirectional stream, HTTP over its ``generate_stream`` endpoint. Options left ``None``
+        take the server's defaults (greedy; the model's default MAX_NEW_TOKENS)."""
+        if self._closed:
+            raise ValueError("the client is closed")
+        if not isinstance(prompt, str):
+            raise BadInputError(f"prompt must be a str, got {type(prompt).__name__}")
+        options = GenerationOptions(max_new_tokens, temperature, top_p, seed, tuple(stop))
+        return GenerationStream(self._translated(model, self._transport.generate_events(model, prompt, options)))
+
+    def generate_text(self, prompt: str, **options) -> GenerationResult:
+        """The non-streaming form of :meth:`generate`: the whole text, finish reason and token count."""
+        return self.generate(prompt, **options).result()
+
+    def _translated(self, model: str, events: Iterator[dict]) -> Iterator[dict]:
+        with self._translating(model):
+            yield from events
 
     def wait_ready(
         self,

@@ -160,3 +160,85 @@ def test_limits_must_fit_the_context():
     with pytest.raises(ValueError, match="exceed the model's context"):
         GenerationLimits(context_length=32, max_prompt_tokens=24, max_new_tokens=16, default_max_new_tokens=8,
                          max_sequences=2)
+
+
+# ---- the Triton response sender as the scheduler's sink (with a stand-in for pb_utils) -----
+
+class _FakePb:
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+    class TritonError:
+        INVALID_ARG = "INVALID_ARG"
+        UNAVAILABLE = "UNAVAILABLE"
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+
+class _FakeRequest:
+    def __init__(self, parameters="{}"):
+        self.sent = []
+        self._parameters = parameters
+
+    def get_response_sender(self):
+        request = self
+
+        class Sender:
+            def send(self, response=None, flags=0):
+                request.sent.append((response, flags))
+
+            def is_cancelled(self):
+                return False
+
+        return Sender()
+
+    def parameters(self):
+        return self._parameters
+
+
+DTYPES = {contract.TEXT: np.object_, contract.FINISH_REASON: np.object_, contract.TOKENS: np.int32}
+
+
+def test_sink_streams_pieces_and_ends_with_reason_and_count():
+    from trtserve_backend.generation.responses import ResponseSink
+
+    request = _FakeRequest()
+    sink = ResponseSink(_FakePb, request, DTYPES)
+    sink.send("Hel")
+    sink.finish("lo", "eos", 3)
+    sink.fail("late")  # after the final response nothing more is sent
+    (first, f1), (last, f2) = request.sent
+    assert first.outputs[contract.TEXT].tolist() == [[b"Hel"]] and f1 == 0
+    assert last.outputs[contract.TEXT].tolist() == [[b"lo"]] and f2 == 1
+    assert last.outputs[contract.FINISH_REASON].tolist() == [[b"eos"]]
+    assert last.outputs[contract.TOKENS].dtype == np.int32 and last.outputs[contract.TOKENS].tolist() == [[3]]
+
+
+def test_sink_answers_once_when_the_request_asks_not_to_stream():
+    from trtserve_backend.generation.responses import ResponseSink
+
+    request = _FakeRequest('{"stream": false}')
+    sink = ResponseSink(_FakePb, request, DTYPES)
+    sink.send("a")
+    sink.send("b")
+    sink.finish("c", "length", 3)
+    [(response, flags)] = request.sent
+    assert response.outputs[contract.TEXT].tolist() == [[b"abc"]] and flags == 1
+
+
+def test_sink_errors_carry_their_code():
+    from trtserve_backend.generation.responses import ResponseSink
+
+    request = _FakeRequest()
+    ResponseSink(_FakePb, request, DTYPES).fail("MAX_NEW_TOKENS must be in 1..48", "INVALID_ARG")
+    [(response, flags)] = request.sent
+    assert response.error.code == "INVALID_ARG" and "MAX_NEW_TOKENS" in response.error.message and flags == 1

@@ -23,6 +23,7 @@ BACKEND_DIR = Path(trtserve_backend.__file__).parent
 MODEL_NAME = "generate"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
+CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class GenerateSettings:
     eos_token_id: int = 50256
     intra_op_threads: int = 0
     instance_count: int = 1
+    engine: str = "onnxruntime"  # | "torch" (static KV cache + CUDA graphs, KIND_GPU)
+    precision: str = "fp32"  # torch: fp32 | fp16 | bf16
+    graph_batch_sizes: tuple[int, ...] = ()  # torch: decode steps captured as CUDA graphs
+    gpu: bool = False
 
 
 def _io(cls, name: str, dtype: str, dims, optional: bool = False):
@@ -61,18 +66,26 @@ def generate_config(settings: GenerateSettings, name: str = MODEL_NAME) -> mc.Mo
         _io(mc.ModelOutput, contract.FINISH_REASON, "TYPE_STRING", [1]),
         _io(mc.ModelOutput, contract.TOKENS, "TYPE_INT32", [1]),
     ])
-    config.instance_group.extend([mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.instance_count)])
+    kind = mc.ModelInstanceGroup.KIND_GPU if settings.gpu else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.extend([mc.ModelInstanceGroup(kind=kind, count=settings.instance_count)])
+    if settings.engine not in ("onnxruntime", "torch"):
+        raise ValueError(f"generate: engine must be onnxruntime or torch, got {settings.engine!r}")
     params = {**{k: str(v) for k, v in asdict(settings.limits).items()},
-              "engine": "onnxruntime", "onnx_file": ONNX_FILE, "tokenizer_file": TOKENIZER_FILE,
-              "max_decode_batch": str(settings.max_decode_batch), "eos_token_id": str(settings.eos_token_id),
-              "intra_op_threads": str(settings.intra_op_threads)}
+              "engine": settings.engine, "tokenizer_file": TOKENIZER_FILE,
+              "max_decode_batch": str(settings.max_decode_batch), "eos_token_id": str(settings.eos_token_id)}
+    if settings.engine == "onnxruntime":
+        params.update(onnx_file=ONNX_FILE, intra_op_threads=str(settings.intra_op_threads))
+    else:
+        params.update(checkpoint_dir=CHECKPOINT_DIR, precision=settings.precision,
+                      graph_batch_sizes=json.dumps(list(settings.graph_batch_sizes)))
     for key, value in params.items():
         config.parameters[key].string_value = value
     return config
 
 
-def write_generate_model(root: Path, onnx_path: Path, tokenizer_dir: Path, settings: GenerateSettings,
+def write_generate_model(root: Path, engine_file: Path, tokenizer_dir: Path, settings: GenerateSettings,
                          name: str = MODEL_NAME) -> Path:
+    """``engine_file``: the ONNX export (engine onnxruntime) or the checkpoint folder (engine torch)."""
     model_dir = Path(root) / name
     version = model_dir / "1"
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -80,10 +93,16 @@ def write_generate_model(root: Path, onnx_path: Path, tokenizer_dir: Path, setti
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(generate_config(settings, name)))
     shutil.copy2(BACKEND_DIR / "triton_models" / "generate.py", version / "model.py")
     shutil.copytree(BACKEND_DIR, version / "trtserve_backend", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    try:
-        os.link(onnx_path, version / ONNX_FILE)
-    except OSError:
-        shutil.copy2(onnx_path, version / ONNX_FILE)
+    if settings.engine == "onnxruntime":
+        try:
+            os.link(engine_file, version / ONNX_FILE)
+        except OSError:
+            shutil.copy2(engine_file, version / ONNX_FILE)
+    else:
+        (version / CHECKPOINT_DIR).mkdir()
+        for f in Path(engine_file).iterdir():
+            if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+                shutil.copy2(f, version / CHECKPOINT_DIR / f.name)
     shutil.copy2(Path(tokenizer_dir) / TOKENIZER_FILE, version / TOKENIZER_FILE)
-    (model_dir / "trtserve_generate.json").write_text(json.dumps({"onnx": str(onnx_path)}) + "\n")
+    (model_dir / "trtserve_generate.json").write_text(json.dumps({"engine_file": str(engine_file)}) + "\n")
     return model_dir

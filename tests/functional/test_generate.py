@@ -1,0 +1,303 @@
+"""``generate`` through the real embedded Triton: streaming over gRPC and HTTP, exact greedy output.
+
+The repository holds the decoupled ``generate`` model over the ONNX export (with past key/values)
+of a tiny GPT-2 with seeded random weights and the real tokenizer; two more models over the same
+graph exercise EOS and the capacity limit. Every greedy stream must equal Hugging Face
+``generate(do_sample=False)`` of the same checkpoint token for token (the text and the count),
+on 50 real prompts, alone and while other streams run.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from trtserve_backend.generation.requests import GenerationLimits
+from trtserve_backend.generation.text import TokenBytes
+
+EOS = 50256
+LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_tokens=48, default_max_new_tokens=16,
+                          max_sequences=32)
+LIMITED = GenerationLimits(context_length=256, max_prompt_tokens=56, max_new_tokens=200, default_max_new_tokens=16,
+                           max_sequences=2)
+NEW_TOKENS = 16
+N_PROMPTS = 50
+
+
+@pytest.fixture(scope="module")
+def hf_model(gpt2_tiny_checkpoint):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    return (GPT2LMHeadModel.from_pretrained(str(gpt2_tiny_checkpoint)).eval(),
+            AutoTokenizer.from_pretrained(str(gpt2_tiny_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def prompts(gpt2_prompts, hf_model):
+    _, tok = hf_model
+    chosen = [p for p in gpt2_prompts if len(tok(p)["input_ids"]) <= LIMITS.max_prompt_tokens][:N_PROMPTS]
+    assert len(chosen) == N_PROMPTS
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def expected(prompts, hf_model, gpt2_tiny_checkpoint):
+    """prompt -> (text, finish reason, tokens) of HF greedy generate, NEW_TOKENS new tokens."""
+    import torch
+
+    model, tok = hf_model
+    token_bytes = TokenBytes.from_tokenizer_json(str(gpt2_tiny_checkpoint / "tokenizer.json"))
+    out = {}
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            new = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=NEW_TOKENS, pad_token_id=EOS)[0, ids.shape[1]:].tolist()
+        reason = "eos" if new[-1] == EOS else "length"
+        out[p] = (token_bytes.decode([t for t in new if t != EOS]), reason, len(new), new)
+    return out
+
+
+@pytest.fixture(scope="module")
+def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory, expected, prompts):
+    from trtserve_gpt2.repository import GenerateSettings, write_generate_model
+    from trtserve_server.embedded import EmbeddedServer, Ports
+
+    root = tmp_path_factory.mktemp("generate-repo")
+    settings = GenerateSettings(limits=LIMITS)
+    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, settings)
+    # the same graph with the 5th greedy token of prompts[0] declared EOS: a real EOS stop
+    eos_id = expected[prompts[0]][3][4]
+    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, replace(settings, eos_token_id=eos_id),
+                         name="generate_eos")
+    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint,
+                         GenerateSettings(limits=LIMITED, max_decode_batch=2), name="generate_limited")
+    log = tmp_path_factory.mktemp("generate-logs") / "triton.log"
+    server = EmbeddedServer(root, Ports.free(), log_path=log, extra_args=["--log-info=true"])
+    server.start()
+    try:
+        _wait_generate(server, ["generate", "generate_eos", "generate_limited"])
+        server.eos_id = eos_id
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_generate(server, models, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"tritonserver exited; see {server.log_path}")
+        try:
+            for model in models:
+                _post(server, f"/v2/models/{model}/generate_stream", {"PROMPT": "ready?", "MAX_NEW_TOKENS": 1})
+            return
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = e
+            time.sleep(0.5)
+    raise RuntimeError(f"generate not ready after {timeout_s}s: {last}; see {server.log_path}")
+
+
+def _post(server, path, body, timeout=30):
+    req = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read().decode("utf-8")
+
+
+def _client(server, protocol="grpc"):
+    from trtserve_client import TrtServeClient
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    return TrtServeClient(url, protocol=protocol, timeout_s=60)
+
+
+def _generate(server, prompt, protocol="grpc", **options):
+    with _client(server, protocol) as client:
+        stream = client.generate(prompt, **options)
+        pieces = list(stream)
+        return stream, pieces
+
+
+def test_greedy_equals_hf_generate_on_50_real_prompts_alone(generate_server, prompts, expected):
+    mismatches = []
+    for p in prompts:
+        stream, _ = _generate(generate_server, p, max_new_tokens=NEW_TOKENS)
+        got = (stream.text, stream.finish_reason, stream.tokens)
+        if got != expected[p][:3]:
+            mismatches.append((p, got, expected[p][:3]))
+    assert not mismatches, f"{len(mismatches)}/{len(prompts)} differ, first: {mismatches[0]}"
+
+
+def test_greedy_exact_while_other_streams_run(generate_server, prompts, expected):
+    """All 50 prompts at once from 8 client threads, with sampled streams running beside them."""
+    events = []  # (time, prompt, kind)
+    lock = threading.Lock()
+
+    def run(p):
+        stream, pieces = None, []
+        with _client(generate_server) as client:
+            stream = client.generate(p, max_new_tokens=NEW_TOKENS)
+            for piece in stream:
+                with lock:
+                    events.append((time.monotonic(), p, "piece"))
+                pieces.append(piece)
+        with lock:
+            events.append((time.monotonic(), p, "final"))
+        return p, (stream.text, stream.finish_reason, stream.tokens)
+
+    def noise(i):
+        return _generate(generate_server, prompts[i], temperature=1.0, top_p=0.9, seed=i, max_new_tokens=40)[0].finish_reason
+
+    with ThreadPoolExecutor(12) as pool:
+        noisy = [pool.submit(noise, i) for i in range(4)]
+        results = dict(pool.map(run, prompts))
+        assert all(f.result() in ("length", "eos") for f in noisy)
+    wrong = {p: (results[p], expected[p][:3]) for p in prompts if results[p] != expected[p][:3]}
+    assert not wrong, f"{len(wrong)} streams differ under concurrency, e.g. {next(iter(wrong.items()))}"
+    # streams overlapped: some stream got a piece after another had started and before it ended
+    firsts = {}
+    finals = {}
+    for t, p, kind in events:
+        if kind == "piece":
+            firsts.setdefault(p, t)
+        else:
+            finals[p] = t
+    overlapping = sum(1 for p in prompts for q in prompts if p != q and firsts[p] < finals[q] and firsts[q] < finals[p])
+    assert overlapping > 0
+
+
+def test_http_generate_stream_and_curl_form(generate_server, prompts, expected):
+    for p in prompts[:5]:
+        stream, pieces = _generate(generate_server, p, protocol="http", max_new_tokens=NEW_TOKENS)
+        assert (stream.text, stream.finish_reason, stream.tokens) == expected[p][:3]
+    raw = _post(generate_server, "/v2/models/generate/generate_stream", {"PROMPT": prompts[0], "MAX_NEW_TOKENS": NEW_TOKENS})
+    events = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:")]
+    assert "".join(e["TEXT"] for e in events) == expected[prompts[0]][0]
+    assert events[-1]["FINISH_REASON"] == expected[prompts[0]][1] and events[-1]["TOKENS"] == NEW_TOKENS
+
+
+def test_http_generate_endpoint_answers_once_with_stream_false(generate_server, prompts, expected):
+    """curl -d '{"PROMPT": "...", "stream": false}' .../v2/models/generate/generate"""
+    body = json.loads(_post(generate_server, "/v2/models/generate/generate",
+                            {"PROMPT": prompts[2], "MAX_NEW_TOKENS": NEW_TOKENS, "stream": False}))
+    assert (body["TEXT"], body["FINISH_REASON"], body["TOKENS"]) == expected[prompts[2]][:3]
+
+
+def test_seeded_sampling_is_reproducible(generate_server, prompts):
+    def sample(seed, protocol="grpc"):
+        return _generate(generate_server, prompts[3], protocol, temperature=0.9, top_p=0.95, seed=seed,
+                         max_new_tokens=24)[0].text
+
+    first = sample(123)
+    assert sample(123) == first
+    assert sample(123, "http") == first
+    assert sample(124) != first
+
+
+def test_stop_and_eos_end_the_stream_with_their_reason(generate_server, prompts, expected):
+    text = expected[prompts[1]][0]
+    stop = text[6:9]
+    stream, _ = _generate(generate_server, prompts[1], max_new_tokens=NEW_TOKENS, stop=[stop, "never appears"])
+    assert stream.finish_reason == "stop" and stream.text == text[:text.index(stop)]
+    with _client(generate_server) as client:
+        stream = client.generate(prompts[0], max_new_tokens=NEW_TOKENS, model="generate_eos")
+        result = stream.result()
+    tokens = expected[prompts[0]][3]
+    first = tokens.index(generate_server.eos_id)
+    assert (result.finish_reason, result.tokens) == ("eos", first + 1)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bad_input_gets_a_clear_error_and_the_next_request_is_answered(generate_server, prompts, protocol):
+    from trtserve_client import BadInputError, TrtServeError
+
+    cases = [
+        (dict(prompt="word " * 200), "accepts at most 64"),
+        (dict(prompt="hi", max_new_tokens=49), "MAX_NEW_TOKENS must be in 1..48, got 49"),
+        (dict(prompt="hi", max_new_tokens=0), "MAX_NEW_TOKENS must be in 1..48"),
+        (dict(prompt="hi", top_p=1.5), "TOP_P must be in (0, 1]"),
+        (dict(prompt="hi", temperature=-0.5), "TEMPERATURE must be"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(TrtServeError) as e:
+            _generate(generate_server, protocol=protocol, **kwargs)
+        assert message in str(e.value)
+        assert isinstance(e.value, BadInputError), type(e.value)
+        stream, _ = _generate(generate_server, prompts[0], protocol, max_new_tokens=4)
+        assert stream.tokens == 4
+
+
+def test_invalid_utf8_wrong_dtype_and_unknown_input_over_grpc(generate_server, prompts):
+    import tritonclient.grpc as grpcclient
+
+    def send(inputs):
+        client = grpcclient.InferenceServerClient(generate_server.grpc_url)
+        results = []
+        client.start_stream(callback=lambda result, error: results.append((result, error)))
+        client.async_stream_infer("generate", inputs)
+        deadline = time.monotonic() + 20
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.stop_stream()
+        client.close()
+        return results
+
+    def tensor(name, array, dtype):
+        t = grpcclient.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    prompt = tensor("PROMPT", np.array([[b"\xff\xfe"]], dtype=np.object_), "BYTES")
+    [(result, error)] = send([prompt])
+    assert result is None and "PROMPT[0] is not valid UTF-8: byte 0xff at offset 0" in str(error)
+    good = tensor("PROMPT", np.array([[b"hi"]], dtype=np.object_), "BYTES")
+    [(result, error)] = send([good, tensor("MAX_NEW_TOKENS", np.array([[3.0]], np.float32), "FP32")])
+    assert result is None and "MAX_NEW_TOKENS" in str(error)
+    [(result, error)] = send([good, tensor("NOT_AN_INPUT", np.array([[1]], np.int32), "INT32")])
+    assert result is None and "NOT_AN_INPUT" in str(error)
+    stream, _ = _generate(generate_server, prompts[0], max_new_tokens=2)
+    assert stream.tokens == 2
+
+
+def test_capacity_limit_refuses_then_recovers(generate_server, prompts):
+    from trtserve_client import ServerOverloadedError
+
+    with _client(generate_server) as a, _client(generate_server) as b:
+        first = a.generate(prompts[0], max_new_tokens=200, model="generate_limited")
+        second = b.generate(prompts[1], max_new_tokens=200, model="generate_limited")
+        next(first), next(second)  # both are decoding
+        with pytest.raises(ServerOverloadedError, match="max_sequences 2"):
+            _generate(generate_server, prompts[2], max_new_tokens=2, model="generate_limited")
+        assert first.result().tokens == 200 and second.result().tokens == 200
+    stream, _ = _generate(generate_server, prompts[2], max_new_tokens=2, model="generate_limited")
+    assert stream.tokens == 2
+
+
+def test_http_client_disconnect_frees_its_sequence(generate_server, prompts):
+    import http.client
+
+    for _ in range(2):
+        conn = http.client.HTTPConnection(*generate_server.http_url.split(":"), timeout=30)
+        conn.request("POST", "/v2/models/generate_limited/generate_stream",
+                     body=json.dumps({"PROMPT": prompts[0], "MAX_NEW_TOKENS": 200}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.readline().startswith(b'data: {"TEXT"')
+        conn.close()  # mid-stream
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if generate_server.log_path.read_text(errors="replace").count("generate: freed the sequence") >= 2:
+            break
+        time.sleep(0.2)
+    log = generate_server.log_path.read_text(errors="replace")
+    assert log.count("generate: freed the sequence") >= 2, "the server did not notice the disconnects"
+    stream, _ = _generate(generate_server, prompts[1], max_new_tokens=3, model="generate_limited")
+    assert stream.tokens == 3
