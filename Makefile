@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help gpu-pack-generate gpu-generate-bench loadtest-generate
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -30,6 +30,8 @@ help:
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
 	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
+	@echo "make loadtest-generate - streaming Locust users against generate: time to first token, tokens/s"
+	@echo "make gpu-pack-generate / gpu-generate-bench - GPT-2 generation on the GPU machine (bench/gpu/run_generate_bench.sh)"
 	@echo "make host-bench - on the GPU machine: make bench on its 16 CPU cores -> .device/out/"
 
 venv: $(STAMP)
@@ -42,8 +44,11 @@ $(STAMP): pyproject.toml
 engines: $(NEEDS_VENV)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
+# GENERATE=0 leaves out the GPT-2 `generate` model (its first build trains the small default, minutes)
+GENERATE ?= 1
 serve: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
+	$(if $(filter 1,$(GENERATE)),$(PY) -m trtserve_gpt2.cli add-generate model_repository/cpu)
 	exec $(PY) -m trtserve_server.cli serve --model-repository model_repository/cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		--log-file $(TRITON_LOG)
@@ -90,6 +95,19 @@ gpu-pack: $(STAMP)
 
 gpu-bench:
 	bash bench/gpu/run_gpu_bench.sh
+
+# GPT-2 generation on the GPU machine (after `make gpu-pack`): TTFT, inter-token latency, tokens/s
+gpu-pack-generate: $(STAMP)
+	bench/gpu/pack_generate.sh
+
+gpu-generate-bench:
+	bash bench/gpu/run_generate_bench.sh
+
+# streaming Locust users against `generate` of a running server: TTFT and tokens/s
+loadtest-generate: $(STAMP)
+	$(PY) -m locust -f loadtest/generate_user.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
+		--host $(LOADTEST_HOST):$(if $(filter http,$(PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT)) --gen-protocol $(PROTOCOL) \
+		--gen-report results/loadtest/generate.json --only-summary
 
 # `make bench` on the GPU machine's CPUs (16 cores), after `make gpu-pack` here
 host-bench:

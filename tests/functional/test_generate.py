@@ -14,6 +14,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from trtserve_backend.generation.requests import GenerationLimits
 from trtserve_backend.generation.text import TokenBytes
 
 EOS = 50256
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_tokens=48, default_max_new_tokens=16,
                           max_sequences=32)
 LIMITED = GenerationLimits(context_length=256, max_prompt_tokens=56, max_new_tokens=200, default_max_new_tokens=16,
@@ -78,11 +80,15 @@ def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory, expe
                          name="generate_eos")
     write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint,
                          GenerateSettings(limits=LIMITED, max_decode_batch=2), name="generate_limited")
+    # the torch engine (static KV cache; CUDA graphs on a GPU, eager here) served the same way
+    write_generate_model(root, gpt2_tiny_checkpoint, gpt2_tiny_checkpoint,
+                         GenerateSettings(limits=LIMITS, engine="torch", precision="fp32", graph_batch_sizes=(1, 2, 4, 8)),
+                         name="generate_torch")
     log = tmp_path_factory.mktemp("generate-logs") / "triton.log"
     server = EmbeddedServer(root, Ports.free(), log_path=log, extra_args=["--log-info=true"])
     server.start()
     try:
-        _wait_generate(server, ["generate", "generate_eos", "generate_limited"])
+        _wait_generate(server, ["generate", "generate_eos", "generate_limited", "generate_torch"])
         server.eos_id = eos_id
         yield server
     finally:
@@ -172,6 +178,34 @@ def test_greedy_exact_while_other_streams_run(generate_server, prompts, expected
             finals[p] = t
     overlapping = sum(1 for p in prompts for q in prompts if p != q and firsts[p] < finals[q] and firsts[q] < finals[p])
     assert overlapping > 0
+
+
+def test_torch_engine_served_equals_hf_generate(generate_server, prompts, expected):
+    """The GPU variant's engine (eager on this CPU) behind the same model, concurrent streams."""
+    def run(p):
+        with _client(generate_server) as client:
+            r = client.generate_text(p, max_new_tokens=NEW_TOKENS, model="generate_torch")
+        return p, (r.text, r.finish_reason, r.tokens)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = dict(pool.map(run, prompts[:12]))
+    assert all(results[p] == expected[p][:3] for p in prompts[:12])
+
+
+def test_locust_streaming_user_reports_ttft_and_tokens_per_s(generate_server, tmp_path):
+    import subprocess
+    import sys
+
+    report = tmp_path / "generate.json"
+    locust = Path(sys.executable).with_name("locust")
+    proc = subprocess.run([str(locust), "-f", str(REPO_ROOT / "loadtest" / "generate_user.py"), "--headless",
+                           "-u", "4", "-r", "4", "-t", "6s", "--host", generate_server.grpc_url, "--gen-max-new-tokens", "12",
+                           "--gen-report", str(report), "--only-summary"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert data["streams"] > 4 and data["failures"] == 0 and data["tokens"] >= data["streams"]
+    assert data["tokens_per_s"] > 0 and 0 < data["ttft_ms_p50"] <= data["ttft_ms_p95"]
+    assert "generate: first piece" in proc.stdout + proc.stderr
 
 
 def test_http_generate_stream_and_curl_form(generate_server, prompts, expected):

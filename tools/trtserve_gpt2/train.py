@@ -90,7 +90,7 @@ def train_default(folder: Path, settings: dict | None = None, progress: bool = T
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     after = _perplexity(model, held_stream, settings["window"])
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")

@@ -1,0 +1,62 @@
+"""GPT-2 build pieces: the npm tokenizer, the generate model's config, the default-model training loop."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from trtserve_backend import contract
+from trtserve_backend.generation.requests import GenerationLimits
+
+LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_tokens=48, default_max_new_tokens=16,
+                          max_sequences=8)
+
+
+def test_npm_tokenizer_is_gpt2s_and_loads_with_auto_tokenizer():
+    from transformers import AutoTokenizer
+
+    from trtserve_gpt2.tokenizer_assets import EOS_ID, SHA256, ensure_gpt2_tokenizer
+
+    folder = ensure_gpt2_tokenizer()
+    assert {p.name for p in folder.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"}
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    assert len(tok) == 50257 and tok.eos_token_id == EOS_ID
+    assert tok("Hello world")["input_ids"] == [15496, 995]  # GPT-2's ids
+    assert len(SHA256) == 2
+
+
+def test_generate_config_is_decoupled_batched_and_round_trips(tmp_path):
+    from trtserve_gpt2.repository import GenerateSettings, generate_config
+
+    config = generate_config(GenerateSettings(limits=LIMITS))
+    parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
+    assert parsed == config
+    assert parsed.model_transaction_policy.decoupled and parsed.max_batch_size >= 8
+    inputs = {i.name: i for i in parsed.input}
+    assert list(inputs) == [contract.PROMPT, *contract.GENERATE_OPTIONAL_INPUTS]
+    assert not inputs[contract.PROMPT].optional and all(inputs[n].optional for n in contract.GENERATE_OPTIONAL_INPUTS)
+    assert list(inputs[contract.STOP].dims) == [-1] and inputs[contract.SEED].data_type == mc.TYPE_INT64
+    assert [o.name for o in parsed.output] == [contract.TEXT, contract.FINISH_REASON, contract.TOKENS]
+    params = {k: v.string_value for k, v in parsed.parameters.items()}
+    assert GenerationLimits.from_parameters(params.__getitem__) == LIMITS
+    torch_config = generate_config(GenerateSettings(limits=LIMITS, engine="torch", gpu=True, graph_batch_sizes=(1, 8)))
+    assert torch_config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert json.loads(torch_config.parameters["graph_batch_sizes"].string_value) == [1, 8]
+    with pytest.raises(ValueError, match="max_batch_size must be >= 8"):
+        generate_config(GenerateSettings(limits=LIMITS, max_batch_size=4))
+
+
+def test_training_loop_lowers_heldout_perplexity_and_is_cached(tmp_path):
+    from trtserve_gpt2.train import RECORD, SETTINGS, train_default
+
+    settings = {**SETTINGS, "overrides": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+                "steps": 30, "batch": 4, "window": 32, "warmup": 5, "lr": 1e-2}
+    folder = train_default(tmp_path / "gen", settings, progress=False)
+    record = json.loads((folder / RECORD).read_text())
+    assert record["heldout_perplexity"] < record["heldout_perplexity_untrained"]
+    assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+    mtime = (folder / RECORD).stat().st_mtime
+    assert train_default(tmp_path / "gen", settings, progress=False) == folder
+    assert (folder / RECORD).stat().st_mtime == mtime  # cached: not trained again
