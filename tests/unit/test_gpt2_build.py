@@ -60,3 +60,30 @@ def test_training_loop_lowers_heldout_perplexity_and_is_cached(tmp_path):
     mtime = (folder / RECORD).stat().st_mtime
     assert train_default(tmp_path / "gen", settings, progress=False) == folder
     assert (folder / RECORD).stat().st_mtime == mtime  # cached: not trained again
+
+
+def test_fidelity_metrics_count_nonfinite_rows_and_disagreement():
+    import numpy as np
+
+    from trtserve_gpt2.fidelity import compare
+
+    ref = np.array([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]]])
+    got = ref.copy()
+    got[0, 1] = [np.inf, 0.0, 0.0]  # overflowed row
+    got[0, 2] = [0.0, 3.0, 2.9]  # wrong top-1
+    row = compare(ref, got, None)
+    assert row["rows"] == 4 and row["nonfinite_share"] == 0.25
+    assert row["top1_agreement"] == round(2 / 3, 4) and row["cosine_min"] < 0.7 and row["cosine_mean"] < 1
+    same = compare(ref, ref, np.array([[0, 1, 2, 0]]))
+    assert same["cosine_min"] == 1.0 and same["perplexity_change_pct"] == 0.0
+
+
+def test_fidelity_runs_the_precision_stage_on_the_decoder_graph(gpt2_tiny_onnx, gpt2_tiny_checkpoint):
+    from trtserve_gpt2.fidelity import run
+
+    result = run(gpt2_tiny_onnx, gpt2_tiny_checkpoint, windows=8, length=16)
+    rows = {(r["precision"], r["inputs"].split()[0]): r for r in result["rows"]}
+    assert set(rows) == {("fp16", "real"), ("hybrid", "real"), ("fp16", "random"), ("hybrid", "random")}
+    for r in rows.values():
+        assert r["rows"] == 8 * 16 and r["nonfinite_share"] == 0 and r["cosine_min"] > 0.999
+    assert "perplexity_change_pct" in rows[("fp16", "real")] and "perplexity" not in rows[("fp16", "random")]

@@ -23,7 +23,7 @@ from .tokenizer_assets import EOS_ID, ensure_gpt2_tokenizer
 
 RECORD = "trtserve_training.json"
 SETTINGS = {"size": "small-default", "overrides": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256},
-            "steps": 400, "batch": 16, "window": 64, "lr": 3e-3, "warmup": 40, "seed": 0, "holdout": 0.05,
+            "steps": 250, "batch": 4, "window": 64, "lr": 3e-3, "warmup": 25, "seed": 0, "holdout": 0.05,
             "data": "vaderSentiment 3.3.2 movieReviewSnippets_GroundTruth.txt"}
 
 
@@ -90,7 +90,7 @@ def train_default(folder: Path, settings: dict | None = None, progress: bool = T
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.detach().item():.3f}")
     model.eval()
     after = _perplexity(model, held_stream, settings["window"])
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
