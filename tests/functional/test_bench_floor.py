@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trtserve_build.triton_config import read_config
+from trtserve_build.core.pbtxt import read_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from ensemble_floor import write_floor_repository  # noqa: E402
