@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-min", type=float, default=25.0, help="stop after this many minutes (rerun resumes)")
     ap.add_argument("--redo", action="store_true", help="re-measure the selected series")
     ap.add_argument("--redo-contended", action="store_true",
-                    help=f"re-measure points recorded while other processes used > {MAX_FOREIGN_CPU:.0%} of the CPU")
+                    help=f"re-measure points recorded while other processes used > {MAX_FOREIGN_CPU * 100:.0f}%% of the CPU")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--_series", help=argparse.SUPPRESS)  # internal: one series in a fresh process
     ap.add_argument("--_csv", type=Path, help=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import trtserve_contract as contract
+from trtserve_build.core.enums import TRANSFORMED_PRECISIONS
 from trtserve_build.core.host import cpu_model
 from trtserve_build.core.lazy import import_module, lazy_import
 from trtserve_build.core.paths import REPO_ROOT, cache_dir, precision_onnx_path
@@ -178,7 +179,7 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         note = f"onnxruntime {ort.__version__}"
-        if precision in ("fp16", "hybrid", "int8"):
+        if precision in TRANSFORMED_PRECISIONS:
             note += "; FP16 ops upcast to FP32 by ORT's CPU provider"
         return Loaded(lambda feeds: session.run(None, {n: feeds[n] for n in names}), "cpu", cpu_name(), note)
     if executor == "torch-cuda":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from trtserve_build.core.enums import PRECISIONS
 from trtserve_build.core.lazy import import_module, lazy_import
 
 from .matrix_measure import read_rows
@@ -47,7 +48,7 @@ def plot(csv_path: Path, out_dir: Path) -> list[Path]:
                 continue
             device = mine[0]["device"]
             series = sorted({(r["executor"], r["precision"]) for r in mine},
-                            key=lambda sp: (sp[0], ("fp32", "fp16", "hybrid", "int8").index(sp[1])))
+                            key=lambda sp: (sp[0], PRECISIONS.index(sp[1])))
             seqs = sorted({int(r["seq"]) for r in mine})
             batches = sorted({int(r["batch"]) for r in mine})
             tag = f"{model}_{kind}"

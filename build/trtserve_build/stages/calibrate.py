@@ -34,6 +34,7 @@ from ..core.errors import CalibrationError
 from ..core.files import write_text_atomic
 from ..core.lazy import lazy_import
 from ..core.paths import calibration_path
+from ..core.stamps import read_json
 from ..data.texts import calibration_texts
 from ..graph.histogram import DEFAULT_PERCENTILE, AbsHistogram
 from ..graph.onnx_graph import MAX_IR_VERSION, infer_types
@@ -189,15 +190,12 @@ def calibrate_spec(spec, model, onnx_sha256: str, export_folder: Path, encode, *
     p = spec.precision
     texts = calibration_texts(spec)
     path = calibration_path(export_folder, p.calibration_method)
-    if not force and path.exists():
-        try:
-            cached = CalibrationResult.from_json(path.read_text())
-            if (cached.onnx_sha256 == onnx_sha256 and cached.texts_sha256 == texts_digest(texts)
-                    and cached.percentile == p.calibration_percentile and cached.int8_matmuls == p.int8_matmuls):
-                log.info("%s: calibration is current (%s)", spec.name, path)
-                return cached
-        except (ValueError, TypeError, KeyError):
-            pass
+    key = {"onnx_sha256": onnx_sha256, "texts_sha256": texts_digest(texts), "method": p.calibration_method,
+           "percentile": p.calibration_percentile, "int8_matmuls": p.int8_matmuls}
+    cached = None if force else read_json(path)
+    if cached is not None and {k: cached.get(k) for k in key} == key:  # the result records its own key
+        log.info("%s: calibration is current (%s)", spec.name, path)
+        return CalibrationResult(**cached)
     result = calibrate(
         model, texts, encode, method=p.calibration_method, percentile=p.calibration_percentile,
         int8_matmuls=p.int8_matmuls, onnx_sha256=onnx_sha256,
