@@ -12,18 +12,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = REPO_ROOT / "deployments"
+FUNCTIONAL_DIR = Path(__file__).resolve().parent / "functional"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/functional/ carries the ``functional`` marker (it starts the real
+    Triton server), so ``-m "not functional"`` runs the fast tier only. A ``pytestmark`` in a
+    conftest.py would be ignored by pytest; the marker is applied here, to the items."""
+    for item in items:
+        if FUNCTIONAL_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.functional)
 
 
 @pytest.fixture(scope="session")
 def sentiment_spec():
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     return load_spec(DEPLOYMENTS / "sentiment.toml")
 
 
 @pytest.fixture(scope="session")
 def embed_spec():
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     return load_spec(DEPLOYMENTS / "embed.toml")
 
@@ -35,7 +45,7 @@ GPT2_PROMPTS_FILE = REPO_ROOT / "loadtest" / "data" / "review_snippets.txt"
 @pytest.fixture(scope="session")
 def gpt2_tiny_checkpoint():
     """GPT-2 architecture (2 layers, 64 wide, the real 50,257-token vocabulary), seeded random weights."""
-    from trtserve_build.spec import cache_dir
+    from trtserve_build.core.paths import cache_dir
     from trtserve_gpt2.checkpoints import random_checkpoint
 
     return random_checkpoint(cache_dir() / "checkpoints" / "gpt2-tiny-random", size="tiny", seed=0)

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .generation import GenerationOptions, grpc_events, http_events
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 from tritonclient.utils import InferenceServerException
 
 from .errors import BadInputError, InferenceError, RequestTimeoutError, TrtServeError, error_class_for_status

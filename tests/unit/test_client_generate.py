@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_client.generation import GenerationOptions, GenerationStream, _http_error
 from trtserve_client.errors import BadInputError, InferenceError, ServerOverloadedError
 

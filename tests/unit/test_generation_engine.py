@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.generation.requests import CapacityError, GenerationRequest
 from trtserve_backend.generation.sampling import SamplingParams
 from trtserve_backend.generation.scheduler import StepScheduler

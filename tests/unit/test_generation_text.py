@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.generation.requests import GenerationInputError, GenerationLimits, parse_request
 from trtserve_backend.generation.sampling import Sampler, SamplingError, SamplingParams, nucleus_probabilities
 from trtserve_backend.generation.text import IncrementalDecoder, StopMatcher, TokenBytes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 OPSET = 17
 ONNX_FILE = "model.onnx"

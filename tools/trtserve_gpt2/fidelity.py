@@ -1,7 +1,7 @@
 """GPT-2 fidelity rows (the paper's method): fp16 and hybrid against fp32, real text vs random ids.
 
 The FP32 export (with past key/values; prompt steps, P = 0) goes through the project's precision
-stage (``trtserve_build.precision.transform``: fp16, or hybrid = FP16 MatMuls with LayerNorm,
+stage (``trtserve_build.graph.transform``: fp16, or hybrid = FP16 MatMuls with LayerNorm,
 Softmax and reductions in FP32) and runs in the FP16-faithful interpreter (every FP16 result
 rounded per op; ONNX Runtime's CPU provider would compute FP16 in FP32 and hide overflow). The
 reference is the FP32 graph under ONNX Runtime. For every position, the next-token logits are
@@ -20,24 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 PRECISIONS = ("fp16", "hybrid")
 
 
-def _split(it, a, at):
-    """ONNX Split (opset 13-17: sizes as the second input); the interpreter lacks it so far."""
-    x, sizes = a[0], a[1]
-    return tuple(it.torch.split(x, [int(s) for s in sizes.tolist()], dim=int(at.get("axis", 0))))
-
-
 def interpreter(model):
-    from trtserve_build import onnx_interpreter
+    from trtserve_build.runtime.interpreter import TorchInterpreter
 
-    ops = onnx_interpreter._OPS
-    if "Split" not in ops:  # (`in` fills the lazy table first) moves into onnx_interpreter.py with the layered build
-        ops["Split"] = _split
-    return onnx_interpreter.TorchInterpreter(model, device="cpu")
+    return TorchInterpreter(model, device="cpu")
 
 
 def feeds(ids: np.ndarray, layers: int, heads: int, head_dim: int) -> dict[str, np.ndarray]:
@@ -80,7 +71,7 @@ def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
 def real_windows(tokenizer_dir: Path, windows: int, length: int) -> np.ndarray:
     from transformers import AutoTokenizer
 
-    from trtserve_build.data import load_vader_movie_reviews, split_holdout
+    from trtserve_build.data.datasets import load_vader_movie_reviews, split_holdout
 
     from .train import SETTINGS
 
@@ -100,8 +91,8 @@ def run(onnx_path: Path, tokenizer_dir: Path, windows: int, length: int, seed: i
     import onnx
 
     from trtserve_backend.generation.ort_executor import OrtDecoderGraph
-    from trtserve_build.host import cpu_model
-    from trtserve_build.precision import transform
+    from trtserve_build.core.host import cpu_model
+    from trtserve_build.graph.transform import transform
 
     graph = OrtDecoderGraph(str(onnx_path))
     shape = (graph.num_layers, graph.num_heads, graph.head_dim)

@@ -2,7 +2,7 @@
 
 Layout: ``<repo>/generate/config.pbtxt`` and ``1/`` holding ``model.py`` (the one
 ``triton_models/generate.py``), a copy of ``trtserve_backend``, ``model.onnx`` and
-``tokenizer.json``.
+``tokenizer.json`` (and ``trtserve_contract``).
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import trtserve_backend
-from trtserve_backend import contract
+import trtserve_contract
+import trtserve_contract as contract
 from trtserve_backend.generation.requests import GenerationLimits
 
 BACKEND_DIR = Path(trtserve_backend.__file__).parent
+CONTRACT_DIR = Path(trtserve_contract.__file__).parent
 MODEL_NAME = "generate"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
@@ -93,6 +95,7 @@ def write_generate_model(root: Path, engine_file: Path, tokenizer_dir: Path, set
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(generate_config(settings, name)))
     shutil.copy2(BACKEND_DIR / "triton_models" / "generate.py", version / "model.py")
     shutil.copytree(BACKEND_DIR, version / "trtserve_backend", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(CONTRACT_DIR, version / "trtserve_contract", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if settings.engine == "onnxruntime":
         try:
             os.link(engine_file, version / ONNX_FILE)

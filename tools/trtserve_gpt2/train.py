@@ -60,7 +60,7 @@ def train_default(folder: Path, settings: dict | None = None, progress: bool = T
     from tqdm import tqdm
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from trtserve_build.data import load_vader_movie_reviews, split_holdout
+    from trtserve_build.data.datasets import load_vader_movie_reviews, split_holdout
 
     settings = settings or SETTINGS
     folder = Path(folder)

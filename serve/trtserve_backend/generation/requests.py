@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .. import contract
+import trtserve_contract as contract
 from ..tokenize import InvalidTextError, decode_texts
 from .sampling import SamplingError, SamplingParams
 

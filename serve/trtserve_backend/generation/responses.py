@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from .. import contract
+import trtserve_contract as contract
 
 
 def triton_error(pb, message: str, code: str):

@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .. import contract
+import trtserve_contract as contract
 from .requests import CapacityError, GenerationRequest
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher, TokenBytes

@@ -10,7 +10,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.generation.requests import CapacityError, GenerationInputError, GenerationLimits, parse_request
 from trtserve_backend.generation.responses import ResponseSink
 from trtserve_backend.generation.scheduler import StepScheduler

@@ -1,0 +1,71 @@
+"""The ensemble contract: tensor names and labels shared by the build, the server's Python
+models, the client, the load tests and the benchmarks.
+
+Clients depend on these; keep them stable. Every other module spells a tensor name through
+these constants, never as a fresh literal. This package imports nothing, so the client can use
+it without the server's backend code, and each generated model repository carries a copy.
+"""
+from __future__ import annotations
+
+# Ensemble (public) tensors.
+TEXT = "TEXT"
+LABEL = "LABEL"
+SCORE = "SCORE"
+PROBABILITIES = "PROBABILITIES"
+EMBEDDING = "EMBEDDING"
+
+# Tokenizer -> encoder tensors (also the ONNX graph's input names).
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)
+
+# Encoder -> postprocess tensors (the ONNX graph's output names), per task.
+LOGITS = "logits"
+POOLED = "pooled"  # mean-pooled hidden state, not yet normalised
+
+# Task names.
+CLASSIFICATION = "classification"
+EMBEDDING_TASK = "embedding"
+
+# Labels of the shipped sentiment deployment, by class id (deployments/sentiment.toml, the
+# training dataset's label ids, and the client's default).
+SENTIMENT_LABELS = ("negative", "positive")
+
+# ---- generation (the decoupled ``generate`` model) ----------------------------------------
+# Public inputs.
+PROMPT = "PROMPT"
+MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
+TEMPERATURE = "TEMPERATURE"
+TOP_P = "TOP_P"
+SEED = "SEED"
+STOP = "STOP"
+GENERATE_OPTIONAL_INPUTS = (MAX_NEW_TOKENS, TEMPERATURE, TOP_P, SEED, STOP)
+# Public outputs: every streamed response carries TEXT; the last one also FINISH_REASON and TOKENS.
+FINISH_REASON = "FINISH_REASON"
+TOKENS = "TOKENS"
+FINISH_LENGTH = "length"
+FINISH_STOP = "stop"
+FINISH_EOS = "eos"
+FINISH_REASONS = (FINISH_LENGTH, FINISH_STOP, FINISH_EOS)
+GENERATION_TASK = "generation"
+
+# The decoder graph (GPT-2 with past key/values; one graph for prompt and decode steps).
+POSITION_IDS = "position_ids"
+DECODER_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
+
+
+def past_key_name(layer: int) -> str:
+    return f"past_key_values.{layer}.key"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"
