@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for sub in ("serve", "client", "tools", "build"):
+for sub in ("contract", "serve", "client", "tools", "build"):
     sys.path.insert(0, str(ROOT / sub))
 
 STREAMS = (1, 8, 32, 64)
