@@ -1,0 +1,24 @@
+# The `triton` service on a GPU host: the NGC Triton server plus what the gpu variant's
+# Python-backend models import (tokenizer, postprocess). Serves /models/gpu (compose mounts
+# model_repository/ read-only on /models) as the image's unprivileged user `triton-server`.
+# Pins: deploy/requirements/triton-gpu.txt. It serves the `gpu` variant only: `gpu_torch` needs
+# PyTorch with CUDA in this image (see deploy/README.md), `cpu` has its own image.
+ARG TRITON_RELEASE=25.04
+FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
+# Ubuntu 24.04 marks the system Python as externally managed; this image is ours.
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TOKENIZERS_PARALLELISM=false
+COPY deploy/requirements/triton-gpu.txt /tmp/requirements.txt
+RUN python3 -m pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY deploy/healthcheck.py /opt/trtserve/healthcheck.py
+USER triton-server
+EXPOSE 8000 8001 8002
+CMD ["tritonserver", \
+     "--model-repository=/models/gpu", \
+     "--model-control-mode=none", \
+     "--strict-readiness=true", \
+     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", \
+     "--metrics-config=summary_latencies=true", \
+     "--backend-config=python,shm-default-byte-size=16777216", \
+     "--backend-config=python,shm-growth-byte-size=16777216"]
