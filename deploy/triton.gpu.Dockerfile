@@ -14,6 +14,11 @@ RUN python3 -m pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 COPY deploy/healthcheck.py /opt/trtserve/healthcheck.py
 USER triton-server
 EXPOSE 8000 8001 8002
+# Everything in /models/gpu is loaded at start and the load/unload API is refused
+# (model-control-mode none); latency quantiles (p50/p90/p95/p99) for the dashboard; shared
+# memory between Triton and each Python-backend stub, one region per model instance: 16 MiB
+# holds the largest request of the specs (64 x 256 tokens x 3 int64 tensors = 384 KiB) many
+# times over (compose: shm_size 1gb; Kubernetes: a 1 GiB memory emptyDir on /dev/shm).
 CMD ["tritonserver", \
      "--model-repository=/models/gpu", \
      "--model-control-mode=none", \

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -32,11 +33,13 @@ import pytest
 from ..compose_tools import REQUIRE_DOCKER, compose_v2, docker_unavailable
 from ..conftest import REPO_ROOT
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(2400)]  # the first test builds the images
 
 CPU_ENV = REPO_ROOT / "deploy" / "cpu.env"
 PUBLIC_BASE = "python:3.11-slim-bookworm"
 PROFILES = ("--profile", "loadtest", "--profile", "monitoring")
+#: How long the stack took (images, up --wait, the whole module), for the record: git-ignored.
+TIMINGS = REPO_ROOT / "results" / "system" / "compose_stack_timings.json"
 TEXTS = ["a gripping, beautifully acted film", "a dull, lifeless and painfully boring mess"]
 
 
@@ -87,7 +90,7 @@ class _Wheelhouse:
     def __init__(self) -> None:
         self.url, self._server = None, None
         gateway = _docker_gateway()
-        proc = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "offline" / "wheelhouse.sh"), os.sys.executable],
+        proc = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "offline" / "wheelhouse.sh"), sys.executable],
                               capture_output=True, text=True, timeout=900)
         if gateway is None or proc.returncode != 0:
             _log(f"no wheelhouse (gateway {gateway}, wheelhouse.sh: {proc.stderr.strip()[-300:]}): builds use PyPI")
@@ -152,16 +155,21 @@ def stack(docker) -> Stack:
         _run([*stack.compose, "--profile", "loadtest", "build"], env=build_env, timeout=1500)
     finally:
         wheels.close()
-    _log(f"images built in {time.monotonic() - started:.0f} s (base {env.get('BASE_IMAGE', PUBLIC_BASE)}, "
-         f"wheels {'from the host' if wheels.url else 'from PyPI'})")
+    timings = {"base_image": env.get("BASE_IMAGE", PUBLIC_BASE), "wheels": wheels.url or "PyPI",
+               "images_built_s": round(time.monotonic() - started)}
+    _log(f"images built in {timings['images_built_s']} s (base {timings['base_image']}, wheels {timings['wheels']})")
     try:
         up = time.monotonic()
         proc = stack("up", "-d", "--wait", "--wait-timeout", "900", timeout=1000, check=False)
         assert proc.returncode == 0, f"up --wait failed:\n{proc.stderr[-3000:]}\n{stack.logs()}"
-        _log(f"cpu stack up and healthy in {time.monotonic() - up:.0f} s")
+        timings["up_wait_s"] = round(time.monotonic() - up)
+        _log(f"cpu stack up and healthy in {timings['up_wait_s']} s")
         yield stack
     finally:
         stack(*PROFILES, "down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+        timings["total_s"] = round(time.monotonic() - started)
+        TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+        TIMINGS.write_text(json.dumps(dict(timings, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2) + "\n")
 
 
 def _client(stack: Stack, protocol: str):
@@ -202,6 +210,35 @@ def test_every_deployment_answers_from_the_host(stack, protocol):
         assert client.model_max_batch_size("sentiment") >= 64 and client.model_max_batch_size("embed") >= 64
 
 
+def _model_io(stack: Stack, protocol: str, model: str) -> dict:
+    """{"input"|"output": {name: (data_type, dims)}} of a model, as the server reports it."""
+    if protocol == "grpc":
+        import tritonclient.grpc as tc
+        from google.protobuf.json_format import MessageToDict
+
+        with tc.InferenceServerClient(f"127.0.0.1:{stack.port('GRPC_PORT')}") as client:
+            config = MessageToDict(client.get_model_config(model).config, preserving_proto_field_name=True)
+    else:
+        import tritonclient.http as tc
+
+        with tc.InferenceServerClient(f"127.0.0.1:{stack.port('HTTP_PORT')}") as client:
+            config = client.get_model_config(model)
+    return {side: {e["name"]: (e["data_type"], [int(d) for d in e["dims"]]) for e in config[side]}
+            for side in ("input", "output")}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_ensemble_contract(stack, protocol):
+    from trtserve_backend import contract
+
+    assert _model_io(stack, protocol, "sentiment") == {
+        "input": {contract.TEXT: ("TYPE_STRING", [1])},
+        "output": {contract.LABEL: ("TYPE_STRING", [1]), contract.SCORE: ("TYPE_FP32", [1]),
+                   contract.PROBABILITIES: ("TYPE_FP32", [2])}}
+    assert _model_io(stack, protocol, "embed") == {
+        "input": {contract.TEXT: ("TYPE_STRING", [1])}, "output": {contract.EMBEDDING: ("TYPE_FP32", [384])}}
+
+
 def test_http_and_grpc_agree(stack):
     with _client(stack, "http") as http, _client(stack, "grpc") as grpc:
         np.testing.assert_allclose(http.embed(TEXTS), grpc.embed(TEXTS), atol=1e-6)
@@ -228,7 +265,7 @@ def test_prometheus_scrapes_the_success_counter_of_every_model(stack):
 def test_loadtest_profile_writes_its_report_to_the_host(stack):
     results = REPO_ROOT / "results" / "loadtest" / stack.env["LOADTEST_RUN"]
     shutil.rmtree(results, ignore_errors=True)
-    proc = stack("--profile", "loadtest", "run", "--rm", "loadtest", timeout=400, check=False)
+    proc = stack("--profile", "loadtest", "run", "--rm", "-T", "loadtest", timeout=400, check=False)
     assert proc.returncode == 0, f"loadtest exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     summary = json.loads((results / "summary.json").read_text())
     assert summary["slo"]["passed"] and summary["slo"]["thresholds"]["failure_rate"] == 0
