@@ -143,7 +143,7 @@ def stack(docker) -> Stack:
     env.update(HTTP_PORT=str(ports.http), GRPC_PORT=str(ports.grpc), METRICS_PORT=str(ports.metrics),
                PROMETHEUS_PORT=str(free_port()), LOADTEST_RUN=f"compose-test-{os.getpid()}",
                LOADTEST_USERS="4", LOADTEST_SPAWN_RATE="4", LOADTEST_DURATION="10s",
-               SLO_P95_MS="5000", SLO_FAILURE_RATE="0")
+               SLO_P95_MS="10000", SLO_FAILURE_RATE="0")
     if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
         env["DOCKER_BUILDKIT"] = "0"  # the legacy builder: no buildx plugin
     started = time.monotonic()
@@ -248,7 +248,8 @@ def test_http_and_grpc_agree(stack):
 def test_prometheus_scrapes_the_success_counter_of_every_model(stack):
     stack("--profile", "monitoring", "up", "-d", "--wait", "--wait-timeout", "120", "prometheus", timeout=300)
     models = _served_models()
-    assert len(models) == 6, models  # two ensembles of three steps
+    for name in ("sentiment", "embed"):  # each ensemble and its three steps
+        assert {name, f"{name}_tokenizer", f"{name}_encoder", f"{name}_postprocess"} <= set(models), models
     url = (f"http://127.0.0.1:{stack.port('PROMETHEUS_PORT')}/api/v1/query?query=nv_inference_request_success")
     deadline, seen = time.monotonic() + 90, {}
     while time.monotonic() < deadline:
