@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(2400)]  # the first test b
 
 CPU_ENV = REPO_ROOT / "deploy" / "cpu.env"
 PUBLIC_BASE = "python:3.11-slim-bookworm"
+WHEELS_PORT = 47311
 PROFILES = ("--profile", "loadtest", "--profile", "monitoring")
 #: How long the stack took (images, up --wait, the whole module), for the record: git-ignored.
 TIMINGS = REPO_ROOT / "results" / "system" / "compose_stack_timings.json"
@@ -97,7 +98,10 @@ class _Wheelhouse:
             return
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(REPO_ROOT / "deploy" / "wheels"))
         handler.log_message = lambda *a: None
-        self._server = http.server.ThreadingHTTPServer((gateway, 0), handler)
+        try:  # a fixed address keeps WHEELS_URL, and so the builder's layer cache, the same across runs
+            self._server = http.server.ThreadingHTTPServer((gateway, WHEELS_PORT), handler)
+        except OSError:
+            self._server = http.server.ThreadingHTTPServer((gateway, 0), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.url = f"http://{gateway}:{self._server.server_address[1]}/"
 
