@@ -8,7 +8,9 @@ no daemon, so the offline checks run everywhere; the stack tests need a daemon.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,3 +67,10 @@ def docker_unavailable() -> str | None:
     if proc.returncode != 0:
         return f"no Docker daemon answers: {(proc.stderr or proc.stdout).strip()[:300]}"
     return None
+
+
+def dockerfile_cmd(dockerfile: Path) -> list[str]:
+    """The exec-form CMD of a Dockerfile (continuation lines joined)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    [cmd] = re.findall(r"^CMD (\[.*\])\s*$", text, flags=re.M)
+    return json.loads(cmd)

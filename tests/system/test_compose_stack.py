@@ -159,7 +159,9 @@ def stack(docker) -> Stack:
         _run([*stack.compose, "--profile", "loadtest", "build"], env=build_env, timeout=1500)
     finally:
         wheels.close()
-    timings = {"base_image": env.get("BASE_IMAGE", PUBLIC_BASE), "wheels": wheels.url or "PyPI",
+    docker_version = _run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).stdout.strip()
+    timings = {"cpu_cores": os.cpu_count(), "docker": docker_version, "compose": str(compose_v2()),
+               "base_image": env.get("BASE_IMAGE", PUBLIC_BASE), "wheels": wheels.url or "PyPI",
                "images_built_s": round(time.monotonic() - started)}
     _log(f"images built in {timings['images_built_s']} s (base {timings['base_image']}, wheels {timings['wheels']})")
     try:

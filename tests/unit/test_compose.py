@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..compose_tools import compose_v2
+from ..compose_tools import compose_v2, dockerfile_cmd
 from ..conftest import DEPLOYMENTS, REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -62,13 +62,6 @@ def gpu() -> dict:
 @pytest.fixture(scope="module")
 def cpu() -> dict:
     return resolved("cpu")["services"]
-
-
-def dockerfile_cmd(dockerfile: Path) -> list[str]:
-    """The exec-form CMD of a Dockerfile (continuation lines joined)."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    [cmd] = re.findall(r"^CMD (\[.*\])\s*$", text, flags=re.M)
-    return json.loads(cmd)
 
 
 def binds(service: dict) -> dict[str, tuple[Path, bool]]:
