@@ -146,7 +146,7 @@ def stack(docker) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRTSERVE_VARIANT", "TRTSERVE_RUNTIME", "COMPOSE_"))}
     env.update(HTTP_PORT=str(ports.http), GRPC_PORT=str(ports.grpc), METRICS_PORT=str(ports.metrics),
                PROMETHEUS_PORT=str(free_port()), LOADTEST_RUN=f"compose-test-{os.getpid()}",
-               LOADTEST_USERS="4", LOADTEST_SPAWN_RATE="4", LOADTEST_DURATION="10s",
+               LOADTEST_USERS="2", LOADTEST_SPAWN_RATE="2", LOADTEST_DURATION="10s",
                SLO_P95_MS="10000", SLO_FAILURE_RATE="0")
     if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
         env["DOCKER_BUILDKIT"] = "0"  # the legacy builder: no buildx plugin
@@ -272,7 +272,9 @@ def test_prometheus_scrapes_the_success_counter_of_every_model(stack):
 def test_loadtest_profile_writes_its_report_to_the_host(stack):
     results = REPO_ROOT / "results" / "loadtest" / stack.env["LOADTEST_RUN"]
     shutil.rmtree(results, ignore_errors=True)
-    proc = stack("--profile", "loadtest", "run", "--rm", "-T", "loadtest", timeout=400, check=False)
+    # --no-deps: triton is up and healthy; without it compose would first re-run the one-shot
+    # engines service, whose start-up competes with the load for this machine's two cores.
+    proc = stack("--profile", "loadtest", "run", "--rm", "--no-deps", "-T", "loadtest", timeout=400, check=False)
     assert proc.returncode == 0, f"loadtest exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     summary = json.loads((results / "summary.json").read_text())
     assert summary["slo"]["passed"] and summary["slo"]["thresholds"]["failure_rate"] == 0
