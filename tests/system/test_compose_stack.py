@@ -33,7 +33,8 @@ import pytest
 from ..compose_tools import REQUIRE_DOCKER, compose_v2, docker_unavailable
 from ..conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.system, pytest.mark.timeout(2400)]  # the first test builds the images
+# `functional`: these start the real Triton too (in containers), so `make unit` leaves them out.
+pytestmark = [pytest.mark.system, pytest.mark.functional, pytest.mark.timeout(2400)]  # the first test builds the images
 
 CPU_ENV = REPO_ROOT / "deploy" / "cpu.env"
 PUBLIC_BASE = "python:3.11-slim-bookworm"
@@ -235,7 +236,7 @@ def _model_io(stack: Stack, protocol: str, model: str) -> dict:
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_the_ensemble_contract(stack, protocol):
-    from trtserve_backend import contract
+    import trtserve_contract as contract
 
     assert _model_io(stack, protocol, "sentiment") == {
         "input": {contract.TEXT: ("TYPE_STRING", [1])},

@@ -224,7 +224,7 @@ def test_engines_service_runs_make_engines(variant, tmp_path):
 def test_shm_size_covers_the_python_backend(gpu):
     """One shared-memory region per Python-backend model instance, of the configured default
     size, must fit in shm_size with room to grow; the default must hold the largest request."""
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     cmd = dockerfile_cmd(DEPLOY / "triton.gpu.Dockerfile")
     backend = dict(a.split("=", 1)[1].split(",", 1)[1].split("=") for a in cmd if a.startswith("--backend-config=python,"))
@@ -270,7 +270,7 @@ def test_loadtest_profile_is_headless_with_the_slo_gate(cpu):
     assert args["--results"].startswith("results/loadtest/")
     source, read_only = binds(loadtest)["/workspace/trtserve/results"]
     assert source == REPO_ROOT / "results" and not read_only, "reports land on the host"
-    for folder in ("loadtest", "client", "serve"):
+    for folder in ("loadtest", "client", "serve", "contract"):
         assert binds(loadtest)[f"/workspace/trtserve/{folder}"] == (REPO_ROOT / folder, True)
 
 

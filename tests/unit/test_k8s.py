@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from trtserve_build.repository import STAMP_FILE
+from trtserve_build.stages.repository import STAMP_FILE
 
 from ..conftest import REPO_ROOT
 
