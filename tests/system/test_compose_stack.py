@@ -260,8 +260,12 @@ def test_prometheus_scrapes_the_success_counter_of_every_model(stack):
     url = (f"http://127.0.0.1:{stack.port('PROMETHEUS_PORT')}/api/v1/query?query=nv_inference_request_success")
     deadline, seen = time.monotonic() + 90, {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            data = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = json.loads(response.read())
+        except OSError:  # 503 or refused while Prometheus opens its storage (`up --wait`: running, not ready)
+            time.sleep(2)
+            continue
         assert data["status"] == "success"
         seen = {r["metric"]["model"]: float(r["value"][1]) for r in data["data"]["result"]}
         if all(seen.get(m, 0) > 0 for m in models):
