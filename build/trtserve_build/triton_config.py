@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from trtserve_backend import contract
+from trtserve_backend.limits import MAX_TEXT_BYTES_PARAM, MAX_TEXTS_PARAM
 
 from .export import ONNX_FILE, TOKENIZER_FILE, ExportManifest
 from .spec import DeploymentSpec
@@ -110,6 +111,8 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: st
         "max_sequence_length": str(spec.model.max_sequence_length),
         "length_buckets": list(spec.model.length_buckets),
         "pad_token_id": str(manifest.pad_token_id),
+        MAX_TEXT_BYTES_PARAM: str(spec.batching.max_request_text_bytes),
+        MAX_TEXTS_PARAM: str(spec.batching.max_request_texts),
     })
     return config
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .deployments import Deployment, discover
+
 log = logging.getLogger(__name__)
+
+#: The header that carries the key of the restricted model-repository API (load/unload/index).
+ADMIN_HEADER = "admin-key"
 
 
 class ServerError(RuntimeError):
@@ -123,9 +129,22 @@ class Ports:
             return cls(*(s.getsockname()[1] for s in socks))
 
 
+def new_admin_key() -> str:
+    """A random key for the restricted model-repository API (one per launcher)."""
+    return secrets.token_urlsafe(24)
+
+
 @dataclass
 class EmbeddedServer:
-    """A tritonserver child process bound to 127.0.0.1; use as a context manager."""
+    """A tritonserver child process bound to 127.0.0.1; use as a context manager.
+
+    ``admin_key`` turns on explicit model control (every model loaded at start, then
+    loadable/unloadable one by one, as the supervisor does to restore a model) with the
+    model-repository API of HTTP and gRPC restricted to requests that carry this key in the
+    ``admin-key`` header; without it the repository API answers 403. The key is never logged;
+    it is in tritonserver's command line (Triton reads its options from nowhere else), readable
+    on this host only, and the server listens on loopback only.
+    """
 
     model_repository: Path
     ports: Ports = field(default_factory=Ports)
@@ -133,8 +152,16 @@ class EmbeddedServer:
     extra_args: Sequence[str] = ()
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
+    admin_key: str | None = field(default=None, repr=False)
 
     def command(self, install: TritonInstall) -> list[str]:
+        control = []
+        if self.admin_key:
+            control = [
+                "--model-control-mode=explicit", "--load-model=*",
+                f"--http-restricted-api=model-repository:{ADMIN_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self.admin_key}",
+            ]
         return [
             str(install.binary),
             f"--model-repository={Path(self.model_repository).resolve()}",
@@ -146,6 +173,7 @@ class EmbeddedServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--exit-timeout-secs=10",  # idle keep-alive clients must not stall shutdown for 30 s
+            *control,
             *self.extra_args,
         ]
 
@@ -177,24 +205,37 @@ class EmbeddedServer:
 
     def _http(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key and path.startswith("/v2/repository"):
+            headers[ADMIN_HEADER] = self.admin_key
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             payload = resp.read()
             return json.loads(payload) if payload else None
 
-    def text_models(self) -> list[str]:
-        """Ready models whose input is the contract's TEXT string tensor (the ensembles)."""
-        names = []
+    def model_configs(self, ready_only: bool = True) -> dict[str, dict]:
+        """{name: JSON config} of the repository's (ready) models."""
+        configs = {}
         for entry in self._http("POST", "/v2/repository/index", {}) or []:
-            if entry.get("state") != "READY":
+            if ready_only and entry.get("state") != "READY":
                 continue
-            config = self._http("GET", f"/v2/models/{entry['name']}/config")
-            if config.get("platform") == "ensemble" and any(
-                i["name"] == "TEXT" and i["data_type"] == "TYPE_STRING" for i in config.get("input", [])
-            ):
-                names.append(entry["name"])
-        return sorted(names)
+            configs[entry["name"]] = self._http("GET", f"/v2/models/{entry['name']}/config")
+        return configs
+
+    def deployments(self) -> list[Deployment]:
+        """The ready models that honour the client contract, with the models behind each."""
+        return discover(self.model_configs())
+
+    def text_models(self) -> list[str]:
+        """Names of the ready deployments (models with the contract's TEXT input and outputs)."""
+        return [d.name for d in self.deployments()]
+
+    def load_model(self, name: str, timeout: float = 60.0) -> None:
+        """Load (or reload) ``name`` through the repository API (needs ``admin_key``)."""
+        self._http("POST", f"/v2/repository/models/{name}/load", {}, timeout=timeout)
+
+    def unload_model(self, name: str, timeout: float = 60.0) -> None:
+        self._http("POST", f"/v2/repository/models/{name}/unload", {}, timeout=timeout)
 
     def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
         body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}

@@ -1,0 +1,311 @@
+"""Keep every deployment answering: probe with real inferences, reload or restart on failure.
+
+The loop (run in the launcher's main thread, which also starts every tritonserver, so that
+the server's parent-death signal stays tied to a thread that lives as long as the launcher):
+
+- every ``watch_interval_s``: has tritonserver exited? (-> restart at once); has a stub of
+  one of its Python models vanished or stopped, or has a model's failure count grown in
+  Triton's statistics? (-> probe that deployment at once);
+- every ``probe_interval_s``: one real inference per deployment (:mod:`.probes`), with
+  ``probe_timeout_s`` (shorter than the models' queue timeout, so a hung step shows up as
+  *our* timeout, not as the server's "Request timeout expired");
+- a probe that fails, or times out while a stub of the deployment is stuck or while the
+  deployment answered nothing else either, is repaired by the fastest action that works:
+  kill what is stuck, unload + load the failing models (measured ~1.5 s; the other
+  deployments keep serving), and when that does not bring the probe back, or the server is
+  down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores);
+- restarts back off exponentially once ``loop_threshold`` of them fall within
+  ``loop_window_s``; a deployment reloaded that often is restarted instead.
+
+Every event is logged with its cause; the counts are in :class:`~.status.SupervisorStats`.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import urllib.error
+from collections import deque
+from dataclasses import dataclass
+
+from .deployments import Deployment, model_of_instance
+from .embedded import EmbeddedServer, ServerError
+from .probes import Outcome, Prober, ProbeResult
+from .processes import kill_stub, stubs_of
+from .status import SupervisorStats
+
+log = logging.getLogger("trtserve.supervisor")
+
+__all__ = ["Supervisor", "SupervisorSettings", "Backoff"]
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 1.5
+    #: the probe after a repair waits longer: the reloaded model's first request is slower
+    confirm_timeout_s: float = 10.0
+    watch_interval_s: float = 0.25
+    ready_timeout_s: float = 180.0
+    #: a server that answers no probe (DOWN) for this long is restarted
+    unreachable_s: float = 3.0
+    stop_grace_s: float = 3.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    loop_window_s: float = 60.0
+    loop_threshold: int = 3
+
+
+class Backoff:
+    """Exponential delay once ``threshold`` events fall within ``window_s``."""
+
+    def __init__(self, initial_s: float, max_s: float, window_s: float, threshold: int) -> None:
+        self.initial_s, self.max_s, self.window_s, self.threshold = initial_s, max_s, window_s, threshold
+        self.events: deque[float] = deque()
+
+    def record(self, now: float) -> None:
+        self.events.append(now)
+
+    def recent(self, now: float) -> int:
+        while self.events and now - self.events[0] > self.window_s:
+            self.events.popleft()
+        return len(self.events)
+
+    def delay(self, now: float) -> float:
+        excess = self.recent(now) - self.threshold + 1
+        return 0.0 if excess <= 0 else min(self.max_s, self.initial_s * 2 ** (excess - 1))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Run ``server`` and keep its deployments answering until :meth:`stop` (or a signal)."""
+
+    def __init__(self, server: EmbeddedServer, settings: SupervisorSettings | None = None,
+                 stats: SupervisorStats | None = None) -> None:
+        if not server.admin_key:
+            raise ValueError("the supervised server needs an admin_key (explicit model control)")
+        self.server = server
+        self.settings = settings or SupervisorSettings()
+        self.stats = stats or SupervisorStats()
+        self.deployments: list[Deployment] = []
+        self._prober: Prober | None = None
+        self._stopping = False
+        s = self.settings
+        self._restarts = Backoff(s.backoff_initial_s, s.backoff_max_s, s.loop_window_s, s.loop_threshold)
+        self._reloads: dict[str, Backoff] = {}
+        self._known_stubs: dict[str, int] = {}  # instance -> pid, as of the last look
+        self._instances: set[str] = set()  # every instance seen since the server started
+        self._failures: dict[str, int] = {}  # model -> failure count in Triton's statistics
+        self._down_since: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Start tritonserver and wait until every deployment answers; the deployments' names."""
+        self.server.start()
+        self.stats.set(server_starts=self.stats.server_starts + 1)
+        self.server.wait_ready(timeout_s=self.settings.ready_timeout_s)
+        self.deployments = self.server.deployments()
+        if self._prober:
+            self._prober.close()
+        self._prober = Prober(self.server.grpc_url, self.settings.probe_timeout_s)
+        self._known_stubs = {s.instance: s.pid for s in stubs_of(self.server.process.pid)}
+        self._instances = set(self._known_stubs)
+        self._failures = self._failure_counts()
+        self._down_since = None
+        self.stats.set(server_up=True)
+        return [d.name for d in self.deployments]
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        if self._prober:
+            self._prober.close()
+            self._prober = None
+        self.stats.set(server_up=False)
+        self.server.stop()
+
+    def run(self) -> int:
+        """The supervision loop; returns when :meth:`stop` was called."""
+        s = self.settings
+        next_probe = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            code = self.server.process.poll() if self.server.process else None
+            if self.server.process is not None and code is not None:
+                self._restart("exited", f"tritonserver {_describe_exit(code)}")
+                next_probe = 0.0
+                continue
+            due = self._triggered()
+            if now >= next_probe:
+                due = {d.name: "interval" for d in self.deployments} | due
+                next_probe = now + s.probe_interval_s
+            for name, why in due.items():
+                deployment = next((d for d in self.deployments if d.name == name), None)
+                if deployment is not None and not self._stopping:
+                    self._check(deployment, why)
+                    if self.server.process is None or self.server.process.poll() is not None:
+                        break
+            time.sleep(s.watch_interval_s)
+        return 0
+
+    # -- detection ------------------------------------------------------------------------------
+
+    def _triggered(self) -> dict[str, str]:
+        """Deployments to probe now: a stub of theirs vanished or stopped, or a model of theirs
+        counted new failures."""
+        due: dict[str, str] = {}
+        current = {st.instance: st for st in stubs_of(self.server.process.pid)}
+        for instance, pid in self._known_stubs.items():
+            stub = current.get(instance)
+            what = "vanished" if stub is None or stub.pid != pid else ("stopped" if stub.stuck else None)
+            if what:
+                for d in self.deployments:
+                    if model_of_instance(instance, d.models):
+                        due.setdefault(d.name, f"stub {instance} {what}")
+        self._known_stubs = {i: st.pid for i, st in current.items() if not st.stuck}
+        self._instances.update(current)
+        failures = self._failure_counts()
+        for model, count in failures.items():
+            if count > self._failures.get(model, 0):
+                for d in self.deployments:
+                    if model in d.models:
+                        due.setdefault(d.name, f"{model} counted {count - self._failures.get(model, 0)} failure(s)")
+        self._failures = failures or self._failures
+        return due
+
+    def _failure_counts(self) -> dict[str, int]:
+        try:
+            stats = self.server._http("GET", "/v2/models/stats", timeout=1.0) or {}
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+        return {m["name"]: int(m.get("inference_stats", {}).get("fail", {}).get("count", 0))
+                for m in stats.get("model_stats", [])}
+
+    def _success_count(self, model: str) -> int | None:
+        try:
+            stats = self.server._http("GET", f"/v2/models/{model}/stats", timeout=1.0) or {}
+            return sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0))
+                       for m in stats.get("model_stats", []))
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def _check(self, deployment: Deployment, why: str) -> None:
+        before = self._success_count(deployment.name)
+        result = self._prober.probe(deployment)
+        self.stats.add("probes", deployment.name)
+        if result.ok:
+            self._down_since = None
+            return
+        if result.outcome is Outcome.BUSY:
+            log.info("probe turned away (server busy, not a fault): %s", result.describe())
+            return
+        self.stats.add("probe_failures", deployment.name)
+        detected = time.monotonic() - result.seconds
+        log.warning("probe failed (%s): %s", why, result.describe())
+        if result.outcome is Outcome.DOWN:
+            self._down_since = self._down_since or detected
+            if time.monotonic() - self._down_since >= self.settings.unreachable_s:
+                self._restart("unreachable", f"no answer from tritonserver for "
+                              f"{time.monotonic() - self._down_since:.1f}s ({result.error})")
+            return
+        stuck = [st for st in stubs_of(self.server.process.pid)
+                 if st.stuck and model_of_instance(st.instance, deployment.models)]
+        if result.outcome is Outcome.TIMEOUT and not stuck:
+            after = self._success_count(deployment.name)
+            if before is not None and after is not None and after > before:
+                log.info("%s answered %d other request(s) while the probe waited: busy, not hung",
+                         deployment.name, after - before)
+                return
+        self._repair(deployment, result, stuck, detected)
+
+    # -- repair ---------------------------------------------------------------------------------
+
+    def _suspects(self, deployment: Deployment, result: ProbeResult, stuck) -> list[str]:
+        """The models to reload: those whose stub the error names, vanished or is stuck; else
+        every model behind the deployment."""
+        named = set()
+        message = str(result.error or "")
+        current = {st.instance for st in stubs_of(self.server.process.pid)}
+        for instance in self._instances:
+            model = model_of_instance(instance, deployment.steps)
+            if model and (f"'{instance}'" in message or instance not in current):
+                named.add(model)
+        named.update(m for st in stuck if (m := model_of_instance(st.instance, deployment.steps)))
+        return [m for m in deployment.steps if m in named] or list(deployment.steps)
+
+    def _repair(self, deployment: Deployment, result: ProbeResult, stuck, detected: float) -> None:
+        suspects = self._suspects(deployment, result, stuck)
+        loop = self._reloads.setdefault(deployment.name, Backoff(
+            1.0, 1.0, self.settings.loop_window_s, self.settings.loop_threshold))
+        if loop.recent(time.monotonic()) >= self.settings.loop_threshold:
+            self._restart("reload-loop", f"{deployment.name} needed {loop.recent(time.monotonic())} reloads "
+                          f"within {self.settings.loop_window_s:.0f}s")
+            return
+        loop.record(time.monotonic())
+        hung = result.outcome is Outcome.TIMEOUT
+        for st in stubs_of(self.server.process.pid):
+            model = model_of_instance(st.instance, deployment.steps)
+            if model in suspects and (st.stuck or hung):
+                log.warning("killing stub %s (pid %d, state %s): %s", st.instance, st.pid, st.state,
+                            "stopped" if st.stuck else "deployment hung")
+                kill_stub(st)
+        log.warning("reloading %s for %s (cause: %s)", ", ".join(suspects), deployment.name, result.describe())
+        try:
+            for model in suspects:
+                self.server.unload_model(model)
+            for model in suspects:
+                self.server.load_model(model)
+                self.stats.add("reloads", model)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            self._restart("reload-failed", f"reload of {', '.join(suspects)} failed: {e}")
+            return
+        self._known_stubs = {st.instance: st.pid for st in stubs_of(self.server.process.pid)}
+        self._instances.update(self._known_stubs)
+        self._failures = self._failure_counts() or self._failures
+        confirm = self._prober.probe(deployment, timeout_s=self.settings.confirm_timeout_s)
+        if confirm.ok:
+            took = time.monotonic() - detected
+            self.stats.recovered(deployment.name, "reload", took)
+            self.stats.set(last_event=f"reloaded {', '.join(suspects)}: {result.describe()}")
+            log.warning("recovered %s by reloading %s, %.2fs after detection", deployment.name, ", ".join(suspects), took)
+        else:
+            self._restart("reload-failed", f"reload of {', '.join(suspects)} did not restore "
+                          f"{deployment.name}: {confirm.describe()}")
+
+    def _restart(self, kind: str, cause: str) -> None:
+        """Stop tritonserver (its whole process group) and start it again, backing off when
+        restarts loop; retried until the server is ready or the supervisor is stopped."""
+        while not self._stopping:
+            detected = time.monotonic()
+            wait = self._restarts.delay(detected)
+            self._restarts.record(detected)
+            self.stats.add("restarts", kind)
+            self.stats.set(server_up=False, last_event=f"restart ({kind}): {cause}")
+            if wait:
+                log.warning("restart loop (%d restarts within %.0fs): waiting %.1fs first",
+                            self._restarts.recent(detected) - 1, self.settings.loop_window_s, wait)
+                end = time.monotonic() + wait
+                while time.monotonic() < end and not self._stopping:
+                    time.sleep(0.1)
+            log.warning("restarting tritonserver (cause: %s)", cause)
+            self.server.stop(grace_s=self.settings.stop_grace_s)
+            try:
+                names = self.start()
+            except (ServerError, urllib.error.URLError, OSError) as e:
+                kind, cause = "start-failed", f"restart did not become ready: {e}"
+                log.error("%s", cause)
+                continue
+            took = time.monotonic() - detected
+            self.stats.recovered("*", "restart", took)
+            log.warning("tritonserver restarted, %s answering, %.2fs after detection", ", ".join(names), took)
+            return
