@@ -43,6 +43,9 @@ def serve(args: argparse.Namespace) -> int:
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         log_path=Path(args.log_file) if args.log_file else None,
         admin_key=new_admin_key() if args.supervise else None,
+        host=args.host,
+        triton_root=Path(args.triton_root) if args.triton_root else None,
+        extra_args=tuple(args.triton_arg),
     )
     if args.supervise:
         return _serve_supervised(server, args)
@@ -91,7 +94,7 @@ def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     die_with_parent(signal.SIGTERM)  # `make serve` killed -> we get SIGTERM and stop Triton
     try:
-        status = StatusServer(stats, args.status_port).start()
+        status = StatusServer(stats, args.status_port, host=args.host).start()
         models = supervisor.start()
         print(_usage(server, models), flush=True)
         print(f"Supervisor: probes every {settings.probe_interval_s:g}s; counts on "
@@ -137,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--status-port", type=int, default=8003, help="the supervisor's /metrics and /status")
     p.add_argument("--log-file", help="write the server log here instead of the terminal")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address Triton listens on (a container publishing its ports needs 0.0.0.0; the "
+                        "model-repository API then still needs the launcher's key)")
+    p.add_argument("--triton-root", help="a Triton install to run instead of nvidia-pytriton's, e.g. "
+                                         "/opt/tritonserver in the NGC image (or $TRTSERVE_TRITON_ROOT)")
+    p.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
+                   help="one more tritonserver option, e.g. --triton-arg=--metrics-config=summary_latencies=true")
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--no-supervise", dest="supervise", action="store_false",
                    help="run Triton without the supervisor (nothing restores a failed model)")

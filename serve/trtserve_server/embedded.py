@@ -45,7 +45,18 @@ class TritonInstall:
     backends: Path
 
     @classmethod
-    def locate(cls) -> "TritonInstall":
+    def locate(cls, root: str | Path | None = None) -> "TritonInstall":
+        """The tritonserver of ``nvidia-pytriton``, or of an install at ``root`` (or
+        ``$TRTSERVE_TRITON_ROOT``): ``bin/tritonserver``, ``lib/``, ``backends/`` as in the NGC
+        Triton image's /opt/tritonserver, whose Python backend already has its stub."""
+        root = root or os.environ.get("TRTSERVE_TRITON_ROOT")
+        if root:
+            root = Path(root)
+            install = cls(binary=root / "bin" / "tritonserver", libs=root / "lib", backends=root / "backends")
+            for path in (install.binary, install.backends / "python" / "triton_python_backend_stub"):
+                if not path.exists():
+                    raise ServerError(f"no Triton install at {root}: {path} is missing")
+            return install
         try:
             import pytriton
         except ImportError as e:
@@ -59,7 +70,10 @@ class TritonInstall:
         return install
 
     def prepare_python_backend(self) -> None:
-        """Put the stub for the stubs' Python version into backends/python (idempotent)."""
+        """Put the stub for the stubs' Python version into backends/python (idempotent); an
+        install without per-version stubs (the NGC image) keeps its own."""
+        if not (self.backends.parent / "python_backend_stubs").is_dir():
+            return
         version = stub_python_version()
         stub = self.backends.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
@@ -153,6 +167,8 @@ class EmbeddedServer:
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
     admin_key: str | None = field(default=None, repr=False)
+    #: a Triton install other than nvidia-pytriton's (see :meth:`TritonInstall.locate`)
+    triton_root: Path | None = None
 
     def command(self, install: TritonInstall) -> list[str]:
         control = []
@@ -180,7 +196,7 @@ class EmbeddedServer:
     def start(self) -> "EmbeddedServer":
         if not Path(self.model_repository).is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist; run `make engines`")
-        install = TritonInstall.locate()
+        install = TritonInstall.locate(self.triton_root)
         install.prepare_python_backend()
         out = open(self.log_path, "wb") if self.log_path else None
         self.process = subprocess.Popen(
