@@ -74,6 +74,18 @@ def server_pid(launcher_pid: int) -> int | None:
     return None
 
 
+def _wait_dead(pid: int, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in "ZX":
+            return
+        time.sleep(0.005)
+
+
 def inject(kind: str, launcher_pid: int, deployment: str, rng: random.Random | None = None) -> Fault:
     """Send the fault ``kind`` (one of :data:`FAULTS`) to the server under ``launcher_pid``."""
     rng = rng or random.Random()
@@ -82,7 +94,9 @@ def inject(kind: str, launcher_pid: int, deployment: str, rng: random.Random | N
         raise RuntimeError(f"no tritonserver under pid {launcher_pid}")
     if kind == "segv-server":
         os.kill(server, signal.SIGSEGV)
-        return Fault(kind, deployment, "tritonserver", server, time.monotonic())
+        at = time.monotonic()
+        _wait_dead(server)  # a dying server can still answer for a few ms: do not time those
+        return Fault(kind, deployment, "tritonserver", server, at)
     stubs = [s for s in stubs_of(server) if s.instance.startswith(f"{deployment}_") and not s.stuck]
     if kind.startswith("kill-"):
         step = kind.removeprefix("kill-")

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .deployments import Deployment, discover
 
@@ -257,20 +257,27 @@ class EmbeddedServer:
         body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
         return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
 
-    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
-        """Wait until every text model answers a real inference (health alone can lie)."""
+    def wait_ready(self, timeout_s: float = 120.0, abort_if: Callable[[], str | None] | None = None) -> list[str]:
+        """Wait until every text model answers a real inference (health alone can lie).
+
+        ``abort_if`` is asked between polls; a reason it returns ends the wait with a
+        :class:`ServerError` (the supervisor's: a stub stopped while the models load)."""
         deadline = time.monotonic() + timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
+            reason = abort_if() if abort_if else None
+            if reason:
+                raise ServerError(f"tritonserver will not become ready: {reason}")
             try:
                 if self._http("GET", "/v2/health/ready", timeout=2.0) is None:
                     models = self.text_models()
                     if models:
                         for model in models:
-                            self.infer_text(model, ["readiness check"])
+                            self.infer_text(model, ["readiness check"],
+                                            timeout=max(1.0, min(30.0, deadline - time.monotonic())))
                         return models
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
                 last_error = e
@@ -290,6 +297,15 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver ignored SIGTERM for %.0fs; killing", grace_s)
         # Stubs live in the same process group: make sure nothing is left behind.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL the server's whole process group at once (a broken server need not drain)."""
+        proc = self.process
+        if proc is None:
+            return None
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
         return proc.returncode

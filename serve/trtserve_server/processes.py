@@ -13,10 +13,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stub", "stubs_of", "kill_stub", "STUB_NAME"]
+__all__ = ["Stub", "stubs_of", "kill_stub", "release_regions", "STUB_NAME", "SHM_DIR"]
 
 STUB_NAME = "triton_python_backend_stub"
 _PROC = Path("/proc")
+SHM_DIR = Path("/dev/shm")
+_REGION_PREFIX = "triton_python_backend_shm_region_"
 #: /proc/<pid>/stat states of a process that cannot answer: stopped, traced, zombie, dead
 STUCK_STATES = frozenset("TtZXx")
 
@@ -26,6 +28,8 @@ class Stub:
     pid: int
     instance: str  # e.g. sentiment_tokenizer_0_0
     state: str  # one letter of /proc/<pid>/stat: R, S, D, T, Z, ...
+    #: the POSIX shared-memory region Triton made for this stub (under /dev/shm)
+    shm_region: str | None = None
 
     @property
     def stuck(self) -> bool:
@@ -67,9 +71,11 @@ def stubs_of(server_pid: int, proc: Path = _PROC) -> list[Stub]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        instance = _instance_from_cmdline([a.decode(errors="replace") for a in argv if a])
+        args = [a.decode(errors="replace") for a in argv if a]
+        instance = _instance_from_cmdline(args)
         if instance:
-            found.append(Stub(int(entry.name), instance, stat[0]))
+            region = next((a for a in args if a.startswith(_REGION_PREFIX) and "/" not in a), None)
+            found.append(Stub(int(entry.name), instance, stat[0], region))
     return sorted(found, key=lambda s: s.instance)
 
 
@@ -79,3 +85,21 @@ def kill_stub(stub: Stub) -> None:
         os.kill(stub.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def release_regions(regions: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink the shared-memory regions ``regions`` (names seen in our own stubs' command lines).
+
+    tritonserver unlinks a stub's region when it unloads the model normally, but not the
+    region of a stub that was killed, nor any region when tritonserver itself is killed: 1 MiB
+    or more of RAM (/dev/shm is tmpfs) per fault. Returns the names removed."""
+    removed = []
+    for name in sorted(regions):
+        if not name.startswith(_REGION_PREFIX) or "/" in name:
+            continue
+        try:
+            (shm_dir / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -15,7 +15,10 @@ the server's parent-death signal stays tied to a thread that lives as long as th
   deployments keep serving), and when that does not bring the probe back, or the server is
   down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores);
 - restarts back off exponentially once ``loop_threshold`` of them fall within
-  ``loop_window_s``; a deployment reloaded that often is restarted instead.
+  ``loop_window_s``; a deployment that fails again after each of ``loop_threshold - 1``
+  reloads, with no good interval probe in between, is restarted instead;
+- the shared-memory regions of killed stubs (and of a killed server) are unlinked: Triton
+  leaves them behind in /dev/shm (RAM) otherwise.
 
 Every event is logged with its cause; the counts are in :class:`~.status.SupervisorStats`.
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .probes import Outcome, Prober, ProbeResult
-from .processes import kill_stub, stubs_of
+from .processes import kill_stub, release_regions, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -46,10 +49,13 @@ class SupervisorSettings:
     #: the probe after a repair waits longer: the reloaded model's first request is slower
     confirm_timeout_s: float = 10.0
     watch_interval_s: float = 0.25
+    #: the probe sent because a stub vanished or stopped: the evidence is there already
+    triggered_timeout_s: float = 0.5
     ready_timeout_s: float = 180.0
+    #: a restarted server that is not answering after this long is killed and started again
+    restart_ready_timeout_s: float = 60.0
     #: a server that answers no probe (DOWN) for this long is restarted
     unreachable_s: float = 3.0
-    stop_grace_s: float = 3.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     loop_window_s: float = 60.0
@@ -100,7 +106,8 @@ class Supervisor:
         self._stopping = False
         s = self.settings
         self._restarts = Backoff(s.backoff_initial_s, s.backoff_max_s, s.loop_window_s, s.loop_threshold)
-        self._reloads: dict[str, Backoff] = {}
+        self._repeats: dict[str, int] = {}  # deployment -> repairs without a good interval probe between
+        self._regions: set[str] = set()  # shared-memory regions of the stubs seen
         self._known_stubs: dict[str, int] = {}  # instance -> pid, as of the last look
         self._instances: set[str] = set()  # every instance seen since the server started
         self._failures: dict[str, int] = {}  # model -> failure count in Triton's statistics
@@ -108,17 +115,20 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> list[str]:
+    def start(self, ready_timeout_s: float | None = None) -> list[str]:
         """Start tritonserver and wait until every deployment answers; the deployments' names."""
         self.server.start()
         self.stats.set(server_starts=self.stats.server_starts + 1)
-        self.server.wait_ready(timeout_s=self.settings.ready_timeout_s)
+        self.server.wait_ready(timeout_s=ready_timeout_s or self.settings.ready_timeout_s, abort_if=self._stuck_stub)
         self.deployments = self.server.deployments()
         if self._prober:
             self._prober.close()
         self._prober = Prober(self.server.grpc_url, self.settings.probe_timeout_s)
-        self._known_stubs = {s.instance: s.pid for s in stubs_of(self.server.process.pid)}
+        stubs = stubs_of(self.server.process.pid)
+        self._known_stubs = {s.instance: s.pid for s in stubs}
         self._instances = set(self._known_stubs)
+        self._regions = {s.shm_region for s in stubs if s.shm_region}
+        self._repeats.clear()
         self._failures = self._failure_counts()
         self._down_since = None
         self.stats.set(server_up=True)
@@ -127,12 +137,22 @@ class Supervisor:
     def stop(self) -> None:
         self._stopping = True
 
+    def _stuck_stub(self) -> str | None:
+        """A stub that stopped (or died unreaped) while tritonserver loads: the load will hang."""
+        stubs = stubs_of(self.server.process.pid)
+        self._regions.update(st.shm_region for st in stubs if st.shm_region)
+        stuck = [f"{st.instance} (pid {st.pid}, state {st.state})" for st in stubs if st.stuck]
+        return f"stub {', '.join(stuck)} stuck while loading" if stuck else None
+
     def close(self) -> None:
         if self._prober:
             self._prober.close()
             self._prober = None
         self.stats.set(server_up=False)
+        if self.server.process is not None:
+            self._regions.update(st.shm_region for st in stubs_of(self.server.process.pid) if st.shm_region)
         self.server.stop()
+        release_regions(self._regions)
 
     def run(self) -> int:
         """The supervision loop; returns when :meth:`stop` was called."""
@@ -152,7 +172,8 @@ class Supervisor:
             for name, why in due.items():
                 deployment = next((d for d in self.deployments if d.name == name), None)
                 if deployment is not None and not self._stopping:
-                    self._check(deployment, why)
+                    timeout = s.triggered_timeout_s if why.startswith("stub ") else None
+                    self._check(deployment, why, timeout)
                     if self.server.process is None or self.server.process.poll() is not None:
                         break
             time.sleep(s.watch_interval_s)
@@ -174,6 +195,7 @@ class Supervisor:
                         due.setdefault(d.name, f"stub {instance} {what}")
         self._known_stubs = {i: st.pid for i, st in current.items() if not st.stuck}
         self._instances.update(current)
+        self._regions.update(st.shm_region for st in current.values() if st.shm_region)
         failures = self._failure_counts()
         for model, count in failures.items():
             if count > self._failures.get(model, 0):
@@ -199,12 +221,14 @@ class Supervisor:
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
-    def _check(self, deployment: Deployment, why: str) -> None:
+    def _check(self, deployment: Deployment, why: str, timeout_s: float | None = None) -> None:
         before = self._success_count(deployment.name)
-        result = self._prober.probe(deployment)
+        result = self._prober.probe(deployment, timeout_s=timeout_s)
         self.stats.add("probes", deployment.name)
         if result.ok:
             self._down_since = None
+            if why == "interval":
+                self._repeats[deployment.name] = 0
             return
         if result.outcome is Outcome.BUSY:
             log.info("probe turned away (server busy, not a fault): %s", result.describe())
@@ -245,13 +269,12 @@ class Supervisor:
 
     def _repair(self, deployment: Deployment, result: ProbeResult, stuck, detected: float) -> None:
         suspects = self._suspects(deployment, result, stuck)
-        loop = self._reloads.setdefault(deployment.name, Backoff(
-            1.0, 1.0, self.settings.loop_window_s, self.settings.loop_threshold))
-        if loop.recent(time.monotonic()) >= self.settings.loop_threshold:
-            self._restart("reload-loop", f"{deployment.name} needed {loop.recent(time.monotonic())} reloads "
-                          f"within {self.settings.loop_window_s:.0f}s")
+        repeats = self._repeats.get(deployment.name, 0) + 1
+        self._repeats[deployment.name] = repeats
+        if repeats >= self.settings.loop_threshold:
+            self._restart("reload-loop", f"{deployment.name} failed again after each of {repeats - 1} reloads "
+                          f"(no good probe in between); last: {result.describe()}")
             return
-        loop.record(time.monotonic())
         hung = result.outcome is Outcome.TIMEOUT
         for st in stubs_of(self.server.process.pid):
             model = model_of_instance(st.instance, deployment.steps)
@@ -261,16 +284,23 @@ class Supervisor:
                 kill_stub(st)
         log.warning("reloading %s for %s (cause: %s)", ", ".join(suspects), deployment.name, result.describe())
         try:
+            started = time.monotonic()
             for model in suspects:
                 self.server.unload_model(model)
+            unloaded = time.monotonic()
             for model in suspects:
                 self.server.load_model(model)
                 self.stats.add("reloads", model)
+            log.info("unload %.2fs, load %.2fs", unloaded - started, time.monotonic() - unloaded)
         except (urllib.error.URLError, OSError, ValueError) as e:
             self._restart("reload-failed", f"reload of {', '.join(suspects)} failed: {e}")
             return
-        self._known_stubs = {st.instance: st.pid for st in stubs_of(self.server.process.pid)}
+        stubs = stubs_of(self.server.process.pid)
+        self._known_stubs = {st.instance: st.pid for st in stubs}
         self._instances.update(self._known_stubs)
+        live = {st.shm_region for st in stubs if st.shm_region}
+        release_regions(self._regions - live)  # the killed stubs' regions
+        self._regions = live
         self._failures = self._failure_counts() or self._failures
         confirm = self._prober.probe(deployment, timeout_s=self.settings.confirm_timeout_s)
         if confirm.ok:
@@ -298,9 +328,11 @@ class Supervisor:
                 while time.monotonic() < end and not self._stopping:
                     time.sleep(0.1)
             log.warning("restarting tritonserver (cause: %s)", cause)
-            self.server.stop(grace_s=self.settings.stop_grace_s)
+            self._regions.update(st.shm_region for st in stubs_of(self.server.process.pid) if st.shm_region)
+            self.server.kill()  # its process group: the stubs go too
+            release_regions(self._regions)  # a killed server leaves its stubs' regions behind
             try:
-                names = self.start()
+                names = self.start(self.settings.restart_ready_timeout_s)
             except (ServerError, urllib.error.URLError, OSError) as e:
                 kind, cause = "start-failed", f"restart did not become ready: {e}"
                 log.error("%s", cause)

@@ -97,6 +97,7 @@ def test_stub_table_reads_a_real_process_group():
             found = stubs_of(server.pid)
             time.sleep(0.05)
         assert [s.instance for s in found] == ["demo_model_0_0"] and not found[0].stuck
+        assert found[0].shm_region == "triton_python_backend_shm_region_7"
         os.kill(found[0].pid, signal.SIGSTOP)
         time.sleep(0.2)
         [stopped] = stubs_of(server.pid)
@@ -193,3 +194,13 @@ def test_status_command_reads_a_running_supervisor(capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_only_named_stub_regions_are_released(tmp_path):
+    from trtserve_server.processes import release_regions
+
+    mine = "triton_python_backend_shm_region_1234"
+    for name in (mine, "triton_python_backend_shm_region_other", "unrelated"):
+        (tmp_path / name).write_bytes(b"x")
+    assert release_regions({mine, "unrelated", "triton_python_backend_shm_region_gone", "../etc"}, tmp_path) == [mine]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["triton_python_backend_shm_region_other", "unrelated"]
