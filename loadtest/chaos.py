@@ -56,21 +56,23 @@ class Tally:
                 self.errors[error[:160]] += 1
 
 
-def _client_loop(index: int, ports: Ports, corpus: list[str], rate: float, stop: threading.Event, tally: Tally) -> None:
+def _client_loop(index: int, ports: Ports, deployments: tuple[str, ...], corpus: list[str], rate: float,
+                 stop: threading.Event, tally: Tally) -> None:
     protocol = "grpc" if index % 2 == 0 else "http"
     url = f"127.0.0.1:{ports.grpc if protocol == 'grpc' else ports.http}"
     rng = random.Random(index)
-    with TrtServeClient(url, protocol=protocol, timeout_s=10, retry=RetryPolicy.through_recovery()) as client:
+    # the client timeout is not retried (the server may still be working): it outlasts a recovery
+    with TrtServeClient(url, protocol=protocol, timeout_s=30, retry=RetryPolicy.through_recovery()) as client:
         next_at = time.monotonic()
         while not stop.is_set():
-            deployment = DEPLOYMENTS[(index // 2 + int(next_at * rate)) % len(DEPLOYMENTS)]
+            deployment = deployments[(index // 2 + int(next_at * rate)) % len(deployments)]
             text = corpus[rng.randrange(len(corpus))]
             tally.add("sent")
             try:
                 if deployment == "embed":
-                    ok = client.embed(text).shape == (1, 384)
+                    ok = client.embed(text, model=deployment).shape == (1, 384)
                 else:
-                    ok = client.classify(text)[0].label in ("negative", "positive")
+                    ok = client.classify(text, model=deployment)[0].label in ("negative", "positive")
                 tally.add("answered" if ok else "failed", None if ok else "wrong answer")
             except TrtServeError as e:
                 tally.add("failed", f"{type(e).__name__}: {e}")
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> dict:
     try:
         _wait_banner(proc, 300, log)
         threading.Thread(target=_pump, args=(proc, log), daemon=True).start()
-        clients = [threading.Thread(target=_client_loop, args=(i, ports, corpus, args.rate, stop, tally), daemon=True)
+        deployments = tuple(args.deployments.split(","))
+        clients = [threading.Thread(target=_client_loop, args=(i, ports, deployments, corpus, args.rate, stop, tally),
+                                    daemon=True)
                    for i in range(args.clients)]
         for t in clients:
             t.start()
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
             if not cycle:
                 cycle = list(FAULTS)
                 rng.shuffle(cycle)
-            kind, deployment = cycle.pop(), rng.choice(DEPLOYMENTS)
+            kind, deployment = cycle.pop(), rng.choice(deployments)
             fault = inject(kind, proc.pid, deployment, rng)
             recovery = time_to_answer(f"127.0.0.1:{ports.http}", deployment, fault.at, limit_s=args.hard_limit * 2)
             record = {"t_s": round(fault.at - start, 2), "kind": kind, "deployment": deployment,
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(max(0.0, start + args.duration - time.monotonic()))
         stop.set()
         for t in clients:  # a request can take at most the retry deadline plus one timeout
-            t.join(timeout=RetryPolicy.through_recovery().deadline_s + 15)
+            t.join(timeout=RetryPolicy.through_recovery().deadline_s + 35)
         in_flight = sum(t.is_alive() for t in clients)
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5) as r:
             supervisor = json.loads(r.read())
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="model_repository/cpu")
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--deployments", default=",".join(DEPLOYMENTS), help="comma-separated; faults hit these")
     parser.add_argument("--rate", type=float, default=5.0, help="requests per second per client")
     parser.add_argument("--min-gap", type=float, default=3.0, help="seconds between a recovery and the next fault, at least")
     parser.add_argument("--max-gap", type=float, default=10.0)

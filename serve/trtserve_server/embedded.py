@@ -198,7 +198,8 @@ class EmbeddedServer:
             raise ServerError(f"model repository {self.model_repository} does not exist; run `make engines`")
         install = TritonInstall.locate(self.triton_root)
         install.prepare_python_backend()
-        out = open(self.log_path, "wb") if self.log_path else None
+        # a restart appends: the log of the server that failed is the evidence
+        out = open(self.log_path, "ab" if self.process is not None else "wb") if self.log_path else None
         self.process = subprocess.Popen(
             self.command(install),
             env=install.environment(),

@@ -54,6 +54,11 @@ class SupervisorSettings:
     ready_timeout_s: float = 180.0
     #: a restarted server that is not answering after this long is killed and started again
     restart_ready_timeout_s: float = 60.0
+    #: probe timeouts in a row, with no request of the deployment answered meanwhile and no
+    #: stub of it stopped or gone, before it counts as hung (one is enough with such a stub)
+    hang_confirmations: int = 3
+    #: how long one repository-API load or unload may take
+    reload_timeout_s: float = 30.0
     #: a server that answers no probe (DOWN) for this long is restarted
     unreachable_s: float = 3.0
     backoff_initial_s: float = 1.0
@@ -106,6 +111,7 @@ class Supervisor:
         self._stopping = False
         s = self.settings
         self._restarts = Backoff(s.backoff_initial_s, s.backoff_max_s, s.loop_window_s, s.loop_threshold)
+        self._timeouts: dict[str, int] = {}  # deployment -> probe timeouts in a row without progress
         self._repeats: dict[str, int] = {}  # deployment -> repairs without a good interval probe between
         self._regions: set[str] = set()  # shared-memory regions of the stubs seen
         self._known_stubs: dict[str, int] = {}  # instance -> pid, as of the last look
@@ -225,6 +231,8 @@ class Supervisor:
         before = self._success_count(deployment.name)
         result = self._prober.probe(deployment, timeout_s=timeout_s)
         self.stats.add("probes", deployment.name)
+        if result.outcome is not Outcome.TIMEOUT:
+            self._timeouts[deployment.name] = 0
         if result.ok:
             self._down_since = None
             if why == "interval":
@@ -242,14 +250,26 @@ class Supervisor:
                 self._restart("unreachable", f"no answer from tritonserver for "
                               f"{time.monotonic() - self._down_since:.1f}s ({result.error})")
             return
-        stuck = [st for st in stubs_of(self.server.process.pid)
-                 if st.stuck and model_of_instance(st.instance, deployment.models)]
-        if result.outcome is Outcome.TIMEOUT and not stuck:
+        current = stubs_of(self.server.process.pid)
+        stuck = [st for st in current if st.stuck and model_of_instance(st.instance, deployment.models)]
+        alive = {st.instance for st in current}
+        vanished = [i for i in self._instances if i not in alive and model_of_instance(i, deployment.models)]
+        if result.outcome is Outcome.TIMEOUT and not stuck and not vanished:
+            # No stub of this deployment is stopped or gone: a slow answer may be load, not a
+            # hang. Repair only after hang_confirmations timeouts in a row with no request of
+            # this deployment answered meanwhile.
             after = self._success_count(deployment.name)
             if before is not None and after is not None and after > before:
                 log.info("%s answered %d other request(s) while the probe waited: busy, not hung",
                          deployment.name, after - before)
+                self._timeouts[deployment.name] = 0
                 return
+            self._timeouts[deployment.name] = self._timeouts.get(deployment.name, 0) + 1
+            if self._timeouts[deployment.name] < self.settings.hang_confirmations:
+                log.info("%s: no answer and no progress (%d of %d before it counts as hung)", deployment.name,
+                         self._timeouts[deployment.name], self.settings.hang_confirmations)
+                return
+        self._timeouts[deployment.name] = 0
         self._repair(deployment, result, stuck, detected)
 
     # -- repair ---------------------------------------------------------------------------------
@@ -286,10 +306,10 @@ class Supervisor:
         try:
             started = time.monotonic()
             for model in suspects:
-                self.server.unload_model(model)
+                self.server.unload_model(model, timeout=self.settings.reload_timeout_s)
             unloaded = time.monotonic()
             for model in suspects:
-                self.server.load_model(model)
+                self.server.load_model(model, timeout=self.settings.reload_timeout_s)
                 self.stats.add("reloads", model)
             log.info("unload %.2fs, load %.2fs", unloaded - started, time.monotonic() - unloaded)
         except (urllib.error.URLError, OSError, ValueError) as e:
