@@ -69,17 +69,19 @@ class ProbeResult:
 
 
 class Prober:
-    """One gRPC client per server start (a channel to a dead server is not reused)."""
+    """One client per server start, over HTTP: a probe that times out must not cancel a gRPC
+    call, because on Triton 2.51 cancelled gRPC calls can crash the server (README, "Load tests
+    and overload"); an HTTP client that gives up only closes its connection."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._client = TrtServeClient(url, protocol="grpc", timeout_s=timeout_s)
+        self._client = TrtServeClient(url, protocol="http", timeout_s=timeout_s)
 
     def probe(self, deployment: Deployment, timeout_s: float | None = None) -> ProbeResult:
         client = self._client
         if timeout_s is not None and timeout_s != self.timeout_s:
-            client = TrtServeClient(self.url, protocol="grpc", timeout_s=timeout_s)
+            client = TrtServeClient(self.url, protocol="http", timeout_s=timeout_s)
         start = time.monotonic()
         try:
             if deployment.task == contract.CLASSIFICATION:

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stub", "stubs_of", "kill_stub", "release_regions", "STUB_NAME", "SHM_DIR"]
+__all__ = ["Stub", "stubs_of", "state_of", "kill_stub", "release_regions", "STUB_NAME", "SHM_DIR"]
 
 STUB_NAME = "triton_python_backend_stub"
 _PROC = Path("/proc")
@@ -77,6 +77,12 @@ def stubs_of(server_pid: int, proc: Path = _PROC) -> list[Stub]:
             region = next((a for a in args if a.startswith(_REGION_PREFIX) and "/" not in a), None)
             found.append(Stub(int(entry.name), instance, stat[0], region))
     return sorted(found, key=lambda s: s.instance)
+
+
+def state_of(pid: int, proc: Path = _PROC) -> str | None:
+    """The /proc state letter of ``pid``; None when it is gone (a cheap re-check of one stub)."""
+    stat = _stat(proc / str(pid))
+    return stat[0] if stat else None
 
 
 def kill_stub(stub: Stub) -> None:

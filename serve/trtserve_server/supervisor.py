@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .probes import Outcome, Prober, ProbeResult
-from .processes import kill_stub, release_regions, stubs_of
+from .processes import Stub, kill_stub, release_regions, state_of, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -114,6 +114,7 @@ class Supervisor:
         self._timeouts: dict[str, int] = {}  # deployment -> probe timeouts in a row without progress
         self._repeats: dict[str, int] = {}  # deployment -> repairs without a good interval probe between
         self._regions: set[str] = set()  # shared-memory regions of the stubs seen
+        self._tick = 0
         self._known_stubs: dict[str, int] = {}  # instance -> pid, as of the last look
         self._instances: set[str] = set()  # every instance seen since the server started
         self._failures: dict[str, int] = {}  # model -> failure count in Triton's statistics
@@ -129,7 +130,7 @@ class Supervisor:
         self.deployments = self.server.deployments()
         if self._prober:
             self._prober.close()
-        self._prober = Prober(self.server.grpc_url, self.settings.probe_timeout_s)
+        self._prober = Prober(self.server.http_url, self.settings.probe_timeout_s)
         stubs = stubs_of(self.server.process.pid)
         self._known_stubs = {s.instance: s.pid for s in stubs}
         self._instances = set(self._known_stubs)
@@ -191,10 +192,23 @@ class Supervisor:
         """Deployments to probe now: a stub of theirs vanished or stopped, or a model of theirs
         counted new failures."""
         due: dict[str, str] = {}
-        current = {st.instance: st for st in stubs_of(self.server.process.pid)}
+        self._tick += 1
+        if self._tick % 8 == 0:  # the whole table now and then (new instances); else the known pids
+            current = {st.instance: st for st in stubs_of(self.server.process.pid)}
+        else:
+            current = {}
+            for instance, pid in self._known_stubs.items():
+                state = state_of(pid)
+                if state is not None:
+                    current[instance] = Stub(pid, instance, state)
         for instance, pid in self._known_stubs.items():
             stub = current.get(instance)
-            what = "vanished" if stub is None or stub.pid != pid else ("stopped" if stub.stuck else None)
+            if stub is None or stub.pid != pid:
+                what = "vanished"
+            elif stub.stuck:
+                what = "stopped" if stub.state in "Tt" else "dead"
+            else:
+                what = None
             if what:
                 for d in self.deployments:
                     if model_of_instance(instance, d.models):
@@ -202,7 +216,7 @@ class Supervisor:
         self._known_stubs = {i: st.pid for i, st in current.items() if not st.stuck}
         self._instances.update(current)
         self._regions.update(st.shm_region for st in current.values() if st.shm_region)
-        failures = self._failure_counts()
+        failures = self._failure_counts() if self._tick % 2 == 0 else {}
         for model, count in failures.items():
             if count > self._failures.get(model, 0):
                 for d in self.deployments:
@@ -300,7 +314,7 @@ class Supervisor:
             model = model_of_instance(st.instance, deployment.steps)
             if model in suspects and (st.stuck or hung):
                 log.warning("killing stub %s (pid %d, state %s): %s", st.instance, st.pid, st.state,
-                            "stopped" if st.stuck else "deployment hung")
+                            "stuck" if st.stuck else "deployment hung")
                 kill_stub(st)
         log.warning("reloading %s for %s (cause: %s)", ", ".join(suspects), deployment.name, result.describe())
         try:
