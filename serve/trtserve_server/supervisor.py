@@ -112,7 +112,8 @@ class Supervisor:
         s = self.settings
         self._restarts = Backoff(s.backoff_initial_s, s.backoff_max_s, s.loop_window_s, s.loop_threshold)
         self._timeouts: dict[str, int] = {}  # deployment -> probe timeouts in a row without progress
-        self._repeats: dict[str, int] = {}  # deployment -> repairs without a good interval probe between
+        #: (deployment, models reloaded) -> reloads of the same models with no good interval probe between
+        self._repeats: dict[tuple[str, tuple[str, ...]], int] = {}
         self._regions: set[str] = set()  # shared-memory regions of the stubs seen
         self._tick = 0
         self._known_stubs: dict[str, int] = {}  # instance -> pid, as of the last look
@@ -250,7 +251,8 @@ class Supervisor:
         if result.ok:
             self._down_since = None
             if why == "interval":
-                self._repeats[deployment.name] = 0
+                for key in [k for k in self._repeats if k[0] == deployment.name]:
+                    del self._repeats[key]
             return
         if result.outcome is Outcome.BUSY:
             log.info("probe turned away (server busy, not a fault): %s", result.describe())
@@ -303,11 +305,12 @@ class Supervisor:
 
     def _repair(self, deployment: Deployment, result: ProbeResult, stuck, detected: float) -> None:
         suspects = self._suspects(deployment, result, stuck)
-        repeats = self._repeats.get(deployment.name, 0) + 1
-        self._repeats[deployment.name] = repeats
+        key = (deployment.name, tuple(suspects))
+        repeats = self._repeats.get(key, 0) + 1
+        self._repeats[key] = repeats
         if repeats >= self.settings.loop_threshold:
-            self._restart("reload-loop", f"{deployment.name} failed again after each of {repeats - 1} reloads "
-                          f"(no good probe in between); last: {result.describe()}")
+            self._restart("reload-loop", f"{deployment.name} failed again after each of {repeats - 1} reloads of "
+                          f"{', '.join(suspects)} (no good probe in between); last: {result.describe()}")
             return
         hung = result.outcome is Outcome.TIMEOUT
         for st in stubs_of(self.server.process.pid):

@@ -65,6 +65,10 @@ def served(cpu_repository, tmp_path_factory):
     served = Served(proc, ports, status_port, output)
     served.log = log
     yield served
+    (log.parent / "serve.out").write_text("".join(output))  # the supervisor's events, for a failing run
+    print("\nmeasured recovery (fault -> next good answer):", json.dumps(MEASURED))
+    if proc.poll() is not None:  # the last test killed it
+        return
     tree = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
@@ -72,13 +76,16 @@ def served(cpu_repository, tmp_path_factory):
     while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "processes left after stop"
-    print("\nmeasured recovery (fault -> next good answer):", json.dumps(MEASURED))
 
 
 def _healthy(served: Served) -> None:
+    """Both deployments answer; then a probe interval passes, so that the next fault is an
+    independent one, not the same deployment failing again right after its repair (which the
+    supervisor counts towards a reload loop)."""
     for deployment in ("sentiment", "embed"):
         took = time_to_answer(f"127.0.0.1:{served.ports.http}", deployment, time.monotonic(), limit_s=HARD_LIMIT_S)
         assert took is not None, f"{deployment} is not answering before the fault"
+    time.sleep(1.5)
 
 
 def test_repository_api_needs_the_key_and_the_key_is_not_logged(served):
@@ -153,3 +160,18 @@ def test_a_crashed_server_is_restarted(served):
     assert after["restarts"].get("exited", 0) == before["restarts"].get("exited", 0) + 1
     assert re.search(r"restarting tritonserver \(cause: tritonserver killed by SIGSEGV\)", "".join(served.output))
     assert server_pid(served.proc.pid) != fault.pid
+
+
+def test_killing_the_supervisor_takes_the_restarted_server_down(served):
+    """After a restart (the previous test), SIGKILL of the launcher still leaves no orphans: the
+    restarted tritonserver was started from the launcher's main thread, so its parent-death
+    signal fires, and it stops its stubs."""
+    _healthy(served)
+    tree = descendants(served.proc.pid)
+    assert server_pid(served.proc.pid) in tree and len(tree) >= 7  # tritonserver + 6 stubs
+    served.proc.kill()
+    served.proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "tritonserver or stubs outlived the launcher"
