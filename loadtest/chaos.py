@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import signal
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
          "--status-port", str(status_port), "--log-file", str(log_path.with_suffix(".triton.log"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     faults: list[dict] = []
+    load_at_start = os.getloadavg()
     tally = Tally()
     stop = threading.Event()
     try:
@@ -168,7 +170,9 @@ def run(args: argparse.Namespace) -> dict:
                          "median_s": round(statistics.median(times), 3) if times else None,
                          "max_s": max(times) if times else None}
     return {
-        "machine": {"cpu": _cpu(), "cores": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    # the machine is shared: how busy it was bounds what the recovery times mean
+                    "loadavg_1m_at_start": round(load_at_start[0], 2), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "log")},
         "requests": {"sent": counts["sent"], "answered": counts["answered"], "failed": counts["failed"],
                      "lost": lost, "in_flight_at_end": in_flight},
