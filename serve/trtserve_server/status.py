@@ -27,7 +27,7 @@ class SupervisorStats:
         self.reloads: Counter[str] = Counter()  # model -> unload+load done
         self.restarts: Counter[str] = Counter()  # cause kind -> server restarts
         self.recoveries: Counter[str] = Counter()  # action -> service restored
-        self.last_recovery_s: dict[str, float] = {}  # deployment -> seconds from detection to good probe
+        self.last_recovery_s: dict[str, float] = {}  # deployment ("all" for a restart) -> detection to good probe
         self.server_up = False
         self.server_starts = 0
         self.last_event = ""
@@ -75,7 +75,8 @@ class SupervisorStats:
             else:
                 lines.append(f"{PREFIX}_{name} {samples}")
 
-        metric("server_up", "gauge", "1 while tritonserver is running and answered its last probes", int(s["server_up"]))
+        metric("server_up", "gauge", "1 while tritonserver runs and answered at start, 0 during a restart",
+               int(s["server_up"]))
         metric("server_starts_total", "counter", "tritonserver processes started", s["server_starts"])
         metric("restarts_total", "counter", "tritonserver restarts by cause", s["restarts"], "cause")
         metric("model_reloads_total", "counter", "unload+load of a failed model", s["reloads"], "model")

@@ -375,6 +375,6 @@ class Supervisor:
                 log.error("%s", cause)
                 continue
             took = time.monotonic() - detected
-            self.stats.recovered("*", "restart", took)
+            self.stats.recovered("all", "restart", took)
             log.warning("tritonserver restarted, %s answering, %.2fs after detection", ", ".join(names), took)
             return
