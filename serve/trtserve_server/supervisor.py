@@ -365,7 +365,8 @@ class Supervisor:
                 while time.monotonic() < end and not self._stopping:
                     time.sleep(0.1)
             log.warning("restarting tritonserver (cause: %s)", cause)
-            self._regions.update(st.shm_region for st in stubs_of(self.server.process.pid) if st.shm_region)
+            if self.server.process is not None:
+                self._regions.update(st.shm_region for st in stubs_of(self.server.process.pid) if st.shm_region)
             self.server.kill()  # its process group: the stubs go too
             release_regions(self._regions)  # a killed server leaves its stubs' regions behind
             try:

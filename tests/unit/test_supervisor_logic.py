@@ -204,3 +204,70 @@ def test_only_named_stub_regions_are_released(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert release_regions({mine, "unrelated", "triton_python_backend_shm_region_gone", "../etc"}, tmp_path) == [mine]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["triton_python_backend_shm_region_other", "unrelated"]
+
+
+class _FakeProcess:
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a process group with no stubs in it
+
+    def poll(self):
+        return None
+
+
+class _FakeServer:
+    """Stands in for EmbeddedServer: start() fails ``failures`` times (a restart loop)."""
+
+    admin_key = "k"
+    http_url = "127.0.0.1:9"
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.starts, self.kills = failures, 0, 0
+        self.process = None
+
+    def start(self):
+        self.starts += 1
+        self.process = _FakeProcess()
+
+    def wait_ready(self, timeout_s, abort_if=None):
+        from trtserve_server.embedded import ServerError
+
+        assert abort_if() is None
+        if self.starts <= self.failures:
+            raise ServerError(f"start {self.starts} failed")
+        return []
+
+    def deployments(self):
+        return []
+
+    def kill(self):
+        self.kills += 1
+
+    def stop(self):
+        pass
+
+    def _http(self, *args, **kwargs):
+        raise OSError("no server")
+
+
+def test_a_restart_loop_backs_off_and_counts_every_attempt(monkeypatch):
+    from trtserve_server import supervisor as sv
+
+    waits = []
+    monkeypatch.setattr(sv.Backoff, "delay", lambda self, now, _orig=sv.Backoff.delay: waits.append(_orig(self, now)) or 0.0)
+    server = _FakeServer(failures=4)
+    sup = sv.Supervisor(server, sv.SupervisorSettings(backoff_initial_s=1, backoff_max_s=4, loop_threshold=2))
+    sup._restart("exited", "tritonserver killed by SIGSEGV")
+    assert server.starts == 5 and server.kills == 5
+    assert waits == [0, 0, 1, 2, 4]  # two restarts at once (the threshold), then doubling up to the cap
+    status = sup.stats.snapshot()
+    assert status["restarts"] == {"exited": 1, "start-failed": 4}
+    assert status["server_up"] and status["recoveries"] == {"restart": 1}
+
+
+def test_the_supervisor_refuses_a_server_without_the_key():
+    from trtserve_server.supervisor import Supervisor
+
+    server = _FakeServer(0)
+    server.admin_key = None
+    with pytest.raises(ValueError, match="admin_key"):
+        Supervisor(server)
