@@ -38,7 +38,7 @@ from trtserve_client import RetryPolicy, TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_server.embedded import Ports, free_port
 
-from .faults import FAULTS, descendants, inject, time_to_answer
+from .faults import FAULTS, descendants, inject, still_running, time_to_answer
 from .workload import load_corpus
 
 DEPLOYMENTS = ("sentiment", "embed")
@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-        time.sleep(1.0)
-        leftovers = [pid for pid in server if Path(f"/proc/{pid}").exists()]
+        leftovers = still_running(server)
         log.close()
     counts = tally.counts
     lost = counts["sent"] - counts["answered"] - counts["failed"]

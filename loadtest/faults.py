@@ -26,7 +26,7 @@ from trtserve_client import TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_server.processes import stubs_of
 
-__all__ = ["FAULTS", "Fault", "inject", "server_pid", "time_to_answer", "descendants"]
+__all__ = ["FAULTS", "Fault", "inject", "server_pid", "time_to_answer", "descendants", "still_running"]
 
 FAULTS = ("kill-tokenizer", "kill-encoder", "kill-postprocess", "stop-stub", "segv-server")
 
@@ -63,6 +63,24 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def still_running(pids: list[int], wait_s: float = 10.0) -> list[int]:
+    """Those of ``pids`` still running after up to ``wait_s`` seconds (a zombie waiting for its
+    new parent to reap it has stopped: it is not counted)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        running = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state not in "ZX":
+                running.append(pid)
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.1)
 
 
 def server_pid(launcher_pid: int) -> int | None:

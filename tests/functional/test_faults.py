@@ -16,11 +16,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from loadtest.faults import descendants, inject, server_pid, time_to_answer
+from loadtest.faults import descendants, inject, server_pid, still_running, time_to_answer
 from trtserve_client import RetryPolicy, TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_client.retry import is_retryable
@@ -72,10 +71,7 @@ def served(cpu_repository, tmp_path_factory):
     tree = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "processes left after stop"
+    assert not still_running(tree), "processes left after stop"
 
 
 def _healthy(served: Served) -> None:
@@ -173,7 +169,4 @@ def test_killing_the_supervisor_takes_the_restarted_server_down(served):
     assert server_pid(served.proc.pid) in tree and len(tree) >= 7  # tritonserver + 6 stubs
     served.proc.kill()
     served.proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "tritonserver or stubs outlived the launcher"
+    assert not still_running(tree, wait_s=30), "tritonserver or stubs outlived the launcher"
