@@ -13,11 +13,7 @@ import numpy as np
 
 from .tokenize import InvalidTextError
 
-__all__ = ["RequestLimits", "RequestTooLargeError", "MAX_TEXT_BYTES_PARAM", "MAX_TEXTS_PARAM"]
-
-#: config.pbtxt parameters of the tokenizer model (0 or absent: no limit)
-MAX_TEXT_BYTES_PARAM = "max_request_text_bytes"
-MAX_TEXTS_PARAM = "max_request_texts"
+__all__ = ["RequestLimits", "RequestTooLargeError"]
 
 
 class RequestTooLargeError(InvalidTextError):
@@ -27,21 +23,11 @@ class RequestTooLargeError(InvalidTextError):
 @dataclass(frozen=True)
 class RequestLimits:
     """``max_text_bytes``: bytes of TEXT summed over one request's texts; ``max_texts``: texts in
-    one request. ``0`` disables a limit."""
+    one request. ``0`` disables a limit. The tokenizer model takes them from its
+    :class:`~trtserve_backend.parameters.TokenizerParameters`."""
 
     max_text_bytes: int = 0
     max_texts: int = 0
-
-    @classmethod
-    def from_parameters(cls, parameters: dict[str, str]) -> "RequestLimits":
-        def number(key: str) -> int:
-            raw = parameters.get(key, "0") or "0"
-            value = int(raw)
-            if value < 0:
-                raise ValueError(f"parameter {key} must be >= 0, got {raw!r}")
-            return value
-
-        return cls(max_text_bytes=number(MAX_TEXT_BYTES_PARAM), max_texts=number(MAX_TEXTS_PARAM))
 
     def check(self, tensor: np.ndarray, input_name: str = "TEXT") -> None:
         """Raise :class:`RequestTooLargeError` if ``tensor`` (a request's BYTES input) is over a

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 __all__ = ["Deployment", "TASK_OUTPUTS", "discover", "model_of_instance"]
 

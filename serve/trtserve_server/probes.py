@@ -20,7 +20,7 @@ from trtserve_client.errors import (
 )
 from trtserve_client.retry import is_retryable
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .deployments import Deployment
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtserve_backend.limits import MAX_TEXT_BYTES_PARAM, MAX_TEXTS_PARAM, RequestLimits, RequestTooLargeError
+from trtserve_backend.limits import RequestLimits, RequestTooLargeError
+from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import InvalidTextError
 
 
@@ -12,12 +13,12 @@ def _tensor(*texts: bytes) -> np.ndarray:
     return np.array([[t] for t in texts], dtype=np.object_)
 
 
-def test_limits_come_from_the_config_parameters():
-    limits = RequestLimits.from_parameters({MAX_TEXT_BYTES_PARAM: "100", MAX_TEXTS_PARAM: "2", "other": "x"})
-    assert limits == RequestLimits(max_text_bytes=100, max_texts=2)
-    assert RequestLimits.from_parameters({}) == RequestLimits(0, 0)
-    with pytest.raises(ValueError, match="max_request_texts must be >= 0"):
-        RequestLimits.from_parameters({MAX_TEXTS_PARAM: "-1"})
+def test_limits_are_tokenizer_parameters_with_no_limit_by_default():
+    base = {"tokenizer_file": "t.json", "max_sequence_length": "128", "length_buckets": "[8, 128]", "pad_token_id": "0"}
+    params = TokenizerParameters.from_parameters({**base, "max_request_text_bytes": "100", "max_request_texts": "2"})
+    assert (params.max_request_text_bytes, params.max_request_texts) == (100, 2)
+    old = TokenizerParameters.from_parameters(base)  # a repository generated before the limits
+    assert (old.max_request_text_bytes, old.max_request_texts) == (0, 0)
 
 
 def test_requests_within_the_limits_pass():
@@ -38,10 +39,9 @@ def test_too_many_texts_is_named():
 
 def test_generated_tokenizer_config_carries_the_spec_limits(sentiment_spec):
     from tests.unit.test_triton_config import manifest_for
-    from trtserve_build.triton_config import tokenizer_config
+    from trtserve_build.stages.triton_config import tokenizer_config
 
     config = tokenizer_config(sentiment_spec, manifest_for(sentiment_spec), "cpu")
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params[MAX_TEXT_BYTES_PARAM] == str(sentiment_spec.batching.max_request_text_bytes) == "1048576"
-    assert params[MAX_TEXTS_PARAM] == "64"
-    assert RequestLimits.from_parameters(params) == RequestLimits(1_048_576, 64)
+    params = TokenizerParameters.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+    assert params.max_request_text_bytes == sentiment_spec.batching.max_request_text_bytes == 1_048_576
+    assert params.max_request_texts == 64
