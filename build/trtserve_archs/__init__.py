@@ -1,0 +1,1 @@
+"""The encoder architecture matrix: per-architecture knowledge, tokenizer assets, seeded checkpoints."""
