@@ -20,7 +20,6 @@ import json
 import logging
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -107,7 +106,7 @@ def _stage(record: dict, name: str, fn) -> bool:
     return record[name]["ok"]
 
 
-def build_stages(spec, arch: str, plan_precisions: Sequence[str]) -> dict:
+def build_stages(spec, arch: str, plan_precisions: Sequence[str], precisions: Sequence[str] = PRECISIONS) -> dict:
     """Export, every precision (graph + fidelity gate), TensorRT-RTX plans; one record."""
     from trtserve_build.export import export
     from trtserve_build.fidelity import gate_after_build
@@ -123,7 +122,7 @@ def build_stages(spec, arch: str, plan_precisions: Sequence[str]) -> dict:
 
     if not _stage(rec, "export", export_stage):
         return rec
-    for precision in PRECISIONS:
+    for precision in precisions:
         def precision_stage(precision=precision):
             ensure_precision_onnx(spec, precision)
             rows = gate_after_build(spec, precision)
@@ -150,8 +149,7 @@ def build_stages(spec, arch: str, plan_precisions: Sequence[str]) -> dict:
 
 
 # ---- serving ------------------------------------------------------------------------------------
-def served_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
-    """The ensemble's probabilities/embeddings for ``texts`` in one request."""
+def _request(spec, texts: Sequence[str]):
     import tritonclient.http as tc
 
     from trtserve_backend import contract
@@ -160,7 +158,22 @@ def served_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
     inp = tc.InferInput(contract.TEXT, list(data.shape), "BYTES")
     inp.set_data_from_numpy(data)
     name = contract.PROBABILITIES if spec.task == "classification" else contract.EMBEDDING
-    return client.infer(spec.name, [inp], outputs=[tc.InferRequestedOutput(name)]).as_numpy(name)
+    return name, dict(model_name=spec.name, inputs=[inp], outputs=[tc.InferRequestedOutput(name)])
+
+
+def served_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
+    """The ensemble's probabilities/embeddings for ``texts`` in one request."""
+    name, request = _request(spec, texts)
+    return client.infer(**request).as_numpy(name)
+
+
+def concurrent_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
+    """One request per text, all in flight at once (the dynamic batcher may merge them)."""
+    pending = []
+    for t in texts:
+        name, request = _request(spec, [t])
+        pending.append(client.async_infer(**request))
+    return np.stack([p.get_result().as_numpy(name)[0] for p in pending])
 
 
 def serve_stage(spec, url: str, texts: Sequence[str], reference: np.ndarray) -> dict:
@@ -175,8 +188,7 @@ def serve_stage(spec, url: str, texts: Sequence[str], reference: np.ndarray) -> 
         alone = np.stack([served_outputs(client, spec, [t])[0] for t in short])
         long_text = max(texts, key=len)
         with_long = served_outputs(client, spec, short + [long_text])[:len(short)]
-        with ThreadPoolExecutor(8) as pool:  # concurrent requests the dynamic batcher may merge
-            merged = np.stack(list(pool.map(lambda t: served_outputs(client, spec, [t])[0], short)))
+        merged = concurrent_outputs(client, spec, short)
         invariance = float(max(np.abs(alone - with_long).max(), np.abs(alone - merged).max()))
     finally:
         client.close()
@@ -195,7 +207,8 @@ def declared_inputs(repo: Path, spec) -> dict:
 
 
 def run_matrix(architectures: Sequence[str] = tuple(A.ARCHITECTURES), tasks: Sequence[str] = TASKS, *,
-               workdir: Path, plan_precisions: Sequence[str] = ("fp32", "fp16", "hybrid", "int8")) -> list[dict]:
+               workdir: Path, plan_precisions: Sequence[str] = ("fp32", "fp16", "hybrid", "int8"),
+               precisions: Sequence[str] = PRECISIONS) -> list[dict]:
     """Every stage for every (architecture, task); one repository, one server. Records per deployment."""
     from trtserve_build.pipeline import build_variant
     from trtserve_server.embedded import EmbeddedServer, Ports
@@ -204,7 +217,7 @@ def run_matrix(architectures: Sequence[str] = tuple(A.ARCHITECTURES), tasks: Seq
     for arch in architectures:
         for task in tasks:
             spec = matrix_spec(arch, task)
-            rec = build_stages(spec, arch, plan_precisions)
+            rec = build_stages(spec, arch, plan_precisions, precisions)
             records.append(rec)
             if rec["export"]["ok"]:
                 servable.append((spec, rec))
