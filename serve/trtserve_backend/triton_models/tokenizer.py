@@ -6,6 +6,7 @@ import os
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, decode_texts
 from trtserve_backend.triton_models._common import error_response, input_array, version_dir
 
@@ -13,13 +14,14 @@ from trtserve_backend.triton_models._common import error_response, input_array, 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = TokenizerParameters.from_config(cfg)
         self.input_name = cfg.single_input().name
         self.outputs = cfg.outputs
         self.tokenizer = BucketTokenizer.from_file(
-            os.path.join(version_dir(args), cfg.parameter("tokenizer_file")),
-            max_length=int(cfg.parameter("max_sequence_length")),
-            buckets=cfg.json_parameter("length_buckets"),
-            pad_token_id=int(cfg.parameter("pad_token_id")),
+            os.path.join(version_dir(args), params.tokenizer_file),
+            max_length=params.max_sequence_length,
+            buckets=params.length_buckets,
+            pad_token_id=params.pad_token_id,
             output_names=[t.name for t in cfg.outputs],
         )
 
