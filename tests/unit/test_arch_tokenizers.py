@@ -11,9 +11,9 @@ import types
 import numpy as np
 import pytest
 
-from trtserve_archs import architectures as A
-from trtserve_archs.tokenizer_assets import tokenizer_folder
-from trtserve_backend import contract
+from trtserve_build.core import architectures as A
+from trtserve_build.data.tokenizer_assets import tokenizer_folder
+import trtserve_contract as contract
 from trtserve_backend.tokenize import BucketTokenizer
 
 MAX_LEN = 64
@@ -22,7 +22,7 @@ BUCKETS = (16, 32, 64)
 
 @pytest.fixture(scope="module")
 def texts():
-    from trtserve_build.data import corpus_texts
+    from trtserve_build.data.datasets import corpus_texts
 
     real = corpus_texts(limit=120)
     return real + [" ".join(real[:40]), "", "   ", "¡Qué película tan buena! 🎬🍿", "これは素晴らしい映画です。",
@@ -33,7 +33,7 @@ def texts():
 def arch_tokenizer(request):
     from transformers import AutoTokenizer
 
-    from trtserve_build.spec import cache_dir
+    from trtserve_build.core.paths import cache_dir
 
     arch = A.get_architecture(request.param)
     folder = tokenizer_folder(arch, cache_dir() / "archs")
@@ -67,7 +67,7 @@ def test_served_tokenizer_sends_exactly_the_encoder_inputs_as_hugging_face(arch_
 def test_roberta_layout_and_prefix_space():
     from transformers import AutoTokenizer
 
-    from trtserve_build.spec import cache_dir
+    from trtserve_build.core.paths import cache_dir
 
     arch = A.get_architecture("roberta")
     hf = AutoTokenizer.from_pretrained(tokenizer_folder(arch, cache_dir() / "archs"))
@@ -87,7 +87,7 @@ def test_roberta_layout_and_prefix_space():
 def test_special_token_ids(name, specials):
     from transformers import AutoTokenizer
 
-    from trtserve_build.spec import cache_dir
+    from trtserve_build.core.paths import cache_dir
 
     hf = AutoTokenizer.from_pretrained(tokenizer_folder(A.get_architecture(name), cache_dir() / "archs"))
     assert {t: hf.convert_tokens_to_ids(t) for t in specials} == specials

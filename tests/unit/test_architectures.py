@@ -3,7 +3,7 @@ import inspect
 
 import pytest
 
-from trtserve_archs import architectures as A
+from trtserve_build.core import architectures as A
 
 
 def _model_and_config(arch: A.Architecture, size: str = "tiny"):

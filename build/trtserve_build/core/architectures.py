@@ -1,20 +1,26 @@
-"""The encoder architectures trtserve proves end to end, and what differs between them.
+"""Architecture registry: the encoder architectures trtserve proves end to end, and what differs.
 
 Each :class:`Architecture` says, once, which inputs its encoder takes (RoBERTa, DistilBERT,
 XLM-RoBERTa, MPNet and DeBERTa-v3-style DeBERTa-v2 take no ``token_type_ids``; the models
 that need position ids offset by the padding index compute them themselves from
 ``input_ids``), which tokenizer family it uses and how that tokenizer is configured, and how
 to make a small seeded config (for the test matrix) or a base-sized one (for timing).
-Unknown names are rejected.
+Unknown names are an :class:`UnknownArchitectureError` that lists the known ones. The export
+reads the inputs from here (not from the tokenizer), the generated configs declare exactly
+those, and the served tokenizer sends exactly those.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-INPUT_IDS = "input_ids"
-ATTENTION_MASK = "attention_mask"
-TOKEN_TYPE_IDS = "token_type_ids"
+import trtserve_contract as contract
+
+from .errors import UnknownNameError
+
+INPUT_IDS = contract.INPUT_IDS
+ATTENTION_MASK = contract.ATTENTION_MASK
+TOKEN_TYPE_IDS = contract.TOKEN_TYPE_IDS
 
 #: Tokenizer families (see tokenizer_assets.py): what each is built from.
 WORDPIECE = "wordpiece"          # the bert-base-uncased vocab in the MiniLM package
@@ -26,9 +32,8 @@ UNIGRAM_DEBERTA = "unigram-deberta"  # the same training, DeBERTa-v2 special ids
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
-class UnknownArchitectureError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+class UnknownArchitectureError(UnknownNameError):
+    """A model_type or architecture name the registry does not know (lists the known ones)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ on the same measurements.
 """
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
 import logging
 import time
@@ -24,14 +24,29 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import trtserve_contract as contract
+from trtserve_build.core import architectures as A
+from trtserve_build.core.host import cpu_model
+from trtserve_build.core.lazy import lazy_import
+from trtserve_build.core.paths import cache_dir, fidelity_cache_path, record_path
+from trtserve_build.core.pbtxt import read_config
+from trtserve_build.core.records import EngineRecord
+from trtserve_build.core.spec import parse_spec
+from trtserve_build.core.stamps import read_json
+from trtserve_build.data.datasets import corpus_texts
+from trtserve_build.models.tiny import LABELS, checkpoint_folder
+from trtserve_build.pipeline.build import build_engine, build_variant, with_precision
+from trtserve_build.pipeline.steps import export
+from trtserve_server.embedded import EmbeddedServer, Ports
 
-from . import architectures as A
-from .checkpoints import LABELS, checkpoint_folder
+torch = lazy_import("torch")
+transformers = lazy_import("transformers")
+http = lazy_import("tritonclient.http")
 
 log = logging.getLogger(__name__)
 
 TASKS = ("classification", "embedding")
-PRECISIONS = ("fp16", "hybrid", "int8")
+PRECISIONS = ("fp32", "fp16", "hybrid", "int8")
 MAX_LEN = 64
 BUCKETS = (16, 32, 64)
 SHORT = {"classification": "classify", "embedding": "embed"}
@@ -43,8 +58,6 @@ def deployment_name(arch: str, task: str) -> str:
 
 def matrix_spec(arch: str, task: str):
     """A spec naming the architecture's local checkpoint folder (the way any user's would)."""
-    from trtserve_build.spec import parse_spec
-
     data = {
         "name": deployment_name(arch, task), "task": task,
         "model": {"checkpoint": str(checkpoint_folder(arch)), "max_sequence_length": MAX_LEN,
@@ -58,8 +71,6 @@ def matrix_spec(arch: str, task: str):
 
 
 def matrix_texts() -> list[str]:
-    from trtserve_build.data import corpus_texts
-
     real = corpus_texts(limit=40)
     return real + [" ".join(real), "", "¡Qué película tan buena! 🎬🍿", "これは素晴らしい映画です。",
                    "Очень скучный фильм."]
@@ -68,15 +79,10 @@ def matrix_texts() -> list[str]:
 # ---- the PyTorch reference ------------------------------------------------------------------
 def pytorch_reference(spec, texts: Sequence[str]) -> np.ndarray:
     """What the ensemble must return, computed with transformers: probabilities or embeddings."""
-    import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
-    path = spec.checkpoint_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    if spec.task == "classification":
-        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager").eval()
-    else:
-        model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    path = spec.model.checkpoint
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    auto = transformers.AutoModelForSequenceClassification if spec.task == "classification" else transformers.AutoModel
+    model = auto.from_pretrained(path, attn_implementation="eager").eval()
     outs = []
     for k in range(0, len(texts), 16):
         enc = tok(list(texts[k:k + 16]), padding=True, truncation=True, max_length=spec.model.max_sequence_length,
@@ -106,13 +112,9 @@ def _stage(record: dict, name: str, fn) -> bool:
     return record[name]["ok"]
 
 
-def build_stages(spec, arch: str, plan_precisions: Sequence[str], precisions: Sequence[str] = PRECISIONS) -> dict:
-    """Export, every precision (graph + fidelity gate), TensorRT-RTX plans; one record."""
-    from trtserve_build.export import export
-    from trtserve_build.fidelity import gate_after_build
-    from trtserve_build.pipeline import _build_plan
-    from trtserve_build.precision import ensure_precision_onnx
-
+def build_stages(spec, arch: str, precisions: Sequence[str] = PRECISIONS) -> dict:
+    """The pipeline's own stages: export (checked against PyTorch), then for each precision the
+    ``gpu`` engine build: precision graph, TensorRT-RTX plan, fidelity gate. One record."""
     rec: dict = {"deployment": spec.name, "architecture": arch, "task": spec.task}
 
     def export_stage():
@@ -123,42 +125,29 @@ def build_stages(spec, arch: str, plan_precisions: Sequence[str], precisions: Se
     if not _stage(rec, "export", export_stage):
         return rec
     for precision in precisions:
-        def precision_stage(precision=precision):
-            ensure_precision_onnx(spec, precision)
-            rows = gate_after_build(spec, precision)
-            mine = [r for r in rows if r.precision == precision]
-            return {r.set: {"cosine_min": r.cosine_min, "cosine_mean": r.cosine_mean,
-                            "nonfinite_fraction": r.nonfinite_fraction, "executor": r.executor} for r in mine}
-
-        _stage(rec, precision, precision_stage)
-    for precision in plan_precisions:
-        def plan_stage(precision=precision):
-            from trtserve_build.engine_trt import EngineRecord
-            from trtserve_build.export import record_path
-
-            if precision != "fp32" and not rec.get(precision, {}).get("ok"):
-                raise RuntimeError(f"no {precision} graph to build (see the {precision} stage)")
-            onnx_path = ensure_precision_onnx(spec, precision)
-            plan = _build_plan(spec, precision, onnx_path, force=False)
+        def engine_stage(precision=precision):
+            variant_spec = with_precision(spec, "gpu", precision)
+            plan = build_engine(variant_spec, "gpu")
             r = EngineRecord.load(record_path(plan))
-            return {"tensorrt": f"{r.tensorrt_flavour} {r.tensorrt_version}", "plan_bytes": r.plan_bytes,
-                    "build_seconds": r.build_seconds}
+            out = {"tensorrt": f"{r.tensorrt_flavour} {r.tensorrt_version}", "plan_bytes": r.plan_bytes,
+                   "build_seconds": r.build_seconds}
+            gate = read_json(fidelity_cache_path(variant_spec, precision)) if precision != "fp32" else None
+            for row in (gate or {}).get("rows", []):
+                if row["precision"] == precision:
+                    out[row["set"]] = {k: row[k] for k in ("cosine_min", "cosine_mean", "nonfinite_fraction", "executor")}
+            return out
 
-        _stage(rec, f"plan_{precision}", plan_stage)
+        _stage(rec, precision, engine_stage)
     return rec
 
 
 # ---- serving ------------------------------------------------------------------------------------
 def _request(spec, texts: Sequence[str]):
-    import tritonclient.http as tc
-
-    from trtserve_backend import contract
-
     data = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
-    inp = tc.InferInput(contract.TEXT, list(data.shape), "BYTES")
+    inp = http.InferInput(contract.TEXT, list(data.shape), "BYTES")
     inp.set_data_from_numpy(data)
     name = contract.PROBABILITIES if spec.task == "classification" else contract.EMBEDDING
-    return name, dict(model_name=spec.name, inputs=[inp], outputs=[tc.InferRequestedOutput(name)])
+    return name, dict(model_name=spec.name, inputs=[inp], outputs=[http.InferRequestedOutput(name)])
 
 
 def served_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
@@ -178,9 +167,7 @@ def concurrent_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
 
 def serve_stage(spec, url: str, texts: Sequence[str], reference: np.ndarray) -> dict:
     """Parity with PyTorch and batch invariance, measured over HTTP on the running server."""
-    import tritonclient.http as tc
-
-    client = tc.InferenceServerClient(url, concurrency=8)
+    client = http.InferenceServerClient(url, concurrency=8)
     try:
         batched = np.concatenate([served_outputs(client, spec, texts[k:k + 16]) for k in range(0, len(texts), 16)])
         parity = float(np.abs(batched - reference).max())
@@ -197,8 +184,6 @@ def serve_stage(spec, url: str, texts: Sequence[str], reference: np.ndarray) -> 
 
 def declared_inputs(repo: Path, spec) -> dict:
     """The encoder inputs the generated configs declare (tokenizer outputs, encoder inputs, ensemble map)."""
-    from trtserve_build.triton_config import read_config
-
     tokenizer = read_config(repo / spec.tokenizer_model / "config.pbtxt")
     encoder = read_config(repo / spec.encoder_model / "config.pbtxt")
     ensemble = read_config(repo / spec.name / "config.pbtxt")
@@ -207,17 +192,13 @@ def declared_inputs(repo: Path, spec) -> dict:
 
 
 def run_matrix(architectures: Sequence[str] = tuple(A.ARCHITECTURES), tasks: Sequence[str] = TASKS, *,
-               workdir: Path, plan_precisions: Sequence[str] = ("fp32", "fp16", "hybrid", "int8"),
-               precisions: Sequence[str] = PRECISIONS) -> list[dict]:
+               workdir: Path, precisions: Sequence[str] = PRECISIONS) -> list[dict]:
     """Every stage for every (architecture, task); one repository, one server. Records per deployment."""
-    from trtserve_build.pipeline import build_variant
-    from trtserve_server.embedded import EmbeddedServer, Ports
-
     records, servable = [], []
     for arch in architectures:
         for task in tasks:
             spec = matrix_spec(arch, task)
-            rec = build_stages(spec, arch, plan_precisions, precisions)
+            rec = build_stages(spec, arch, precisions)
             records.append(rec)
             if rec["export"]["ok"]:
                 servable.append((spec, rec))
@@ -241,40 +222,37 @@ def _cell(result: dict | None, value) -> str:
     if not result:
         return "not run"
     if not result.get("ok"):
-        return "**fails**: " + result.get("error", "?").split("\n")[0][:120]
+        return "**fails**: " + result.get("error", "?").split("\n")[0][:160]
     return value(result)
+
+
+def _gate(r: dict) -> str:
+    return f"{min(r['real']['cosine_min'], r['stress']['cosine_min']):.6f}"
 
 
 def to_markdown(records: Sequence[dict], machine: str) -> str:
     """The architecture x stage table (one row per deployment) with the measured numbers."""
-    def gate(r):
-        return f"cos {min(r['real']['cosine_min'], r['stress']['cosine_min']):.6f}"
-
-    def plans(rec):
-        built = [p for p in ("fp32", "fp16", "hybrid", "int8") if rec.get(f"plan_{p}", {}).get("ok")]
-        failed = [p for p in ("fp32", "fp16", "hybrid", "int8") if f"plan_{p}" in rec and not rec[f"plan_{p}"]["ok"]]
-        text = f"{len(built)}/4 built" if built else ""
-        return text + ("; **fails**: " + ", ".join(f"{p}: {rec[f'plan_{p}']['error'][:80]}" for p in failed) if failed else "")
-
     lines = [
-        f"Measured by `make arch-matrix` on {machine}. Tiny seeded configs (2 layers, hidden 64): "
-        "the numbers show each stage works and how close it stays to FP32/PyTorch, not how a trained "
-        "model behaves. export: ONNX Runtime vs PyTorch, max |diff|; fp16/hybrid/int8: min cosine to FP32 "
-        "over real + stress text (FP16-faithful interpreter); served: max |diff| of the served "
-        "probabilities/embeddings vs PyTorch (HTTP, real text) and across batch-mates.",
+        f"Measured by `make arch-matrix` on {machine} ({time.strftime('%Y-%m-%d')}). Tiny seeded configs "
+        "(2 layers, hidden 64): the numbers show that each stage works and how close it stays to "
+        "FP32/PyTorch, not how a trained model behaves. export: ONNX Runtime vs PyTorch, max |diff| of the "
+        "encoder output; fp16/hybrid/int8: min cosine to FP32 over real + stress text (FP16-faithful "
+        "interpreter), the fidelity gate passed; plan: TensorRT-RTX plans built of the fp32/fp16/hybrid/int8 "
+        "graphs; served: max |diff| of the served probabilities/embeddings vs PyTorch (HTTP, 45 real texts) "
+        "and of one text's result across batch-mates (alone, beside a long text, concurrent requests).",
         "",
-        "| architecture | task | inputs | export | fp16 | hybrid | int8 | TensorRT-RTX plans | served vs PyTorch | batch-invariance |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| architecture | task | encoder inputs | export | fp16 | hybrid | int8 | TensorRT-RTX plan | served vs PyTorch | batch-invariance |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for rec in records:
-        export = rec.get("export")
-        served = rec.get("served")
-        inputs = ", ".join(export["inputs"]) if export and export.get("ok") else "-"
+        export_rec, served = rec.get("export"), rec.get("served")
+        inputs = ", ".join(export_rec["inputs"]) if export_rec and export_rec.get("ok") else "-"
+        built = [p for p in PRECISIONS if rec.get(p, {}).get("ok")]
         lines.append("| " + " | ".join([
             rec["architecture"], rec["task"], inputs,
-            _cell(export, lambda r: f"{r['max_abs_diff']:.1e}"),
-            *(_cell(rec.get(p), gate) for p in PRECISIONS),
-            plans(rec),
+            _cell(export_rec, lambda r: f"{r['max_abs_diff']:.1e}"),
+            *(_cell(rec.get(p), _gate) for p in PRECISIONS[1:]),
+            f"{len(built)}/{len(PRECISIONS)} built",
             _cell(served, lambda r: f"{r['max_abs_diff_vs_pytorch']:.1e}"),
             _cell(served, lambda r: f"{r['batch_invariance_max_abs_diff']:.1e}"),
         ]) + " |")
@@ -282,21 +260,15 @@ def to_markdown(records: Sequence[dict], machine: str) -> str:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description="the architecture x stage matrix (tiny seeded checkpoints)")
     parser.add_argument("--architectures", nargs="*", default=list(A.ARCHITECTURES))
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--output", type=Path, default=Path("docs/results/architectures.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from trtserve_build.spec import cache_dir
-
     records = run_matrix(args.architectures, args.tasks, workdir=cache_dir() / "archs" / "matrix")
+    machine = cpu_model() or "unknown CPU"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    from trtserve_build.host import cpu_model
-
-    machine = cpu_model()
     args.output.write_text(json.dumps({"machine": machine, "results": records}, indent=2) + "\n")
     args.output.with_suffix(".md").write_text(to_markdown(records, machine))
     print(args.output, args.output.with_suffix(".md"))

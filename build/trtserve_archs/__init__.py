@@ -1,1 +1,0 @@
-"""The encoder architecture matrix: per-architecture knowledge, tokenizer assets, seeded checkpoints."""
