@@ -30,6 +30,7 @@ def test_base_sized_configs_are_the_published_shapes(name):
     arch = A.get_architecture(name)
     _, config = _model_and_config(arch, "base")
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert config.vocab_size == {"bert": 30522, "roberta": 50265, "deberta-v2": 128100}[name]
 
 
 def test_deberta_v3_layout():

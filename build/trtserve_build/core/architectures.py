@@ -60,8 +60,10 @@ class Architecture:
         if size not in ("tiny", "base"):
             raise ValueError(f"size {size!r}: tiny or base")
         sizes = dict(TINY) if size == "tiny" else {}
-        kwargs = {**sizes, **(self.tiny_config if size == "tiny" else self.base_config),
-                  "vocab_size": vocab_size, "pad_token_id": pad_token_id}
+        # a base config keeps its published vocabulary size (the embedding table's shape); the
+        # tokenizers built here have fewer tokens, whose ids all fit
+        kwargs = {**sizes, "vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                  **(self.tiny_config if size == "tiny" else self.base_config)}
         if self.model_type == "distilbert":  # DistilBERT spells the sizes its own way
             kwargs = _distilbert_names(kwargs)
         return kwargs
@@ -83,14 +85,15 @@ _DEBERTA_V3 = dict(
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture(
         "bert", "bert", (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS), WORDPIECE, "BertTokenizer",
-        base_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+        base_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                         vocab_size=30522),
     ),
     Architecture(
         "roberta", "roberta", (INPUT_IDS, ATTENTION_MASK), BYTE_BPE, "RobertaTokenizer",
         tokenizer_kwargs=dict(add_prefix_space=True),
         tiny_config=dict(_ROBERTA_POS),
         base_config=dict(_ROBERTA_POS, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072, layer_norm_eps=1e-5),
+                         intermediate_size=3072, layer_norm_eps=1e-5, vocab_size=50265),
         positions_from_padding=True,
         notes="byte-level BPE with add_prefix_space; positions start at padding_idx + 1",
     ),
@@ -114,7 +117,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
         "deberta-v2", "deberta-v2", (INPUT_IDS, ATTENTION_MASK), UNIGRAM_DEBERTA, "DebertaV2Tokenizer",
         tiny_config=dict(_DEBERTA_V3),
         base_config=dict(_DEBERTA_V3, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072),
+                         intermediate_size=3072, vocab_size=128100),
         notes="DeBERTa-v3 layout: relative attention (log buckets), no absolute positions, type_vocab_size 0",
     ),
     Architecture(

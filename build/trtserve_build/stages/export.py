@@ -72,10 +72,10 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
         return current
 
     started = time.perf_counter()
+    arch = checkpoint_architecture(checkpoint, spec.name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{checkpoint}: no fast (Rust) tokenizer available; the Triton tokenizer needs one")
-    arch = checkpoint_architecture(checkpoint, spec.name)
     model = load_task_model(checkpoint, spec.task, labels=spec.model.labels)
     check_padding(arch, tokenizer, model.config, spec.name)
     input_names = arch.inputs  # the registry's, not the tokenizer's (DeBERTa-v3's lists unused token types)
