@@ -65,7 +65,7 @@ def matrix_spec(arch: str, task: str):
         "batching": {"max_batch_size": 64, "optimal_batch_size": 16},
         # one intra-op thread: fourteen encoders share the test machine's two cores
         "engine": {"cpu": {"backend": "onnxruntime", "intra_op_threads": 1}, "gpu": {"backend": "tensorrt"}},
-        "precision": {"calibration_samples": 64, "fidelity_samples": 48},
+        "precision": {"calibration_samples": 64, "fidelity_samples": 64},
     }
     return parse_spec(data)
 
