@@ -1,10 +1,10 @@
 """Seeded random checkpoints of every architecture, saved as ordinary Hugging Face folders.
 
-One folder per (architecture, size): a ``<Arch>ForSequenceClassification`` with a 2-way head and the architecture's tokenizer. ``AutoModel.from_pretrained`` on
-the same folder gives the bare encoder (for embeddings), so one folder serves both tasks.
-Random weights: right for export, precision, engine building, serving parity and timing;
-meaningless for accuracy. Cached under ``<cache>/archs/checkpoints/``. The base-sized
-configs (for the benchmark matrix) are built in memory by :func:`build_model` only.
+One folder per (architecture, size): a ``<Arch>ForSequenceClassification`` with a 2-way head
+and the architecture's tokenizer. ``AutoModel.from_pretrained`` on the same folder gives the bare
+encoder (for embeddings), so one folder serves both tasks. Random weights: right for export,
+precision, engine building, serving parity and timing; meaningless for accuracy. Cached under
+``<cache>/archs/checkpoints/``.
 """
 from __future__ import annotations
 
