@@ -22,7 +22,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 COPY serve/trtserve_server/ /opt/trtserve/serve/trtserve_server/
 COPY client/trtserve_client/ /opt/trtserve/client/trtserve_client/
 COPY contract/trtserve_contract/ /opt/trtserve/contract/trtserve_contract/
-COPY deploy/healthcheck.py deploy/container_serve.py /opt/trtserve/
+COPY deploy/healthcheck.py /opt/trtserve/
 # The Python-backend stub for this Python goes beside the backend now, as root. The launcher
 # checks it again at every start and sets the execute bits, which only the files' owner may do:
 # the two executables belong to `trtserve`, the rest of the venv to root.
@@ -31,5 +31,7 @@ t = TritonInstall.locate(); t.prepare_python_backend(); \
 [os.chown(p, 10001, 10001) for p in (t.binary, t.backends / 'python' / 'triton_python_backend_stub')]"
 USER trtserve
 EXPOSE 8000 8001 8002
-CMD ["python3", "/opt/trtserve/container_serve.py", "--model-repository", "/models/cpu", \
+# Bound to every interface of the container: the published ports arrive on its own interface
+# (compose publishes them on the host's 127.0.0.1 unless BIND_ADDRESS says otherwise).
+CMD ["python3", "-m", "trtserve_server.cli", "serve", "--host", "0.0.0.0", "--model-repository", "/models/cpu", \
      "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
