@@ -5,8 +5,6 @@ exactly as the Hugging Face tokenizer of that architecture does (special tokens,
 add_prefix_space, Unigram pieces, truncation), padded with the architecture's own pad id.
 """
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from trtserve_build.core import architectures as A
 from trtserve_build.data.tokenizer_assets import tokenizer_folder
 import trtserve_contract as contract
 from trtserve_backend.tokenize import BucketTokenizer
+from .fake_pb_utils import Request, Tensor, install
 
 MAX_LEN = 64
 BUCKETS = (16, 32, 64)
@@ -105,43 +104,9 @@ def test_tokenizer_rejects_inputs_it_cannot_make(arch_tokenizer):
 
 
 # ---- the Triton Python model, with a stand-in for triton_python_backend_utils ----------------
-class _Tensor:
-    def __init__(self, name, array):
-        self._name, self._array = name, array
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._array
-
-
-class _Request:
-    def __init__(self, tensors):
-        self._tensors = tensors
-
-    def inputs(self):
-        return self._tensors
-
-
-class _Response:
-    def __init__(self, output_tensors=None, error=None):
-        self.output_tensors, self.error = output_tensors or [], error
-
-
-class _Error:
-    def __init__(self, message, code=None):
-        self.message = message
-
-
 @pytest.fixture
 def fake_pb_utils(monkeypatch):
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor, module.InferenceResponse, module.TritonError = _Tensor, _Response, _Error
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    for name in ("trtserve_backend.triton_models.tokenizer", "trtserve_backend.triton_models._common"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return module
+    return install(monkeypatch, "trtserve_backend.triton_models.tokenizer")
 
 
 def _tokenizer_model_config(arch, pad_token_id) -> dict:
@@ -168,7 +133,7 @@ def test_triton_tokenizer_model_sends_what_its_config_declares(fake_pb_utils, ar
     model = TritonPythonModel()
     model.initialize(args)
     batch = np.array([[b"a gripping, beautifully acted film"], [b"dull"]], dtype=np.object_)
-    (response,) = model.execute([_Request([_Tensor(contract.TEXT, batch)])])
+    (response,) = model.execute([Request([Tensor(contract.TEXT, batch)])])
     assert response.error is None
     sent = {t.name(): t.as_numpy() for t in response.output_tensors}
     assert tuple(sent) == arch.inputs
