@@ -103,6 +103,10 @@ class TokenizerParameters(ModelParameters):
     max_sequence_length: int
     length_buckets: tuple[int, ...]
     pad_token_id: int
+    #: Input limits, checked before any text is decoded or tokenized (trtserve_backend.limits):
+    #: bytes of TEXT summed over one request's texts, and texts per request; 0 = no limit.
+    max_request_text_bytes: int = 0
+    max_request_texts: int = 0
 
 
 @dataclass(frozen=True)

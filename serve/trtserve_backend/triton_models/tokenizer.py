@@ -5,6 +5,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
+from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, decode_texts
@@ -24,12 +25,15 @@ class TritonPythonModel:
             pad_token_id=params.pad_token_id,
             output_names=[t.name for t in cfg.outputs],
         )
+        self.limits = RequestLimits(params.max_request_text_bytes, params.max_request_texts)
 
     def execute(self, requests):
         texts, errors = [], {}
         for i, request in enumerate(requests):
             try:
-                texts.append(decode_texts(input_array(request, self.input_name), self.input_name))
+                tensor = input_array(request, self.input_name)
+                self.limits.check(tensor, self.input_name)  # before decoding or tokenizing
+                texts.append(decode_texts(tensor, self.input_name))
             except (InvalidTextError, KeyError) as e:
                 errors[i] = str(e)
                 texts.append([])
