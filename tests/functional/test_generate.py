@@ -26,8 +26,14 @@ EOS = 50256
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_tokens=48, default_max_new_tokens=16,
                           max_sequences=32)
-LIMITED = GenerationLimits(context_length=256, max_prompt_tokens=56, max_new_tokens=200, default_max_new_tokens=16,
-                           max_sequences=2)
+# generate_limited: two sequences at most, on a 4,096-position model, so a stream asked for HOLD
+# tokens runs for many seconds (about 1 ms a step at the very least) and the tests that hold its
+# slots are not racing the holders' end; they close the holders themselves.
+LONG_CONTEXT = 4096
+HOLD = 4000
+LIMITED = GenerationLimits(context_length=LONG_CONTEXT, max_prompt_tokens=56, max_new_tokens=HOLD,
+                           default_max_new_tokens=16, max_sequences=2)
+FREED = "generate: freed the sequence"
 NEW_TOKENS = 16
 N_PROMPTS = 50
 
@@ -67,7 +73,17 @@ def expected(prompts, hf_model, gpt2_tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory, expected, prompts):
+def gpt2_long_checkpoint():
+    """The tiny architecture with 4,096 positions (seeded random weights), for generate_limited."""
+    from trtserve_build.core.paths import cache_dir
+    from trtserve_gpt2.checkpoints import random_checkpoint
+
+    return random_checkpoint(cache_dir() / "checkpoints" / "gpt2-tiny-random-4k", size="tiny", seed=0,
+                             n_positions=LONG_CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, gpt2_long_checkpoint, tmp_path_factory, expected, prompts):
     from trtserve_gpt2.repository import GenerateSettings, write_generate_model
     from trtserve_server.embedded import EmbeddedServer, Ports
 
@@ -78,8 +94,10 @@ def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory, expe
     eos_id = expected[prompts[0]][3][4]
     write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, replace(settings, eos_token_id=eos_id),
                          name="generate_eos")
-    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint,
-                         GenerateSettings(limits=LIMITED, max_decode_batch=2), name="generate_limited")
+    # the torch engine (eager on the CPU): its static cache makes a step cost the same at any length
+    write_generate_model(root, gpt2_long_checkpoint, gpt2_long_checkpoint,
+                         GenerateSettings(limits=LIMITED, max_decode_batch=2, engine="torch", precision="fp32"),
+                         name="generate_limited")
     # the torch engine (static KV cache; CUDA graphs on a GPU, eager here) served the same way
     write_generate_model(root, gpt2_tiny_checkpoint, gpt2_tiny_checkpoint,
                          GenerateSettings(limits=LIMITS, engine="torch", precision="fp32", graph_batch_sizes=(1, 2, 4, 8)),
@@ -335,37 +353,54 @@ def test_invalid_utf8_wrong_dtype_and_unknown_input_over_grpc(generate_server, p
     assert stream.tokens == 2
 
 
+def _freed(server) -> int:
+    """How many sequences the server has freed for clients that went away (its log)."""
+    return server.log_path.read_text(errors="replace").count(FREED)
+
+
+def _wait_freed(server, at_least: int, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while _freed(server) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _freed(server)
+
+
 def test_capacity_limit_refuses_then_recovers(generate_server, prompts):
+    """Two streams hold generate_limited's two sequences (HOLD tokens each: many seconds); a third
+    request is refused over gRPC and HTTP with a clear error while both are verifiably still
+    streaming; the holders disconnect, their sequences are freed and the next request is served."""
     from trtserve_client import ServerOverloadedError
 
-    with _client(generate_server) as a, _client(generate_server) as b:
-        first = a.generate(prompts[0], max_new_tokens=200, model="generate_limited")
-        second = b.generate(prompts[1], max_new_tokens=200, model="generate_limited")
-        next(first), next(second)  # both are decoding
-        with pytest.raises(ServerOverloadedError, match="max_sequences 2"):
-            _generate(generate_server, prompts[2], max_new_tokens=2, model="generate_limited")
-        assert first.result().tokens == 200 and second.result().tokens == 200
+    freed = _freed(generate_server)
+    with _client(generate_server, "http") as a, _client(generate_server, "http") as b:
+        holders = [a.generate(prompts[0], max_new_tokens=HOLD, model="generate_limited"),
+                   b.generate(prompts[1], max_new_tokens=HOLD, model="generate_limited")]
+        for holder in holders:
+            next(holder)  # admitted and decoding
+        for protocol in ("grpc", "http"):
+            with pytest.raises(ServerOverloadedError, match="max_sequences 2; try again later"):
+                _generate(generate_server, prompts[2], protocol, max_new_tokens=2, model="generate_limited")
+        for holder in holders:  # both held their sequence through the refusals: still streaming now
+            next(holder)
+            assert holder.finish_reason is None, "a holder finished: the refusal proved nothing"
+            holder.close()  # HTTP: the connection closes mid-stream, the server frees the sequence
+    assert _wait_freed(generate_server, freed + 2) >= freed + 2, "the disconnected holders were not freed"
     stream, _ = _generate(generate_server, prompts[2], max_new_tokens=2, model="generate_limited")
-    assert stream.tokens == 2
+    assert (stream.tokens, stream.finish_reason) == (2, "length")
 
 
 def test_http_client_disconnect_frees_its_sequence(generate_server, prompts):
     import http.client
 
+    freed = _freed(generate_server)
     for _ in range(2):
         conn = http.client.HTTPConnection(*generate_server.http_url.split(":"), timeout=30)
         conn.request("POST", "/v2/models/generate_limited/generate_stream",
-                     body=json.dumps({"PROMPT": prompts[0], "MAX_NEW_TOKENS": 200}),
+                     body=json.dumps({"PROMPT": prompts[0], "MAX_NEW_TOKENS": HOLD}),
                      headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         assert response.readline().startswith(b'data: {"TEXT"')
-        conn.close()  # mid-stream
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if generate_server.log_path.read_text(errors="replace").count("generate: freed the sequence") >= 2:
-            break
-        time.sleep(0.2)
-    log = generate_server.log_path.read_text(errors="replace")
-    assert log.count("generate: freed the sequence") >= 2, "the server did not notice the disconnects"
+        conn.close()  # mid-stream: HOLD tokens take many seconds
+    assert _wait_freed(generate_server, freed + 2) >= freed + 2, "the server did not notice the disconnects"
     stream, _ = _generate(generate_server, prompts[1], max_new_tokens=3, model="generate_limited")
     assert stream.tokens == 3
