@@ -154,3 +154,35 @@ class PostprocessParameters(ModelParameters):
     task: str
     #: Label names by class id (classification only; left out of the config when empty).
     labels: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})
+
+
+@dataclass(frozen=True)
+class GenerateParameters(ModelParameters):
+    """The decoupled ``generate`` model (GPT-2 family): engine, limits and tokenizer."""
+
+    model_role: ClassVar[str] = "generate"
+
+    tokenizer_file: str
+    #: "onnxruntime" (the ONNX export with past key/values, on the CPU) or "torch" (GPT-2 with a
+    #: static KV cache on the device, CUDA graphs for decode steps).
+    engine: str
+    #: The limits of :class:`~trtserve_backend.generation.requests.GenerationLimits`.
+    context_length: int
+    max_prompt_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+    max_sequences: int
+    #: Sequences per decode step (one engine call); ``max_sequences`` may be larger.
+    max_decode_batch: int
+    eos_token_id: int
+    #: Bytes of PROMPT in one request, checked before it is decoded or tokenized
+    #: (trtserve_backend.limits); 0 = no limit. ``max_prompt_tokens`` is checked after.
+    max_request_text_bytes: int = 0
+    #: onnxruntime: the graph file in the version folder, and intra-op threads (0 = its default).
+    onnx_file: str = field(default="", metadata={OMIT_EMPTY: True})
+    intra_op_threads: int = 0
+    #: torch: the checkpoint folder in the version folder, its precision (fp32 | fp16 | bf16) and
+    #: the decode batch sizes captured as CUDA graphs (on a GPU).
+    checkpoint_dir: str = field(default="", metadata={OMIT_EMPTY: True})
+    precision: str = "fp32"
+    graph_batch_sizes: tuple[int, ...] = ()

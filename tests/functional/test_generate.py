@@ -275,6 +275,8 @@ def test_bad_input_gets_a_clear_error_and_the_next_request_is_answered(generate_
 
     cases = [
         (dict(prompt="word " * 200), "accepts at most 64"),
+        # the byte limit is checked before the prompt is decoded or tokenized
+        (dict(prompt="x" * (1_048_576 + 1)), "PROMPT: request text is over the limit of 1048576 bytes"),
         (dict(prompt="hi", max_new_tokens=49), "MAX_NEW_TOKENS must be in 1..48, got 49"),
         (dict(prompt="hi", max_new_tokens=0), "MAX_NEW_TOKENS must be in 1..48"),
         (dict(prompt="hi", top_p=1.5), "TOP_P must be in (0, 1]"),

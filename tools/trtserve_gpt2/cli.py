@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from trtserve_backend.generation.requests import GenerationLimits
+from trtserve_build.core.paths import cache_dir
 
 from .export import export_decoder
 from .repository import GenerateSettings, write_generate_model
-from .tokenizer_assets import default_cache
 
 DEFAULT_LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=128, max_new_tokens=128,
                                   default_max_new_tokens=32, max_sequences=32)
@@ -45,7 +45,7 @@ def cached_export(checkpoint: Path, cache: Path) -> Path:
 
 
 def add_generate(repository: Path, checkpoint: Path | None = None, limits: GenerationLimits = DEFAULT_LIMITS) -> Path:
-    cache = default_cache()
+    cache = cache_dir()
     if checkpoint is None:
         from .train import train_default
 

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 import trtserve_contract as contract
+from trtserve_build.core.paths import cache_dir
+
+from .checkpoints import gpt2_tokenizer
 
 PRECISIONS = ("fp16", "hybrid")
 
@@ -128,16 +131,14 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from .tokenizer_assets import default_cache, ensure_gpt2_tokenizer
-
     p = argparse.ArgumentParser(prog="trtserve_gpt2.fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", type=Path, default=default_cache() / "engines" / "generate" / "model.onnx")
+    p.add_argument("--onnx", type=Path, default=cache_dir() / "engines" / "generate" / "model.onnx")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("docs/results/gpt2_fidelity"))
     args = p.parse_args(argv)
-    result = run(args.onnx, ensure_gpt2_tokenizer(), args.windows, args.length)
+    result = run(args.onnx, gpt2_tokenizer(), args.windows, args.length)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

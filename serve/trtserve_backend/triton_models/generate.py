@@ -6,6 +6,7 @@ requests that arrive while others decode join them at the next step boundary.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import triton_python_backend_utils as pb_utils
@@ -15,27 +16,26 @@ from trtserve_backend.generation.requests import CapacityError, GenerationInputE
 from trtserve_backend.generation.responses import ResponseSink
 from trtserve_backend.generation.scheduler import StepScheduler
 from trtserve_backend.generation.text import TokenBytes
+from trtserve_backend.limits import RequestLimits, RequestTooLargeError
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import GenerateParameters
 from trtserve_backend.triton_models._common import version_dir
 
 
-def _executor(cfg: PythonModelConfig, folder: str, max_batch: int, args):
-    engine = cfg.parameter("engine", "onnxruntime")
-    if engine == "onnxruntime":
+def _executor(params: GenerateParameters, folder: str, model: str, args):
+    if params.engine == "onnxruntime":
         from trtserve_backend.generation.ort_executor import OrtDecoderGraph, OrtExecutor
 
-        graph = OrtDecoderGraph(os.path.join(folder, cfg.parameter("onnx_file")),
-                                intra_op_threads=int(cfg.parameter("intra_op_threads", "0")))
-        return OrtExecutor(graph, max_batch=max_batch)
-    if engine == "torch":
+        graph = OrtDecoderGraph(os.path.join(folder, params.onnx_file), intra_op_threads=params.intra_op_threads)
+        return OrtExecutor(graph, max_batch=params.max_decode_batch)
+    if params.engine == "torch":
         from trtserve_backend.generation.torch_executor import TorchExecutor
 
         device = "cpu" if args.get("model_instance_kind") == "CPU" else f"cuda:{args.get('model_instance_device_id', 0)}"
         return TorchExecutor.from_checkpoint(
-            os.path.join(folder, cfg.parameter("checkpoint_dir")), max_batch=max_batch, device=device,
-            dtype=cfg.parameter("precision", "fp16"), graph_batch_sizes=cfg.json_parameter("graph_batch_sizes"),
-            max_length=int(cfg.parameter("context_length")))
-    raise ValueError(f"{cfg.name}: unknown engine {engine!r} (onnxruntime | torch)")
+            os.path.join(folder, params.checkpoint_dir), max_batch=params.max_decode_batch, device=device,
+            dtype=params.precision, graph_batch_sizes=params.graph_batch_sizes, max_length=params.context_length)
+    raise ValueError(f"{model}: unknown engine {params.engine!r} (onnxruntime | torch)")
 
 
 class TritonPythonModel:
@@ -43,15 +43,17 @@ class TritonPythonModel:
         from tokenizers import Tokenizer
 
         cfg = PythonModelConfig.from_args(args)
-        if not pb_utils.using_decoupled_model_transaction_policy(cfg_json(args)):
+        if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
             raise ValueError(f"{cfg.name}: the generate model must be decoupled (model_transaction_policy)")
+        params = GenerateParameters.from_config(cfg)
         folder = version_dir(args)
-        tokenizer_file = os.path.join(folder, cfg.parameter("tokenizer_file"))
+        tokenizer_file = os.path.join(folder, params.tokenizer_file)
         self.tokenizer = Tokenizer.from_file(tokenizer_file)
-        self.limits = GenerationLimits.from_parameters(cfg.parameter)
-        self.eos_id = int(cfg.parameter("eos_token_id"))
+        self.limits = GenerationLimits.from_parameters(params)
+        self.request_limits = RequestLimits(max_text_bytes=params.max_request_text_bytes)
+        self.eos_id = params.eos_token_id
         self.dtypes = {t.name: t.dtype for t in cfg.outputs}
-        executor = _executor(cfg, folder, int(cfg.parameter("max_decode_batch")), args)
+        executor = _executor(params, folder, cfg.name, args)
         self.scheduler = StepScheduler(executor, TokenBytes.from_tokenizer_json(tokenizer_file), self.eos_id,
                                        self.limits.max_sequences, note=pb_utils.Logger.log_info).start()
 
@@ -63,8 +65,11 @@ class TritonPythonModel:
             sink = ResponseSink(pb_utils, request, self.dtypes)
             try:
                 arrays = {t.name(): t.as_numpy() for t in request.inputs()}
+                for name in (contract.PROMPT, contract.STOP):  # sizes only, before decoding or tokenizing
+                    if name in arrays:
+                        self.request_limits.check(arrays[name], name)
                 self.scheduler.submit(parse_request(arrays, self._encode, self.limits, self.eos_id), sink)
-            except GenerationInputError as e:
+            except (GenerationInputError, RequestTooLargeError) as e:
                 sink.fail(str(e), "INVALID_ARG")
             except CapacityError as e:
                 sink.fail(str(e), "UNAVAILABLE")
@@ -75,8 +80,3 @@ class TritonPythonModel:
     def finalize(self):
         self.scheduler.stop()
 
-
-def cfg_json(args):
-    import json
-
-    return json.loads(args["model_config"])
