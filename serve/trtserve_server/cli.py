@@ -31,6 +31,14 @@ def _usage(server: EmbeddedServer, models: list[str]) -> str:
         "    -d '{\"inputs\":[{\"name\":\"TEXT\",\"shape\":[1,1],\"datatype\":\"BYTES\",\"data\":[\"a gripping, beautifully acted film\"]}]}'",
         f"  .venv/bin/trtserve --url {grpc} classify \"a gripping, beautifully acted film\"",
         f"  .venv/bin/trtserve --url {grpc} embed \"a sentence to embed\"",
+    ]
+    if "generate" in models:
+        lines += [
+            "  curl -N -s -X POST http://%s/v2/models/generate/generate_stream \\" % http,
+            "    -d '{\"PROMPT\":\"the film is\",\"MAX_NEW_TOKENS\":20}'",
+            f"  .venv/bin/trtserve --url {grpc} generate \"the film is\"",
+        ]
+    lines += [
         "",
         "Ctrl-C (or SIGTERM) stops the server.",
     ]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import trtserve_contract as contract
+
 from .deployments import Deployment, discover
 
 log = logging.getLogger(__name__)
@@ -244,7 +246,7 @@ class EmbeddedServer:
         return discover(self.model_configs())
 
     def text_models(self) -> list[str]:
-        """Names of the ready deployments (models with the contract's TEXT input and outputs)."""
+        """Names of the ready deployments (models with a task's text input and outputs)."""
         return [d.name for d in self.deployments()]
 
     def load_model(self, name: str, timeout: float = 60.0) -> None:
@@ -258,8 +260,21 @@ class EmbeddedServer:
         body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
         return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
 
+    def generate_once(self, model: str, prompt: str, timeout: float = 30.0) -> dict:
+        """One token from a ``generate`` deployment through Triton's HTTP ``/generate`` endpoint
+        (``"stream": false``: the decoupled model answers once)."""
+        body = {contract.PROMPT: prompt, contract.MAX_NEW_TOKENS: 1, "stream": False}
+        return self._http("POST", f"/v2/models/{model}/generate", body, timeout=timeout)
+
+    def answer_once(self, deployment: Deployment, timeout: float = 30.0) -> dict:
+        """A real inference of ``deployment`` in its task's form (what :meth:`wait_ready` sends)."""
+        if deployment.task == contract.GENERATION_TASK:
+            return self.generate_once(deployment.name, "readiness check", timeout=timeout)
+        return self.infer_text(deployment.name, ["readiness check"], timeout=timeout)
+
     def wait_ready(self, timeout_s: float = 120.0, abort_if: Callable[[], str | None] | None = None) -> list[str]:
-        """Wait until every text model answers a real inference (health alone can lie).
+        """Wait until every deployment answers a real inference in its task's form (health alone
+        can lie); their names.
 
         ``abort_if`` is asked between polls; a reason it returns ends the wait with a
         :class:`ServerError` (the supervisor's: a stub stopped while the models load)."""
@@ -274,12 +289,11 @@ class EmbeddedServer:
                 raise ServerError(f"tritonserver will not become ready: {reason}")
             try:
                 if self._http("GET", "/v2/health/ready", timeout=2.0) is None:
-                    models = self.text_models()
-                    if models:
-                        for model in models:
-                            self.infer_text(model, ["readiness check"],
-                                            timeout=max(1.0, min(30.0, deadline - time.monotonic())))
-                        return models
+                    deployments = self.deployments()
+                    if deployments:
+                        for deployment in deployments:
+                            self.answer_once(deployment, timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+                        return [d.name for d in deployments]
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
                 last_error = e
             time.sleep(0.25)

@@ -1,8 +1,10 @@
 """Real inferences through the client contract, and what their failures mean to a supervisor.
 
 A probe sends one short text to a deployment with :class:`~trtserve_client.TrtServeClient`
-(``classify`` or ``embed``, by the deployment's task), exactly as a user would, with a short
-timeout and no retries, and checks the answer against the contract.
+(``classify``, ``embed`` or ``generate_text``, by the deployment's task), exactly as a user
+would, with a short timeout and no retries, and checks the answer against the contract. A
+``generate`` probe asks for one token: it holds a sequence for one prompt step, and a server
+whose sequences are all taken turns it away as busy (not a fault).
 """
 from __future__ import annotations
 
@@ -89,6 +91,10 @@ class Prober:
                 [result] = client.classify(PROBE_TEXT, model=deployment.name, **kwargs)
                 if not 0.0 <= result.score <= 1.0:
                     raise ValueError(f"score {result.score} outside [0, 1]")
+            elif deployment.task == contract.GENERATION_TASK:
+                generated = client.generate_text(PROBE_TEXT, max_new_tokens=1, model=deployment.name)
+                if generated.tokens != 1 or generated.finish_reason not in contract.FINISH_REASONS:
+                    raise ValueError(f"{generated.tokens} token(s), finish reason {generated.finish_reason!r}")
             else:
                 vectors = client.embed(PROBE_TEXT, model=deployment.name)
                 if vectors.shape[0] != 1 or not vectors.size:

@@ -60,6 +60,22 @@ def test_deployments_are_found_by_contract_not_by_platform():
     assert found["embed"].steps == ("embed",)
 
 
+def test_the_decoupled_generate_model_is_a_generation_deployment():
+    """PROMPT -> TEXT, FINISH_REASON, TOKENS is the generation task (probed with a one-token
+    generate, not as an encoder); TEXT -> TEXT alone, or PROMPT without the outputs, is nothing."""
+    configs = _configs()
+    prompt = _tensor("PROMPT", "TYPE_STRING")
+    outputs = [_tensor("TEXT", "TYPE_STRING"), _tensor("FINISH_REASON", "TYPE_STRING"), _tensor("TOKENS", "TYPE_INT32")]
+    configs["generate"] = {"input": [prompt, _tensor("MAX_NEW_TOKENS", "TYPE_INT32")], "output": outputs,
+                           "backend": "python", "model_transaction_policy": {"decoupled": True}}
+    configs["echo"] = {"input": [_tensor("TEXT", "TYPE_STRING")], "output": outputs[:1], "backend": "python"}
+    configs["half"] = {"input": [prompt], "output": outputs[:2], "backend": "python"}
+    configs["ints"] = {"input": [_tensor("PROMPT", "TYPE_INT32")], "output": outputs, "backend": "python"}
+    found = {d.name: d for d in discover(configs)}
+    assert set(found) == {"sentiment", "embed", "generate"}
+    assert found["generate"] == Deployment("generate", "generation", ("generate",))
+
+
 def test_nested_ensembles_are_followed_once():
     configs = _configs()
     configs["outer"] = dict(configs["sentiment"], ensemble_scheduling={"step": [{"model_name": "sentiment"}]})
