@@ -18,7 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 DEV=$ROOT/.device
-grep -qx '/.device/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.device/' >> .git/info/exclude; }
+# (git rev-parse: in a worktree .git is a file; info/exclude lives in the common git dir)
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+grep -qx '/.device/' "$EXCLUDE" 2>/dev/null || { mkdir -p "$(dirname "$EXCLUDE")"; echo '/.device/' >> "$EXCLUDE"; }
 DL=${TMPDIR:-/tmp}/trtserve-device-downloads
 mkdir -p "$DL" "$DEV/wheels" "$DEV/data"
 
