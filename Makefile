@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test-only reference environment: transformers 4.57.1 (the last release with the
+# question-answering pipeline) beside the same CPU torch, for the qa / ner exactness tests.
+REF_VENV ?= .venv-ref
+REF_STAMP := $(REF_VENV)/.installed
 # The project's venv, unless PY names another interpreter that already has the dependencies
 # (the compose `engines` service runs `make engines VARIANT=gpu PY=python3` in the NGC image).
 NEEDS_VENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
@@ -17,13 +21,15 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv ref-venv eval-qa eval-ner serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
 	@echo "make test    - install and run the whole test suite"
 	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
+	@echo "make eval-qa SQUAD=dev-v1.1.json - EM/F1 of the served qa model (SQuAD v1.1 or v2.0; needs make serve)"
+	@echo "make eval-ner CONLL=file          - entity F1 of the served ner model (CoNLL format; needs make serve)"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
@@ -39,6 +45,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+ref-venv: $(REF_STAMP)
+$(REF_STAMP): tests/reference/requirements.txt
+	@test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q -r tests/reference/requirements.txt
+	@touch $(REF_STAMP)
+
 engines: $(NEEDS_VENV)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
@@ -50,7 +62,7 @@ serve: $(STAMP)
 
 # The default models are trained/exported first (cached, with progress shown), so test
 # timeouts measure tests, not the one-off training.
-test: $(STAMP)
+test: $(STAMP) $(REF_STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) -m pytest -x -v --timeout=900 tests
 
@@ -60,6 +72,18 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) bench/bench_serving.py
+
+EVAL_PROTOCOL ?= grpc
+EVAL_URL ?= 127.0.0.1:$(if $(filter http,$(EVAL_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
+eval-qa: $(STAMP)
+	@test -n "$(SQUAD)" || { echo "usage: make eval-qa SQUAD=dev-v1.1.json (a running make serve)"; exit 2; }
+	$(PY) -m trtserve_client.evaluate qa --squad $(SQUAD) --url $(EVAL_URL) --protocol $(EVAL_PROTOCOL) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(OUTPUT),--output $(OUTPUT))
+
+eval-ner: $(STAMP)
+	@test -n "$(CONLL)" || { echo "usage: make eval-ner CONLL=file (a running make serve)"; exit 2; }
+	$(PY) -m trtserve_client.evaluate ner --conll $(CONLL) --url $(EVAL_URL) --protocol $(EVAL_PROTOCOL) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(OUTPUT),--output $(OUTPUT))
 
 LOADTEST_HOST ?= 127.0.0.1
 PROTOCOL ?= grpc
