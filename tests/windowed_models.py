@@ -58,8 +58,13 @@ class TorchEngine:
 
     def __call__(self, rows: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {n: self.torch.from_numpy(rows[n]) for n in contract.ENCODER_INPUTS}
-        with self.torch.no_grad():
-            out = self.model(**feeds)
+        threads = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)  # a busy 2-core machine: 2 threads ran several times slower
+        try:
+            with self.torch.no_grad():
+                out = self.model(**feeds)
+        finally:
+            self.torch.set_num_threads(threads)
         if self.task == contract.QUESTION_ANSWERING:
             return self.torch.stack([out.start_logits, out.end_logits], dim=-1).numpy()
         return out.logits.numpy()

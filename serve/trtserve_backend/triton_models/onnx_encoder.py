@@ -21,6 +21,7 @@ class TritonPythonModel:
             output_name=self.output.name,
             intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
             merge=cfg.parameter("merge_lengths", "group"),
+            max_rows_per_run=int(cfg.parameter("max_rows_per_run", "0")),
         )
 
     def execute(self, requests):
