@@ -70,3 +70,36 @@ def ner_checkpoint():
     from trtserve_backend import contract
 
     return seeded_checkpoint(contract.TOKEN_CLASSIFICATION, REPO_ROOT / ".cache" / "test-checkpoints" / "ner-seed14")
+
+
+@pytest.fixture(scope="session")
+def qa_tokenizers(qa_checkpoint):
+    """The served QA tokenizer for each QA case of the exactness tests."""
+    from tests.windowed_models import QA_CASES
+    from trtserve_backend import contract
+    from trtserve_backend.windows import WindowTokenizer
+
+    return {case.name: WindowTokenizer.from_file(str(qa_checkpoint / "tokenizer.json"), contract.QUESTION_ANSWERING,
+                                                 case.window_settings()) for case in QA_CASES}
+
+
+@pytest.fixture(scope="session")
+def qa_ner_references(qa_checkpoint, ner_checkpoint, qa_pairs, ner_texts, qa_tokenizers):
+    """Every pipeline result of the exactness tests, from one reference process (transformers
+    4.57.1 in .venv-ref): {QA case name | NER aggregation strategy: [result per item]}."""
+    from tests.reference_env import run_pipelines
+    from tests.windowed_models import NER_CASES, QA_CASES, qa_case_items
+
+    cases, names = [], []
+    for case in QA_CASES:
+        items = qa_case_items(case, qa_pairs)
+        # the served tokenizer cuts long questions to max_question_len tokens; the pipeline gets the cut text
+        questions = qa_tokenizers[case.name].truncate_questions([q for q, _ in items])
+        cases.append({"task": "question-answering", "checkpoint": qa_checkpoint, "settings": case.pipeline_settings(),
+                      "items": [{"question": q, "context": c} for q, (_, c) in zip(questions, items)]})
+        names.append(case.name)
+    for case in NER_CASES:
+        cases.append({"task": "token-classification", "checkpoint": ner_checkpoint,
+                      "settings": case.pipeline_settings(), "items": ner_texts})
+        names.append(case.aggregation_strategy)
+    return dict(zip(names, run_pipelines(cases)))

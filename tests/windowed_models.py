@@ -136,3 +136,32 @@ def same_entities(served: list[dict], reference: list[dict], score_tol: float = 
         if abs(a["score"] - b["score"]) > score_tol:
             return f"score {a['score']} vs {b['score']} in {b}"
     return None
+
+
+QA_CASES = (
+    QACase("defaults"),  # the pipeline's defaults; the qa deployment's settings
+    QACase("n_best 3, null answer, short answers", top_k=3, handle_impossible_answer=True, max_answer_len=4),
+    QACase("token offsets, 256/64 windows, 24-token questions", max_seq_len=256, doc_stride=64,
+           max_question_len=24, align_to_words=False),
+)
+#: Pairs the non-default QA cases run on (the defaults run on all).
+QA_SUBSET = 64
+#: Items per request: the rows of all their windows form one engine batch.
+REQUEST_ITEMS = 8
+
+
+def chunks(items, size=REQUEST_ITEMS):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def qa_items(case: QACase, pairs):
+    """(question, context) per pair; every 37th question made longer than max_question_len on purpose."""
+    items = [(p.question, p.context) for p in pairs]
+    for i in range(0, len(items), 37):
+        q, c = items[i]
+        items[i] = (" ".join(pairs[(i + j) % len(pairs)].question for j in range(1, 4)) + " " + q, c)
+    return items
+
+
+def qa_case_items(case: QACase, pairs):
+    return qa_items(case, pairs if case.name == "defaults" else pairs[:QA_SUBSET])

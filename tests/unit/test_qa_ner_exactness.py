@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reference_env import run_pipelines
-from tests.windowed_models import NER_CASES, QACase, TorchEngine, same_answer, same_entities
+from tests.windowed_models import (NER_CASES, QA_CASES, TorchEngine, chunks, qa_case_items, qa_items, same_answer,
+                                   same_entities)
 from trtserve_backend import contract
 from trtserve_backend.ner import NERSettings, TokenVocabulary, entities_for_item
 from trtserve_backend.qa import answers_for_item
@@ -19,69 +19,23 @@ from trtserve_backend.windows import WindowTokenizer, split_windows, window_leng
 
 pytestmark = pytest.mark.slow
 
-QA_CASES = (
-    QACase("defaults"),  # the pipeline's defaults; the qa deployment's settings
-    QACase("n_best 3, null answer, short answers", top_k=3, handle_impossible_answer=True, max_answer_len=4),
-    QACase("token offsets, 256/64 windows, 24-token questions", max_seq_len=256, doc_stride=64,
-           max_question_len=24, align_to_words=False),
-)
-#: Items per request: the rows of all their windows form one engine batch.
-REQUEST_ITEMS = 8
-SUBSET = 64
-
-
-def chunks(items, size=REQUEST_ITEMS):
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def qa_items(case: QACase, pairs):
-    """(question, context) per pair; a few questions made longer than max_question_len on purpose."""
-    items = [(p.question, p.context) for p in pairs]
-    for i in range(0, len(items), 37):
-        q, c = items[i]
-        items[i] = (" ".join(pairs[(i + j) % len(pairs)].question for j in range(1, 4)) + " " + q, c)
-    return items
-
-
-@pytest.fixture(scope="module")
-def qa_tokenizers(qa_checkpoint):
-    return {case.name: WindowTokenizer.from_file(str(qa_checkpoint / "tokenizer.json"), contract.QUESTION_ANSWERING,
-                                                 case.window_settings()) for case in QA_CASES}
-
-
-@pytest.fixture(scope="module")
-def references(qa_checkpoint, ner_checkpoint, qa_pairs, ner_texts, qa_tokenizers):
-    """All pipeline results in one reference process: {case name: [result per item]}."""
-    cases, names = [], []
-    for case in QA_CASES:
-        items = qa_items(case, qa_pairs if case.name == "defaults" else qa_pairs[:SUBSET])
-        # the served tokenizer cuts long questions to max_question_len tokens; the pipeline gets the cut text
-        questions = qa_tokenizers[case.name].truncate_questions([q for q, _ in items])
-        cases.append({"task": "question-answering", "checkpoint": qa_checkpoint, "settings": case.pipeline_settings(),
-                      "items": [{"question": q, "context": c} for q, (_, c) in zip(questions, items)]})
-        names.append(case.name)
-    for case in NER_CASES:
-        cases.append({"task": "token-classification", "checkpoint": ner_checkpoint,
-                      "settings": case.pipeline_settings(), "items": ner_texts})
-        names.append(case.aggregation_strategy)
-    return dict(zip(names, run_pipelines(cases)))
-
 
 def test_the_corpus_has_long_contexts_and_long_questions(qa_pairs, ner_texts, qa_tokenizers):
     assert len(qa_pairs) >= 200 and len(ner_texts) >= 200
     tok = qa_tokenizers["defaults"]
-    windows = [rows[contract.INPUT_IDS].shape[0] for rows in tok.encode_requests([[i] for i in qa_items(QA_CASES[0], qa_pairs)])]
+    per_item = tok.encode_requests([[item] for item in qa_items(QA_CASES[0], qa_pairs)])
+    windows = [rows[contract.INPUT_IDS].shape[0] for rows in per_item]
     assert sum(w >= 3 for w in windows) >= 20, windows
     questions = [q for q, _ in qa_items(QA_CASES[0], qa_pairs)]
     assert sum(a != b for a, b in zip(questions, tok.truncate_questions(questions))) >= 3
 
 
 @pytest.mark.parametrize("case", QA_CASES, ids=lambda c: c.name)
-def test_qa_answers_equal_the_pipeline(case, qa_checkpoint, qa_pairs, qa_tokenizers, references):
+def test_qa_answers_equal_the_pipeline(case, qa_checkpoint, qa_pairs, qa_tokenizers, qa_ner_references):
     engine = TorchEngine(qa_checkpoint, contract.QUESTION_ANSWERING)
     tok = qa_tokenizers[case.name]
-    items = qa_items(case, qa_pairs if case.name == "defaults" else qa_pairs[:SUBSET])
-    expected = references[case.name]
+    items = qa_case_items(case, qa_pairs)
+    expected = qa_ner_references[case.name]
     served = []
     for request in chunks(items):
         [rows] = tok.encode_requests([request])
@@ -103,7 +57,7 @@ def test_qa_answers_equal_the_pipeline(case, qa_checkpoint, qa_pairs, qa_tokeniz
 
 
 @pytest.mark.parametrize("case", NER_CASES, ids=lambda c: c.aggregation_strategy)
-def test_ner_entities_equal_the_pipeline(case, ner_checkpoint, ner_texts, references):
+def test_ner_entities_equal_the_pipeline(case, ner_checkpoint, ner_texts, qa_ner_references):
     import json
 
     engine = TorchEngine(ner_checkpoint, contract.TOKEN_CLASSIFICATION)
@@ -120,7 +74,7 @@ def test_ner_entities_equal_the_pipeline(case, ner_checkpoint, ner_texts, refere
         for r, text in zip(split_windows(rows[contract.WINDOW_ITEM]), request):
             served.append(entities_for_item(logits[r], rows[contract.INPUT_IDS][r], spans[r], lengths[r], text,
                                             settings, vocab))
-    expected = references[case.aggregation_strategy]
+    expected = qa_ner_references[case.aggregation_strategy]
     problems = [f"text {i}: {d}" for i, (g, w) in enumerate(zip(served, expected)) if (d := same_entities(g, w))]
     assert len(served) == len(expected) == len(ner_texts)
     assert not problems, f"{len(problems)} differences, first: {problems[:5]}"
