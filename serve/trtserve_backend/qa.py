@@ -106,6 +106,7 @@ def answers_for_item(logits: np.ndarray, spans: np.ndarray, lengths: np.ndarray,
     pre_topk = settings.n_best * 2 + 10 if settings.align_to_words else settings.n_best
     min_null_score = NULL_SCORE_START
     answers: list[dict] = []
+    by_text: dict[str, dict] = {}  # lower-cased text -> the first answer with it (the pipeline's get_answer)
     for window in range(logits.shape[0]):
         n = int(lengths[window])
         start_logits = logits[window, :n, 0][None].astype(np.float32, copy=False)
@@ -118,11 +119,12 @@ def answers_for_item(logits: np.ndarray, spans: np.ndarray, lengths: np.ndarray,
         for s, e, score in zip(starts, ends, scores):
             start_index, end_index = int(window_spans[s, 0]), int(window_spans[e, 1])
             target = context[start_index:end_index]
-            same = next((a for a in answers if a["answer"].lower() == target.lower()), None)
+            same = by_text.get(target.lower())
             if same is not None:
                 same["score"] += score.item()
             else:
                 answers.append({"score": score.item(), "start": start_index, "end": end_index, "answer": target})
+                by_text[target.lower()] = answers[-1]
     if settings.handle_impossible_answer:
         answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
     ranked = sorted(answers, key=lambda a: a["score"], reverse=True)[:settings.n_best]
