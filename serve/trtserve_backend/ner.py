@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .windows import NO_SPAN, item_texts, split_windows, window_lengths
+from . import contract
+from .windows import NO_SPAN, item_texts, split_windows, utf8_column, window_lengths
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 WORD_AGGREGATIONS = ("first", "average", "max")
@@ -221,3 +222,16 @@ def entities_requests(logits: np.ndarray, input_ids: np.ndarray, spans: np.ndarr
     lengths = window_lengths(spans)
     return [entities_for_item(logits[rows], input_ids[rows], spans[rows], lengths[rows], text, settings, vocab)
             for rows, text in zip(split_windows(window_item), item_texts(texts, window_item))]
+
+
+class NERPostprocess:
+    """One request's window rows -> ``{ENTITIES}`` [n, 1], a JSON array per text (``ner_postprocess``)."""
+
+    def __init__(self, settings: NERSettings, vocab: TokenVocabulary):
+        self.settings = settings
+        self.vocab = vocab
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        per_item = entities_requests(inputs[contract.LOGITS], inputs[contract.INPUT_IDS], inputs[contract.TOKEN_SPANS],
+                                     inputs[contract.WINDOW_ITEM], inputs[contract.ITEM_TEXT], self.settings, self.vocab)
+        return {contract.ENTITIES: utf8_column([to_json(e) for e in per_item])}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .windows import item_texts, split_windows, window_lengths
+from . import contract
+from .windows import item_texts, split_windows, utf8_column, window_lengths
 
 #: The pipeline starts its running minimum of the null score here.
 NULL_SCORE_START = 1000000
@@ -141,3 +142,20 @@ def answer_requests(logits: np.ndarray, spans: np.ndarray, window_item: np.ndarr
         ranked = answers_for_item(logits[rows], spans[rows], lengths[rows], context, settings)
         best.append(ranked[0] if ranked else NO_ANSWER)
     return best
+
+
+class QAPostprocess:
+    """One request's window rows -> ``{ANSWER, SCORE, START, END}``, [n, 1] each (``qa_postprocess``)."""
+
+    def __init__(self, settings: QASettings):
+        self.settings = settings
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        answers = answer_requests(inputs[contract.LOGITS], inputs[contract.TOKEN_SPANS], inputs[contract.WINDOW_ITEM],
+                                  inputs[contract.ITEM_TEXT], self.settings)
+        return {
+            contract.ANSWER: utf8_column([a.text for a in answers]),
+            contract.SCORE: np.array([[a.score] for a in answers], dtype=np.float32).reshape(-1, 1),
+            contract.START: np.array([[a.start] for a in answers], dtype=np.int32).reshape(-1, 1),
+            contract.END: np.array([[a.end] for a in answers], dtype=np.int32).reshape(-1, 1),
+        }

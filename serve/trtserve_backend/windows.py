@@ -258,6 +258,14 @@ def split_windows(item_of_row: np.ndarray) -> list[np.ndarray]:
     return np.split(np.arange(len(items)), bounds)
 
 
+def utf8_column(values: Sequence[str]) -> np.ndarray:
+    """[n, 1] BYTES (object) array of UTF-8 encoded strings: a string output of the ensemble."""
+    out = np.empty((len(values), 1), dtype=np.object_)
+    for i, v in enumerate(values):
+        out[i, 0] = v.encode("utf-8")
+    return out
+
+
 def item_texts(texts: np.ndarray, item_of_row: np.ndarray) -> list[str]:
     """Each item's text, taken from its first row."""
     out = []

@@ -101,3 +101,19 @@ def test_entities_json_is_plain(tokenizer_file):
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="aggregation_strategy"):
         NERSettings(LABELS, "longest")
+
+
+def test_the_served_postprocess_returns_one_json_array_per_text(tokenizer_file):
+    from trtserve_backend.ner import NERPostprocess
+
+    settings = WindowSettings(max_length=16, stride=4, buckets=(8, 16), pad_token_id=0, max_windows=64)
+    tok = WindowTokenizer.from_file(tokenizer_file, contract.TOKEN_CLASSIFICATION, settings)
+    [rows] = tok.encode_requests([[TEXT, "nothing here"]])
+    logits = np.zeros(rows[contract.INPUT_IDS].shape + (len(LABELS),), dtype=np.float32)
+    logits[..., 0] = 5  # all O
+    logits[0, 1, 1] = 9  # "tom" B-PER
+    out = NERPostprocess(NERSettings(LABELS, "simple"), TokenVocabulary.from_file(tokenizer_file))(
+        {**rows, contract.LOGITS: logits})
+    assert out[contract.ENTITIES].shape == (2, 1)
+    assert [e["word"] for e in json.loads(out[contract.ENTITIES][0, 0])] == ["tom"]
+    assert json.loads(out[contract.ENTITIES][1, 0]) == []

@@ -114,3 +114,14 @@ def test_no_candidate_gives_the_empty_answer():
     assert NO_ANSWER == Answer("", 0.0, -1, -1)
     with pytest.raises(ValueError, match="n_best"):
         QASettings(n_best=0)
+
+
+def test_the_served_postprocess_answers_in_contract_tensors(tok):
+    from trtserve_backend.qa import QAPostprocess
+
+    rows = rows_for(tok, [("what kind of thriller?", CONTEXT), ("q?", "Nothing happens.")])
+    s, e = token_index(rows, 0, CONTEXT, "gripping"), token_index(rows, 0, CONTEXT, "thriller")
+    out = QAPostprocess(QASettings())({**rows, contract.LOGITS: peaked_logits(rows, [(0, s, e)])})
+    assert out[contract.ANSWER][0, 0] == b"gripping thriller" and out[contract.ANSWER].shape == (2, 1)
+    assert out[contract.SCORE].dtype == np.float32 and out[contract.START].dtype == np.int32
+    assert CONTEXT[out[contract.START][0, 0]:out[contract.END][0, 0]] == "gripping thriller"
