@@ -21,11 +21,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv ref-venv eval-qa eval-ner serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv ref-venv eval-qa eval-ner serve test unit layers engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
-	@echo "make test    - install and run the whole test suite"
+	@echo "make test    - install and run the whole test suite (the layers contract first)"
 	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make eval-qa SQUAD=dev-v1.1.json - EM/F1 of the served qa model (SQuAD v1.1 or v2.0; needs make serve)"
@@ -63,15 +63,21 @@ serve: $(STAMP)
 # The default models are trained/exported first (cached, with progress shown), so test
 # timeouts measure tests, not the one-off training.
 test: $(STAMP) $(REF_STAMP)
+	$(MAKE) --no-print-directory layers
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) -m pytest -x -v --timeout=900 tests
 
 unit: $(STAMP)
-	$(PY) -m pytest -v tests/unit
+	$(MAKE) --no-print-directory layers
+	$(PY) -m pytest -v -m "not functional" tests
+
+# The layers contract in pyproject.toml (docs/architecture.md): imports point down only.
+layers: $(STAMP)
+	$(dir $(PY))lint-imports
 
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) bench/bench_serving.py
+	$(PY) -m bench.bench_serving
 
 EVAL_PROTOCOL ?= grpc
 EVAL_URL ?= 127.0.0.1:$(if $(filter http,$(EVAL_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
@@ -100,13 +106,13 @@ loadtest: $(STAMP)
 
 overload: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) bench/overload.py $(OVERLOAD_ARGS)
+	$(PY) -m bench.overload $(OVERLOAD_ARGS)
 
 validate: $(STAMP)
-	$(PY) -m trtserve_build.fidelity $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
+	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
 
 bench-matrix: $(STAMP)
-	$(PY) bench/bench_matrix.py $(if $(QUICK),--quick)
+	$(PY) -m bench.bench_matrix $(if $(QUICK),--quick)
 
 gpu-pack: $(STAMP)
 	$(PY) -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu

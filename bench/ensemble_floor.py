@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from trtserve_build.triton_config import read_config
+from trtserve_build.core.pbtxt import read_config
 
 #: Each step's model.py: outputs shaped like the real ones, computed from nothing.
 _MODELS = {

@@ -32,8 +32,6 @@ grpc_gevent.init_gevent()
 
 from locust import User, events, task  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `loadtest` importable as a package
-
 from loadtest.qa_ner_workload import cloze_pairs  # noqa: E402
 from loadtest.workload import DEFAULT_MODELS, RequestMix, load_corpus, request_name  # noqa: E402
 from trtserve_client.errors import translate_error  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 LOADTEST_DIR = Path(__file__).resolve().parent
 #: Real movie-review sentences (see data/README.md); one text per line.

@@ -12,18 +12,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = REPO_ROOT / "deployments"
+FUNCTIONAL_DIR = Path(__file__).resolve().parent / "functional"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/functional/ carries the ``functional`` marker (it starts the real
+    Triton server), so ``-m "not functional"`` runs the fast tier only. A ``pytestmark`` in a
+    conftest.py would be ignored by pytest; the marker is applied here, to the items."""
+    for item in items:
+        if FUNCTIONAL_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.functional)
 
 
 @pytest.fixture(scope="session")
 def sentiment_spec():
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     return load_spec(DEPLOYMENTS / "sentiment.toml")
 
 
 @pytest.fixture(scope="session")
 def embed_spec():
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     return load_spec(DEPLOYMENTS / "embed.toml")
 
@@ -59,7 +69,7 @@ def ner_texts(review_corpus):
 @pytest.fixture(scope="session")
 def qa_checkpoint():
     from tests.windowed_models import seeded_checkpoint
-    from trtserve_backend import contract
+    import trtserve_contract as contract
 
     return seeded_checkpoint(contract.QUESTION_ANSWERING, REPO_ROOT / ".cache" / "test-checkpoints" / "qa-seed14")
 
@@ -67,7 +77,7 @@ def qa_checkpoint():
 @pytest.fixture(scope="session")
 def ner_checkpoint():
     from tests.windowed_models import seeded_checkpoint
-    from trtserve_backend import contract
+    import trtserve_contract as contract
 
     return seeded_checkpoint(contract.TOKEN_CLASSIFICATION, REPO_ROOT / ".cache" / "test-checkpoints" / "ner-seed14")
 
@@ -76,7 +86,7 @@ def ner_checkpoint():
 def qa_tokenizers(qa_checkpoint):
     """The served QA tokenizer for each QA case of the exactness tests."""
     from tests.windowed_models import QA_CASES
-    from trtserve_backend import contract
+    import trtserve_contract as contract
     from trtserve_backend.windows import WindowTokenizer
 
     return {case.name: WindowTokenizer.from_file(str(qa_checkpoint / "tokenizer.json"), contract.QUESTION_ANSWERING,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.qa import QASettings
 from trtserve_backend.windows import WindowSettings
 

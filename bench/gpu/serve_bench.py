@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "serve")]
+sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract")]
 
 from timing import exit_on_sigterm, summary_ms, write_json  # noqa: E402
 
@@ -266,7 +266,7 @@ def modified_copy(repo: Path, *, force_cpu: bool = False, instances: dict[str, i
     sys.path.insert(0, str(ROOT / "build"))
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from trtserve_build.triton_config import read_config, write_config
+    from trtserve_build.core.pbtxt import read_config, write_config
 
     copy = Path(tempfile.mkdtemp(prefix="gpu-bench-repo-")) / "repository"
     shutil.copytree(repo, copy)

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .errors import InferenceError
 
 __all__ = ["Answer", "Classification", "DEFAULT_LABELS", "Entity", "decode_answers", "decode_classifications",
            "decode_embeddings", "decode_entities"]
 
-DEFAULT_LABELS: tuple[str, ...] = ("negative", "positive")
+DEFAULT_LABELS: tuple[str, ...] = contract.SENTIMENT_LABELS
 
 # SCORE is PROBABILITIES[argmax] computed server-side in fp32; allow for fp32 rounding only.
 _SCORE_TOLERANCE = 1e-4

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import contract
+import trtserve_contract as contract
 from .windows import NO_SPAN, item_texts, split_windows, utf8_column, window_lengths
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")

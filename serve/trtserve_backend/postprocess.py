@@ -1,9 +1,10 @@
 """Task postprocessing (the logic behind ``<name>_postprocess``); pure numpy."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import trtserve_contract as contract
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -44,3 +45,41 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     v = vectors.astype(np.float64)
     norms = np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), eps)
     return (v / norms).astype(np.float32)
+
+
+class Embedder:
+    """[n, d] pooled vectors -> {EMBEDDING: [n, d] fp32}, L2-normalised."""
+
+    def __call__(self, pooled: np.ndarray) -> dict[str, np.ndarray]:
+        return {contract.EMBEDDING: l2_normalize(pooled)}
+
+
+class LabelledClassifier:
+    """[n, k] logits -> {LABEL, SCORE, PROBABILITIES} (see :class:`Classifier`)."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.classify = Classifier(labels)
+
+    def __call__(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        names, scores, probs = self.classify(logits)
+        return {contract.LABEL: names, contract.SCORE: scores, contract.PROBABILITIES: probs}
+
+
+Postprocess = Callable[[np.ndarray], "dict[str, np.ndarray]"]
+
+
+def make_postprocess(task: str, labels: Sequence[str] = ()) -> Postprocess:
+    """The postprocess of ``task``: encoder output -> {ensemble output name: array}.
+
+    One dispatch for the served ``<name>_postprocess`` model and the build's fidelity report.
+    ``classification`` needs ``labels``; ``embedding`` takes none. Unknown tasks raise ValueError.
+    """
+    if task == contract.CLASSIFICATION:
+        if len(labels) < 2:
+            raise ValueError(f"task {task!r} needs at least two labels, got {list(labels)}")
+        return LabelledClassifier(labels)
+    if task == contract.EMBEDDING_TASK:
+        if labels:
+            raise ValueError(f"task {task!r} takes no labels, got {list(labels)}")
+        return Embedder()
+    raise ValueError(f"unknown task {task!r}; known: {[contract.CLASSIFICATION, contract.EMBEDDING_TASK]}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import contract
+import trtserve_contract as contract
 from .windows import item_texts, split_windows, utf8_column, window_lengths
 
 #: The pipeline starts its running minimum of the null score here.

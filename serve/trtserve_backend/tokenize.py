@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import contract
+import trtserve_contract as contract
 
 
 class InvalidTextError(ValueError):

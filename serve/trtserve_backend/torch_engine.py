@@ -1,6 +1,6 @@
 """The PyTorch engine behind ``<name>_encoder`` for the ``torch`` backend (TorchScript + CUDA graphs).
 
-The encoder is a TorchScript module traced by :mod:`trtserve_build.torchscript` (the same task
+The encoder is a TorchScript module traced by :mod:`trtserve_build.stages.torchscript` (the same task
 module the ONNX export holds, in fp32, fp16 or hybrid). On a GPU, one CUDA graph is captured
 per (batch size, sequence length) of a :class:`GraphPlan` when the model loads: the sequence
 lengths are the tokenizer's length buckets, so every request shape the tokenizer produces has
@@ -96,7 +96,7 @@ class GraphPlan:
 
 
 def read_metadata(path: str) -> dict:
-    """The build metadata stored inside a TorchScript file by trtserve_build.torchscript."""
+    """The build metadata stored inside a TorchScript file by trtserve_build.stages.torchscript."""
     import torch
 
     extra = {METADATA_FILE: ""}
@@ -151,7 +151,7 @@ class TorchEncoder:
     @classmethod
     def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
                   plan: GraphPlan | None = None, **kwargs) -> "TorchEncoder":
-        """Load a TorchScript file made by trtserve_build.torchscript and check it fits ``device``."""
+        """Load a TorchScript file made by trtserve_build.stages.torchscript and check it fits ``device``."""
         import torch
 
         extra = {METADATA_FILE: ""}

@@ -26,7 +26,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from . import contract
+import trtserve_contract as contract
 from .tokenize import InvalidTextError, choose_bucket
 
 QAItem = tuple[str, str]  # (question, context)

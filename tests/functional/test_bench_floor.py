@@ -1,17 +1,8 @@
 """`make bench`'s floor row: the generated ensemble with do-nothing steps loads and answers."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-
-from trtserve_build.triton_config import read_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from ensemble_floor import write_floor_repository  # noqa: E402
-
-pytestmark = pytest.mark.functional
+from bench.ensemble_floor import write_floor_repository
+from trtserve_build.core.pbtxt import read_config
 
 
 def test_floor_repository_keeps_the_configs_and_answers_the_contract(cpu_repository, tmp_path):

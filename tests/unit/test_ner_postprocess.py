@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.ner import (NERSettings, TokenVocabulary, aggregate_overlapping_entities, entities_requests,
                                   to_json)
 from trtserve_backend.windows import WindowSettings, WindowTokenizer

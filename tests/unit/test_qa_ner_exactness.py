@@ -12,7 +12,7 @@ import pytest
 
 from tests.windowed_models import (NER_CASES, QA_CASES, TorchEngine, chunks, qa_case_items, qa_items, same_answer,
                                    same_entities)
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.ner import NERSettings, TokenVocabulary, entities_for_item
 from trtserve_backend.qa import answers_for_item
 from trtserve_backend.windows import WindowTokenizer, split_windows, window_lengths

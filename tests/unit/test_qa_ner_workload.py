@@ -8,7 +8,7 @@ import pytest
 
 from loadtest.qa_ner_workload import QAPair, cloze_pairs, ner_texts, squad_json
 from loadtest.workload import RequestMix, load_corpus
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 
 @pytest.fixture(scope="module")

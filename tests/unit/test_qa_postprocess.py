@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.qa import NO_ANSWER, Answer, QASettings, answer_requests, answers_for_item
 from trtserve_backend.windows import WindowSettings, WindowTokenizer, window_lengths
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.tokenize import InvalidTextError
 from trtserve_backend.windows import (NO_SPAN, PAD_SPAN, TooManyWindowsError, WindowSettings, WindowTokenizer,
                                       item_texts, split_windows, window_lengths)

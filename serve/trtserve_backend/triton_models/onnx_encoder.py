@@ -7,21 +7,23 @@ import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.ort_encoder import OrtEncoder
+from trtserve_backend.parameters import OrtEncoderParameters
 from trtserve_backend.triton_models._common import error_response, input_arrays, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = OrtEncoderParameters.from_config(cfg)
         self.input_names = [t.name for t in cfg.inputs]
         self.output = cfg.single_output()
         self.encoder = OrtEncoder(
-            os.path.join(version_dir(args), cfg.parameter("onnx_file")),
+            os.path.join(version_dir(args), params.onnx_file),
             input_names=self.input_names,
             output_name=self.output.name,
-            intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
-            merge=cfg.parameter("merge_lengths", "group"),
-            max_rows_per_run=int(cfg.parameter("max_rows_per_run", "0")),
+            intra_op_threads=params.intra_op_threads,
+            merge=params.merge_lengths,
+            max_rows_per_run=params.max_rows_per_run,
         )
 
     def execute(self, requests):

@@ -1,7 +1,7 @@
 """``<name>_tokenizer``: text inputs [batch,1] BYTES -> encoder inputs padded to a length bucket.
 
 Classification and embedding: one row per text. Question answering and token classification
-(``task`` parameter): one row per window of each item, plus the tensors the postprocess uses
+(the ``task`` parameter): one row per window of each item, plus the tensors the postprocess uses
 to score and regroup the windows (trtserve_backend.windows).
 """
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 import triton_python_backend_utils as pb_utils
+import trtserve_contract as contract
 
-from trtserve_backend import contract
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, decode_texts
 from trtserve_backend.triton_models._common import error_response, input_arrays, version_dir
 from trtserve_backend.windows import WindowSettings, WindowTokenizer
@@ -20,26 +21,22 @@ from trtserve_backend.windows import WindowSettings, WindowTokenizer
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = TokenizerParameters.from_config(cfg)
         self.input_names = [t.name for t in cfg.inputs]
         self.outputs = cfg.outputs
-        self.task = cfg.parameter("task", contract.CLASSIFICATION)
-        path = os.path.join(version_dir(args), cfg.parameter("tokenizer_file"))
-        max_length = int(cfg.parameter("max_sequence_length"))
-        buckets = cfg.json_parameter("length_buckets")
-        pad_token_id = int(cfg.parameter("pad_token_id"))
-        if self.task in contract.WINDOWED_TASKS:
-            self.tokenizer = WindowTokenizer.from_file(path, self.task, WindowSettings(
-                max_length=max_length, stride=int(cfg.parameter("stride")), buckets=tuple(buckets),
-                pad_token_id=pad_token_id, max_windows=int(cfg.parameter("max_windows")),
-                max_question_length=int(cfg.parameter("max_question_length", "64")),
-                align_to_words=bool(cfg.json_parameter("align_to_words")) if "align_to_words" in cfg.parameters else True,
-            ))
+        path = os.path.join(version_dir(args), params.tokenizer_file)
+        if params.task in contract.WINDOWED_TASKS:
+            self.tokenizer = WindowTokenizer.from_file(path, params.task, WindowSettings(
+                max_length=params.max_sequence_length, stride=params.stride, buckets=params.length_buckets,
+                pad_token_id=params.pad_token_id, max_windows=params.max_windows,
+                max_question_length=params.max_question_length, align_to_words=params.align_to_words))
         else:
-            self.tokenizer = BucketTokenizer.from_file(path, max_length=max_length, buckets=buckets,
-                                                       pad_token_id=pad_token_id,
+            self.tokenizer = BucketTokenizer.from_file(path, max_length=params.max_sequence_length,
+                                                       buckets=params.length_buckets, pad_token_id=params.pad_token_id,
                                                        output_names=[t.name for t in cfg.outputs])
 
     def _items(self, request):
+        """One request's texts (one input) or (question, context) pairs (two inputs)."""
         arrays = input_arrays(request, self.input_names)
         columns = [decode_texts(arrays[name], name) for name in self.input_names]
         return columns[0] if len(columns) == 1 else list(zip(*columns))
@@ -55,7 +52,7 @@ class TritonPythonModel:
         encoded = self.tokenizer.encode_requests(items)
         responses = []
         for i, arrays in enumerate(encoded):
-            if isinstance(arrays, Exception) or i in errors:
+            if i in errors or isinstance(arrays, Exception):
                 responses.append(error_response(errors.get(i) or str(arrays), invalid_argument=True))
                 continue
             responses.append(pb_utils.InferenceResponse(

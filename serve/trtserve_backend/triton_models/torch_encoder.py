@@ -15,6 +15,7 @@ import torch.utils.dlpack
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import TorchEncoderParameters
 from trtserve_backend.torch_engine import GraphPlan, TorchEncoder
 from trtserve_backend.triton_models._common import error_response, version_dir
 
@@ -22,21 +23,21 @@ from trtserve_backend.triton_models._common import error_response, version_dir
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = TorchEncoderParameters.from_config(cfg)
         self.inputs = cfg.inputs
         self.output = cfg.single_output()
-        self.output_on_gpu = cfg.parameter("output_device", "cpu") == "gpu"
-        self.merge = cfg.parameter("merge_lengths", "pad")
+        self.output_on_gpu = params.output_device == "gpu"
+        self.merge = params.merge_lengths
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
             torch.cuda.set_device(device)
         else:
             device = "cpu"
         plan = None
-        if cfg.json_parameter("cuda_graphs") and device != "cpu":
-            plan = GraphPlan(tuple(cfg.json_parameter("cuda_graph_batch_sizes")),
-                             tuple(cfg.json_parameter("cuda_graph_sequence_lengths")))
+        if params.cuda_graphs and device != "cpu":
+            plan = GraphPlan(params.cuda_graph_batch_sizes, params.cuda_graph_sequence_lengths)
         self.engine = TorchEncoder.from_file(
-            os.path.join(version_dir(args), cfg.parameter("torchscript_file")),
+            os.path.join(version_dir(args), params.torchscript_file),
             input_names=[t.name for t in cfg.inputs],
             device=device,
             plan=plan,
