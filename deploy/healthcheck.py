@@ -6,7 +6,7 @@ readiness check this sends one short text through each ensemble (tokenizer, engi
 postprocess) and requires a 200 with outputs. Standard library only: it runs with the
 image's own ``python3``.
 
-    python3 healthcheck.py --url 127.0.0.1:8000 --models sentiment,embed
+    python3 healthcheck.py --url 127.0.0.1:8000 --models sentiment,embed,qa,ner
 """
 from __future__ import annotations
 
@@ -40,11 +40,14 @@ def check(base: str, models: list[str], timeout_s: float) -> list[str]:
     if status != 200:
         return [f"/v2/health/ready answered {status}"]
     problems = []
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_TEXT]}]}
     for model in models:
         try:
+            # the probe text in every input the ensemble takes (TEXT; QUESTION and CONTEXT for qa)
+            _, config = _request(f"{base}/v2/models/{model}/config", None, timeout_s)
+            names = [i["name"] for i in json.loads(config).get("input", [])] or ["TEXT"]
+            body = {"inputs": [{"name": n, "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_TEXT]} for n in names]}
             status, payload = _request(f"{base}/v2/models/{model}/infer", body, timeout_s)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             problems.append(f"{model}: {e}")
             continue
         if status != 200:
@@ -57,7 +60,7 @@ def check(base: str, models: list[str], timeout_s: float) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
-    parser.add_argument("--models", default=os.environ.get("TRTSERVE_MODELS", "sentiment,embed"))
+    parser.add_argument("--models", default=os.environ.get("TRTSERVE_MODELS", "sentiment,embed,qa,ner"))
     parser.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -67,19 +67,33 @@ def ner_texts(review_corpus):
 
 
 @pytest.fixture(scope="session")
-def qa_checkpoint():
-    from tests.windowed_models import seeded_checkpoint
-    import trtserve_contract as contract
+def qa_spec():
+    from trtserve_build.core.spec import load_spec
 
-    return seeded_checkpoint(contract.QUESTION_ANSWERING, REPO_ROOT / ".cache" / "test-checkpoints" / "qa-seed14")
+    return load_spec(DEPLOYMENTS / "qa.toml")
 
 
 @pytest.fixture(scope="session")
-def ner_checkpoint():
-    from tests.windowed_models import seeded_checkpoint
-    import trtserve_contract as contract
+def ner_spec():
+    from trtserve_build.core.spec import load_spec
 
-    return seeded_checkpoint(contract.TOKEN_CLASSIFICATION, REPO_ROOT / ".cache" / "test-checkpoints" / "ner-seed14")
+    return load_spec(DEPLOYMENTS / "ner.toml")
+
+
+@pytest.fixture(scope="session")
+def qa_checkpoint(qa_spec):
+    """The qa deployment's default weights: MiniLM with its seeded head (made by the build)."""
+    from trtserve_build.pipeline.steps import ensure_seeded_head
+
+    return ensure_seeded_head(qa_spec)
+
+
+@pytest.fixture(scope="session")
+def ner_checkpoint(ner_spec):
+    """The ner deployment's default weights: MiniLM with its seeded CoNLL-labelled head."""
+    from trtserve_build.pipeline.steps import ensure_seeded_head
+
+    return ensure_seeded_head(ner_spec)
 
 
 @pytest.fixture(scope="session")

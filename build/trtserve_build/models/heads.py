@@ -2,7 +2,9 @@
 on top of a Hugging Face model, per task of the registry (core/tasks.py).
 
 ``classification``: the logits of ``...ForSequenceClassification``; ``embedding``: the mean of
-the last hidden state over real (unmasked) tokens, as sentence-transformers. Both return FP32
+the last hidden state over real (unmasked) tokens, as sentence-transformers;
+``question_answering``: start and end logits per token, stacked as [batch, tokens, 2];
+``token_classification``: the label logits per token, [batch, tokens, labels]. Both return FP32
 (an FP16 model's output is cast; pooling runs in FP32, since a sum over 256 tokens loses
 digits in FP16). For an FP32 model no cast is traced, so the exported graph is unchanged.
 """
@@ -17,7 +19,8 @@ from ..core.lazy import lazy_import
 
 torch = lazy_import("torch")
 
-HEAD_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK)
+HEAD_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK, contract.QUESTION_ANSWERING,
+              contract.TOKEN_CLASSIFICATION)
 
 
 @functools.cache
@@ -34,8 +37,11 @@ def _task_module_class():
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            if self.task == contract.CLASSIFICATION:
+            if self.task in (contract.CLASSIFICATION, contract.TOKEN_CLASSIFICATION):
                 logits = out.logits
+                return logits if logits.dtype == torch.float32 else logits.float()
+            if self.task == contract.QUESTION_ANSWERING:
+                logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
                 return logits if logits.dtype == torch.float32 else logits.float()
             hidden = out.last_hidden_state
             if hidden.dtype != torch.float32:
