@@ -43,8 +43,9 @@ def check(base: str, models: list[str], timeout_s: float) -> list[str]:
     for model in models:
         try:
             # the probe text in every input the ensemble takes (TEXT; QUESTION and CONTEXT for qa)
-            _, config = _request(f"{base}/v2/models/{model}/config", None, timeout_s)
-            names = [i["name"] for i in json.loads(config).get("input", [])] or ["TEXT"]
+            status, config = _request(f"{base}/v2/models/{model}/config", None, timeout_s)
+            names = [i["name"] for i in json.loads(config).get("input", [])] if status == 200 else []
+            names = names or ["TEXT"]
             body = {"inputs": [{"name": n, "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_TEXT]} for n in names]}
             status, payload = _request(f"{base}/v2/models/{model}/infer", body, timeout_s)
         except (OSError, ValueError) as e:
