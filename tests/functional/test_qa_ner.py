@@ -100,3 +100,25 @@ def test_windows_of_concurrent_requests_share_encoder_executions(server, raw_cli
     assert rows > len(pairs)  # long contexts bring several windows each
     assert executions < len(pairs), f"{rows} window rows in {executions} executions for {len(pairs)} requests"
     stats.close()
+
+
+@pytest.mark.parametrize("task, option, sample", [
+    ("qa", "--squad", "squad-v1.1-sample.json"),
+    ("qa", "--squad", "squad-v2.0-sample.json"),
+    ("ner", "--conll", "conll-sample.txt"),
+])
+def test_evaluation_commands_score_the_served_models(server, task, option, sample, tmp_path, capsys):
+    """`make eval-qa` / `make eval-ner` (trtserve_client.evaluate) against the real server."""
+    from tests.conftest import REPO_ROOT
+    from trtserve_client import evaluate
+
+    out = tmp_path / "report.json"
+    args = [task, option, str(REPO_ROOT / "tests" / "data" / sample), "--url", server.grpc_url, "--output", str(out)]
+    assert evaluate.main(args) == 0
+    report = json.loads(out.read_text())
+    if task == "qa":
+        assert report["total"] in (3, 4) and 0 <= report["exact"] <= report["f1"] <= 100
+        assert ("HasAns_exact" in report) == sample.startswith("squad-v2.0")
+    else:
+        assert report["sentences"] == 3 and report["true_entities"] == 5 and 0 <= report["f1"] <= 1
+    assert "F1" in capsys.readouterr().out
