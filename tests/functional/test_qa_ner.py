@@ -9,6 +9,7 @@ several items of different lengths, so windows of long and short contexts share 
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,10 +49,37 @@ def entities(raw_client, texts) -> list[list[dict]]:
     return [json.loads(x) for x in result.as_numpy(contract.ENTITIES).reshape(-1)]
 
 
-def test_served_qa_equals_the_pipeline(raw_client, qa_pairs, qa_ner_references):
+def concurrently(server, protocol, call, requests, threads=4):
+    """``call(client, request)`` for each request from ``threads`` threads, one client per thread
+    (tritonclient's HTTP client is gevent-based and must not be shared between threads)."""
+    local, clients = threading.local(), []
+
+    def run(request):
+        if not hasattr(local, "client"):
+            if protocol == "http":
+                import tritonclient.http as tc
+
+                local.client = tc.InferenceServerClient(server.http_url)
+            else:
+                import tritonclient.grpc as tc
+
+                local.client = tc.InferenceServerClient(server.grpc_url)
+            local.client.tc = tc
+            clients.append(local.client)
+        return call(local.client, request)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(run, requests))
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_served_qa_equals_the_pipeline(server, protocol, qa_pairs, qa_ner_references):
     items = qa_case_items(DEFAULTS, qa_pairs)
-    with ThreadPoolExecutor(4) as pool:  # concurrent requests: their windows share encoder batches
-        served = [a for answers in pool.map(lambda r: ask(raw_client, r), chunks(items)) for a in answers]
+    # concurrent requests: their windows share encoder batches
+    served = [a for answers in concurrently(server, protocol, ask, chunks(items)) for a in answers]
     expected = qa_ner_references[DEFAULTS.name]
     problems = [f"pair {i}: {d}" for i, (got, want) in enumerate(zip(served, expected))
                 if (d := same_answer(got, want[0] if want else {"answer": "", "score": 0.0, "start": 0, "end": 0}))]
@@ -60,9 +88,8 @@ def test_served_qa_equals_the_pipeline(raw_client, qa_pairs, qa_ner_references):
     assert all(c[a.start:a.end] == a.text for (_, c), a in zip(items, served) if a.start >= 0)
 
 
-def test_served_ner_equals_the_pipeline(raw_client, ner_texts, qa_ner_references):
-    with ThreadPoolExecutor(4) as pool:
-        served = [e for part in pool.map(lambda r: entities(raw_client, r), chunks(ner_texts)) for e in part]
+def test_served_ner_equals_the_pipeline(server, protocol, ner_texts, qa_ner_references):
+    served = [e for part in concurrently(server, protocol, entities, chunks(ner_texts)) for e in part]
     expected = qa_ner_references[SIMPLE.aggregation_strategy]
     problems = [f"text {i}: {d}" for i, (g, w) in enumerate(zip(served, expected)) if (d := same_entities(g, w))]
     assert len(served) == len(expected) == len(ner_texts) >= 200
@@ -82,7 +109,7 @@ def test_results_do_not_depend_on_batch_neighbours(raw_client, qa_pairs, ner_tex
     assert all(same_entities(a, b, score_tol=1e-5) is None for a, b in zip(alone_e, mixed_e))
 
 
-def test_windows_of_concurrent_requests_share_encoder_executions(server, raw_client, qa_pairs):
+def test_windows_of_concurrent_requests_share_encoder_executions(server, protocol, qa_pairs):
     """Every window is one encoder row; concurrent requests' rows run in shared executions."""
     import tritonclient.http as httpclient
 
@@ -94,8 +121,7 @@ def test_windows_of_concurrent_requests_share_encoder_executions(server, raw_cli
 
     before = counts()
     pairs = [(p.question, p.context) for p in qa_pairs[:48]]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: ask(raw_client, [p]), pairs))
+    concurrently(server, protocol, lambda client, pair: ask(client, [pair]), pairs, threads=8)
     rows, executions = (a - b for a, b in zip(counts(), before))
     assert rows > len(pairs)  # long contexts bring several windows each
     assert executions < len(pairs), f"{rows} window rows in {executions} executions for {len(pairs)} requests"
