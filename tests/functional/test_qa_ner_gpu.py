@@ -18,13 +18,13 @@ def gpu_repository(tmp_path_factory, qa_spec, ner_spec):
     return build_variant([qa_spec, ner_spec], "gpu", tmp_path_factory.mktemp("gpu") / "gpu")
 
 
-@pytest.mark.parametrize("name, max_length", [("qa", 384), ("ner", 128)])
-def test_plans_hold_a_request_of_max_windows_rows(gpu_repository, name, max_length):
+@pytest.mark.parametrize("name, max_length, max_windows", [("qa", 384, 128), ("ner", 128, 256)])
+def test_plans_hold_a_request_of_max_windows_rows(gpu_repository, name, max_length, max_windows):
     encoder = gpu_repository / f"{name}_encoder"
     assert (encoder / "1" / "model.plan").stat().st_size > 1_000_000
     record = json.loads((encoder / "engine_record.json").read_text())
     shapes = json.dumps(record["profiles"])
-    assert "256" in shapes and str(max_length) in shapes, shapes  # max_windows rows x max length
+    assert f"[{max_windows}, {max_length}]" in shapes, shapes  # max_windows rows x max length
     assert record["precision"] == "fp32"
 
 

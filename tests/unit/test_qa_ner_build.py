@@ -58,12 +58,12 @@ def test_qa_contract_and_windowed_batching(qa_spec):
         "END": (mc.TYPE_INT32, [1])}
     assert ensemble.max_batch_size >= 16 and tokenizer.max_batch_size == ensemble.max_batch_size
     # one encoder row per window: the encoder and postprocess take up to max_windows rows
-    assert encoder.max_batch_size == post.max_batch_size == qa_spec.windows.max_windows == 256
+    assert encoder.max_batch_size == post.max_batch_size == qa_spec.windows.max_windows == 128
     assert [list(o.dims) for o in encoder.output] == [[-1, 2]]
     assert encoder.parameters["max_rows_per_run"].string_value == str(qa_spec.batching.max_batch_size)
     params = TokenizerParameters.from_config(PythonModelConfig.from_dict(_as_dict(tokenizer)))
     assert (params.task, params.stride, params.max_windows, params.max_question_length, params.align_to_words) == (
-        contract.QUESTION_ANSWERING, 128, 256, 64, True)
+        contract.QUESTION_ANSWERING, 128, 128, 64, True)
     post_params = PostprocessParameters.from_config(PythonModelConfig.from_dict(_as_dict(post)))
     assert (post_params.n_best, post_params.max_answer_length, post_params.handle_impossible_answer) == (1, 15, False)
 
