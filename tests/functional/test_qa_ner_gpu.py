@@ -36,7 +36,7 @@ def test_gpu_repository_tokenizer_windows_a_long_context(gpu_repository, tmp_pat
                          extra_args=["--model-control-mode=explicit", "--load-model=qa_tokenizer"])
     srv.start()
     try:
-        srv.wait_ready(timeout_s=180)
+        srv.wait_ready(timeout_s=400)
         client = httpclient.InferenceServerClient(srv.http_url)
         context = " ".join(review_corpus[:80])
         inputs = []
