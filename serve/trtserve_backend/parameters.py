@@ -103,6 +103,11 @@ class TokenizerParameters(ModelParameters):
     max_sequence_length: int
     length_buckets: tuple[int, ...]
     pad_token_id: int
+    #: Input limits, checked before any text is decoded or tokenized (trtserve_backend.limits):
+    #: bytes of text summed over one request's text inputs (TEXT; QUESTION + CONTEXT), and texts
+    #: (items) per request; 0 = no limit.
+    max_request_text_bytes: int = 0
+    max_request_texts: int = 0
     #: The windowed tasks (question answering, token classification) split each item into
     #: windows; the others leave these out of the config (one row per text).
     task: str = field(default="", metadata={OMIT_EMPTY: True})

@@ -28,8 +28,7 @@ from .errors import SpecError
 from .lazy import lazy_import
 from .paths import REPO_ROOT
 from .stamps import digest
-from .task_spec import SECTIONS as TASK_SECTIONS
-from .task_spec import HeadSpec, NERSpec, QASpec, parse_task_sections, validate_task_sections
+from .task_spec import SECTIONS as TASK_SECTIONS, HeadSpec, NERSpec, QASpec, parse_task_sections, validate_task_sections
 from .tasks import get_task
 
 onnx = lazy_import("onnx")
@@ -74,6 +73,11 @@ class BatchingSpec:
     #: A request that waited this long in a model's queue is rejected (UNAVAILABLE "Request
     #: timeout expired") instead of being run late. 0 means no timeout.
     queue_timeout_microseconds: int = 2_000_000
+    #: Input limits, checked by the tokenizer before it decodes or tokenizes anything: bytes of
+    #: TEXT summed over one request's texts, and texts per request (0 = no limit). A request
+    #: over a limit fails alone with INVALID_ARG naming the limit.
+    max_request_text_bytes: int = 1_048_576
+    max_request_texts: int = 64
 
 
 @dataclass(frozen=True)
@@ -257,9 +261,7 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
     model = _build(ModelSpec, data["model"], f"{where} [model]")
     batching = _build(BatchingSpec, data.get("batching", {}), f"{where} [batching]")
     export = _build(ExportSpec, data.get("export", {}), f"{where} [export]")
-    training = (
-        _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
-    )
+    training = _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
     precision = _parse_precision(data.get("precision", {}), f"{where} [precision]")
     windows, head = parse_task_sections(data, where, _build)
     engines = {}

@@ -132,6 +132,8 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: st
         max_sequence_length=spec.model.max_sequence_length,
         length_buckets=tuple(spec.model.length_buckets),
         pad_token_id=manifest.pad_token_id,
+        max_request_text_bytes=spec.batching.max_request_text_bytes,
+        max_request_texts=spec.batching.max_request_texts,
         **_window_parameters(spec),
     ))
     return config

@@ -11,6 +11,7 @@ import os
 import triton_python_backend_utils as pb_utils
 import trtserve_contract as contract
 
+from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, decode_texts
@@ -34,11 +35,17 @@ class TritonPythonModel:
             self.tokenizer = BucketTokenizer.from_file(path, max_length=params.max_sequence_length,
                                                        buckets=params.length_buckets, pad_token_id=params.pad_token_id,
                                                        output_names=[t.name for t in cfg.outputs])
+        self.limits = RequestLimits(params.max_request_text_bytes, params.max_request_texts)
 
     def _items(self, request):
-        """One request's texts (one input) or (question, context) pairs (two inputs)."""
+        """One request's texts (one input) or (question, context) pairs (two inputs); the input
+        limits are checked on the raw tensors, before any decoding or tokenizing."""
         arrays = input_arrays(request, self.input_names)
+        self.limits.check_inputs(arrays)
         columns = [decode_texts(arrays[name], name) for name in self.input_names]
+        if len({len(c) for c in columns}) > 1:
+            counts = ", ".join(f"{name}: {len(c)}" for name, c in zip(self.input_names, columns))
+            raise InvalidTextError(f"inputs of different lengths ({counts}); send one of each per item")
         return columns[0] if len(columns) == 1 else list(zip(*columns))
 
     def execute(self, requests):
