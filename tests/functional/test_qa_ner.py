@@ -44,8 +44,8 @@ def ask(raw_client, pairs) -> list[Answer]:
     return [Answer(a.decode("utf-8"), float(s), int(b), int(e)) for a, s, b, e in zip(*rows)]
 
 
-def entities(raw_client, texts) -> list[list[dict]]:
-    result = raw_client.infer("ner", [text_input(raw_client.tc, texts)])
+def entities(raw_client, texts, model: str = "ner") -> list[list[dict]]:
+    result = raw_client.infer(model, [text_input(raw_client.tc, texts)])
     return [json.loads(x) for x in result.as_numpy(contract.ENTITIES).reshape(-1)]
 
 

@@ -64,6 +64,9 @@ def test_qa_contract_and_windowed_batching(qa_spec):
     params = TokenizerParameters.from_config(PythonModelConfig.from_dict(_as_dict(tokenizer)))
     assert (params.task, params.stride, params.max_windows, params.max_question_length, params.align_to_words) == (
         contract.QUESTION_ANSWERING, 128, 128, 64, True)
+    # issue 15's input limits apply to QUESTION + CONTEXT as to TEXT
+    assert (params.max_request_text_bytes, params.max_request_texts) == (
+        qa_spec.batching.max_request_text_bytes, qa_spec.batching.max_request_texts) == (1_048_576, 64)
     post_params = PostprocessParameters.from_config(PythonModelConfig.from_dict(_as_dict(post)))
     assert (post_params.n_best, post_params.max_answer_length, post_params.handle_impossible_answer) == (1, 15, False)
 
@@ -84,7 +87,8 @@ def test_existing_deployments_keep_their_configs(sentiment_spec):
     from tests.unit.test_triton_config import manifest_for as classic
 
     _, tokenizer, encoder, post = deployment_configs(sentiment_spec, classic(sentiment_spec), "cpu")
-    assert set(tokenizer.parameters) == {"tokenizer_file", "max_sequence_length", "length_buckets", "pad_token_id"}
+    assert set(tokenizer.parameters) == {"tokenizer_file", "max_sequence_length", "length_buckets", "pad_token_id",
+                                         "max_request_text_bytes", "max_request_texts"}
     assert "max_rows_per_run" not in encoder.parameters and set(post.parameters) == {"task", "labels"}
 
 
