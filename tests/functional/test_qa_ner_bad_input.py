@@ -72,3 +72,14 @@ def test_emoji_and_non_latin_scripts_are_answered(raw_client):
     for e in found[0]:
         assert UNUSUAL[e["start"]:e["end"]].strip() and isinstance(e["score"], float)
     still_answers(raw_client)
+
+
+def test_the_request_size_limit_counts_question_and_context_together(raw_client, qa_spec):
+    """Issue 15's input limit (1 MiB of text per request) holds for QUESTION + CONTEXT: checked
+    before decoding or tokenizing, named in the error; the server answers the next request."""
+    limit = qa_spec.batching.max_request_text_bytes
+    question, context = "what is it?", "a" * (limit - len("what is it?") + 1)  # one byte over, together
+    message = expect_error(raw_client, lambda: raw_client.infer("qa", qa_inputs(raw_client, [question], [context])),
+                           f"over the limit of {limit} bytes")
+    assert "question + context" in message and f"{limit + 1} bytes" in message, message
+    still_answers(raw_client)

@@ -3,6 +3,7 @@ the gpu repository's windowed tokenizer answering in the real server (no GPU her
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +29,13 @@ def test_plans_hold_a_request_of_max_windows_rows(gpu_repository, name, max_leng
     assert record["precision"] == "fp32"
 
 
+def _ready(client, model: str) -> bool:
+    try:
+        return client.is_model_ready(model)
+    except Exception:  # noqa: BLE001 - not listening yet
+        return False
+
+
 def test_gpu_repository_tokenizer_windows_a_long_context(gpu_repository, tmp_path, review_corpus):
     from trtserve_server.embedded import EmbeddedServer, Ports
     import tritonclient.http as httpclient
@@ -36,8 +44,13 @@ def test_gpu_repository_tokenizer_windows_a_long_context(gpu_repository, tmp_pat
                          extra_args=["--model-control-mode=explicit", "--load-model=qa_tokenizer"])
     srv.start()
     try:
-        srv.wait_ready(timeout_s=400)
+        # only the tokenizer is loaded: no deployment to wait for (EmbeddedServer.wait_ready), its own readiness
         client = httpclient.InferenceServerClient(srv.http_url)
+        deadline = time.monotonic() + 400
+        while not _ready(client, "qa_tokenizer"):
+            assert srv.process.poll() is None, f"tritonserver exited; see {tmp_path / 'triton.log'}"
+            assert time.monotonic() < deadline, f"qa_tokenizer not ready after 400 s; see {tmp_path / 'triton.log'}"
+            time.sleep(0.5)
         context = " ".join(review_corpus[:80])
         inputs = []
         for name, value in ((contract.QUESTION, "what is it?"), (contract.CONTEXT, context)):
