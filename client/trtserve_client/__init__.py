@@ -1,4 +1,5 @@
-"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``, ``generate``).
+"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``,
+``qa`` question answering, ``ner`` token classification) and ``generate`` (streaming text generation).
 
     from trtserve_client import TrtServeClient, ServerUnavailableError
 
@@ -9,7 +10,14 @@
 Errors are typed (see :mod:`trtserve_client.errors`); the ``trtserve`` command is
 :func:`trtserve_client.cli.main`.
 """
-from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_GENERATE_MODEL, TrtServeClient
+from .client import (
+    DEFAULT_CLASSIFY_MODEL,
+    DEFAULT_EMBED_MODEL,
+    DEFAULT_GENERATE_MODEL,
+    DEFAULT_NER_MODEL,
+    DEFAULT_QA_MODEL,
+    TrtServeClient,
+)
 from .errors import (
     BadInputError,
     InferenceError,
@@ -23,7 +31,7 @@ from .errors import (
 )
 from .generation import GenerationOptions, GenerationResult, GenerationStream
 from .inputs import encode_texts, split_batches
-from .results import DEFAULT_LABELS, Classification
+from .results import DEFAULT_LABELS, Answer, Classification, Entity
 from .retry import RetryPolicy, call_with_retry, is_retryable
 
 __all__ = [
@@ -32,9 +40,13 @@ __all__ = [
     "is_retryable",
     "call_with_retry",
     "Classification",
+    "Answer",
+    "Entity",
     "DEFAULT_LABELS",
     "DEFAULT_CLASSIFY_MODEL",
     "DEFAULT_EMBED_MODEL",
+    "DEFAULT_QA_MODEL",
+    "DEFAULT_NER_MODEL",
     "DEFAULT_GENERATE_MODEL",
     "GenerationOptions",
     "GenerationResult",

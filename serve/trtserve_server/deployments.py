@@ -1,12 +1,14 @@
 """Which served models are deployments, and which models serve each one.
 
 A *deployment* is a model that honours the client contract (README, "The ensemble contract"):
-the ``TYPE_STRING`` input of a task and its outputs (classification: ``TEXT`` -> ``LABEL``,
-``SCORE``, ``PROBABILITIES``; embedding: ``TEXT`` -> ``EMBEDDING``; generation, the decoupled
-``generate`` model: ``PROMPT`` -> ``TEXT``, ``FINISH_REASON``, ``TOKENS``). How it is served is
-not assumed: an ensemble's steps (recursively) are the models behind it, and a single model (one
-Python model with the same name and contract, say) is its own only model. The tokenizer step
-takes ``TEXT`` too, but its outputs are token ids, so it is not a deployment.
+the ``TYPE_STRING`` inputs and the outputs of one task (classification: ``TEXT`` ->
+``LABEL``, ``SCORE``, ``PROBABILITIES``; embedding: ``TEXT`` -> ``EMBEDDING``; question
+answering: ``QUESTION``, ``CONTEXT`` -> ``ANSWER``, ``SCORE``, ``START``, ``END``; token
+classification: ``TEXT`` -> ``ENTITIES``; generation, the decoupled ``generate`` model:
+``PROMPT`` -> ``TEXT``, ``FINISH_REASON``, ``TOKENS``). How it is served is not assumed: an ensemble's steps
+(recursively) are the models behind it, and a single model (one Python model with the same name
+and contract, say) is its own only model. The tokenizer step takes the same inputs, but its
+outputs are token ids, so it is not a deployment.
 
 Pure functions over the JSON model configs Triton serves (``GET /v2/models/<m>/config``), so
 they are unit-tested without a server.
@@ -21,19 +23,23 @@ from typing import Any
 
 import trtserve_contract as contract
 
-__all__ = ["Deployment", "TASK_INPUT", "TASK_OUTPUTS", "discover", "model_of_instance"]
+__all__ = ["Deployment", "TASK_INPUTS", "TASK_OUTPUTS", "discover", "model_of_instance"]
 
+#: task -> the string inputs a model takes to serve it (the client contract)
+TASK_INPUTS: dict[str, frozenset[str]] = {
+    contract.CLASSIFICATION: frozenset({contract.TEXT}),
+    contract.EMBEDDING_TASK: frozenset({contract.TEXT}),
+    contract.QUESTION_ANSWERING: frozenset({contract.QUESTION, contract.CONTEXT}),
+    contract.TOKEN_CLASSIFICATION: frozenset({contract.TEXT}),
+    contract.GENERATION_TASK: frozenset({contract.PROMPT}),
+}
 #: task -> the outputs a model must have to serve it (the client contract)
 TASK_OUTPUTS: dict[str, frozenset[str]] = {
     contract.CLASSIFICATION: frozenset({contract.LABEL, contract.SCORE, contract.PROBABILITIES}),
     contract.EMBEDDING_TASK: frozenset({contract.EMBEDDING}),
+    contract.QUESTION_ANSWERING: frozenset({contract.ANSWER, contract.SCORE, contract.START, contract.END}),
+    contract.TOKEN_CLASSIFICATION: frozenset({contract.ENTITIES}),
     contract.GENERATION_TASK: frozenset({contract.TEXT, contract.FINISH_REASON, contract.TOKENS}),
-}
-#: task -> its text input (a TYPE_STRING input of that name)
-TASK_INPUT: dict[str, str] = {
-    contract.CLASSIFICATION: contract.TEXT,
-    contract.EMBEDDING_TASK: contract.TEXT,
-    contract.GENERATION_TASK: contract.PROMPT,
 }
 
 
@@ -54,10 +60,11 @@ class Deployment:
 
 
 def _task(config: Mapping[str, Any]) -> str | None:
-    text_inputs = {i.get("name") for i in config.get("input", []) if i.get("data_type") == "TYPE_STRING"}
+    """The task whose contract ``config`` honours: its string inputs and outputs."""
+    inputs = {i.get("name") for i in config.get("input", []) if i.get("data_type") == "TYPE_STRING"}
     outputs = {o.get("name") for o in config.get("output", [])}
     for task, needed in TASK_OUTPUTS.items():
-        if TASK_INPUT[task] in text_inputs and needed <= outputs:
+        if TASK_INPUTS[task] <= inputs and needed <= outputs:
             return task
     return None
 

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import trtserve_contract as contract
 
-from .deployments import Deployment, discover
+from .deployments import TASK_INPUTS, Deployment, discover
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class EmbeddedServer:
         return discover(self.model_configs())
 
     def text_models(self) -> list[str]:
-        """Names of the ready deployments (models with a task's text input and outputs)."""
+        """Names of the ready deployments (models with a task's string inputs and outputs)."""
         return [d.name for d in self.deployments()]
 
     def load_model(self, name: str, timeout: float = 60.0) -> None:
@@ -256,8 +256,11 @@ class EmbeddedServer:
     def unload_model(self, name: str, timeout: float = 60.0) -> None:
         self._http("POST", f"/v2/repository/models/{name}/unload", {}, timeout=timeout)
 
-    def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
-        body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
+    def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0,
+                   inputs: Sequence[str] = ("TEXT",)) -> dict:
+        """``texts`` in each of ``inputs`` (a question-answering deployment takes QUESTION and CONTEXT)."""
+        body = {"inputs": [{"name": name, "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}
+                           for name in inputs]}
         return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
 
     def generate_once(self, model: str, prompt: str, timeout: float = 30.0) -> dict:
@@ -270,7 +273,8 @@ class EmbeddedServer:
         """A real inference of ``deployment`` in its task's form (what :meth:`wait_ready` sends)."""
         if deployment.task == contract.GENERATION_TASK:
             return self.generate_once(deployment.name, "readiness check", timeout=timeout)
-        return self.infer_text(deployment.name, ["readiness check"], timeout=timeout)
+        return self.infer_text(deployment.name, ["readiness check"], inputs=sorted(TASK_INPUTS[deployment.task]),
+                               timeout=timeout)
 
     def wait_ready(self, timeout_s: float = 120.0, abort_if: Callable[[], str | None] | None = None) -> list[str]:
         """Wait until every deployment answers a real inference in its task's form (health alone

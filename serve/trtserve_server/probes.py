@@ -1,10 +1,10 @@
 """Real inferences through the client contract, and what their failures mean to a supervisor.
 
 A probe sends one short text to a deployment with :class:`~trtserve_client.TrtServeClient`
-(``classify``, ``embed`` or ``generate_text``, by the deployment's task), exactly as a user
-would, with a short timeout and no retries, and checks the answer against the contract. A
-``generate`` probe asks for one token: it holds a sequence for one prompt step, and a server
-whose sequences are all taken turns it away as busy (not a fault).
+(``classify``, ``embed``, ``answer``, ``entities`` or ``generate_text``, by the deployment's task),
+exactly as a user would, with a short timeout and no retries, and checks the answer against the
+contract. A ``generate`` probe asks for one token: it holds a sequence for one prompt step, and a
+server whose sequences are all taken turns it away as busy (not a fault).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .deployments import Deployment
 __all__ = ["Outcome", "ProbeResult", "Prober", "outcome_of", "PROBE_TEXT"]
 
 PROBE_TEXT = "trtserve supervisor probe"
+PROBE_QUESTION = "what is this?"
 
 
 class Outcome(enum.Enum):
@@ -86,19 +87,7 @@ class Prober:
             client = TrtServeClient(self.url, protocol="http", timeout_s=timeout_s)
         start = time.monotonic()
         try:
-            if deployment.task == contract.CLASSIFICATION:
-                kwargs = {"labels": deployment.labels} if deployment.labels else {}
-                [result] = client.classify(PROBE_TEXT, model=deployment.name, **kwargs)
-                if not 0.0 <= result.score <= 1.0:
-                    raise ValueError(f"score {result.score} outside [0, 1]")
-            elif deployment.task == contract.GENERATION_TASK:
-                generated = client.generate_text(PROBE_TEXT, max_new_tokens=1, model=deployment.name)
-                if generated.tokens != 1 or generated.finish_reason not in contract.FINISH_REASONS:
-                    raise ValueError(f"{generated.tokens} token(s), finish reason {generated.finish_reason!r}")
-            else:
-                vectors = client.embed(PROBE_TEXT, model=deployment.name)
-                if vectors.shape[0] != 1 or not vectors.size:
-                    raise ValueError(f"embedding of shape {vectors.shape}")
+            _ask(client, deployment)
             return ProbeResult(deployment.name, Outcome.OK, time.monotonic() - start)
         except TrtServeError as e:
             return ProbeResult(deployment.name, outcome_of(e), time.monotonic() - start, e)
@@ -111,3 +100,29 @@ class Prober:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _ask(client: TrtServeClient, deployment: Deployment) -> None:
+    """One request through ``deployment``'s contract; ValueError when the answer breaks it (the
+    client itself checks shapes, and that an answer is the context's text at its offsets)."""
+    if deployment.task == contract.CLASSIFICATION:
+        kwargs = {"labels": deployment.labels} if deployment.labels else {}
+        [result] = client.classify(PROBE_TEXT, model=deployment.name, **kwargs)
+        if not 0.0 <= result.score <= 1.0:
+            raise ValueError(f"score {result.score} outside [0, 1]")
+    elif deployment.task == contract.QUESTION_ANSWERING:
+        answer = client.answer(PROBE_QUESTION, PROBE_TEXT, model=deployment.name)
+        if not 0.0 <= answer.score <= 1.0:
+            raise ValueError(f"score {answer.score} outside [0, 1]")
+    elif deployment.task == contract.TOKEN_CLASSIFICATION:
+        [entities] = client.entities(PROBE_TEXT, model=deployment.name)
+        if any(not 0.0 <= e.score <= 1.0 for e in entities):
+            raise ValueError(f"entity score outside [0, 1]: {entities}")
+    elif deployment.task == contract.GENERATION_TASK:
+        generated = client.generate_text(PROBE_TEXT, max_new_tokens=1, model=deployment.name)
+        if generated.tokens != 1 or generated.finish_reason not in contract.FINISH_REASONS:
+            raise ValueError(f"{generated.tokens} token(s), finish reason {generated.finish_reason!r}")
+    else:
+        vectors = client.embed(PROBE_TEXT, model=deployment.name)
+        if vectors.shape[0] != 1 or not vectors.size:
+            raise ValueError(f"embedding of shape {vectors.shape}")

@@ -10,7 +10,7 @@ the server's parent-death signal stays tied to a thread that lives as long as th
   ``probe_timeout_s`` (shorter than the models' queue timeout, so a hung step shows up as
   *our* timeout, not as the server's "Request timeout expired");
 - a probe that fails, or times out while a stub of the deployment is stuck or while the
-  deployment answered nothing else either, is repaired by the fastest action that works:
+  deployment answered and computed nothing else either, is repaired by the fastest action:
   kill what is stuck, unload + load the failing models (measured ~1.5 s; the other
   deployments keep serving), and when that does not bring the probe back, or the server is
   down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores);
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, kill_stub, release_regions, state_of, stubs_of
+from .processes import Stub, cpu_seconds, kill_stub, release_regions, state_of, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -57,6 +57,10 @@ class SupervisorSettings:
     #: probe timeouts in a row, with no request of the deployment answered meanwhile and no
     #: stub of it stopped or gone, before it counts as hung (one is enough with such a stub)
     hang_confirmations: int = 3
+    #: CPU seconds the deployment's stubs must use while a probe waits for the timeout to count
+    #: as work, not a hang: one long request (a question-answering context of ~90 windows) keeps
+    #: the encoder computing for several seconds on a CPU host, with no request answered
+    busy_cpu_s: float = 0.2
     #: how long one repository-API load or unload may take
     reload_timeout_s: float = 30.0
     #: a server that answers no probe (DOWN) for this long is restarted
@@ -242,8 +246,17 @@ class Supervisor:
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
+    def _stub_cpu_seconds(self, deployment: Deployment) -> float:
+        """CPU seconds used so far by the live stubs of ``deployment``'s models."""
+        total = 0.0
+        for instance, pid in self._known_stubs.items():
+            if model_of_instance(instance, deployment.models):
+                total += cpu_seconds(pid) or 0.0
+        return total
+
     def _check(self, deployment: Deployment, why: str, timeout_s: float | None = None) -> None:
         before = self._success_count(deployment.name)
+        cpu_before = self._stub_cpu_seconds(deployment)
         result = self._prober.probe(deployment, timeout_s=timeout_s)
         self.stats.add("probes", deployment.name)
         if result.outcome is not Outcome.TIMEOUT:
@@ -278,6 +291,12 @@ class Supervisor:
             if before is not None and after is not None and after > before:
                 log.info("%s answered %d other request(s) while the probe waited: busy, not hung",
                          deployment.name, after - before)
+                self._timeouts[deployment.name] = 0
+                return
+            used = self._stub_cpu_seconds(deployment) - cpu_before
+            if used >= self.settings.busy_cpu_s:
+                log.info("%s: its stubs computed for %.1f CPU s while the probe waited: busy, not hung",
+                         deployment.name, used)
                 self._timeouts[deployment.name] = 0
                 return
             self._timeouts[deployment.name] = self._timeouts.get(deployment.name, 0) + 1

@@ -23,6 +23,7 @@ class TritonPythonModel:
             output_name=self.output.name,
             intra_op_threads=params.intra_op_threads,
             merge=params.merge_lengths,
+            max_rows_per_run=params.max_rows_per_run,
         )
 
     def execute(self, requests):
