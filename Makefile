@@ -57,9 +57,11 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -v tests/unit
 
+# perf_analyzer (the outside client): $PERF_ANALYZER, else bench/perf_analyzer_setup.sh finds or
+# prepares it (natively, or in a Debian trixie container where glibc is older than 2.38).
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) bench/bench_serving.py
+	PERF_ANALYZER="$${PERF_ANALYZER:-$$(PY=$(PY) bench/perf_analyzer_setup.sh || true)}" $(PY) bench/bench_serving.py $(BENCH_ARGS)
 
 LOADTEST_HOST ?= 127.0.0.1
 PROTOCOL ?= grpc
@@ -85,7 +87,7 @@ bench-matrix: $(STAMP)
 	$(PY) bench/bench_matrix.py $(if $(QUICK),--quick)
 
 gpu-pack: $(STAMP)
-	$(PY) -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	bench/gpu/pack_device.sh
 
 gpu-bench:

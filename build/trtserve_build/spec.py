@@ -25,6 +25,14 @@ VARIANTS = ("cpu", "gpu", "gpu_torch")
 #: Precisions the torch backend (TorchScript, trtserve_build.torchscript) implements.
 TORCH_PRECISIONS = ("fp32", "fp16", "hybrid")
 TORCH_ATTENTION = ("sdpa", "eager")
+#: How a deployment is served: "ensemble" (tokenizer -> encoder -> postprocess, three models),
+#: "single" (one Python model doing all three; only where the engine runs in Python), or
+#: "auto": single for the onnxruntime and torch backends, ensemble for tensorrt.
+TOPOLOGIES = ("auto", "ensemble", "single")
+PYTHON_ENGINE_BACKENDS = ("onnxruntime", "torch")
+#: Instance knobs that also take "auto" (sized from the generating host's cores).
+AUTO = "auto"
+INSTANCE_KNOBS = ("instance_count", "tokenizer_instances", "postprocess_instances", "intra_op_threads")
 
 
 class SpecError(ValueError):
@@ -90,14 +98,17 @@ class ExportSpec:
 class EngineSpec:
     backend: str
     precision: str = "fp32"
-    instance_count: int = 1
+    #: Instances of the encoder (ensemble) or of the one model (single topology); "auto": sized
+    #: from the cores of the host that generates the repository (triton_config.host_sized).
+    instance_count: int | str = 1
+    topology: str = AUTO
     #: Instances of the Python-backend tokenizer and postprocess models in this variant (each
     #: its own process): one keeps a 2-core machine free for the encoder; a large host serves
     #: more texts/s with several, because each step handles one execution at a time.
-    tokenizer_instances: int = 1
-    postprocess_instances: int = 1
-    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
-    intra_op_threads: int = 0
+    tokenizer_instances: int | str = 1
+    postprocess_instances: int | str = 1
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = cores / instances).
+    intra_op_threads: int | str = 0
     #: torch backend: transformers attention implementation traced into the TorchScript.
     attention: str = "sdpa"
     #: torch backend: capture one CUDA graph per (batch size, length bucket) at load time.
@@ -182,6 +193,13 @@ class DeploymentSpec:
             raise SpecError(
                 f"{self.source}: no [engine.{variant}] section (have: {sorted(self.engines)})"
             ) from None
+
+    def topology(self, variant: str) -> str:
+        """"ensemble" or "single" for ``variant`` (resolving "auto" by the engine backend)."""
+        engine = self.engine(variant)
+        if engine.topology != AUTO:
+            return engine.topology
+        return "single" if engine.backend in PYTHON_ENGINE_BACKENDS else "ensemble"
 
     def checkpoint_path(self) -> str:
         """``model.checkpoint`` with relative local paths resolved against the repo root."""
@@ -331,9 +349,16 @@ def validate(spec: DeploymentSpec) -> None:
             raise SpecError(f"{where}: [engine.{variant}] backend {engine.backend!r}; known: {ENGINE_BACKENDS}")
         if engine.precision not in PRECISIONS:
             raise SpecError(f"{where}: [engine.{variant}] precision {engine.precision!r}; known: {PRECISIONS}")
-        for knob in ("instance_count", "tokenizer_instances", "postprocess_instances"):
-            if getattr(engine, knob) < 1:
-                raise SpecError(f"{where}: [engine.{variant}] {knob} must be >= 1")
+        for knob in INSTANCE_KNOBS:
+            value, least = getattr(engine, knob), 0 if knob == "intra_op_threads" else 1
+            if value != AUTO and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise SpecError(f"{where}: [engine.{variant}] {knob} must be >= {least} (an integer) or \"auto\", "
+                                f"got {value!r}")
+        if engine.topology not in TOPOLOGIES:
+            raise SpecError(f"{where}: [engine.{variant}] topology {engine.topology!r}; known: {TOPOLOGIES}")
+        if engine.topology == "single" and engine.backend not in PYTHON_ENGINE_BACKENDS:
+            raise SpecError(f"{where}: [engine.{variant}] topology \"single\" needs an engine that runs in a "
+                            f"Python model ({PYTHON_ENGINE_BACKENDS}); backend {engine.backend!r} is served as an ensemble")
         _validate_torch_engine(spec, variant, engine, where)
 
 

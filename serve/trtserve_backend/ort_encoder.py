@@ -6,6 +6,7 @@ to the longest request).
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -38,11 +39,19 @@ class OrtEncoder:
         self.output_name = output_name
         self.merge = check_merge(merge)
 
+    @classmethod
+    def from_config(cls, cfg, folder: str, input_names: Sequence[str], output_name: str) -> "OrtEncoder":
+        """From a Python model's config (model_config.PythonModelConfig) and its version folder."""
+        return cls(os.path.join(folder, cfg.parameter("onnx_file")), input_names=input_names, output_name=output_name,
+                   intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
+                   merge=cfg.parameter("merge_lengths", "group"))
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
 
-    def run_requests(self, requests: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """Run the requests of one execution as few batches as ``merge`` allows; one output each."""
+    def run_requests(self, requests: Sequence[dict[str, np.ndarray]], *, to_host: bool = True) -> list[np.ndarray]:
+        """Run the requests of one execution as few batches as ``merge`` allows; one output each
+        (always in host memory: ``to_host`` is accepted for the engines' common interface)."""
         key = self.input_names[0]
         results: list[np.ndarray | None] = [None] * len(requests)
         for length, members in plan_batches(requests, key, self.merge).items():

@@ -1,9 +1,12 @@
 """Task postprocessing (the logic behind ``<name>_postprocess``); pure numpy."""
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import Callable, Sequence
 
 import numpy as np
+
+from . import contract
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -44,3 +47,41 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     v = vectors.astype(np.float64)
     norms = np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), eps)
     return (v / norms).astype(np.float32)
+
+
+# ---- per task: engine output -> the deployment's public outputs ------------------------------
+# One registry for every model that finishes a request: the ensemble's ``<name>_postprocess``
+# step and the one-model deployment (triton_models/pipeline.py) call the same object.
+
+class ClassificationOutputs:
+    """logits [n, k] -> {LABEL, SCORE, PROBABILITIES}."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.classify = Classifier(labels)
+
+    def __call__(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        names, scores, probs = self.classify(np.asarray(values))
+        return {contract.LABEL: names, contract.SCORE: scores, contract.PROBABILITIES: probs}
+
+
+class EmbeddingOutputs:
+    """pooled [n, hidden] -> {EMBEDDING} (L2-normalised)."""
+
+    def __call__(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {contract.EMBEDDING: l2_normalize(np.asarray(values))}
+
+
+#: task name -> factory(parameter) where ``parameter(key)`` reads the model config's parameters.
+TASK_OUTPUTS: dict[str, Callable[[Callable[[str], str]], Callable[[np.ndarray], dict[str, np.ndarray]]]] = {
+    contract.CLASSIFICATION: lambda parameter: ClassificationOutputs(json.loads(parameter("labels"))),
+    contract.EMBEDDING_TASK: lambda parameter: EmbeddingOutputs(),
+}
+
+
+def task_outputs(task: str, parameter: Callable[[str], str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The postprocess of ``task``, configured from the model config's parameters."""
+    try:
+        factory = TASK_OUTPUTS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_OUTPUTS)}") from None
+    return factory(parameter)

@@ -8,6 +8,8 @@ dynamic batcher can merge them.
 from __future__ import annotations
 
 import bisect
+import itertools
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -67,6 +69,24 @@ class BucketTokenizer:
             raise ValueError(f"last length bucket {buckets[-1]} != max_length {max_length}")
         return cls(tok, max_length, buckets, pad_token_id, tuple(output_names))
 
+    @classmethod
+    def from_config(cls, cfg, folder: str, output_names: Sequence[str]) -> "BucketTokenizer":
+        """From a Python model's config (model_config.PythonModelConfig) and its version folder.
+
+        ``tokenizer_threads`` (default 1): the fast tokenizer's Rayon pool in this process. Each
+        model instance is its own process, and by default every one of them would start a pool of
+        one thread per host core (16 instances x 16 threads on a 16-core host); one thread per
+        instance lets the instance count decide the parallelism.
+        """
+        threads = int(cfg.parameter("tokenizer_threads", "1"))
+        os.environ["RAYON_NUM_THREADS"] = str(max(threads, 1))
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+        return cls.from_file(os.path.join(folder, cfg.parameter("tokenizer_file")),
+                             max_length=int(cfg.parameter("max_sequence_length")),
+                             buckets=cfg.json_parameter("length_buckets"),
+                             pad_token_id=int(cfg.parameter("pad_token_id")),
+                             output_names=output_names)
+
     def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
         """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request."""
         flat = [t for texts in requests for t in texts]
@@ -82,16 +102,15 @@ class BucketTokenizer:
         return self.encode_requests([texts])[0]
 
     def _pad(self, encodings) -> dict[str, np.ndarray]:
-        longest = max((len(e.ids) for e in encodings), default=1)
-        width = choose_bucket(longest, self.buckets)
-        n = len(encodings)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        width = choose_bucket(int(lengths.max(initial=1)), self.buckets)
+        n, total = len(encodings), int(lengths.sum())
+        # Vectorized: the mask's True cells in row-major order are exactly the tokens in order.
+        mask = np.arange(width)[None, :] < lengths[:, None]
         ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
         types = np.zeros((n, width), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            k = len(e.ids)
-            ids[row, :k] = e.ids
-            mask[row, :k] = 1
-            types[row, :k] = e.type_ids
-        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, contract.TOKEN_TYPE_IDS: types}
+        types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
+                                  count=total)
+        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask.astype(np.int64), contract.TOKEN_TYPE_IDS: types}
         return {name: arrays[name] for name in self.output_names}

@@ -184,17 +184,16 @@ class EmbeddedServer:
             return json.loads(payload) if payload else None
 
     def text_models(self) -> list[str]:
-        """Ready models whose input is the contract's TEXT string tensor (the ensembles)."""
-        names = []
+        """Ready models that take the contract's TEXT string tensor and are not a step of an ensemble:
+        the deployments, whether served as an ensemble or as one Python model."""
+        configs = {}
         for entry in self._http("POST", "/v2/repository/index", {}) or []:
-            if entry.get("state") != "READY":
-                continue
-            config = self._http("GET", f"/v2/models/{entry['name']}/config")
-            if config.get("platform") == "ensemble" and any(
-                i["name"] == "TEXT" and i["data_type"] == "TYPE_STRING" for i in config.get("input", [])
-            ):
-                names.append(entry["name"])
-        return sorted(names)
+            if entry.get("state") == "READY":
+                configs[entry["name"]] = self._http("GET", f"/v2/models/{entry['name']}/config") or {}
+        steps = {step.get("model_name") for config in configs.values()
+                 for step in (config.get("ensemble_scheduling") or {}).get("step", [])}
+        return sorted(name for name, config in configs.items() if name not in steps and any(
+            i["name"] == "TEXT" and i["data_type"] == "TYPE_STRING" for i in config.get("input", [])))
 
     def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
         body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}

@@ -24,6 +24,8 @@ from trtserve_client import (
     TrtServeError,
 )
 
+from .conftest import served_models
+
 TINY_QUEUE = 2
 QUEUE_TIMEOUT_US = 200_000
 POSITIVE = "a gripping, beautifully acted film"
@@ -135,10 +137,11 @@ def test_rejections_are_typed_with_a_clear_message(tiny_queue_server):
 
 
 def test_client_retry_gets_every_request_through(tiny_queue_server):
-    before = rejected_count(tiny_queue_server, "sentiment_tokenizer") + rejected_count(tiny_queue_server, "sentiment_encoder")
+    doors = served_models(tiny_queue_server, "sentiment")["doors"]
+    before = sum(rejected_count(tiny_queue_server, model) for model in doors)
     policy = RetryPolicy(max_attempts=50, deadline_s=30, initial_backoff_s=0.02, max_backoff_s=0.5)
     answered, errors = _burst(tiny_queue_server, n_threads=24, per_thread=3, retry=policy)
-    after = rejected_count(tiny_queue_server, "sentiment_tokenizer") + rejected_count(tiny_queue_server, "sentiment_encoder")
+    after = sum(rejected_count(tiny_queue_server, model) for model in doors)
     assert not errors, errors[:3]
     assert answered == ["positive"] * 72
     assert after > before, "the burst should have been rejected at times (and retried)"

@@ -21,6 +21,8 @@ def test_shipped_specs_load(sentiment_spec, embed_spec):
     assert embed_spec.model.length_buckets[-1] == embed_spec.model.max_sequence_length
     assert sentiment_spec.encoder_model == "sentiment_encoder"
     assert set(embed_spec.engines) == {"cpu", "gpu", "gpu_torch"}
+    # one Python model where the engine runs in Python; TensorRT (a C++ backend) stays an ensemble
+    assert [embed_spec.topology(v) for v in ("cpu", "gpu", "gpu_torch")] == ["single", "ensemble", "single"]
 
 
 def test_unknown_keys_are_rejected():
@@ -49,6 +51,10 @@ def test_unknown_keys_are_rejected():
         (lambda r: r.update(name="my-model"), "valid identifier"),
         (lambda r: r["engine"]["cpu"].update(tokenizer_instances=0), r"\[engine.cpu\] tokenizer_instances must be >= 1"),
         (lambda r: r["engine"]["cpu"].update(postprocess_instances=0), "postprocess_instances must be >= 1"),
+        (lambda r: r["engine"]["cpu"].update(instance_count="many"), r"instance_count must be >= 1 .* or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(intra_op_threads=-1), "intra_op_threads must be >= 0"),
+        (lambda r: r["engine"]["cpu"].update(topology="mesh"), "topology 'mesh'"),
+        (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
     ],
 )
 def test_invalid_specs_name_the_problem(mutate, message):

@@ -29,3 +29,33 @@ def input_arrays(request, names) -> dict:
     if missing:
         raise KeyError(f"request lacks input '{missing[0]}'")
     return {n: tensors[n].as_numpy() for n in names}
+
+
+def output_tensors(outputs, values: dict) -> list:
+    """pb_utils tensors for the config's ``outputs`` from {name: array}, in the config's dtypes."""
+    return [pb_utils.Tensor(t.name, values[t.name].astype(t.dtype, copy=False)) for t in outputs]
+
+
+def instance_device(args) -> str:
+    """``cuda:N`` for a KIND_GPU instance (made current), else ``cpu``."""
+    if args.get("model_instance_kind") == "GPU":
+        import torch
+
+        device = f"cuda:{args['model_instance_device_id']}"
+        torch.cuda.set_device(device)
+        return device
+    return "cpu"
+
+
+def read_texts(requests, input_name: str) -> tuple[list[list[str]], dict[int, str]]:
+    """Each request's texts (empty for a bad request) and {request index: error message}."""
+    from trtserve_backend.tokenize import InvalidTextError, decode_texts
+
+    texts, errors = [], {}
+    for i, request in enumerate(requests):
+        try:
+            texts.append(decode_texts(input_array(request, input_name), input_name))
+        except (InvalidTextError, KeyError) as e:
+            errors[i] = str(e)
+            texts.append([])
+    return texts, errors

@@ -1,8 +1,6 @@
 """``<name>_encoder`` on CPU: the exported ONNX graph under ONNX Runtime."""
 from __future__ import annotations
 
-import os
-
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
@@ -15,13 +13,7 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_names = [t.name for t in cfg.inputs]
         self.output = cfg.single_output()
-        self.encoder = OrtEncoder(
-            os.path.join(version_dir(args), cfg.parameter("onnx_file")),
-            input_names=self.input_names,
-            output_name=self.output.name,
-            intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
-            merge=cfg.parameter("merge_lengths", "group"),
-        )
+        self.encoder = OrtEncoder.from_config(cfg, version_dir(args), self.input_names, self.output.name)
 
     def execute(self, requests):
         try:

