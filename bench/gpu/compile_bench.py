@@ -44,7 +44,7 @@ VARIANTS = {
     # name: (torch.compile kwargs, inductor config overrides)
     "compile reduce-overhead": ({"mode": "reduce-overhead"}, {}),
     "compile reduce-overhead + freezing": ({"mode": "reduce-overhead"}, {"freezing": True}),
-    "compile max-autotune-no-cudagraphs + freezing, CUDA graph": (
+    "compile max-autotune-no-cudagraphs + freezing + own CUDA graph": (
         {"mode": "max-autotune-no-cudagraphs"}, {"freezing": True, "coordinate_descent_tuning": True}),
 }
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in overrides.items():
                 setattr(inductor_config, k, v)
             compiled = torch.compile(module, dynamic=False, **kwargs)
-            own_graph = "CUDA graph" in name
+            own_graph = "own CUDA graph" in name
             for b in batches:
                 x = feeds(b, args.seq)
                 t0 = time.perf_counter()
