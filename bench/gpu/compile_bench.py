@@ -41,11 +41,12 @@ def feeds(batch: int, seq: int):
 
 
 VARIANTS = {
-    # name: (torch.compile kwargs, inductor config overrides)
-    "compile reduce-overhead": ({"mode": "reduce-overhead"}, {}),
-    "compile reduce-overhead + freezing": ({"mode": "reduce-overhead"}, {"freezing": True}),
+    # name: (torch.compile kwargs, inductor config overrides, autotuned: compiles for minutes per shape)
+    "compile reduce-overhead": ({"mode": "reduce-overhead"}, {}, False),
+    "compile reduce-overhead + freezing": ({"mode": "reduce-overhead"}, {"freezing": True}, False),
+    "compile + freezing + own CUDA graph": ({}, {"freezing": True}, False),
     "compile max-autotune-no-cudagraphs + freezing + own CUDA graph": (
-        {"mode": "max-autotune-no-cudagraphs"}, {"freezing": True, "coordinate_descent_tuning": True}),
+        {"mode": "max-autotune-no-cudagraphs"}, {"freezing": True, "coordinate_descent_tuning": True}, True),
 }
 
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,128,256")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--autotune-batches", default="1", help="batches for the max-autotune variants")
     parser.add_argument("--budget-s", type=float, default=400, help="skip variants once this much time is spent")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]
+    autotune_batches = [int(b) for b in args.autotune_batches.split(",")]
     result: dict = {"machine": gpu_info(), "torch": torch.__version__, "seq": args.seq,
                     "model": "BERT-base (bert-base-uncased config), random weights, fp16, SDPA attention, "
                              "2-way head; inputs unpadded", "rows": [], "compile_s": {}, "errors": {}}
@@ -96,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     module = ts.task_module(model, contract.CLASSIFICATION)
     reference = {}
     with torch.no_grad():
-        for b in batches:
+        for b in sorted(set(batches + autotune_batches)):
             reference[b] = module(*feeds(b, args.seq)).float()
     for name in [v for v in args.variants.split(",") if v]:
         if time.perf_counter() - started > args.budget_s:
             result["errors"][name] = f"skipped: {time.perf_counter() - started:.0f}s spent"
             continue
-        kwargs, overrides = VARIANTS[name]
+        kwargs, overrides, autotuned = VARIANTS[name]
         torch._dynamo.reset()
         saved = {k: getattr(inductor_config, k) for k in overrides}
         try:
@@ -110,16 +113,23 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(inductor_config, k, v)
             compiled = torch.compile(module, dynamic=False, **kwargs)
             own_graph = "own CUDA graph" in name
-            for b in batches:
+            for b in (autotune_batches if autotuned else batches):
+                if time.perf_counter() - started > args.budget_s:
+                    result["errors"][f"{name} {b}x{args.seq}"] = "skipped: time budget"
+                    continue
                 x = feeds(b, args.seq)
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    out = compiled(*x)
-                    fn = graphed(compiled, x) if own_graph else (lambda: compiled(*x))
+                    diff = float((compiled(*x).float() - reference[b]).abs().max())
+                    if own_graph:
+                        fn = graphed(compiled, x)
+                    else:  # cudagraph trees: a new step per call, outputs of the last one may be reused
+                        def fn(x=x):
+                            torch.compiler.cudagraph_mark_step_begin()
+                            return compiled(*x)
                     fn()
                 torch.cuda.synchronize()
                 result["compile_s"][f"{name} {b}x{args.seq}"] = round(time.perf_counter() - t0, 1)
-                diff = float((out.float() - reference[b]).abs().max())
                 with torch.no_grad():
                     r = time_gpu(fn, b)
                 result["rows"].append({"engine": name, "batch": b, "seq": args.seq, "max_abs_diff_vs_eager": diff, **r})
