@@ -7,7 +7,7 @@
 #                                  backend and the Python 3.12 stub only; an empty
 #                                  pytriton/__init__.py so trtserve_server.embedded finds it
 #   .device/wheels/                numpy 1.26.4 (the 2.51 stub needs numpy < 2), the gRPC
-#                                  client: tritonclient, python-rapidjson, protobuf, grpcio; and
+#                                  client: tritonclient, python-rapidjson, protobuf (grpcio: the image's); and
 #                                  perf-analyzer 2.60.0 (its binary needs glibc >= 2.38: fine there)
 #   .device/data/                  sentiment and embed export manifests + tokenizer.json, the MiniLM
 #                                  config.json (weights are made on the GPU machine), texts;
@@ -50,7 +50,10 @@ if [ ! -f "$DEV/triton-server.tar.xz" ]; then
     rm -rf "$tmp"
 fi
 cp "$DL"/numpy-1.26.4-*.whl "$DL"/tritonclient-2.73.0-*.whl "$DL"/python_rapidjson-1.25-*.whl \
-   "$DL"/protobuf-6.33.6-*.whl "$DL"/grpcio-1.85.1-*.whl "$DL"/perf_analyzer-2.60.0-*.whl "$DEV/wheels/"
+   "$DL"/protobuf-6.33.6-*.whl "$DL"/perf_analyzer-2.60.0-*.whl "$DEV/wheels/"
+# grpcio (7 MB) stays behind: the image has it (tritonclient.grpc imports there through the .pth),
+# and perf-analyzer (7 MB) must fit in the 64 MiB beside the server tree and numpy.
+rm -f "$DEV"/wheels/grpcio-*.whl
 
 # --- data: what the served sentiment repository is generated from -----------------------------
 CHECKPOINT=${TRTSERVE_CACHE:-$ROOT/.cache}/checkpoints/sentiment
