@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -62,6 +63,7 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
            "--max-trials", "6",
            "-f", str(out_csv)]
     started = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -69,6 +71,8 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
     if proc.returncode != 0 or not out_csv.exists():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-4:]
         return {"concurrency": concurrency, "error": f"perf_analyzer exit {proc.returncode}: {' | '.join(tail)}"}
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter() - started
     with out_csv.open() as f:
         row = next(csv.DictReader(f))
     return {
@@ -82,7 +86,9 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
         "server_queue_ms": _ms(row, "Server Queue"), "server_compute_input_ms": _ms(row, "Server Compute Input"),
         "server_compute_infer_ms": _ms(row, "Server Compute Infer"),
         "server_compute_output_ms": _ms(row, "Server Compute Output"), "client_recv_ms": _ms(row, "Client Recv"),
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(wall, 1),
+        # the client's own CPU (it shares the host): cores busy over its whole run
+        "client_cores_busy": round((used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime) / wall, 2),
     }
 
 

@@ -83,6 +83,22 @@ def check(url: str, name: str, reference: dict) -> dict:
             "argmax_agreement": float((batched.argmax(-1) == ref.argmax(-1)).mean())}
 
 
+def with_instances(repository: Path, count: int, out: Path) -> Path:
+    """A copy of ``repository`` whose models all run ``count`` instances (configs through protobuf)."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "build"))
+    from trtserve_build.triton_config import read_config, write_config
+
+    shutil.copytree(repository, out)
+    for path in out.glob("*/config.pbtxt"):
+        config = read_config(path)
+        for group in config.instance_group:
+            group.count = count
+        write_config(config, path)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", required=True)
@@ -93,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true")
     parser.add_argument("--concurrency", default="1,16,64,128,256")
     parser.add_argument("--measurement-ms", type=int, default=2000)
+    parser.add_argument("--instances", type=int, help="experiment: every model's instance count (a copy of the repository)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
@@ -106,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"label": args.label, "repository": args.repository,
                     "client": "perf_analyzer (C++), async gRPC, closed loop at each concurrency, one review "
                               "snippet per request", "deployments": {}}
-    server = EmbeddedServer(Path(args.repository), Ports.free(), log_path=Path(args.log))
+    repository = Path(args.repository)
+    if args.instances:
+        repository = with_instances(repository, args.instances, work / "repository")
+        result["instances"] = args.instances
+    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log))
     started = time.perf_counter()
     try:
         with server:

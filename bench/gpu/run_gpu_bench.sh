@@ -5,8 +5,8 @@
 #      Python-backend stubs (numpy 1.26 + a .pth to the image's torch/tokenizers) that also holds
 #      the gRPC client; perf_analyzer (the perf-analyzer wheel) as the outside client;
 #   2. engine_bench.py  --lean (image python) raw engine: BERT-base, HF eager vs TorchScript fp16/hybrid
-#                       + CUDA graphs at batch 1/32/128/256 x 128;
-#   3. compile_bench.py (image python) engine fusion: torch.compile variants of BERT-base fp16;
+#                       + CUDA graphs at batch 1/32/128/256 x 128 (run after 4-6, in the time left);
+#   3. compile_bench.py (image python) engine fusion: torch.compile variants of BERT-base fp16 (same);
 #   4. build_served.py  (image python) `sentiment` and `embed` gpu_torch repositories through the
 #                       project's stages (MiniLM architecture, random weights: the checkpoints do
 #                       not fit a run): the default topology (one Python model per deployment),
@@ -28,8 +28,8 @@ WORK=${WORK:-/tmp/trtserve-gpu}
 PARTS=$WORK/parts
 IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 BUDGET_S=${BUDGET_S:-560}   # the device tool stops a command at 600 s
-CONCURRENCY=${CONCURRENCY:-1,16,64,128,256}
-COMPILE_VARIANTS=${COMPILE_VARIANTS-compile reduce-overhead + freezing}
+CONCURRENCY=${CONCURRENCY:-1,16,64,128,256,512}
+COMPILE_VARIANTS=${COMPILE_VARIANTS-compile + freezing + own CUDA graph,compile max-autotune-no-cudagraphs + freezing + own CUDA graph}
 source bench/gpu/device_env.sh
 
 # perf_analyzer: the wheel's binary runs natively here (glibc >= 2.38)
@@ -40,33 +40,44 @@ log "perf_analyzer: $("$PERF_ANALYZER" --version 2>&1 | head -1)"
 IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")   # an array, not a function: `timeout` runs it
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 
-# ---- 2-3. raw engine, fusion ---------------------------------------------------------------------
-[ "${ENGINE:-1}" = 1 ] && step engine 150 "${IMG[@]}" bench/gpu/engine_bench.py --lean --out "$PARTS/engine.json"
-[ -n "$COMPILE_VARIANTS" ] && step compile 150 "${IMG[@]}" bench/gpu/compile_bench.py --out "$PARTS/compile.json" \
-    --variants "$COMPILE_VARIANTS" --budget-s 110
-
+# Served first (the main numbers), then the engine measurements in the time left.
 # ---- 4. the served repositories ------------------------------------------------------------------
-step build_served 120 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
+step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
     --out "$PARTS/build_served.json" --skip-cpu-trace || { log "no repository: skipping the served measurements"; exit 1; }
 
 # ---- 5. in-process baselines (the stub's environment) ---------------------------------------------
-step inprocess 90 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \
+step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \
     --texts "$DEV/data/texts.txt" --out "$PARTS/inprocess.json"
 
 # ---- 6. served, perf_analyzer ---------------------------------------------------------------------
 PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt")
-step served_single 150 "${PA[@]}" --repository "$WORK/repository" --label single --reference "$WORK/reference.json" \
+step served_single 160 "${PA[@]}" --repository "$WORK/repository" --label single --reference "$WORK/reference.json" \
     --concurrency "$CONCURRENCY" --out "$PARTS/served_single.json" --log "$PARTS/triton_single.log"
 step floor_single 50 "${PA[@]}" --repository "$WORK/floor_single" --label floor_single --no-check \
     --deployments sentiment --concurrency 1,64,256 --out "$PARTS/floor_single.json" --log "$PARTS/triton_floor_single.log"
-if [ "$(left)" -gt 100 ]; then
-    step served_ensemble 100 "${PA[@]}" --repository "$WORK/repository_ensemble" --label ensemble \
-        --reference "$WORK/reference.json" --deployments sentiment --concurrency 1,64,256 \
-        --out "$PARTS/served_ensemble.json" --log "$PARTS/triton_ensemble.log"
+step served_ensemble 60 "${PA[@]}" --repository "$WORK/repository_ensemble" --label ensemble \
+    --reference "$WORK/reference.json" --deployments sentiment --concurrency 1,64,256 \
+    --out "$PARTS/served_ensemble.json" --log "$PARTS/triton_ensemble.log"
+step floor_ensemble 50 "${PA[@]}" --repository "$WORK/floor_ensemble" --label floor_ensemble --no-check \
+    --deployments sentiment --concurrency 1,64,256 --out "$PARTS/floor_ensemble.json" --log "$PARTS/triton_floor_ensemble.log"
+
+# ---- 2-3. raw engine, fusion (in the time left) ---------------------------------------------------
+if [ "${ENGINE:-1}" = 1 ] && [ "$(left)" -gt 120 ]; then
+    step engine 110 "${IMG[@]}" bench/gpu/engine_bench.py --lean --out "$PARTS/engine.json"
 fi
-if [ "$(left)" -gt 50 ]; then
-    step floor_ensemble 50 "${PA[@]}" --repository "$WORK/floor_ensemble" --label floor_ensemble --no-check \
-        --deployments sentiment --concurrency 1,64,256 --out "$PARTS/floor_ensemble.json" --log "$PARTS/triton_floor_ensemble.log"
+if [ -n "$COMPILE_VARIANTS" ] && [ "$(left)" -gt 60 ]; then
+    step compile $(( $(left) - 15 )) "${IMG[@]}" bench/gpu/compile_bench.py --out "$PARTS/compile.json" \
+        --variants "$COMPILE_VARIANTS" --budget-s $(( $(left) - 60 ))
+fi
+# experiments: one instance of the one model (what concurrency 1 costs with warm caches, one CUDA
+# context) and 12 instead of "auto" (8 on 16 cores)
+if [ "$(left)" -gt 40 ]; then
+    step served_single_x1 35 "${PA[@]}" --repository "$WORK/repository" --label single_x1 --no-check --instances 1 \
+        --deployments sentiment --concurrency 1,16 --out "$PARTS/served_single_x1.json" --log "$PARTS/triton_x1.log"
+fi
+if [ "$(left)" -gt 60 ]; then
+    step served_single_x12 55 "${PA[@]}" --repository "$WORK/repository" --label single_x12 --no-check --instances 12 \
+        --deployments sentiment --concurrency 256,512 --out "$PARTS/served_single_x12.json" --log "$PARTS/triton_x12.log"
 fi
 
 # ---- 7. report -------------------------------------------------------------------------------------
