@@ -284,6 +284,7 @@ def test_shm_size_covers_the_python_backend(services):
     """One shared-memory region per Python-backend model instance, of the configured default
     size, must fit in shm_size with room to grow; the default must hold the largest request."""
     from trtserve_build.spec import load_spec
+    from trtserve_build.triton_config import host_sized
 
     triton = services["triton"]
     backend = dict(a.split("=", 1)[1].split(",", 1)[1].split("=") for a in triton["command"]
@@ -294,8 +295,12 @@ def test_shm_size_covers_the_python_backend(services):
     largest_request = 0
     for spec in specs:
         gpu = spec.engine("gpu")
-        instances += gpu.tokenizer_instances + gpu.postprocess_instances
-        instances += gpu.instance_count if gpu.backend == "onnxruntime" else 0  # a Python-backend encoder
+
+        def count(knob):  # "auto" at its largest (the GPU host's cores are not known here)
+            return host_sized(spec, "gpu", knob, cores=1024)
+
+        instances += count("tokenizer_instances") + count("postprocess_instances")
+        instances += count("instance_count") if gpu.backend == "onnxruntime" else 0  # a Python-backend encoder
         token_tensors = spec.batching.max_batch_size * spec.model.max_sequence_length * 3 * 8  # int64 x3
         largest_request = max(largest_request, token_tensors)
     assert default_bytes >= 8 * largest_request
