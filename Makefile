@@ -17,11 +17,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv serve test unit layers engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
-	@echo "make test    - install and run the whole test suite"
+	@echo "make test    - install and run the whole test suite (the layers contract first)"
 	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
@@ -51,17 +51,23 @@ serve: $(STAMP)
 # The default models are trained/exported first (cached, with progress shown), so test
 # timeouts measure tests, not the one-off training.
 test: $(STAMP)
+	$(MAKE) --no-print-directory layers
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) -m pytest -x -v --timeout=900 tests
 
 unit: $(STAMP)
-	$(PY) -m pytest -v tests/unit
+	$(MAKE) --no-print-directory layers
+	$(PY) -m pytest -v -m "not functional" tests
+
+# The layers contract in pyproject.toml (docs/architecture.md): imports point down only.
+layers: $(STAMP)
+	$(dir $(PY))lint-imports
 
 # perf_analyzer (the outside client): $PERF_ANALYZER, else bench/perf_analyzer_setup.sh finds or
 # prepares it (natively, or in a Debian trixie container where glibc is older than 2.38).
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	PERF_ANALYZER="$${PERF_ANALYZER:-$$(PY=$(PY) bench/perf_analyzer_setup.sh || true)}" $(PY) bench/bench_serving.py $(BENCH_ARGS)
+	PERF_ANALYZER="$${PERF_ANALYZER:-$$(PY=$(PY) bench/perf_analyzer_setup.sh || true)}" $(PY) -m bench.bench_serving $(BENCH_ARGS)
 
 LOADTEST_HOST ?= 127.0.0.1
 PROTOCOL ?= grpc
@@ -78,13 +84,13 @@ loadtest: $(STAMP)
 
 overload: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) bench/overload.py $(OVERLOAD_ARGS)
+	$(PY) -m bench.overload $(OVERLOAD_ARGS)
 
 validate: $(STAMP)
-	$(PY) -m trtserve_build.fidelity $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
+	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
 
 bench-matrix: $(STAMP)
-	$(PY) bench/bench_matrix.py $(if $(QUICK),--quick)
+	$(PY) -m bench.bench_matrix $(if $(QUICK),--quick)
 
 gpu-pack: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu

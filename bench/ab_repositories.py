@@ -8,7 +8,7 @@ time per request in each step of the ensemble.
 
     # a variant: copy the generated repository and change one thing in it
     cp -r model_repository/cpu /tmp/b && $EDITOR /tmp/b/sentiment_encoder/config.pbtxt
-    python bench/ab_repositories.py model_repository/cpu /tmp/b --rounds 20 [--throughput-seconds 5]
+    python -m bench.ab_repositories model_repository/cpu /tmp/b --rounds 20 [--throughput-seconds 5]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serving import add_step_times, grpc_text_caller, mean_step_times, served_throughput, step_stats
+from bench.bench_serving import add_step_times, grpc_text_caller, mean_step_times, served_throughput, step_stats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure 8-client throughput for this long per variant per round")
     args = parser.parse_args(argv)
 
-    from trtserve_build.data import corpus_texts
+    from trtserve_build.data.datasets import corpus_texts
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     texts = corpus_texts()[-2000:]

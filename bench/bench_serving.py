@@ -199,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the do-nothing ensemble (bench/ensemble_floor.py) latency row")
     args = parser.parse_args(argv)
 
-    from trtserve_build.data import corpus_texts
-    from trtserve_build.export import ExportManifest, export_dir
-    from trtserve_build.host import cpu_model
-    from trtserve_build.spec import load_spec
+    from trtserve_build.data.datasets import corpus_texts
+    from trtserve_build.core.paths import export_dir
+    from trtserve_build.core.records import ExportManifest
+    from trtserve_build.core.host import cpu_model
+    from trtserve_build.core.spec import load_spec
     from trtserve_server.embedded import EmbeddedServer, Ports
 
-    from ensemble_floor import write_floor_repository
+    from bench.ensemble_floor import write_floor_repository
 
     spec = load_spec(REPO_ROOT / "deployments" / "sentiment.toml")
     artifacts = export_dir(spec)
@@ -306,7 +307,7 @@ def outside_client(server, floor, texts: list[str], args) -> dict:
     """perf_analyzer against the served model (c=1 and c=``args.concurrency``) and the floor (c=1)."""
     import tempfile
 
-    import perf_analyzer
+    from bench import perf_analyzer
 
     pa = perf_analyzer.command()
     if not pa or args.no_perf_analyzer:

@@ -5,7 +5,7 @@ CPU caches. This times the fast tokenizer on the same texts back to back (warm) 
 an encoder run (cold), in-process: the served ensemble's tokenizer, postprocess, Triton and
 client code all run in the second situation at concurrency 1.
 
-    python bench/cold_cache_probe.py
+    python -m bench.cold_cache_probe
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def main() -> int:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from trtserve_build.data import corpus_texts
-    from trtserve_build.export import export_dir
-    from trtserve_build.spec import load_spec
+    from trtserve_build.data.datasets import corpus_texts
+    from trtserve_build.core.paths import export_dir
+    from trtserve_build.core.spec import load_spec
 
     spec = load_spec(REPO_ROOT / "deployments" / "sentiment.toml")
     artifacts = export_dir(spec)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from trtserve_build.triton_config import read_config
+from trtserve_build.core.pbtxt import read_config
 
 #: One model.py for every step: each output shaped [rows, *dims] from the config, filled with
 #: a constant (strings: the first label-like value), computed from nothing.

@@ -32,10 +32,8 @@ grpc_gevent.init_gevent()
 
 from locust import User, events, task  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `loadtest` importable as a package
-
 from loadtest.workload import DEFAULT_MODELS, RequestMix, load_corpus, request_name  # noqa: E402
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_client.errors import translate_error  # noqa: E402
 from trtserve_client.inputs import encode_texts, text_tensor  # noqa: E402
 

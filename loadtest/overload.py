@@ -1,7 +1,7 @@
 """Overload benchmark: offer 2x the measured capacity and count what happens to every request.
 
-    python bench/overload.py                       # own server on model_repository/cpu (make overload)
-    python bench/overload.py --url 127.0.0.1:8001 --metrics-url http://127.0.0.1:8002/metrics
+    python -m bench.overload                     # own server on model_repository/cpu (make overload)
+    python -m bench.overload --url 127.0.0.1:8001 --metrics-url http://127.0.0.1:8002/metrics
 
 1. capacity: ``--capacity-concurrency`` closed-loop gRPC clients send single real texts to
    ``--model`` for ``--capacity-seconds``; capacity = answered requests per second;
@@ -99,7 +99,7 @@ class Generator:
     def __init__(self, url: str, model: str, texts: list[str], timeout_s: float) -> None:
         import tritonclient.grpc.aio as aioclient
 
-        from trtserve_backend import contract
+        import trtserve_contract as contract
 
         self.tc = aioclient
         self.clients = [aioclient.InferenceServerClient(url) for _ in range(CHANNELS)]

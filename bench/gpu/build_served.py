@@ -3,8 +3,8 @@
 The sentiment checkpoint (90 MB FP32) does not travel with a 64 MiB run, so the encoder is the
 sentiment model's architecture (its config.json: MiniLM, 6 layers, hidden 384, 2 labels) with
 random weights (seeded); tokenizer.json and the export manifest are the real ones. The
-TorchScript is made by trtserve_build.torchscript (traced on the GPU, checked against FP32 on
-real review snippets) and the repository by trtserve_build.repository, as `make engines
+TorchScript is made by trtserve_build.stages.torchscript (traced on the GPU, checked against FP32
+on real review snippets) and the repository by trtserve_build.stages.repository, as `make engines
 VARIANT=gpu_torch` would. Writes FP32 reference probabilities for the served correctness check,
 and cross-checks the CPU build path (trace on the CPU, retarget to cuda) against the GPU trace.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve"), str(ROOT / "contract"), str(ROOT)]
 
 from timing import gpu_info, write_json  # noqa: E402
 
@@ -48,7 +48,7 @@ def log(msg: str) -> None:
 def _force_cpu(repositories) -> None:
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from trtserve_build.triton_config import read_config, write_config
+    from trtserve_build.core.pbtxt import read_config, write_config
 
     for repo in repositories:
         for path in Path(repo).glob("*/config.pbtxt"):
@@ -78,13 +78,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from bench.ensemble_floor import write_floor_repository
     from trtserve_backend.postprocess import l2_normalize, softmax
-    from trtserve_build import torchscript as ts
-    from trtserve_build.export import TOKENIZER_FILE, ExportManifest, export_dir
-    from trtserve_build.repository import generate_repository
-    from trtserve_build.spec import load_spec
-
-    from ensemble_floor import write_floor_repository
+    from trtserve_build.core.metrics import Agreement
+    from trtserve_build.core.paths import TOKENIZER_FILE, export_dir, torchscript_path
+    from trtserve_build.core.records import ExportManifest
+    from trtserve_build.core.spec import load_spec
+    from trtserve_build.data.tokenizer import bucket_tokenizer
+    from trtserve_build.models.heads import task_module
+    from trtserve_build.models.loader import random_task_model
+    from trtserve_build.pipeline.build import generate_repository, with_precision
+    from trtserve_build.stages import torchscript as ts
 
     texts = [t for t in (data / "texts.txt").read_text().splitlines() if t]
     summary: dict = {"machine": gpu_info(), "weights": f"random (seed {args.seed}), sentiment config.json architecture",
@@ -94,28 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.deployments.split(","):
         spec = load_spec(ROOT / "deployments" / f"{name}.toml")
         if args.precision:
-            from trtserve_build.pipeline import with_precision
-
             spec = with_precision(spec, VARIANT, args.precision)
         engine = spec.engine(VARIANT)
         manifest = ExportManifest.read(export_dir(spec))
-        model = ts.random_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
-        feeds = ts.tokenize_for_check(export_dir(spec) / TOKENIZER_FILE, texts[:args.reference_texts],
-                                      spec.model.max_sequence_length, spec.model.length_buckets,
-                                      manifest.pad_token_id, manifest.inputs)
+        model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
+        feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
+                                 spec.model.length_buckets, manifest.pad_token_id,
+                                 manifest.inputs).encode(texts[:args.reference_texts])
         traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
                                              feeds, ts.gate_for(spec, engine.precision), device=device,
                                              target_device_type=torch.device(device).type,
                                              pad_token_id=manifest.pad_token_id)
         record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
         record.fingerprint = f"random-{args.seed}"
-        path = ts.save(traced, record, ts.torchscript_path(spec, engine.precision, engine.attention))
+        path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
         summary["deployments"][name] = {"torchscript": {"path": str(path), "bytes": path.stat().st_size,
                                                         **record.metadata()}}
         log(f"{name}: TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
         # FP32 reference for the served check: the same random weights, texts padded as served.
         with torch.no_grad():
-            raw = ts.task_module(model, spec.task)(
+            raw = task_module(model, spec.task)(
                 *(torch.from_numpy(feeds[n]).to(device) for n in manifest.inputs)).float().cpu().numpy()
         output, values = ("PROBABILITIES", softmax(raw)) if spec.task == "classification" else ("EMBEDDING", l2_normalize(raw))
         references[name] = {"texts": texts[:args.reference_texts], "output": output, "values": values.tolist()}
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, engine, model, feeds, manifest, traced = sentiment
         # The CPU build path (no GPU on the build host): trace + check on the CPU, retarget to cuda.
         started = time.perf_counter()
-        cpu_model = ts.random_model(data / "sentiment_config.json", spec.task, seed=args.seed)
+        cpu_model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed)
         small = {n: v[:16] for n, v in feeds.items()}
         cpu_traced, cpu_record = ts.make_torchscript(cpu_model, spec.task, engine.precision, engine.attention,
                                                      manifest.inputs, small, ts.gate_for(spec, engine.precision),
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             a = loaded(*args_gpu).float().cpu().numpy()
             b = traced(*args_gpu).float().cpu().numpy()
-        agreement = ts.Agreement.measure(b, a)
+        agreement = Agreement.measure(b, a)
         summary["cpu_trace_retargeted_vs_gpu_trace"] = {
             "retargeted_constants": cpu_record.retargeted_constants, **asdict(agreement),
             "seconds": round(time.perf_counter() - started, 1)}

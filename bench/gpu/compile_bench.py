@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "build"), str(Path(__file__).resolve().parents[2] / "serve")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / d) for d in ("build", "serve", "contract")]
 
 from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 
 NAMES = contract.ENCODER_INPUTS
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch._inductor.config as inductor_config
     from transformers import BertConfig, BertForSequenceClassification
 
-    from trtserve_build import torchscript as ts
+    from trtserve_build.models.heads import task_module
 
     started = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                              "2-way head; inputs unpadded", "rows": [], "compile_s": {}, "errors": {}}
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2)).eval().cuda().half()
-    module = ts.task_module(model, contract.CLASSIFICATION)
+    module = task_module(model, contract.CLASSIFICATION)
     reference = {}
     with torch.no_grad():
         for b in sorted(set(batches + autotune_batches)):

@@ -1,7 +1,7 @@
 """Raw engine on the GPU: BERT-base (from its config, random weights) in-process, side by side.
 
 Rows: Hugging Face PyTorch eager FP32 and FP16 (transformers' default attention), and the torch
-backend's engine (trtserve_build.torchscript + trtserve_backend.torch_engine.TorchEncoder, the
+backend's engine (trtserve_build.stages.torchscript + trtserve_backend.torch_engine.TorchEncoder, the
 code the served encoder runs) in fp16 and hybrid, with and without CUDA graphs. Shapes: batch
 1/8/32 x sequence 128/384, plus larger batches at 128 to find the best throughput. Also the
 fidelity of fp16/hybrid against FP32 (mean-pooled embeddings and logits, random padded inputs).
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "build"), str(Path(__file__).resolve().parents[2] / "serve")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / d) for d in ("build", "serve", "contract")]
 
 from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.torch_engine import GraphPlan, TorchEncoder  # noqa: E402
-from trtserve_build import torchscript as ts  # noqa: E402
+from trtserve_build.models.heads import task_module  # noqa: E402
+from trtserve_build.stages import torchscript as ts  # noqa: E402
 
 NAMES = contract.ENCODER_INPUTS
 SHAPES = [(1, 128), (8, 128), (32, 128), (1, 384), (8, 384), (32, 384)]
@@ -52,7 +53,7 @@ def random_feeds(batch: int, seq: int, device, seed: int = 0, padded: bool = Fal
 def hf_rows(model, label: str, shapes) -> list[dict]:
     import torch
 
-    module = ts.task_module(model, contract.CLASSIFICATION)
+    module = task_module(model, contract.CLASSIFICATION)
     rows = []
     for batch, seq in shapes:
         feeds = random_feeds(batch, seq, "cuda")

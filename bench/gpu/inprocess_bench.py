@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "serve")]
+sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract")]
 
 from timing import exit_on_sigterm, summary_ms, write_json  # noqa: E402
 

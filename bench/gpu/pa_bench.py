@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract"), str(ROOT)]
 
-import perf_analyzer  # noqa: E402
+from bench import perf_analyzer  # noqa: E402
 from timing import exit_on_sigterm, write_json  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def with_instances(repository: Path, count: int, out: Path) -> Path:
     import shutil
 
     sys.path.insert(0, str(ROOT / "build"))
-    from trtserve_build.triton_config import read_config, write_config
+    from trtserve_build.core.pbtxt import read_config, write_config
 
     shutil.copytree(repository, out)
     for path in out.glob("*/config.pbtxt"):

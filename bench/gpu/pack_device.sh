@@ -70,7 +70,7 @@ cp "$CHECKPOINT"/{config.json,tokenizer.json,tokenizer_config.json,trtserve_trai
 cp "${TRTSERVE_CACHE:-$ROOT/.cache}/data/movieReviewSnippets_GroundTruth.txt" "$DEV/data/"
 "${PY:-.venv/bin/python}" - "$DEV/data/texts.txt" <<'EOF'
 import sys
-from trtserve_build.data import corpus_texts
+from trtserve_build.data.datasets import corpus_texts
 texts = [t.replace("\n", " ") for t in corpus_texts()[-2000:]]
 open(sys.argv[1], "w").write("\n".join(texts) + "\n")
 print(f"{len(texts)} texts")

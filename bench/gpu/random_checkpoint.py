@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve")]
+sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve"), str(ROOT / "contract")]
 
-from trtserve_backend import contract  # noqa: E402
-from trtserve_build import torchscript as ts  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
+from trtserve_build.models.loader import random_task_model  # noqa: E402
 
 META_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "trtserve_training.json")
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = ts.random_model(data / "config.json", contract.CLASSIFICATION, seed=args.seed)
+    model = random_task_model(data / "config.json", contract.CLASSIFICATION, seed=args.seed)
     model.save_pretrained(str(out), safe_serialization=True)
     for name in META_FILES:  # after save_pretrained: the real config.json and stamp win
         shutil.copy2(data / name, out / name)

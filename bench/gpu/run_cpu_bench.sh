@@ -9,8 +9,8 @@
 #      token counts, not on weight values); real tokenizer, config and training stamp;
 #   3. `python -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu`: export,
 #      ONNX Runtime vs PyTorch check, the CPU model repository (the same stages as `make engines`);
-#   4. bench/bench_serving.py, as `make bench` runs it, with perf_analyzer (the wheel's binary runs
-#      natively there) as the outside client.
+#   4. python -m bench.bench_serving, as `make bench` runs it, with perf_analyzer (the wheel's
+#      binary runs natively there) as the outside client.
 #
 # Prepare with bench/gpu/pack_device.sh, then through the device tool (carry: .device):
 #     bash bench/gpu/run_cpu_bench.sh
@@ -36,7 +36,7 @@ log "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 # The spec's checkpoint folder is .cache/checkpoints/sentiment under the repository (not carried).
 CACHE=$ROOT/.cache
 mkdir -p "$CACHE/data" && cp "$DEV/data/movieReviewSnippets_GroundTruth.txt" "$CACHE/data/"
-PACKAGES=$ROOT/build:$ROOT/serve:$ROOT/client
+PACKAGES=$ROOT:$ROOT/build:$ROOT/serve:$ROOT/client:$ROOT/contract   # $ROOT: the bench package
 IMG=(env "PYTHONPATH=$PACKAGES:$IMAGE_PYTHONPATH" "$IMAGE_PY")
 # The benchmark process (client, HF pipeline, raw ONNX Runtime) runs on the image's python, whose
 # transformers needs its numpy 2; the server's Python-backend stubs run in the stub venv
@@ -46,7 +46,7 @@ BENCH=(env "PYTHONPATH=$PACKAGES:$IMAGE_PYTHONPATH:$WORK/triton" "TRTSERVE_STUB_
 step checkpoint 120 "${IMG[@]}" bench/gpu/random_checkpoint.py --data "$DEV/data/checkpoint" \
     --out "$CACHE/checkpoints/sentiment" || exit 1
 step engines 240 "${IMG[@]}" -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu || exit 1
-[ "${MAIN_BENCH:-1}" = 1 ] && step bench 420 "${BENCH[@]}" bench/bench_serving.py --requests "$REQUESTS" --seconds "$BENCH_SECONDS" \
+[ "${MAIN_BENCH:-1}" = 1 ] && step bench 420 "${BENCH[@]}" -m bench.bench_serving --requests "$REQUESTS" --seconds "$BENCH_SECONDS" \
     --output "$OUT/bench_serving.json"
 cp results/bench_triton.log "$PARTS/" 2>/dev/null
 
@@ -56,6 +56,6 @@ if [ "${AB:-0}" = 1 ]; then
     sed -e '/^\[engine.cpu\]/a topology = "ensemble"\ntokenizer_instances = "auto"\npostprocess_instances = "auto"' deployments/sentiment.toml > "$WORK/sentiment_ensemble.toml"
     step engines_ensemble 120 "${IMG[@]}" -m trtserve_build.cli engines "$WORK/sentiment_ensemble.toml" --variant cpu \
         --output "$ROOT/model_repository/cpu_ensemble"
-    step ab_topology 300 "${BENCH[@]}" bench/ab_repositories.py model_repository/cpu model_repository/cpu_ensemble \
+    step ab_topology 300 "${BENCH[@]}" -m bench.ab_repositories model_repository/cpu model_repository/cpu_ensemble \
         --rounds 5 --throughput-seconds 6
 fi

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 __all__ = ["Transport", "GrpcTransport", "HttpTransport", "make_transport", "PROTOCOLS", "DEFAULT_URLS"]
 

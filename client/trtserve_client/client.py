@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from ._transport import DEFAULT_URLS, PROTOCOLS, Transport, make_transport
 from .errors import (

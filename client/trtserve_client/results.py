@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .errors import InferenceError
 
 __all__ = ["Classification", "DEFAULT_LABELS", "decode_classifications", "decode_embeddings"]
 
-DEFAULT_LABELS: tuple[str, ...] = ("negative", "positive")
+DEFAULT_LABELS: tuple[str, ...] = contract.SENTIMENT_LABELS
 
 # SCORE is PROBABILITIES[argmax] computed server-side in fp32; allow for fp32 rounding only.
 _SCORE_TOLERANCE = 1e-4

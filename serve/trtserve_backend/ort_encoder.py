@@ -40,11 +40,10 @@ class OrtEncoder:
         self.merge = check_merge(merge)
 
     @classmethod
-    def from_config(cls, cfg, folder: str, input_names: Sequence[str], output_name: str) -> "OrtEncoder":
-        """From a Python model's config (model_config.PythonModelConfig) and its version folder."""
-        return cls(os.path.join(folder, cfg.parameter("onnx_file")), input_names=input_names, output_name=output_name,
-                   intra_op_threads=int(cfg.parameter("intra_op_threads", "0")),
-                   merge=cfg.parameter("merge_lengths", "group"))
+    def from_parameters(cls, params, folder: str, input_names: Sequence[str], output_name: str) -> "OrtEncoder":
+        """From a Python model's :class:`~.parameters.OrtEncoderParameters` and its version folder."""
+        return cls(os.path.join(folder, params.onnx_file), input_names=input_names, output_name=output_name,
+                   intra_op_threads=params.intra_op_threads, merge=params.merge_lengths)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]

@@ -5,12 +5,12 @@ engine with CUDA graphs on a GPU), a three-step ensemble pays two extra Python-b
 request (measured on an H200: ~1.2 ms at concurrency 1 and a ceiling near 16k requests/s on 16
 cores before any work; one hop: 0.2 ms and ~45k). :class:`Pipeline` composes the same three
 implementations the ensemble's steps run (:class:`~.tokenize.BucketTokenizer`, an engine with
-``run_requests``, and the task's postprocess from :data:`~.postprocess.TASK_OUTPUTS`), so a task
-added to those registries is served in either topology without code of its own here.
+``run_requests``, and the task's postprocess from :func:`~.postprocess.make_postprocess`), so a task
+added to those is served in either topology without code of its own here.
 
-The model config of the one model carries the union of the three steps' parameters plus
-``engine_backend`` (``onnxruntime`` | ``torch``), ``encoder_inputs`` (JSON list) and
-``encoder_output``.
+The model config of the one model carries the three steps' typed parameters
+(:mod:`.parameters`) plus :class:`~.parameters.PipelineParameters`: the engine backend
+(``onnxruntime`` | ``torch``) and the tensor names between the steps.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .postprocess import task_outputs
+from .parameters import (OrtEncoderParameters, PipelineParameters, PostprocessParameters, TokenizerParameters,
+                         TorchEncoderParameters)
+from .postprocess import make_postprocess
 from .tokenize import BucketTokenizer
 
 #: engine backends that run inside a Python model
@@ -26,15 +28,15 @@ ENGINE_BACKENDS = ("onnxruntime", "torch")
 
 
 def load_engine(backend: str, cfg, folder: str, input_names: Sequence[str], output_name: str, device: str = "cpu"):
-    """The engine named by ``backend``, configured from ``cfg`` (ONNX Runtime or torch)."""
+    """The engine named by ``backend``, configured from ``cfg``'s typed parameters."""
     if backend == "onnxruntime":
         from .ort_encoder import OrtEncoder
 
-        return OrtEncoder.from_config(cfg, folder, input_names, output_name)
+        return OrtEncoder.from_parameters(OrtEncoderParameters.from_config(cfg), folder, input_names, output_name)
     if backend == "torch":
         from .torch_engine import TorchEncoder
 
-        return TorchEncoder.from_config(cfg, folder, input_names, device)
+        return TorchEncoder.from_parameters(TorchEncoderParameters.from_config(cfg), folder, input_names, device)
     raise ValueError(f"engine_backend {backend!r}; known: {ENGINE_BACKENDS}")
 
 
@@ -48,11 +50,12 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, cfg, folder: str, device: str = "cpu") -> "Pipeline":
-        inputs = cfg.json_parameter("encoder_inputs")
-        engine = load_engine(cfg.parameter("engine_backend"), cfg, folder, inputs, cfg.parameter("encoder_output"),
-                             device)
-        return cls(BucketTokenizer.from_config(cfg, folder, inputs), engine,
-                   task_outputs(cfg.parameter("task"), cfg.parameter))
+        params = PipelineParameters.from_config(cfg)
+        inputs = params.encoder_inputs
+        engine = load_engine(params.engine_backend, cfg, folder, inputs, params.encoder_output, device)
+        post = PostprocessParameters.from_config(cfg)
+        return cls(BucketTokenizer.from_parameters(TokenizerParameters.from_config(cfg), folder, inputs), engine,
+                   make_postprocess(post.task, post.labels))
 
     def run(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray] | None]:
         """One dict of outputs per request; ``None`` for a request without texts (a bad one)."""

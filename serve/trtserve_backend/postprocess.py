@@ -1,12 +1,10 @@
 """Task postprocessing (the logic behind ``<name>_postprocess``); pure numpy."""
 from __future__ import annotations
 
-import json
 from typing import Callable, Sequence
 
 import numpy as np
-
-from . import contract
+import trtserve_contract as contract
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,39 +47,39 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (v / norms).astype(np.float32)
 
 
-# ---- per task: engine output -> the deployment's public outputs ------------------------------
-# One registry for every model that finishes a request: the ensemble's ``<name>_postprocess``
-# step and the one-model deployment (triton_models/pipeline.py) call the same object.
+class Embedder:
+    """[n, d] pooled vectors -> {EMBEDDING: [n, d] fp32}, L2-normalised."""
 
-class ClassificationOutputs:
-    """logits [n, k] -> {LABEL, SCORE, PROBABILITIES}."""
+    def __call__(self, pooled: np.ndarray) -> dict[str, np.ndarray]:
+        return {contract.EMBEDDING: l2_normalize(pooled)}
+
+
+class LabelledClassifier:
+    """[n, k] logits -> {LABEL, SCORE, PROBABILITIES} (see :class:`Classifier`)."""
 
     def __init__(self, labels: Sequence[str]):
         self.classify = Classifier(labels)
 
-    def __call__(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        names, scores, probs = self.classify(np.asarray(values))
+    def __call__(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        names, scores, probs = self.classify(logits)
         return {contract.LABEL: names, contract.SCORE: scores, contract.PROBABILITIES: probs}
 
 
-class EmbeddingOutputs:
-    """pooled [n, hidden] -> {EMBEDDING} (L2-normalised)."""
-
-    def __call__(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        return {contract.EMBEDDING: l2_normalize(np.asarray(values))}
+Postprocess = Callable[[np.ndarray], "dict[str, np.ndarray]"]
 
 
-#: task name -> factory(parameter) where ``parameter(key)`` reads the model config's parameters.
-TASK_OUTPUTS: dict[str, Callable[[Callable[[str], str]], Callable[[np.ndarray], dict[str, np.ndarray]]]] = {
-    contract.CLASSIFICATION: lambda parameter: ClassificationOutputs(json.loads(parameter("labels"))),
-    contract.EMBEDDING_TASK: lambda parameter: EmbeddingOutputs(),
-}
+def make_postprocess(task: str, labels: Sequence[str] = ()) -> Postprocess:
+    """The postprocess of ``task``: encoder output -> {ensemble output name: array}.
 
-
-def task_outputs(task: str, parameter: Callable[[str], str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The postprocess of ``task``, configured from the model config's parameters."""
-    try:
-        factory = TASK_OUTPUTS[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_OUTPUTS)}") from None
-    return factory(parameter)
+    One dispatch for the served ``<name>_postprocess`` model and the build's fidelity report.
+    ``classification`` needs ``labels``; ``embedding`` takes none. Unknown tasks raise ValueError.
+    """
+    if task == contract.CLASSIFICATION:
+        if len(labels) < 2:
+            raise ValueError(f"task {task!r} needs at least two labels, got {list(labels)}")
+        return LabelledClassifier(labels)
+    if task == contract.EMBEDDING_TASK:
+        if labels:
+            raise ValueError(f"task {task!r} takes no labels, got {list(labels)}")
+        return Embedder()
+    raise ValueError(f"unknown task {task!r}; known: {[contract.CLASSIFICATION, contract.EMBEDDING_TASK]}")

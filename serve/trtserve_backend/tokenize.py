@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import contract
+import trtserve_contract as contract
 
 
 class InvalidTextError(ValueError):
@@ -70,21 +70,18 @@ class BucketTokenizer:
         return cls(tok, max_length, buckets, pad_token_id, tuple(output_names))
 
     @classmethod
-    def from_config(cls, cfg, folder: str, output_names: Sequence[str]) -> "BucketTokenizer":
-        """From a Python model's config (model_config.PythonModelConfig) and its version folder.
+    def from_parameters(cls, params, folder: str, output_names: Sequence[str]) -> "BucketTokenizer":
+        """From a Python model's :class:`~.parameters.TokenizerParameters` and its version folder.
 
         ``tokenizer_threads`` (default 1): the fast tokenizer's Rayon pool in this process. Each
         model instance is its own process, and by default every one of them would start a pool of
-        one thread per host core (16 instances x 16 threads on a 16-core host); one thread per
+        one thread per host core (8 instances x 16 threads on a 16-core host); one thread per
         instance lets the instance count decide the parallelism.
         """
-        threads = int(cfg.parameter("tokenizer_threads", "1"))
-        os.environ["RAYON_NUM_THREADS"] = str(max(threads, 1))
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-        return cls.from_file(os.path.join(folder, cfg.parameter("tokenizer_file")),
-                             max_length=int(cfg.parameter("max_sequence_length")),
-                             buckets=cfg.json_parameter("length_buckets"),
-                             pad_token_id=int(cfg.parameter("pad_token_id")),
+        os.environ["RAYON_NUM_THREADS"] = str(max(params.tokenizer_threads, 1))
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if params.tokenizer_threads > 1 else "false"
+        return cls.from_file(os.path.join(folder, params.tokenizer_file), max_length=params.max_sequence_length,
+                             buckets=params.length_buckets, pad_token_id=params.pad_token_id,
                              output_names=output_names)
 
     def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:

@@ -1,6 +1,6 @@
 """The PyTorch engine behind ``<name>_encoder`` for the ``torch`` backend (TorchScript + CUDA graphs).
 
-The encoder is a TorchScript module traced by :mod:`trtserve_build.torchscript` (the same task
+The encoder is a TorchScript module traced by :mod:`trtserve_build.stages.torchscript` (the same task
 module the ONNX export holds, in fp32, fp16 or hybrid). On a GPU, one CUDA graph is captured
 per (batch size, sequence length) of a :class:`GraphPlan` when the model loads: the sequence
 lengths are the tokenizer's length buckets, so every request shape the tokenizer produces has
@@ -96,7 +96,7 @@ class GraphPlan:
 
 
 def read_metadata(path: str) -> dict:
-    """The build metadata stored inside a TorchScript file by trtserve_build.torchscript."""
+    """The build metadata stored inside a TorchScript file by trtserve_build.stages.torchscript."""
     import torch
 
     extra = {METADATA_FILE: ""}
@@ -153,7 +153,7 @@ class TorchEncoder:
     @classmethod
     def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
                   plan: GraphPlan | None = None, **kwargs) -> "TorchEncoder":
-        """Load a TorchScript file made by trtserve_build.torchscript and check it fits ``device``."""
+        """Load a TorchScript file made by trtserve_build.stages.torchscript and check it fits ``device``."""
         import torch
 
         extra = {METADATA_FILE: ""}
@@ -177,17 +177,16 @@ class TorchEncoder:
         return engine
 
     @classmethod
-    def from_config(cls, cfg, folder: str, input_names: Sequence[str], device: str) -> "TorchEncoder":
-        """From a Python model's config (model_config.PythonModelConfig): load, then capture the graphs."""
+    def from_parameters(cls, params, folder: str, input_names: Sequence[str], device: str) -> "TorchEncoder":
+        """From a Python model's :class:`~.parameters.TorchEncoderParameters`: load, then capture the graphs."""
         import os
 
         plan = None
-        if cfg.json_parameter("cuda_graphs") and device != "cpu":
-            plan = GraphPlan(tuple(cfg.json_parameter("cuda_graph_batch_sizes")),
-                             tuple(cfg.json_parameter("cuda_graph_sequence_lengths")))
-        engine = cls.from_file(os.path.join(folder, cfg.parameter("torchscript_file")), input_names=input_names,
+        if params.cuda_graphs and device != "cpu":
+            plan = GraphPlan(tuple(params.cuda_graph_batch_sizes), tuple(params.cuda_graph_sequence_lengths))
+        engine = cls.from_file(os.path.join(folder, params.torchscript_file), input_names=input_names,
                                device=device, plan=plan)
-        engine.merge = check_merge(cfg.parameter("merge_lengths", "pad"))
+        engine.merge = check_merge(params.merge_lengths)
         engine.capture()
         return engine
 

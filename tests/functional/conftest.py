@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.functional
+# Every test here is marked `functional` by tests/conftest.py (a pytestmark in a conftest is ignored).
 
 
 @pytest.fixture(scope="session")
 def cpu_repository(tmp_path_factory, sentiment_spec, embed_spec):
     """The cpu variant, generated from the shipped specs (cached export/training are reused)."""
-    from trtserve_build.pipeline import build_variant
+    from trtserve_build.pipeline.build import build_variant
 
     out = tmp_path_factory.mktemp("repository") / "cpu"
     return build_variant([sentiment_spec, embed_spec], "cpu", out)
@@ -21,7 +21,7 @@ def ensemble_repository(tmp_path_factory, sentiment_spec):
     """The cpu variant of ``sentiment`` served as the three-step ensemble (topology "ensemble")."""
     import dataclasses
 
-    from trtserve_build.pipeline import build_variant
+    from trtserve_build.pipeline.build import build_variant
 
     engine = dataclasses.replace(sentiment_spec.engine("cpu"), topology="ensemble")
     spec = dataclasses.replace(sentiment_spec, engines={**sentiment_spec.engines, "cpu": engine})

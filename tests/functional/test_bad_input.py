@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .conftest import infer_texts, text_input
 

@@ -2,17 +2,8 @@
 work loads and answers the contract, in both topologies."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-
-from trtserve_build.triton_config import read_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from ensemble_floor import write_floor_repository  # noqa: E402
-
-pytestmark = pytest.mark.functional
+from bench.ensemble_floor import write_floor_repository
+from trtserve_build.core.pbtxt import read_config
 
 
 @pytest.mark.parametrize("topology, expected", [

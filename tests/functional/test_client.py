@@ -45,9 +45,21 @@ def test_large_inputs_are_split_into_batches_in_order(client):
     assert len(client.classify(texts)) == 150
 
 
-def test_wait_ready_sends_a_real_inference(client):
-    client.wait_ready("sentiment", timeout_s=30)
-    client.wait_ready("embed", timeout_s=30)
+def _successful_inferences(server, model: str) -> int:
+    import tritonclient.http as http
+
+    stats = http.InferenceServerClient(server.http_url).get_inference_statistics(model)
+    return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
+
+
+def test_wait_ready_sends_a_real_inference(client, server):
+    before = {m: _successful_inferences(server, m) for m in ("sentiment", "embed")}
+    waited = client.wait_ready(["sentiment", "embed"], timeout_s=30)
+    assert 0 <= waited < 30
+    for model, count in before.items():  # each model answered a real request, not only /health
+        assert _successful_inferences(server, model) >= count + 1
+    with pytest.raises(ModelNotFoundError, match="still failing after"):
+        client.wait_ready("no_such_model", timeout_s=0)
 
 
 def test_typed_errors(client, protocol):

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from .conftest import infer_texts
 
 
 @pytest.fixture(scope="module")
 def real_texts():
-    from trtserve_build.data import corpus_texts
+    from trtserve_build.data.datasets import corpus_texts
 
     texts = corpus_texts(limit=40)
     return texts + [" ".join(texts), "¡Qué película tan buena! 🎬🍿", "これは素晴らしい映画です。", "Очень скучный фильм."]
@@ -35,7 +35,7 @@ def test_sentiment_heldout_accuracy_and_pytorch_agreement(raw_client, sentiment_
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trtserve_build.data import load_dataset, split_holdout
+    from trtserve_build.data.datasets import load_dataset, split_holdout
 
     t = sentiment_spec.training
     _, holdout = split_holdout(load_dataset(t.dataset), t.holdout_fraction, t.seed)

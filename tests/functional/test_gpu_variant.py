@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from trtserve_build.engine_trt import EngineRecord
-from trtserve_build.triton_config import read_config
+from trtserve_build.core.records import EngineRecord
+from trtserve_build.core.pbtxt import read_config
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gpu_repository(tmp_path_factory, embed_spec):
-    from trtserve_build.pipeline import build_variant
+    from trtserve_build.pipeline.build import build_variant
 
     return build_variant([embed_spec], "gpu", tmp_path_factory.mktemp("gpu") / "gpu")
 

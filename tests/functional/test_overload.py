@@ -33,7 +33,7 @@ POSITIVE = "a gripping, beautifully acted film"
 
 @pytest.fixture(scope="module")
 def tiny_repository(tmp_path_factory, sentiment_spec, embed_spec):
-    from trtserve_build.pipeline import build_variant
+    from trtserve_build.pipeline.build import build_variant
 
     def tiny(spec):
         return dataclasses.replace(spec, batching=dataclasses.replace(

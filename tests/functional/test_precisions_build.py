@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9998, "hybrid": 0.9998, "int8": 0.8}
 @pytest.fixture(scope="module")
 def embed(embed_spec):
     """The embed spec with a small fidelity sample, its export (cached) and real texts."""
-    from trtserve_build.data import corpus_texts
-    from trtserve_build.export import export
+    from trtserve_build.data.datasets import corpus_texts
+    from trtserve_build.pipeline.steps import export
 
     spec = dataclasses.replace(embed_spec, precision=dataclasses.replace(embed_spec.precision, fidelity_samples=48))
     export(spec)
@@ -36,8 +36,10 @@ def embed(embed_spec):
 
 @pytest.fixture(scope="module")
 def fp32_outputs(embed):
-    from trtserve_build.fidelity import OrtExecutor, Runner, spec_encoder
-    from trtserve_build.precision import precision_onnx_path
+    from trtserve_build.core.paths import precision_onnx_path
+    from trtserve_build.data.tokenizer import spec_encoder
+    from trtserve_build.pipeline.validate import Runner
+    from trtserve_build.runtime.onnxruntime import OrtExecutor
 
     spec, texts = embed
     return Runner(OrtExecutor(precision_onnx_path(spec, "fp32")), spec_encoder(spec)).outputs(texts)
@@ -47,11 +49,15 @@ def fp32_outputs(embed):
 def test_transform_validate_and_execute(embed, fp32_outputs, precision):
     import onnx
 
-    from trtserve_build.fidelity import Runner, choose_executor, compare, ort_upcast_ops, spec_encoder
-    from trtserve_build.precision import check_casts, ensure_precision_onnx
+    from trtserve_build.data.tokenizer import spec_encoder
+    from trtserve_build.graph.onnx_graph import check_casts
+    from trtserve_build.pipeline.steps import precision_graph
+    from trtserve_build.pipeline.validate import Runner, choose_executor
+    from trtserve_build.runtime.onnxruntime import ort_upcast_ops
+    from trtserve_build.stages.fidelity import compare
 
     spec, texts = embed
-    path = ensure_precision_onnx(spec, precision)
+    path = precision_graph(spec, precision)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     check_casts(model)
@@ -85,20 +91,22 @@ def test_transform_validate_and_execute(embed, fp32_outputs, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_builds_tensorrt_rtx_plan(embed, tmp_path, precision):
     pytest.importorskip("tensorrt_rtx")
-    from trtserve_build.engine_trt import _import_flavour, build_plan
-    from trtserve_build.precision import ensure_precision_onnx
+    from trtserve_build.pipeline.steps import precision_graph
+    from trtserve_build.runtime.tensorrt import import_flavour
+    from trtserve_build.stages.tensorrt import build_plan
 
     spec, _ = embed
-    path = ensure_precision_onnx(spec, precision)
+    path = precision_graph(spec, precision)
     record = build_plan(path, tmp_path / f"{precision}.plan", spec, precision,
-                        flavour=_import_flavour("tensorrt_rtx"), workspace_gb=1.0)
+                        flavour=import_flavour("tensorrt_rtx"), workspace_gb=1.0)
     assert record.precision == precision and record.strongly_typed
     assert record.plan_bytes > 5_000_000
     assert record.inputs == list(contract.ENCODER_INPUTS) and record.outputs == [contract.POOLED]
 
 
 def test_fidelity_report_gates_pass(embed, tmp_path):
-    from trtserve_build.fidelity import raise_for, run_deployment, write_report
+    from trtserve_build.pipeline.validate import run_deployment
+    from trtserve_build.stages.fidelity import raise_for, write_report
 
     spec, _ = embed
     report = run_deployment(spec, ("fp16", "hybrid", "int8"))
@@ -116,8 +124,8 @@ def test_fidelity_report_gates_pass(embed, tmp_path):
 def test_hybrid_cpu_repository_serves_the_hybrid_graph(embed, tmp_path):
     import onnx
 
-    from trtserve_build.pipeline import build_variant
-    from trtserve_build.triton_config import read_config
+    from trtserve_build.core.pbtxt import read_config
+    from trtserve_build.pipeline.build import build_variant
 
     spec, _ = embed
     fp32_repo = build_variant([spec], "cpu", tmp_path / "fp32")

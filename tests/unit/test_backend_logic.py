@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from trtserve_backend import contract
+import trtserve_contract as contract
 from trtserve_backend.model_config import ModelConfigError, PythonModelConfig
 from trtserve_backend.postprocess import classify, l2_normalize, softmax
 from trtserve_backend.tokenize import BucketTokenizer, InvalidTextError, choose_bucket, decode_texts

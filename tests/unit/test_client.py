@@ -25,7 +25,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.http._utils import _get_error as get_error_http
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
-from trtserve_backend import contract
+import trtserve_contract as contract
 
 from trtserve_client import (
     BadInputError,

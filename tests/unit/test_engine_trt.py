@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,20 +11,22 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from trtserve_backend import contract  # noqa: E402
-from trtserve_build import engine_trt  # noqa: E402
-from trtserve_build.engine_trt import (  # noqa: E402
-    EngineBuildError,
-    EngineRecord,
+import trtserve_contract as contract  # noqa: E402
+from trtserve_build import cli  # noqa: E402
+from trtserve_build.core import host  # noqa: E402
+from trtserve_build.core.errors import EngineBuildError, TensorRTUnavailableError  # noqa: E402
+from trtserve_build.core.paths import record_path  # noqa: E402
+from trtserve_build.core.records import EngineRecord  # noqa: E402
+from trtserve_build.core.spec import parse_spec  # noqa: E402
+from trtserve_build.runtime import tensorrt as trt_runtime  # noqa: E402
+from trtserve_build.runtime.tensorrt import detect_tensorrt  # noqa: E402
+from trtserve_build.stages import tensorrt as engine_trt  # noqa: E402
+from trtserve_build.stages.tensorrt import (  # noqa: E402
     Profile,
-    TensorRTUnavailableError,
     build_plan,
-    detect_tensorrt,
     is_plan_current,
     profiles_from_spec,
-    record_path,
 )
-from trtserve_build.spec import parse_spec  # noqa: E402
 
 HIDDEN = 8
 VOCAB = 100
@@ -81,7 +84,7 @@ def tiny_encoder(path, *, inputs=contract.ENCODER_INPUTS, extra_node=None):
 @pytest.fixture(scope="module")
 def rtx():
     pytest.importorskip("tensorrt_rtx")
-    return engine_trt._import_flavour("tensorrt_rtx")
+    return trt_runtime.import_flavour("tensorrt_rtx")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def test_profile_from_spec():
 
 
 def test_profile_from_embed_spec():
-    from trtserve_build.spec import load_spec
+    from trtserve_build.core.spec import load_spec
 
     (p,) = profiles_from_spec(load_spec("deployments/embed.toml"))
     assert p == Profile(min=(1, 16), opt=(16, 64), max=(64, 256))
@@ -147,7 +150,7 @@ def test_plan_deserializes_with_profile(built, rtx):
     """The plan is a real engine: the runtime reads it back with the profile we set."""
     _, plan, _ = built
     trt = rtx.module
-    runtime = trt.Runtime(engine_trt._capturing_logger(rtx))
+    runtime = trt.Runtime(engine_trt.capturing_logger(rtx))
     try:
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())
     except Exception:  # noqa: BLE001 - needs a CUDA device on some versions
@@ -164,11 +167,48 @@ def test_is_plan_current(built, rtx, tmp_path):
     assert is_plan_current(plan, onnx_path, "fp32", rtx, spec=make_spec())
     assert not is_plan_current(plan, onnx_path, "fp16", rtx)
     assert not is_plan_current(plan, onnx_path, "fp32", rtx, spec=make_spec(max_batch_size=16))
-    other = engine_trt.TensorRTFlavour(module=rtx.module, name="tensorrt_rtx", version="0.0.0")
+    other = trt_runtime.TensorRTFlavour(module=rtx.module, name="tensorrt_rtx", version="0.0.0")
     assert not is_plan_current(plan, onnx_path, "fp32", other)
     changed = tiny_encoder(tmp_path / "changed.onnx", inputs=(contract.INPUT_IDS, contract.ATTENTION_MASK))
     assert not is_plan_current(plan, changed, "fp32", rtx)
     assert not is_plan_current(tmp_path / "missing.plan", onnx_path, "fp32", rtx)
+
+
+def _as_full_tensorrt_plan(tmp_path, rtx, compute_capabilities):
+    """A plan + record as full TensorRT would have written them (built here by TensorRT-RTX)."""
+    onnx_path = tiny_encoder(tmp_path / "tiny.onnx")
+    plan = tmp_path / "full.plan"
+    build_plan(onnx_path, plan, make_spec(), "fp32", flavour=rtx, workspace_gb=0.25)
+    record = EngineRecord.load(record_path(plan))
+    record.tensorrt_flavour, record.compute_capabilities = "tensorrt", compute_capabilities
+    record_path(plan).write_text(record.to_json())
+    full = trt_runtime.TensorRTFlavour(module=rtx.module, name="tensorrt", version=rtx.version)
+    return onnx_path, plan, full
+
+
+def _nvidia_smi_says(tmp_path, monkeypatch, output: str, status: int = 0) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {status}\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_full_tensorrt_plan_is_current_only_on_its_gpu(tmp_path, rtx, monkeypatch):
+    """Full TensorRT plans run only on the architecture they were built for: the capability comes
+    from nvidia-smi (no torch needed), and an unknown one never counts as current."""
+    onnx_path, plan, full = _as_full_tensorrt_plan(tmp_path, rtx, ["9.0"])
+    _nvidia_smi_says(tmp_path, monkeypatch, "9.0\\n")
+    assert is_plan_current(plan, onnx_path, "fp32", full)
+    _nvidia_smi_says(tmp_path, monkeypatch, "8.6\\n")
+    assert not is_plan_current(plan, onnx_path, "fp32", full)
+    _nvidia_smi_says(tmp_path, monkeypatch, "No devices were found\\n", status=6)
+    if host.gpu_compute_capability()[0] == host.UNKNOWN:  # no GPU here (torch cannot tell either)
+        assert not is_plan_current(plan, onnx_path, "fp32", full)
+    onnx_path, plan, full = _as_full_tensorrt_plan(tmp_path, rtx, ["unknown"])
+    _nvidia_smi_says(tmp_path, monkeypatch, "9.0\\n")
+    assert not is_plan_current(plan, onnx_path, "fp32", full)
 
 
 def test_is_plan_current_detects_replaced_plan(tmp_path, rtx):
@@ -243,13 +283,13 @@ def test_unknown_precision_and_missing_file(tmp_path, rtx):
 
 
 def test_forced_flavour(monkeypatch, rtx):
-    monkeypatch.setenv(engine_trt.FLAVOUR_ENV, "tensorrt_rtx")
+    monkeypatch.setenv(trt_runtime.FLAVOUR_ENV, "tensorrt_rtx")
     f = detect_tensorrt()
     assert (f.name, f.version) == ("tensorrt_rtx", rtx.version)
 
 
 def test_unknown_forced_flavour_raises(monkeypatch):
-    monkeypatch.setenv(engine_trt.FLAVOUR_ENV, "tensorrt_lean")
+    monkeypatch.setenv(trt_runtime.FLAVOUR_ENV, "tensorrt_lean")
     with pytest.raises(TensorRTUnavailableError, match="TRTSERVE_TENSORRT"):
         detect_tensorrt()
 
@@ -258,13 +298,13 @@ def test_unavailable_flavour_says_what_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
-    monkeypatch.setenv(engine_trt.FLAVOUR_ENV, "tensorrt")
+    monkeypatch.setenv(trt_runtime.FLAVOUR_ENV, "tensorrt")
     with pytest.raises(TensorRTUnavailableError, match="tensorrt-rtx-cu13|engines"):
         detect_tensorrt()
 
 
 def test_cli_builds_then_reports_current(tmp_path, rtx, monkeypatch, capsys):
-    monkeypatch.setenv(engine_trt.FLAVOUR_ENV, "tensorrt_rtx")
+    monkeypatch.setenv(trt_runtime.FLAVOUR_ENV, "tensorrt_rtx")
     onnx_path = tiny_encoder(tmp_path / "tiny.onnx")
     spec_file = tmp_path / "tiny.toml"
     spec_file.write_text(
@@ -274,10 +314,12 @@ def test_cli_builds_then_reports_current(tmp_path, rtx, monkeypatch, capsys):
         '[engine.gpu]\nbackend = "tensorrt"\nprecision = "fp32"\n'
     )
     plan = tmp_path / "cli.plan"
-    argv = ["--onnx", str(onnx_path), "--plan", str(plan), "--spec", str(spec_file), "--workspace-gb", "0.25"]
-    assert engine_trt.main(argv) == 0
+    argv = ["plan", "--onnx", str(onnx_path), "--plan", str(plan), "--spec", str(spec_file), "--workspace-gb", "0.25"]
+    assert cli.main(argv) == 0
     assert plan.stat().st_size > 0
     assert EngineRecord.load(record_path(plan)).precision == "fp32"
-    assert engine_trt.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "is current" in capsys.readouterr().out
-    assert engine_trt.main([*argv[:4], "--spec", str(tmp_path / "missing.toml")]) == 1
+    # a missing spec is a spec error (exit status 2, as for `trtserve-build engines`), with its path
+    assert cli.main([*argv[:5], "--spec", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in capsys.readouterr().err

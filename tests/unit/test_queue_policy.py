@@ -6,8 +6,9 @@ import tomllib
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from trtserve_build.spec import SpecError, parse_spec
-from trtserve_build.triton_config import deployment_configs, queue_policy, read_config, write_config
+from trtserve_build.core.spec import SpecError, parse_spec
+from trtserve_build.core.pbtxt import read_config, write_config
+from trtserve_build.stages.triton_config import deployment_configs, queue_policy
 
 from ..conftest import DEPLOYMENTS
 from .test_triton_config import manifest_for, with_engine

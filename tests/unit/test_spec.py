@@ -3,8 +3,8 @@ import tomllib
 
 import pytest
 
-from trtserve_build.spec import SpecError, load_spec, parse_spec
-from trtserve_build.tasks import UnknownTaskError, get_task
+from trtserve_build.core.spec import SpecError, load_spec, parse_spec
+from trtserve_build.core.tasks import UnknownTaskError, get_task
 
 from ..conftest import DEPLOYMENTS
 
@@ -86,7 +86,16 @@ def test_fingerprint_tracks_content(embed_spec):
     raw["model"]["length_buckets"] = [16, 32, 64, 128]
     other = parse_spec(raw)
     assert other.fingerprint("model") != embed_spec.fingerprint("model")
-    assert parse_spec(_raw()).fingerprint() == parse_spec(_raw()).fingerprint()
+    # a cache key: pinned, so a change of the hashing (which would rebuild every cached
+    # artifact) is a deliberate one; the spec file's path is not part of it
+    assert embed_spec.fingerprint("model") == "d4a2d10f6a5d4b80"
+    # (changed by issue 13: the engine sections gained topology and "auto" instances)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "a61d9d16d8799a58"
+    # sections not asked for do not enter
+    raw = _raw()
+    raw["batching"]["max_queue_size"] = 7
+    assert parse_spec(raw).fingerprint("model") == embed_spec.fingerprint("model")
+    assert parse_spec(raw).fingerprint() != embed_spec.fingerprint()
 
 
 def test_task_registry():
@@ -94,3 +103,20 @@ def test_task_registry():
     assert task.encoder_output(384, 0).dims == (384,)
     with pytest.raises(UnknownTaskError, match="known tasks"):
         get_task("nope")
+    assert issubclass(UnknownTaskError, SpecError)
+
+
+def test_unknown_task_is_a_spec_error_naming_the_file_and_the_known_tasks(tmp_path, capsys):
+    """`trtserve-build engines` reports it in one line (exit 2), not with a traceback."""
+    from trtserve_build import cli
+
+    raw = (DEPLOYMENTS / "embed.toml").read_text().replace('task = "embedding"', 'task = "question-answering"')
+    assert 'task = "question-answering"' in raw
+    spec_file = tmp_path / "qa.toml"
+    spec_file.write_text(raw)
+    with pytest.raises(SpecError, match=r"qa\.toml: unknown task 'question-answering'; known tasks: "
+                                        r"\['classification', 'embedding'\]"):
+        load_spec(spec_file)
+    assert cli.main(["engines", str(spec_file)]) == 2
+    err = capsys.readouterr().err
+    assert str(spec_file) in err and "known tasks" in err and "Traceback" not in err

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.torch_engine import (  # noqa: E402
     GraphPlan,
     TorchEncoder,
@@ -249,7 +249,8 @@ def fake_pb_utils(monkeypatch):
 def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp_path, embed_spec):
     from google.protobuf import json_format
 
-    from trtserve_build.triton_config import TORCHSCRIPT_FILE, encoder_config
+    from trtserve_build.core.paths import TORCHSCRIPT_FILE
+    from trtserve_build.stages.triton_config import encoder_config
 
     from .test_triton_config import manifest_for
 

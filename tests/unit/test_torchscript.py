@@ -10,10 +10,22 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from trtserve_backend import contract  # noqa: E402
+import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.torch_engine import TorchEncoder, read_metadata  # noqa: E402
-from trtserve_build import torchscript as ts  # noqa: E402
-from trtserve_build.spec import SpecError, parse_spec  # noqa: E402
+from trtserve_build.core.errors import NonFiniteOutputError, ToleranceError, TorchScriptError  # noqa: E402
+from trtserve_build.core.files import sha256_file  # noqa: E402
+from trtserve_build.core.metrics import Agreement, check_tolerance  # noqa: E402
+from trtserve_build.core.paths import TORCHSCRIPT_FILE, record_path  # noqa: E402
+from trtserve_build.core.pbtxt import read_config  # noqa: E402
+from trtserve_build.core.records import TorchScriptRecord  # noqa: E402
+from trtserve_build.core.spec import SpecError, parse_spec  # noqa: E402
+from trtserve_build.data.datasets import MOVIE_REVIEWS_FILE  # noqa: E402
+from trtserve_build.data.tokenizer import bucket_tokenizer  # noqa: E402
+from trtserve_build.models import convert as conv  # noqa: E402
+from trtserve_build.models.heads import task_module  # noqa: E402
+from trtserve_build.models.loader import random_task_model  # noqa: E402
+from trtserve_build.pipeline.build import build_variant  # noqa: E402
+from trtserve_build.stages import torchscript as ts  # noqa: E402
 
 TINY = {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "hidden_size": 32,
         "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 30522,
@@ -32,7 +44,7 @@ def tiny_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_config):
-    return ts.random_model(tiny_config, contract.CLASSIFICATION, seed=0)
+    return random_task_model(tiny_config, contract.CLASSIFICATION, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +56,21 @@ def tokenizer_file() -> Path:
 
 @pytest.fixture(scope="module")
 def check_feeds(tokenizer_file):
-    return ts.tokenize_for_check(tokenizer_file, TEXTS, 32, (8, 16, 32), 0, contract.ENCODER_INPUTS)
+    return bucket_tokenizer(tokenizer_file, 32, (8, 16, 32), 0, contract.ENCODER_INPUTS).encode(TEXTS)
 
 
 # ---- conversion ---------------------------------------------------------------------------------
 
 def test_fp16_converts_a_copy(tiny_model):
-    converted = ts.convert(tiny_model, "fp16", "sdpa")
+    converted = conv.convert(tiny_model, "fp16", "sdpa")
     assert {p.dtype for p in converted.parameters()} == {torch.float16}
     assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}, "the reference must stay FP32"
     assert converted.config._attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("attention, implementation", [("sdpa", "sdpa"), ("eager", ts.FP32_SOFTMAX_ATTENTION)])
+@pytest.mark.parametrize("attention, implementation", [("sdpa", "sdpa"), ("eager", conv.FP32_SOFTMAX_ATTENTION)])
 def test_hybrid_keeps_layernorm_and_softmax_in_fp32(tiny_model, attention, implementation):
-    converted = ts.convert(tiny_model, "hybrid", attention)
+    converted = conv.convert(tiny_model, "hybrid", attention)
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in converted.modules())
     norms = [m for m in converted.modules() if type(m).__name__ == "Fp32LayerNorm"]
     assert len(norms) == 1 + 2 * TINY["num_hidden_layers"]  # embeddings + 2 per layer
@@ -74,7 +86,7 @@ def test_fp32_softmax_attention_matches_reference_math():
     q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
     mask = torch.zeros(2, 1, 5, 5)
     mask[1, ..., 3:] = torch.finfo(torch.float16).min
-    out, probs = ts.eager_fp32_softmax_attention(None, q.half(), k.half(), v.half(), mask.half())
+    out, probs = conv.eager_fp32_softmax_attention(None, q.half(), k.half(), v.half(), mask.half())
     ref_probs = torch.softmax((q @ k.transpose(2, 3)) / 8 ** 0.5 + mask, dim=-1)
     assert out.dtype == torch.float16 and out.shape == (2, 5, 4, 8)
     torch.testing.assert_close(probs.float(), ref_probs, atol=2e-3, rtol=0)
@@ -82,20 +94,20 @@ def test_fp32_softmax_attention_matches_reference_math():
     torch.testing.assert_close(out.float(), (ref_probs @ v).transpose(1, 2), atol=1e-2, rtol=0)
 
 
-@pytest.mark.parametrize("precision, implementation", [("fp16", ts.EAGER_ATTENTION), ("fp32", ts.EAGER_ATTENTION),
-                                                       ("hybrid", ts.FP32_SOFTMAX_ATTENTION)])
+@pytest.mark.parametrize("precision, implementation", [("fp16", conv.EAGER_ATTENTION), ("fp32", conv.EAGER_ATTENTION),
+                                                       ("hybrid", conv.FP32_SOFTMAX_ATTENTION)])
 def test_eager_attention_is_ours_and_matches_transformers(tiny_model, check_feeds, precision, implementation):
     """attention = "eager" runs our registered function and capture-safe mask; same numbers as transformers'."""
     import copy
 
-    converted = ts.convert(tiny_model, precision, "eager")
+    converted = conv.convert(tiny_model, precision, "eager")
     assert converted.config._attn_implementation == implementation
     reference = copy.deepcopy(tiny_model).float()
     reference.config._attn_implementation = "eager"
     feeds = [torch.from_numpy(check_feeds[n]) for n in contract.ENCODER_INPUTS]
     with torch.no_grad():
-        ours = ts.task_module(converted.float(), contract.CLASSIFICATION)(*feeds)
-        theirs = ts.task_module(reference, contract.CLASSIFICATION)(*feeds)
+        ours = task_module(converted.float(), contract.CLASSIFICATION)(*feeds)
+        theirs = task_module(reference, contract.CLASSIFICATION)(*feeds)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
@@ -107,16 +119,16 @@ def test_host_constant_copies_are_found_and_eager_has_none(tiny_model):
 
     bad = torch.jit.trace(WhereWithHostScalar(), (torch.ones(2, 3, dtype=torch.bool),))
     assert ts.constant_copies(bad) == 1
-    module = ts.task_module(ts.convert(tiny_model, "fp16", "eager"), contract.CLASSIFICATION)
+    module = task_module(conv.convert(tiny_model, "fp16", "eager"), contract.CLASSIFICATION)
     traced = ts.trace(module, ts.example_inputs(contract.ENCODER_INPUTS, "cpu", TINY["vocab_size"]))
     assert ts.constant_copies(traced) == 0
 
 
 def test_unknown_precision_or_attention_is_refused(tiny_model):
-    with pytest.raises(ts.TorchScriptError, match="int8"):
-        ts.convert(tiny_model, "int8", "sdpa")
-    with pytest.raises(ts.TorchScriptError, match="flash"):
-        ts.attention_implementation("flash", "fp16")
+    with pytest.raises(TorchScriptError, match="int8"):
+        conv.convert(tiny_model, "int8", "sdpa")
+    with pytest.raises(TorchScriptError, match="flash"):
+        conv.attention_implementation("flash", "fp16")
 
 
 # ---- tracing and checks -------------------------------------------------------------------------
@@ -139,7 +151,7 @@ def test_traced_module_follows_padding_and_shapes(tiny_model, check_feeds):
     traced, _ = ts.make_torchscript(tiny_model, contract.CLASSIFICATION, "fp32", "sdpa", contract.ENCODER_INPUTS,
                                     check_feeds, ts.PrecisionGate(min_cosine=0.99999, atol=1e-4), device="cpu",
                                     target_device_type="cpu")
-    eager = ts.task_module(tiny_model, contract.CLASSIFICATION)
+    eager = task_module(tiny_model, contract.CLASSIFICATION)
     for rows, seq in [(1, 7), (5, 32)]:
         ids = torch.randint(1000, 30000, (rows, seq))
         mask = torch.ones_like(ids)
@@ -150,7 +162,7 @@ def test_traced_module_follows_padding_and_shapes(tiny_model, check_feeds):
 
 
 def test_embedding_task_pools_in_fp32(tiny_config, check_feeds):
-    model = ts.random_model(tiny_config, contract.EMBEDDING_TASK)
+    model = random_task_model(tiny_config, contract.EMBEDDING_TASK)
     traced, record = ts.make_torchscript(model, contract.EMBEDDING_TASK, "fp16", "sdpa", contract.ENCODER_INPUTS,
                                          check_feeds, ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE),
                                          device="cpu", target_device_type="cpu")
@@ -162,17 +174,19 @@ def test_embedding_task_pools_in_fp32(tiny_config, check_feeds):
 
 def test_agreement_and_gate_messages():
     ref = np.array([[1.0, 0.0], [0.0, 1.0]])
-    ok = ts.Agreement.measure(ref, ref + 1e-6)
-    ts.check_agreement(ok, "same", min_cosine=0.9999, atol=1e-5)
-    flipped = ts.Agreement.measure(ref, ref[::-1].copy())
-    with pytest.raises(ts.TorchScriptToleranceError, match=r"flipped: min cosine 0\.0000000 < 0\.999 over 2 rows"):
-        ts.check_agreement(flipped, "flipped", min_cosine=0.999)
-    nan = ts.Agreement.measure(ref, np.array([[np.nan, 0.0], [0.0, 1.0]]))
-    assert nan.nonfinite_fraction == 0.5
-    with pytest.raises(ts.TorchScriptToleranceError, match="50.0% of outputs contain NaN/Inf"):
-        ts.check_agreement(nan, "nan", min_cosine=0.9)
-    with pytest.raises(ts.TorchScriptToleranceError, match="shape"):
-        ts.Agreement.measure(ref, ref[:1])
+    ok = check_tolerance(ref, ref + 1e-6, "same", min_cosine=0.9999, atol=1e-5)
+    assert ok.rows == 2 and ok.max_abs_diff < 1e-5
+    with pytest.raises(ToleranceError, match=r"flipped: min cosine = 0\.0000000 \(required 0\.999\) over 2 texts"):
+        check_tolerance(ref, ref[::-1].copy(), "flipped", min_cosine=0.999)
+    with pytest.raises(ToleranceError, match=r"max \|diff\| = 0\.1 \(allowed 0\.01\)"):
+        check_tolerance(ref, ref + 0.1, "shifted", min_cosine=0.9, atol=0.01)
+    bad = np.array([[np.nan, 0.0], [0.0, 1.0]])
+    assert Agreement.measure(ref, bad).nonfinite_fraction == 0.5
+    with pytest.raises(NonFiniteOutputError, match=r"1 of 2 outputs contain NaN/Inf \(50\.0%, allowed 0\.0%\)"):
+        check_tolerance(ref, bad, "nan", min_cosine=0.9)
+    assert check_tolerance(ref, bad, "nan", min_cosine=0.9, max_nonfinite_fraction=0.5).nonfinite_fraction == 0.5
+    with pytest.raises(ToleranceError, match="shape"):
+        Agreement.measure(ref, ref[:1])
 
 
 def test_gates_come_from_the_spec(sentiment_spec):
@@ -187,9 +201,7 @@ def test_save_embeds_the_record(tiny_model, check_feeds, tmp_path):
                                          check_feeds, ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE),
                                          device="cpu", target_device_type="cpu")
     path = ts.save(traced, record, tmp_path / "m.pt")
-    from trtserve_build.export import sha256_file
-
-    stored = ts.TorchScriptRecord.read(ts.record_path(path))
+    stored = TorchScriptRecord.read(record_path(path))
     assert stored.sha256 == sha256_file(path)
     assert read_metadata(str(path)) == json.loads(json.dumps(record.metadata()))
     engine = TorchEncoder.from_file(str(path), contract.ENCODER_INPUTS, "cpu")
@@ -222,16 +234,16 @@ def test_pipeline_builds_a_gpu_torch_repository(tiny_model, tokenizer_file, tmp_
     """Checkpoint -> ONNX export -> TorchScript (traced on the CPU, retargeted) -> repository."""
     import shutil
 
-    from trtserve_build import export as export_module
-    from trtserve_build.pipeline import build_variant
-    from trtserve_build.triton_config import TORCHSCRIPT_FILE, read_config
-
     checkpoint = tmp_path / "checkpoint"
     tiny_model.save_pretrained(checkpoint)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(tokenizer_file.parent / name, checkpoint / name)
     monkeypatch.setenv("TRTSERVE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(export_module, "validation_texts", lambda limit=48: list(TEXTS))
+    # the export checks on the corpus: a small real-format file in the cache stands in for the
+    # 10,605 snippets (the build reads it as it is; nothing is patched)
+    data = tmp_path / "cache" / "data"
+    data.mkdir(parents=True)
+    (data / MOVIE_REVIEWS_FILE).write_text("".join(f"{i}\t1.5\t{t}\n" for i, t in enumerate(TEXTS) if t))
     spec = parse_spec(_spec_dict(str(checkpoint), {"backend": "torch", "precision": "hybrid", "attention": "eager",
                                                    "cuda_graph_batch_sizes": [1, 8]}))
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from trtserve_build import train
-from trtserve_build.spec import DeploymentSpec, parse_spec
-from trtserve_build.train import (
+from trtserve_build.core.errors import TrainingError
+from trtserve_build.core.spec import DeploymentSpec, parse_spec
+from trtserve_build.stages import train
+from trtserve_build.stages.train import (
     REQUIRED_FILES,
     STAMP_FILE,
-    TrainingError,
-    ensure_trained,
     is_up_to_date,
     label_remap,
     training_fingerprint,
@@ -70,18 +69,23 @@ def fake_checkpoint(folder: Path, fingerprint: str | None) -> Path:
     return folder
 
 
-@pytest.fixture
-def no_training(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Replace the real trainer; record the targets it was asked to train."""
-    calls: list[Path] = []
+class FakeTrainer(list):
+    """A trainer for ensure_trained(trainer=...): records the targets it was asked to train and
+    publishes a stamped fake checkpoint there (nothing is patched)."""
 
-    def fake_train(spec: DeploymentSpec, target: Path, fingerprint: str) -> dict[str, Any]:
-        calls.append(target)
+    def __call__(self, spec: DeploymentSpec, target: Path, fingerprint: str) -> dict[str, Any]:
+        self.append(target)
         fake_checkpoint(target, fingerprint)
         return {"fingerprint": fingerprint}
 
-    monkeypatch.setattr(train, "train_and_publish", fake_train)
-    return calls
+
+@pytest.fixture
+def no_training() -> FakeTrainer:
+    return FakeTrainer()
+
+
+def ensure_trained(spec: DeploymentSpec, trainer: FakeTrainer | None = None, **kwargs: Any) -> Path:
+    return train.ensure_trained(spec, trainer=trainer, **kwargs)
 
 
 # ---- detection ------------------------------------------------------------------------
@@ -141,14 +145,14 @@ def test_incomplete_folders_are_stale(tmp_path: Path, broken: str) -> None:
 def test_cache_hit_returns_without_training(tmp_path: Path, no_training: list[Path]) -> None:
     spec = make_spec(tmp_path / "ckpt")
     folder = fake_checkpoint(tmp_path / "ckpt", training_fingerprint(spec))
-    assert ensure_trained(spec) == folder
+    assert ensure_trained(spec, no_training) == folder
     assert no_training == []
 
 
 def test_stale_checkpoint_is_retrained(tmp_path: Path, no_training: list[Path]) -> None:
     spec = make_spec(tmp_path / "ckpt")
     fake_checkpoint(tmp_path / "ckpt", "0123456789abcdef")
-    assert ensure_trained(spec) == tmp_path / "ckpt"
+    assert ensure_trained(spec, no_training) == tmp_path / "ckpt"
     assert no_training == [tmp_path / "ckpt"]
     assert is_up_to_date(tmp_path / "ckpt", training_fingerprint(spec))
 
@@ -156,7 +160,7 @@ def test_stale_checkpoint_is_retrained(tmp_path: Path, no_training: list[Path]) 
 def test_force_retrains_a_fresh_checkpoint(tmp_path: Path, no_training: list[Path]) -> None:
     spec = make_spec(tmp_path / "ckpt")
     fake_checkpoint(tmp_path / "ckpt", training_fingerprint(spec))
-    ensure_trained(spec, force=True)
+    ensure_trained(spec, no_training, force=True)
     assert no_training == [tmp_path / "ckpt"]
 
 
@@ -164,7 +168,7 @@ def test_leftover_temp_folders_are_removed(tmp_path: Path, no_training: list[Pat
     spec = make_spec(tmp_path / "ckpt")
     leftover = tmp_path / ".ckpt.tmp-99999"
     leftover.mkdir()
-    ensure_trained(spec)
+    ensure_trained(spec, no_training)
     assert not leftover.exists()
 
 
@@ -174,7 +178,7 @@ def test_without_training_section_returns_the_checkpoint(tmp_path: Path, no_trai
     (folder / "config.json").write_text("{}")
     spec = make_spec(folder, training=False)
     assert spec.training is None
-    assert ensure_trained(spec) == folder
+    assert ensure_trained(spec, no_training) == folder
     assert no_training == []
 
 
@@ -184,8 +188,8 @@ def test_cache_hit_does_not_import_torch(tmp_path: Path) -> None:
     fake_checkpoint(tmp_path / "ckpt", training_fingerprint(spec))
     code = (
         "import sys, json\n"
-        "from trtserve_build.spec import parse_spec\n"
-        "from trtserve_build.train import ensure_trained\n"
+        "from trtserve_build.core.spec import parse_spec\n"
+        "from trtserve_build.stages.train import ensure_trained\n"
         f"spec = parse_spec(json.loads({json.dumps(json.dumps(spec_doc(tmp_path / 'ckpt')))}))\n"
         "print(ensure_trained(spec))\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"

@@ -5,9 +5,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from trtserve_backend import contract
-from trtserve_build.export import ExportManifest
-from trtserve_build.triton_config import deployment_configs, host_sized, read_config, to_text, write_config
+import trtserve_contract as contract
+from trtserve_build.core.instances import host_sized
+from trtserve_build.core.records import ExportManifest
+from trtserve_build.core.pbtxt import read_config, to_text, write_config
+from trtserve_build.stages.triton_config import deployment_configs
 
 
 def manifest_for(spec, hidden=384):

@@ -5,15 +5,17 @@ import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.ort_encoder import OrtEncoder
+from trtserve_backend.parameters import OrtEncoderParameters
 from trtserve_backend.triton_models._common import error_response, input_arrays, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = OrtEncoderParameters.from_config(cfg)
         self.input_names = [t.name for t in cfg.inputs]
         self.output = cfg.single_output()
-        self.encoder = OrtEncoder.from_config(cfg, version_dir(args), self.input_names, self.output.name)
+        self.encoder = OrtEncoder.from_parameters(params, version_dir(args), self.input_names, self.output.name)
 
     def execute(self, requests):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import PipelineParameters
 from trtserve_backend.pipeline import Pipeline
 from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_texts,
                                                     version_dir)
@@ -18,7 +19,7 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_name = cfg.single_input().name
         self.outputs = cfg.outputs
-        device = instance_device(args) if cfg.parameter("engine_backend") == "torch" else "cpu"
+        device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
         self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
 
     def execute(self, requests):

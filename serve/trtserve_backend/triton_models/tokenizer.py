@@ -4,6 +4,7 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer
 from trtserve_backend.triton_models._common import error_response, read_texts, version_dir
 
@@ -13,7 +14,8 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_name = cfg.single_input().name
         self.outputs = cfg.outputs
-        self.tokenizer = BucketTokenizer.from_config(cfg, version_dir(args), [t.name for t in cfg.outputs])
+        self.tokenizer = BucketTokenizer.from_parameters(TokenizerParameters.from_config(cfg), version_dir(args),
+                                                         [t.name for t in cfg.outputs])
 
     def execute(self, requests):
         texts, errors = read_texts(requests, self.input_name)

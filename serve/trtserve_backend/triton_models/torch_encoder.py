@@ -13,6 +13,7 @@ import torch.utils.dlpack
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import TorchEncoderParameters
 from trtserve_backend.torch_engine import TorchEncoder
 from trtserve_backend.triton_models._common import error_response, instance_device, version_dir
 
@@ -20,11 +21,12 @@ from trtserve_backend.triton_models._common import error_response, instance_devi
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
+        params = TorchEncoderParameters.from_config(cfg)
         self.inputs = cfg.inputs
         self.output = cfg.single_output()
-        self.output_on_gpu = cfg.parameter("output_device", "cpu") == "gpu"
+        self.output_on_gpu = params.output_device == "gpu"
         device = instance_device(args)
-        self.engine = TorchEncoder.from_config(cfg, version_dir(args), [t.name for t in cfg.inputs], device)
+        self.engine = TorchEncoder.from_parameters(params, version_dir(args), [t.name for t in cfg.inputs], device)
         self.output_on_gpu = self.output_on_gpu and device != "cpu"
 
     @staticmethod

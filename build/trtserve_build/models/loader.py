@@ -1,0 +1,59 @@
+"""The one Hugging Face loader: task -> model class (from the task registry), for export,
+TorchScript, training and the benchmark matrix. Never downloads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import trtserve_contract as contract
+
+from ..core.errors import ExportError
+from ..core.lazy import lazy_import
+from ..core.tasks import get_task
+
+torch = lazy_import("torch")
+transformers = lazy_import("transformers")
+
+
+def _auto_class(task: str):
+    return getattr(transformers, get_task(task).hf_auto_class)
+
+
+def _extra_kwargs(task: str) -> dict:
+    # the embedding head pools the last hidden state itself: no BERT pooler weights needed
+    return {"add_pooling_layer": False} if task == contract.EMBEDDING_TASK else {}
+
+
+def load_task_model(checkpoint: str | Path, task: str, *, labels: Sequence[str] | None = None,
+                    attn_implementation: str = "eager"):
+    """The checkpoint as the task's Hugging Face class; ``labels`` (classification) must match
+    the checkpoint's head."""
+    model = _auto_class(task).from_pretrained(str(checkpoint), attn_implementation=attn_implementation,
+                                              **_extra_kwargs(task))
+    if task == contract.CLASSIFICATION and labels is not None and model.config.num_labels != len(labels):
+        raise ExportError(
+            f"checkpoint {checkpoint} has {model.config.num_labels} labels, "
+            f"the spec lists {len(labels)}: {list(labels)}"
+        )
+    return model.eval()
+
+
+def new_classifier(base: str | Path, labels: Sequence[str], seed: int):
+    """The base encoder with a fresh, seeded classification head named after ``labels`` (training)."""
+    torch.manual_seed(seed)
+    return _auto_class(contract.CLASSIFICATION).from_pretrained(
+        str(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type="single_label_classification",
+    )
+
+
+def random_task_model(config, task: str, seed: int = 0):
+    """A model of ``config``'s architecture (a ``PretrainedConfig`` or a config.json path) with
+    seeded random weights: right for engine building and latency, useless for accuracy."""
+    if not hasattr(config, "to_dict"):
+        config = transformers.AutoConfig.from_pretrained(str(config))
+    torch.manual_seed(seed)
+    return _auto_class(task).from_config(config, **_extra_kwargs(task)).eval()

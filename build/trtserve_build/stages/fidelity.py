@@ -1,0 +1,259 @@
+"""Fidelity stage: the metrics, gates and report files of every precision variant against the
+FP32 reference on real text (running the executors: :mod:`trtserve_build.pipeline.validate`).
+
+For each deployment and precision (fp16, hybrid, int8) the FP32 export and the variant run on
+
+* ``real``: held-out texts of the deployment's dataset (never the calibration texts), and
+* ``stress``: long, repetitive and unusual texts (:func:`trtserve_build.data.texts.stress_texts`), where FP16 overflow
+  shows first (random token ids underestimate it),
+
+tokenized exactly as the served tokenizer does (length buckets). Per row: cosine similarity
+of the outputs (mean, min), max absolute error, the share of outputs holding NaN/Inf, top-1
+agreement (argmax; nearest neighbour for embeddings) and, for classifiers, held-out accuracy.
+Gates per precision come from the spec (``[precision.gates.<precision>]``, defaults in
+``spec.DEFAULT_GATES``); a failed gate raises :class:`NonFiniteOutputError` or
+:class:`ToleranceError` with the numbers.
+
+Executors, best first (each row names the one that produced it, and why better ones were not
+used):
+
+1. ``tensorrt``: the built plan, where a TensorRT runtime and a GPU that runs the plan exist.
+2. ``onnxruntime-cpu``: only where ONNX Runtime has kernels for every op *in the graph's
+   types*. ORT 1.31's CPU provider has no FP16 MatMul/Add/Mul/Softmax/Erf kernels: it
+   silently inserts casts and computes those in FP32, dropping the FP16 rounding between
+   them, so an FP16 overflow never happens there (``x*1000*1000*1e-4`` gives 100, not inf).
+   The probe detects those inserted casts and refuses such graphs.
+3. ``torch-interpreter``: :class:`trtserve_build.runtime.interpreter.TorchInterpreter` executes the ONNX graph node by node
+   with PyTorch, on the GPU when there is one. Every op whose result is FP16 computes in FP32
+   and rounds its result to FP16 (FP16 storage, FP32 accumulation: what FP16 GPU kernels and
+   TensorRT do), so overflow to inf and FP16 rounding happen where they would on the GPU.
+   Q/DQ are exact (round half to even, saturate).
+
+Usage (``make validate``)::
+
+    trtserve-build validate deployments/sentiment.toml deployments/embed.toml
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import trtserve_contract as contract
+from trtserve_backend.postprocess import make_postprocess
+
+from ..core.enums import TRANSFORMED_PRECISIONS
+from ..core.errors import NonFiniteOutputError, ToleranceError
+from ..core.host import machine_info
+from ..core.metrics import cosine_rows
+from ..core.spec import GateSpec
+
+VARIANT_PRECISIONS = TRANSFORMED_PRECISIONS
+REPORT_SCHEMA = 1
+
+
+# =======================================================================================
+# Metrics and gates
+# =======================================================================================
+@dataclass
+class Row:
+    """One (model, precision, text set) line of the report."""
+
+    model: str
+    precision: str
+    set: str
+    executor: str
+    texts: int
+    cosine_mean: float | None
+    cosine_min: float | None
+    max_abs_error: float | None
+    nonfinite_fraction: float
+    top1_agreement: float | None
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    accuracy_drop_points: float | None = None
+    #: min cosine of the raw encoder outputs (logits / pooled), for the record
+    raw_cosine_min: float | None = None
+    seconds: float = 0.0
+
+
+def top1(outputs: np.ndarray, task: str) -> np.ndarray:
+    """argmax for classifiers; for embeddings the index of the nearest other output (cosine)."""
+    if task == contract.CLASSIFICATION:
+        return np.argmax(outputs, axis=1)
+    x = outputs.astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argmax(sim, axis=1)
+
+
+def public_outputs(raw: np.ndarray, task: str, labels: Sequence[str] = ()) -> np.ndarray:
+    """What clients receive from the ensemble, computed by the served postprocess itself
+    (:func:`trtserve_backend.postprocess.make_postprocess`): the probabilities for classifiers,
+    the L2-normalised embedding otherwise."""
+    labels = tuple(labels) or tuple(f"label{i}" for i in range(raw.shape[1]))
+    postprocess = make_postprocess(task, labels if task == contract.CLASSIFICATION else ())
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        outputs = postprocess(raw)
+    name = contract.PROBABILITIES if task == contract.CLASSIFICATION else contract.EMBEDDING
+    return outputs[name]
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict:
+    """Row metrics of the encoder output ``candidate`` against ``reference`` (both ``[n, d]``).
+
+    Cosine and max abs error are taken on the ensemble's public outputs
+    (:func:`public_outputs`): the cosine of raw 2-way logits is ill-conditioned near the
+    decision boundary (logits near zero: a 0.003 error turns by degrees), the probabilities
+    are not. ``raw_cosine_min`` keeps the raw-output number for the record.
+    """
+    raw_finite = np.isfinite(candidate).all(axis=1)
+    raw_min = float(cosine_rows(reference[raw_finite], candidate[raw_finite]).min()) if raw_finite.any() else None
+    reference, candidate = public_outputs(reference, task), public_outputs(candidate, task)
+    finite = np.isfinite(candidate).all(axis=1) & raw_finite
+    out: dict = {"nonfinite_fraction": float(1.0 - finite.mean()) if len(finite) else 0.0}
+    if finite.any():
+        cos = cosine_rows(reference[finite], candidate[finite])
+        out["cosine_mean"] = float(cos.mean())
+        out["cosine_min"] = float(cos.min())
+        out["max_abs_error"] = float(np.abs(reference[finite].astype(np.float64) - candidate[finite]).max())
+    else:
+        out.update(cosine_mean=None, cosine_min=None, max_abs_error=None)
+    safe = np.where(np.isfinite(candidate), candidate, 0.0)
+    out["top1_agreement"] = float((top1(reference, task) == top1(safe, task)).mean()) if len(reference) > 1 else None
+    out["raw_cosine_min"] = raw_min
+    return out
+
+
+@dataclass
+class GateResult:
+    precision: str
+    model: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    nonfinite: bool = False
+
+
+def evaluate_gate(model: str, precision: str, rows: Sequence[Row], gate: GateSpec) -> GateResult:
+    """Check ``gate`` over every row of one (model, precision); failures carry the numbers."""
+    failures, nonfinite = [], False
+    for r in rows:
+        where = f"{model}/{precision}/{r.set}"
+        if gate.max_nonfinite_fraction is not None and r.nonfinite_fraction > gate.max_nonfinite_fraction:
+            nonfinite = True
+            failures.append(f"{where}: {r.nonfinite_fraction:.2%} of {r.texts} outputs hold NaN/Inf "
+                            f"(allowed {gate.max_nonfinite_fraction:.2%})")
+        if gate.min_cosine is not None and (r.cosine_min is None or r.cosine_min < gate.min_cosine):
+            failures.append(f"{where}: min cosine {_fmt(r.cosine_min, 6)} < {gate.min_cosine} "
+                            f"(mean {_fmt(r.cosine_mean, 6)}, max |err| {_fmt(r.max_abs_error, 3)})")
+        if gate.min_top1_agreement is not None and r.top1_agreement is not None and r.top1_agreement < gate.min_top1_agreement:
+            failures.append(f"{where}: top-1 agreement {r.top1_agreement:.4f} < {gate.min_top1_agreement}")
+        if gate.max_accuracy_drop_points is not None and r.accuracy_drop_points is not None \
+                and r.accuracy_drop_points > gate.max_accuracy_drop_points:
+            failures.append(f"{where}: accuracy {r.accuracy:.4f} vs FP32 {r.reference_accuracy:.4f}: drop "
+                            f"{r.accuracy_drop_points:.2f} points > {gate.max_accuracy_drop_points}")
+    return GateResult(precision, model, not failures, failures, nonfinite)
+
+
+def raise_for(results: Sequence[GateResult]) -> None:
+    """Raise :class:`NonFiniteOutputError` (any NaN/Inf failure) or :class:`ToleranceError`."""
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return
+    lines = [f for r in failed for f in r.failures]
+    cls = NonFiniteOutputError if any(r.nonfinite for r in failed) else ToleranceError
+    raise cls(f"fidelity gate failed for {len(failed)} variant(s):\n  " + "\n  ".join(lines))
+
+
+def _fmt(v, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+@dataclass
+class DeploymentReport:
+    model: str
+    task: str
+    reference_executor: str
+    rows: list[Row]
+    executors: dict[str, dict]
+    gates: list[GateResult]
+
+
+def accuracy(outputs: np.ndarray, labels: list[int] | None) -> float | None:
+    if labels is None:
+        return None
+    pred = np.argmax(np.where(np.isfinite(outputs), outputs, -np.inf), axis=1)
+    return float((pred == np.asarray(labels)).mean())
+
+
+def row_line(r: Row) -> str:
+    acc = "" if r.accuracy is None else f" acc {r.accuracy:.4f} (drop {r.accuracy_drop_points:.2f} pt)"
+    return (f"{r.model}/{r.precision}/{r.set}: cos mean {_fmt(r.cosine_mean, 6)} min {_fmt(r.cosine_min, 6)}"
+            f" max|err| {_fmt(r.max_abs_error, 4)} nonfinite {r.nonfinite_fraction:.2%}"
+            f" top1 {_fmt(r.top1_agreement, 4)}{acc} [{r.executor}]")
+
+
+# =======================================================================================
+# Report files
+# =======================================================================================
+def to_markdown(reports: Sequence[DeploymentReport], machine: dict) -> str:
+    lines = [
+        "| model | precision | set | texts | cosine mean | cosine min | max abs err | NaN/Inf | top-1 agree | accuracy (drop) | gate | executor |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for rep in reports:
+        verdict = {g.precision: ("pass" if g.passed else "**FAIL**") for g in rep.gates}
+        for r in rep.rows:
+            change = 0.0 if r.accuracy_drop_points is None else -r.accuracy_drop_points + 0.0  # no "-0.00"
+            acc = "" if r.accuracy is None else f"{r.accuracy:.2%}" + (
+                "" if r.precision == "fp32" else f" ({change:+.2f} pt)")
+            lines.append(
+                f"| {r.model} | {r.precision} | {r.set} | {r.texts} | {_fmt(r.cosine_mean, 6)} | "
+                f"{_fmt(r.cosine_min, 6)} | {_fmt(r.max_abs_error, 4)} | {r.nonfinite_fraction:.1%} | "
+                f"{_fmt(r.top1_agreement, 3)} | {acc} | {verdict.get(r.precision, 'reference')} | {r.executor} |"
+            )
+    lines.append("")
+    lines.append(f"Measured on {machine.get('processor')} ({machine.get('cpus')} CPUs"
+                 f"{', ' + machine['gpu'] if machine.get('gpu') else ''}), {machine.get('created_utc', '')}.")
+    refusals = sorted({f"- {p}: {why}" for rep in reports for p, e in rep.executors.items() for why in e["refused"]})
+    if refusals:
+        lines += ["", "Executors not used (why):", *refusals]
+    failures = [f for rep in reports for g in rep.gates for f in g.failures]
+    if failures:
+        lines += ["", "Gate failures:", *[f"- {f}" for f in failures]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(reports: Sequence[DeploymentReport], json_path: Path, md_path: Path | None) -> dict:
+    machine = machine_info()
+    machine["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    data = {
+        "schema": REPORT_SCHEMA,
+        "machine": machine,
+        "deployments": [
+            {"model": r.model, "task": r.task, "reference_executor": r.reference_executor,
+             "executors": r.executors, "rows": [asdict(x) for x in r.rows], "gates": [asdict(g) for g in r.gates]}
+            for r in reports
+        ],
+        "passed": all(g.passed for r in reports for g in r.gates),
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_finite(data), indent=2) + "\n")
+    if md_path is not None:
+        md_path.write_text(to_markdown(reports, machine))
+    return data
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,267 @@
+"""Triton model configs, built as ``ModelConfig`` protobufs from the spec; never from templates.
+
+Each function returns a ``model_config_pb2.ModelConfig``; :mod:`trtserve_build.core.pbtxt`
+writes it with ``text_format`` and parses a config.pbtxt back (protobuf rejects unknown
+fields), so tests can round-trip every generated file. Python models' parameters come from
+their typed classes in :mod:`trtserve_backend.parameters`, which model.py reads back.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from trtserve_backend.parameters import (
+    ModelParameters,
+    OrtEncoderParameters,
+    PipelineParameters,
+    PostprocessParameters,
+    TokenizerParameters,
+    TorchEncoderParameters,
+)
+from trtserve_backend.torch_engine import default_graph_batch_sizes
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ..core.errors import ConfigError
+from ..core.instances import host_sized
+from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
+from ..core.records import ExportManifest
+from ..core.spec import DeploymentSpec
+from ..core.tasks import ENCODER_INPUT_DECLS, TEXT_DECL, TensorDecl, get_task
+
+
+def _tensor(cls, decl: TensorDecl):
+    return cls(name=decl.name, data_type=mc.DataType.Value(decl.dtype), dims=list(decl.dims))
+
+
+def _inputs(decls: Iterable[TensorDecl]):
+    return [_tensor(mc.ModelInput, d) for d in decls]
+
+
+def _outputs(decls: Iterable[TensorDecl]):
+    return [_tensor(mc.ModelOutput, d) for d in decls]
+
+
+def _parameters(config: mc.ModelConfig, params: ModelParameters) -> None:
+    """The Python model's typed parameters (trtserve_backend.parameters), as its model.py reads them."""
+    for key, text in params.to_config().items():
+        config.parameters[key].string_value = text
+
+
+def queue_policy(spec: DeploymentSpec) -> mc.ModelQueuePolicy | None:
+    """The bounded queue from ``[batching]``: reject (never delay) what does not fit or waited
+    too long, so that overload is answered fast with UNAVAILABLE instead of piling up.
+    ``None`` when the spec asks for Triton's unbounded default."""
+    b = spec.batching
+    if not b.max_queue_size and not b.queue_timeout_microseconds:
+        return None
+    return mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=b.queue_timeout_microseconds,
+        max_queue_size=b.max_queue_size,
+    )
+
+
+def _dynamic_batching(spec: DeploymentSpec, preferred: bool, bounded: bool = False) -> mc.ModelDynamicBatching:
+    """``bounded`` adds the spec's queue policy. The ensemble has no scheduler queue of its
+    own, so the policy goes on its entry models (tokenizer and encoder): a request beyond
+    capacity is turned away before any expensive work, and a request the tokenizer let in
+    cannot pile up unboundedly in front of the encoder."""
+    b = spec.batching
+    batching = mc.ModelDynamicBatching(max_queue_delay_microseconds=b.max_queue_delay_microseconds)
+    if preferred and b.preferred_batch_sizes:
+        batching.preferred_batch_size.extend(b.preferred_batch_sizes)
+    policy = queue_policy(spec) if bounded else None
+    if policy is not None:
+        batching.default_queue_policy.CopyFrom(policy)
+    return batching
+
+
+def _cpu_instances(count: int = 1) -> list[mc.ModelInstanceGroup]:
+    return [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)]
+
+
+def encoder_input_decls(manifest: ExportManifest) -> tuple[TensorDecl, ...]:
+    return tuple(d for d in ENCODER_INPUT_DECLS if d.name in manifest.inputs)
+
+
+def encoder_output_decl(spec: DeploymentSpec, manifest: ExportManifest) -> TensorDecl:
+    decl = get_task(spec.task).encoder_output(manifest.hidden_size, manifest.num_labels)
+    if decl.name != manifest.output:
+        raise ConfigError(f"{spec.name}: export produced output {manifest.output!r}, task expects {decl.name!r}")
+    return decl
+
+
+def ensemble_output_decls(spec: DeploymentSpec, manifest: ExportManifest) -> tuple[TensorDecl, ...]:
+    return get_task(spec.task).ensemble_outputs(manifest.hidden_size, manifest.num_labels)
+
+
+def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=spec.tokenizer_model,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([TEXT_DECL]),
+        output=_outputs(encoder_input_decls(manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=False, bounded=True),
+        instance_group=_cpu_instances(host_sized(spec, variant, "tokenizer_instances")),
+    )
+    _parameters(config, _tokenizer_parameters(spec, manifest))
+    return config
+
+
+def _tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> TokenizerParameters:
+    return TokenizerParameters(
+        tokenizer_file=TOKENIZER_FILE,
+        max_sequence_length=spec.model.max_sequence_length,
+        length_buckets=tuple(spec.model.length_buckets),
+        pad_token_id=manifest.pad_token_id,
+    )
+
+
+def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    engine = spec.engine(variant)
+    config = mc.ModelConfig(
+        name=spec.encoder_model,
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs(encoder_input_decls(manifest)),
+        output=_outputs([encoder_output_decl(spec, manifest)]),
+        dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
+    )
+    if engine.backend == "onnxruntime":
+        # The embedded server has no onnxruntime backend: ONNX Runtime runs in a Python model.
+        config.backend = "python"
+        config.instance_group.extend(_cpu_instances(host_sized(spec, variant, "instance_count")))
+        _parameters(config, _onnx_parameters(spec, variant))
+        # Requests padded to different length buckets may share an execution: otherwise the
+        # dynamic batcher closes a batch at every change of shape and batches stay near one
+        # request.
+        _allow_ragged(config)
+    elif engine.backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = PLAN_FILE
+        config.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=host_sized(spec, variant, "instance_count"))
+        )
+    elif engine.backend == "torch":
+        _torch_encoder(config, spec, variant)
+    else:
+        raise ConfigError(f"{spec.name}: no encoder config for engine backend {engine.backend!r}")
+    return config
+
+
+def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters:
+    engine = spec.engine(variant)
+    # merge_lengths: the class's default, "group" (the reason is documented on the field)
+    return OrtEncoderParameters(onnx_file=ONNX_FILE, intra_op_threads=host_sized(spec, variant, "intra_op_threads"),
+                                precision=engine.precision)
+
+
+def _torch_parameters(spec: DeploymentSpec, variant: str) -> TorchEncoderParameters:
+    engine = spec.engine(variant)
+    batch_sizes = engine.cuda_graph_batch_sizes or default_graph_batch_sizes(
+        spec.batching.max_batch_size, spec.batching.preferred_batch_sizes)
+    # output_device, FORCE_CPU_ONLY_INPUT_TENSORS and merge_lengths: the class's defaults
+    # (what the GPU engine wants; the reasons are documented on the fields).
+    return TorchEncoderParameters(
+        torchscript_file=TORCHSCRIPT_FILE,
+        precision=engine.precision,
+        attention=engine.attention,
+        cuda_graphs=engine.cuda_graphs,
+        cuda_graph_batch_sizes=tuple(batch_sizes),
+        cuda_graph_sequence_lengths=tuple(spec.model.length_buckets),
+    )
+
+
+def _torch_encoder(config: mc.ModelConfig, spec: DeploymentSpec, variant: str) -> None:
+    """The torch backend: TorchScript + CUDA graphs in a Python model on the GPU (torch_engine.py)."""
+    config.backend = "python"
+    config.instance_group.append(
+        mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=host_sized(spec, variant, "instance_count"))
+    )
+    _parameters(config, _torch_parameters(spec, variant))
+    # Requests padded to different length buckets may share an execution: without this the
+    # dynamic batcher closes a batch at every change of shape, and with four buckets in random
+    # order batches stayed at 1.6 requests on an H200 (docs/results/gpu/).
+    _allow_ragged(config)
+
+
+def _allow_ragged(config: mc.ModelConfig) -> None:
+    for tensor in config.input:
+        tensor.allow_ragged_batch = True
+
+
+def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=spec.postprocess_model,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([encoder_output_decl(spec, manifest)]),
+        output=_outputs(ensemble_output_decls(spec, manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=False),
+        instance_group=_cpu_instances(host_sized(spec, variant, "postprocess_instances")),
+    )
+    _parameters(config, PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels)))
+    return config
+
+
+def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    """The single topology: ``<name>`` is one Python model (trtserve_backend.pipeline) with the
+    ensemble's name, input, outputs and bounded queue, and the three steps' typed parameters."""
+    engine = spec.engine(variant)
+    gpu = engine.backend == "torch"
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    config = mc.ModelConfig(
+        name=spec.name,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([TEXT_DECL]),
+        output=_outputs(ensemble_output_decls(spec, manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
+        instance_group=[mc.ModelInstanceGroup(kind=kind, count=host_sized(spec, variant, "instance_count"))],
+    )
+    for params in (_tokenizer_parameters(spec, manifest),
+                   _torch_parameters(spec, variant) if gpu else _onnx_parameters(spec, variant),
+                   PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels)),
+                   PipelineParameters(engine_backend=engine.backend,
+                                      encoder_inputs=tuple(d.name for d in encoder_input_decls(manifest)),
+                                      encoder_output=encoder_output_decl(spec, manifest).name)):
+        _parameters(config, params)
+    return config
+
+
+def ensemble_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
+    """TEXT -> tokenizer -> encoder -> postprocess; internal tensors keep their own names."""
+    inputs = encoder_input_decls(manifest)
+    encoder_out = encoder_output_decl(spec, manifest)
+    outputs = ensemble_output_decls(spec, manifest)
+    step = mc.ModelEnsembling.Step
+    config = mc.ModelConfig(
+        name=spec.name,
+        platform="ensemble",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs([TEXT_DECL]),
+        output=_outputs(outputs),
+        ensemble_scheduling=mc.ModelEnsembling(step=[
+            step(model_name=spec.tokenizer_model, model_version=-1,
+                 input_map={TEXT_DECL.name: TEXT_DECL.name},
+                 output_map={d.name: d.name for d in inputs}),
+            step(model_name=spec.encoder_model, model_version=-1,
+                 input_map={d.name: d.name for d in inputs},
+                 output_map={encoder_out.name: encoder_out.name}),
+            step(model_name=spec.postprocess_model, model_version=-1,
+                 input_map={encoder_out.name: encoder_out.name},
+                 output_map={d.name: d.name for d in outputs}),
+        ]),
+    )
+    return config
+
+
+def deployment_configs(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> list[mc.ModelConfig]:
+    """All configs of one deployment: the one model (single topology), or the ensemble first and its three steps."""
+    if spec.topology(variant) == "single":
+        return [pipeline_config(spec, manifest, variant)]
+    return [
+        ensemble_config(spec, manifest),
+        tokenizer_config(spec, manifest, variant),
+        encoder_config(spec, manifest, variant),
+        postprocess_config(spec, manifest, variant),
+    ]

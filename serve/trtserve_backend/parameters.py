@@ -1,0 +1,168 @@
+"""Typed parameters of each Python model: one class per model writes them into the generated
+config.pbtxt (``parameters { key: ... value { string_value: ... } }``, by the build) and the same
+class reads them back in the model's ``initialize``. Keys and defaults exist once, here.
+
+Encoding of a value as a Triton string parameter: ``str`` as is, ``int`` in decimal, ``bool``
+and tuples as JSON (``true``, ``[8, 16]``, ``["negative", "positive"]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, TypeVar
+
+from .model_config import ModelConfigError
+
+P = TypeVar("P", bound="ModelParameters")
+
+#: Field metadata: the parameter's key in config.pbtxt when it is not the field name.
+KEY = "key"
+#: Field metadata: leave the parameter out of config.pbtxt when its value is empty.
+OMIT_EMPTY = "omit_empty"
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return json.dumps(list(value))
+    raise TypeError(f"cannot encode parameter value {value!r}")
+
+
+def _decode(kind: str, raw: str, where: str) -> Any:
+    try:
+        if kind == "str":
+            return raw
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            value = json.loads(raw)
+            if not isinstance(value, bool):
+                raise ValueError("not true/false")
+            return value
+        if kind.startswith("tuple"):
+            value = json.loads(raw)
+            if not isinstance(value, list):
+                raise ValueError("not a JSON list")
+            return tuple(value)
+    except ValueError as e:
+        raise ModelConfigError(f"{where}: {raw!r} is not a valid {kind} ({e})") from e
+    raise TypeError(f"{where}: unsupported parameter type {kind}")
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """Base: :meth:`to_config` for the build, :meth:`from_config` for the Python model."""
+
+    #: What the parameters are of, for error messages.
+    model_role: ClassVar[str] = "python model"
+
+    @classmethod
+    def key(cls, f: dataclasses.Field) -> str:
+        return f.metadata.get(KEY, f.name)
+
+    def to_config(self) -> dict[str, str]:
+        """{config.pbtxt parameter key: string value}, in field order."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get(OMIT_EMPTY) and not value:
+                continue
+            out[self.key(f)] = _encode(value)
+        return out
+
+    @classmethod
+    def from_parameters(cls: type[P], parameters: Mapping[str, str], model: str = "?") -> P:
+        """Read the string parameters of a model config; missing keys take the field's default."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            key = cls.key(f)
+            where = f"{model}: parameter '{key}'"
+            if key in parameters:
+                kwargs[f.name] = _decode(str(f.type), parameters[key], where)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ModelConfigError(f"{model}: config.pbtxt lacks parameter '{key}' ({cls.model_role})")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_config(cls: type[P], config) -> P:
+        """From a :class:`~trtserve_backend.model_config.PythonModelConfig`."""
+        return cls.from_parameters(config.parameters, config.name)
+
+
+@dataclass(frozen=True)
+class TokenizerParameters(ModelParameters):
+    model_role: ClassVar[str] = "tokenizer"
+
+    tokenizer_file: str
+    max_sequence_length: int
+    length_buckets: tuple[int, ...]
+    pad_token_id: int
+    #: Threads of the fast tokenizer's Rayon pool in this model's process (tokenize.py).
+    tokenizer_threads: int = 1
+
+
+@dataclass(frozen=True)
+class OrtEncoderParameters(ModelParameters):
+    model_role: ClassVar[str] = "ONNX Runtime encoder"
+
+    onnx_file: str
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
+    intra_op_threads: int = 0
+    precision: str = "fp32"
+    #: One ONNX Runtime batch per length bucket in an execution ("group"). On the CPU, compute
+    #: grows with the padded tokens; padding every request to the longest ("pad", what the GPU
+    #: engine does to replay one CUDA graph) did not serve more texts/s on 2 cores.
+    merge_lengths: str = "group"
+
+
+@dataclass(frozen=True)
+class TorchEncoderParameters(ModelParameters):
+    model_role: ClassVar[str] = "torch encoder"
+
+    torchscript_file: str
+    precision: str
+    attention: str
+    cuda_graphs: bool = True
+    #: One CUDA graph per (batch size, tokenizer length bucket): every shape the tokenizer sends.
+    cuda_graph_batch_sizes: tuple[int, ...] = ()
+    cuda_graph_sequence_lengths: tuple[int, ...] = ()
+    #: "gpu": the output leaves the encoder on the GPU through DLPack and Triton copies it for
+    #: the CPU postprocess; "cpu" copies it inside the encoder instead. On an H200 the two were
+    #: within 0.1 ms at one client and within the +-15% spread between server runs at 16-64
+    #: clients. (model.py used to default to "cpu" while the build always wrote "gpu".)
+    output_device: str = "gpu"
+    #: Let Triton hand GPU-resident inputs over as they are (DLPack), not staged to the CPU
+    #: (a Triton Python-backend setting, read by Triton itself).
+    force_cpu_only_input_tensors: str = field(default="no", metadata={KEY: "FORCE_CPU_ONLY_INPUT_TENSORS"})
+    #: The requests of one execution, padded to the longest of them, run as one batch ("pad"):
+    #: one CUDA graph replay per execution on the GPU (the CPU encoder groups instead).
+    merge_lengths: str = "pad"
+
+
+@dataclass(frozen=True)
+class PostprocessParameters(ModelParameters):
+    model_role: ClassVar[str] = "postprocess"
+
+    task: str
+    #: Label names by class id (classification only; left out of the config when empty).
+    labels: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})
+
+
+@dataclass(frozen=True)
+class PipelineParameters(ModelParameters):
+    """The one-model deployment (single topology, trtserve_backend.pipeline): which engine runs
+    and the tensor names between the steps. The tokenizer's, the engine's and the postprocess's
+    own parameters (the classes above) sit beside these in the same config.pbtxt."""
+
+    model_role: ClassVar[str] = "one-model deployment"
+
+    #: "onnxruntime" (OrtEncoderParameters) or "torch" (TorchEncoderParameters)
+    engine_backend: str
+    encoder_inputs: tuple[str, ...]
+    encoder_output: str

@@ -1,0 +1,136 @@
+"""Typed Python-model parameters: the class the build writes into config.pbtxt is the class
+model.py reads back; keys and defaults exist once."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import trtserve_contract as contract
+from trtserve_backend.model_config import ModelConfigError, PythonModelConfig
+from trtserve_backend.parameters import (
+    OrtEncoderParameters,
+    PostprocessParameters,
+    TokenizerParameters,
+    TorchEncoderParameters,
+)
+from trtserve_backend.postprocess import Embedder, LabelledClassifier, make_postprocess
+from google.protobuf import json_format
+
+from trtserve_build.core.records import ExportManifest
+from trtserve_build.stages.triton_config import deployment_configs
+
+ALL = (TokenizerParameters, OrtEncoderParameters, TorchEncoderParameters, PostprocessParameters)
+
+
+def manifest(spec) -> ExportManifest:
+    hidden, labels = 384, spec.model.labels
+    output = contract.LOGITS if spec.task == contract.CLASSIFICATION else contract.POOLED
+    return ExportManifest(spec.name, spec.task, "f", "ckpt", contract.ENCODER_INPUTS, output, hidden,
+                          len(labels), tuple(labels), 0, 17, "sha", 0.0, 1.0, 1, 0.0)
+
+
+def python_model_config(config) -> PythonModelConfig:
+    """What Triton hands model.py: the config as JSON (args["model_config"])."""
+    return PythonModelConfig.from_dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
+def test_generated_parameters_read_back_by_the_same_class(sentiment_spec, embed_spec, variant):
+    role = {"_tokenizer": TokenizerParameters, "_postprocess": PostprocessParameters,
+            "_encoder": OrtEncoderParameters if variant == "cpu" else TorchEncoderParameters}
+    for spec in (sentiment_spec, embed_spec):
+        for config in deployment_configs(spec, manifest(spec), variant):
+            cls = next((c for suffix, c in role.items() if config.name.endswith(suffix)), None)
+            if cls is None:  # the ensemble has no parameters
+                assert not config.parameters
+                continue
+            cfg = python_model_config(config)
+            params = cls.from_config(cfg)
+            assert params.to_config() == cfg.parameters  # every key written is a field, and back
+    tok = TokenizerParameters.from_config(python_model_config(deployment_configs(
+        sentiment_spec, manifest(sentiment_spec), variant)[1]))
+    assert tok.length_buckets == tuple(sentiment_spec.model.length_buckets)
+    assert tok.max_sequence_length == sentiment_spec.model.max_sequence_length
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_defaults_are_what_the_build_writes(cls):
+    """A config without the optional keys reads as the generator's values (the old model.py
+    defaults disagreed: output_device "cpu" vs the generated "gpu")."""
+    required = {f.name: _example(f) for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    written = cls(**required).to_config()
+    minimal = {k: v for k, v in written.items()
+               if k in {cls.key(f) for f in dataclasses.fields(cls) if f.name in required}}
+    assert cls.from_parameters(minimal) == cls(**required)
+    assert cls.from_parameters(written) == cls(**required)
+
+
+def _example(f: dataclasses.Field):
+    t = str(f.type)
+    return {"str": "x", "int": 3, "bool": True}.get(t, (1, 2) if "int" in t else ("a", "b"))
+
+
+def test_torch_and_onnx_encoder_defaults():
+    assert TorchEncoderParameters("m.pt", "fp16", "sdpa").output_device == "gpu"
+    assert TorchEncoderParameters("m.pt", "fp16", "sdpa").merge_lengths == "pad"
+    assert OrtEncoderParameters("m.onnx").merge_lengths == "group"
+    assert TorchEncoderParameters("m.pt", "fp16", "sdpa").to_config()["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"
+
+
+def test_missing_and_malformed_parameters_are_named():
+    with pytest.raises(ModelConfigError, match="sentiment_tokenizer: config.pbtxt lacks parameter 'pad_token_id'"):
+        TokenizerParameters.from_parameters({"tokenizer_file": "t.json", "max_sequence_length": "8",
+                                             "length_buckets": "[8]"}, "sentiment_tokenizer")
+    with pytest.raises(ModelConfigError, match="'max_sequence_length': 'eight' is not a valid int"):
+        TokenizerParameters.from_parameters({"tokenizer_file": "t.json", "max_sequence_length": "eight",
+                                             "length_buckets": "[8]", "pad_token_id": "0"}, "m")
+    with pytest.raises(ModelConfigError, match="cuda_graphs"):
+        TorchEncoderParameters.from_parameters({"torchscript_file": "m", "precision": "fp16", "attention": "sdpa",
+                                                "cuda_graphs": "yes"}, "m")
+
+
+def test_labels_are_left_out_for_embeddings():
+    assert PostprocessParameters("embedding").to_config() == {"task": "embedding"}
+    assert PostprocessParameters("classification", ("negative", "positive")).to_config() == {
+        "task": "classification", "labels": '["negative", "positive"]'}
+
+
+# ---- the postprocess dispatch -------------------------------------------------------------------
+
+def test_postprocess_factory_dispatches_per_task():
+    classify = make_postprocess(contract.CLASSIFICATION, contract.SENTIMENT_LABELS)
+    assert isinstance(classify, LabelledClassifier)
+    out = classify(np.array([[2.0, 0.0], [-1.0, 3.0]], dtype=np.float32))
+    assert set(out) == {contract.LABEL, contract.SCORE, contract.PROBABILITIES}
+    assert out[contract.LABEL].ravel().tolist() == [b"negative", b"positive"]
+    np.testing.assert_allclose(out[contract.PROBABILITIES].sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[contract.SCORE].ravel(), out[contract.PROBABILITIES].max(axis=1))
+    embed = make_postprocess(contract.EMBEDDING_TASK)
+    assert isinstance(embed, Embedder)
+    vectors = embed(np.array([[3.0, 4.0], [0.0, 0.0]]))[contract.EMBEDDING]
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors[0], [0.6, 0.8], rtol=1e-6)
+    assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("task, labels, message", [
+    ("classification", (), "at least two labels"),
+    ("embedding", ("a", "b"), "takes no labels"),
+    ("question-answering", (), "unknown task"),
+])
+def test_postprocess_factory_rejects(task, labels, message):
+    with pytest.raises(ValueError, match=message):
+        make_postprocess(task, labels)
+
+
+def test_fidelity_report_uses_the_served_postprocess():
+    from trtserve_build.stages.fidelity import public_outputs
+
+    logits = np.array([[1.0, -1.0], [0.5, 0.25]])
+    served = make_postprocess(contract.CLASSIFICATION, ("n", "p"))(logits)[contract.PROBABILITIES]
+    np.testing.assert_array_equal(public_outputs(logits, contract.CLASSIFICATION), served)
+    pooled = np.array([[1.0, 2.0, 2.0]])
+    np.testing.assert_array_equal(public_outputs(pooled, contract.EMBEDDING_TASK),
+                                  make_postprocess(contract.EMBEDDING_TASK)(pooled)[contract.EMBEDDING])
