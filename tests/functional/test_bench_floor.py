@@ -2,6 +2,8 @@
 work loads and answers the contract, in both topologies."""
 from __future__ import annotations
 
+import pytest
+
 from bench.ensemble_floor import write_floor_repository
 from trtserve_build.core.pbtxt import read_config
 
