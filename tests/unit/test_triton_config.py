@@ -138,7 +138,7 @@ def test_tensorrt_stays_an_ensemble(sentiment_spec):
 
 @pytest.mark.parametrize("cores, expected", [
     # (one model on the GPU, ONNX Runtime instances, ORT threads, tokenizer instances)
-    (2, (1, 1, 2, 1)), (16, (8, 2, 8, 4)), (64, (8, 2, 32, 8)),
+    (2, (1, 2, 1, 1)), (16, (8, 2, 8, 4)), (64, (8, 4, 16, 8)),
 ])
 def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, expected):
     spec = with_engine(with_engine(sentiment_spec, "gpu_torch", instance_count="auto"), "cpu",

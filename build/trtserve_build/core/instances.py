@@ -38,8 +38,11 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
 
     "auto": the one model (single topology) on a GPU gets cores/2 instances, up to 8
     (tokenizing and the Python-backend hop are per-request CPU work; on an H200 host 8 served
-    35.9k texts/s and 12 served 24.3k); an ONNX Runtime engine one instance per 8 cores with
-    cores/instances intra-op threads (one run is parallel inside: few wide instances);
+    35.9k texts/s and 12 served 24.3k); an ONNX Runtime engine one instance per 8 cores, at least
+    2 and at most 4, with cores/instances intra-op threads (one run is parallel inside: few wide
+    instances; two, so that one request tokenizes while another runs the graph: with one, a
+    2-deep queue under 24 retrying clients on the 2-vCPU VM turned requests away 50 times in a
+    row, with two it did not);
     tokenizer and postprocess steps of an ensemble one instance per 4 cores, up to 8.
     """
     engine = spec.engine(variant)
@@ -53,4 +56,6 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
         return max(1, min(8, cores // 4))
     if engine.backend == "torch" and resolve_topology(engine) == "single":
         return max(1, min(8, cores // 2))
+    if engine.backend == "onnxruntime":
+        return max(2, min(4, cores // 8))
     return max(1, min(2, cores // 8))
