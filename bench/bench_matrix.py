@@ -169,7 +169,7 @@ def run_series(out_csv: Path, model: str, executor: str, precision: str, batches
         if note is not None:
             sink.append(make_row(model, executor, precision, b, s, "skipped", note, loaded.device_name, inputs, host))
             continue
-        feeds = make_feeds(stream, b, s)
+        feeds = make_feeds(stream, b, s, model)
         for attempt in range(CONTENTION_RETRIES + 1):
             with PeakMemory(loaded.device, base) as mem, ForeignCpu() as foreign:
                 result = measure(loaded.run, feeds, max_run_s=max_run_s, target_s=target_s)

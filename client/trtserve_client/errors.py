@@ -15,7 +15,9 @@ gRPC status / HTTP code, with typical messages:
   (2.51), "Request for unknown model: 'x' has no available versions" (known, not loaded)
 - UNAVAILABLE -> ``StatusCode.UNAVAILABLE`` / ``503``: "Exceeds maximum queue size", "Request
   timeout expired", "'x' version 1 is not at ready state", "Server not ready"
-- INTERNAL -> ``StatusCode.INTERNAL`` / ``500``: backend failures, e.g. a Python stub exception
+- INTERNAL -> ``StatusCode.INTERNAL`` / ``500``: backend failures, e.g. a Python stub exception;
+  a dead or stopped stub ("Stub process 'x_0_0' is not healthy.") is a model that is down:
+  :class:`ModelNotReadyError`, retryable
 - UNSUPPORTED -> ``StatusCode.UNIMPLEMENTED`` / ``501``; UNKNOWN, CANCELLED, ... -> ``400``
 
 tritonclient.grpc reports transport failures with the same ``StatusCode.UNAVAILABLE`` (message
@@ -76,7 +78,8 @@ class ServerUnavailableError(TrtServeError):
 
 
 class ModelNotReadyError(TrtServeError):
-    """The model exists in the repository but no version is ready (loading, failed, unloaded)."""
+    """The model exists in the repository but no version is ready (loading, failed, unloaded),
+    or its backend process died and is being restored."""
 
     retryable = True
 
@@ -144,6 +147,15 @@ _MODEL_NOT_READY = _any((
     r"has no available versions",
     r"model .* is not ready",
 ))
+# A model whose backend process died or was stopped: Triton 2.5x answers INTERNAL "Stub
+# process '<instance>' is not healthy." until the model is reloaded (the supervisor of
+# `trtserve-server serve` does that within seconds), then UNAVAILABLE while it loads. The
+# request did not run: it is a model that is down, as retryable as one that is loading.
+_MODEL_DOWN = _any((
+    r"stub process .*is not healthy",
+    r"stub process is not healthy",
+    r"failed to (?:process the request|get response).*stub",
+))
 _OVERLOADED = _any((
     r"exceeds maximum queue size",
     r"queue is full",
@@ -198,7 +210,7 @@ def error_class_for_status(status: str | None, message: str) -> type[TrtServeErr
 
     if _UNKNOWN_MODEL.search(message):
         return ModelNotFoundError
-    if _MODEL_NOT_READY.search(message):
+    if _MODEL_NOT_READY.search(message) or _MODEL_DOWN.search(message):
         return ModelNotReadyError
     if _OVERLOADED.search(message):
         return ServerOverloadedError

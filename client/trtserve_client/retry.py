@@ -6,7 +6,9 @@ expected to come back later. :class:`RetryPolicy` says when and how often:
 
 - only errors that are safe and useful to repeat are retried (:func:`is_retryable`): the
   server refused the work (queue full, or the request timed out *in the server's queue*, so it
-  never ran), or the server could not be reached / was restarting. Bad input, unknown models,
+  never ran), the server could not be reached / was restarting, or the model was down (a dead
+  or stopped Python stub, a model unloaded for reload or loading: what the supervisor of
+  `trtserve-server serve` restores within seconds). Bad input, unknown models,
   backend failures and the client's own timeout are not retried: the first three will fail
   again, and a client-side timeout means the server may still be working on the request, so
   repeating it would add load exactly when there is too much;
@@ -87,6 +89,13 @@ class RetryPolicy:
             )
         if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier!r}")
+
+    @classmethod
+    def through_recovery(cls, deadline_s: float = 30.0) -> "RetryPolicy":
+        """A policy that rides out a server restoring itself: a model reload (about 2 s) or a
+        tritonserver restart (up to 15 s) under the supervisor of ``trtserve-server serve``.
+        Waits stay short (at most 1 s) so the first answer after recovery is not waited out."""
+        return cls(max_attempts=200, deadline_s=deadline_s, initial_backoff_s=0.05, max_backoff_s=1.0)
 
     def backoff_cap(self, retry_number: int) -> float:
         """The upper bound of the wait before retry ``retry_number`` (1-based)."""

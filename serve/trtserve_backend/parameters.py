@@ -105,6 +105,10 @@ class TokenizerParameters(ModelParameters):
     pad_token_id: int
     #: Threads of the fast tokenizer's Rayon pool in this model's process (tokenize.py).
     tokenizer_threads: int = 1
+    #: Input limits, checked before any text is decoded or tokenized (trtserve_backend.limits):
+    #: bytes of TEXT summed over one request's texts, and texts per request; 0 = no limit.
+    max_request_text_bytes: int = 0
+    max_request_texts: int = 0
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ class BucketTokenizer:
         buckets = tuple(sorted(buckets))
         if buckets[-1] != max_length:
             raise ValueError(f"last length bucket {buckets[-1]} != max_length {max_length}")
+        check_outputs(output_names)
+        if tok.id_to_token(int(pad_token_id)) is None:
+            raise ValueError(f"{path}: pad_token_id {pad_token_id} is not in the tokenizer's vocabulary "
+                             f"({tok.get_vocab_size()} tokens)")
         return cls(tok, max_length, buckets, pad_token_id, tuple(output_names))
 
     @classmethod
@@ -106,8 +110,23 @@ class BucketTokenizer:
         mask = np.arange(width)[None, :] < lengths[:, None]
         ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
         ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
-        types = np.zeros((n, width), dtype=np.int64)
-        types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
-                                  count=total)
-        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask.astype(np.int64), contract.TOKEN_TYPE_IDS: types}
+        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask.astype(np.int64)}
+        # Only encoders that take token types get them (RoBERTa, DistilBERT, XLM-R, MPNet and
+        # DeBERTa-v3 do not); position ids are computed inside every encoder from input_ids.
+        if contract.TOKEN_TYPE_IDS in self.output_names:
+            types = np.zeros((n, width), dtype=np.int64)
+            types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
+                                      count=total)
+            arrays[contract.TOKEN_TYPE_IDS] = types
         return {name: arrays[name] for name in self.output_names}
+
+
+def check_outputs(output_names: Sequence[str]) -> None:
+    """The encoder inputs a config asks for must be ones this tokenizer makes, with ids and mask."""
+    unknown = [n for n in output_names if n not in contract.ENCODER_INPUTS]
+    if unknown:
+        raise ValueError(f"the tokenizer cannot produce {unknown}; it sends a subset of "
+                         f"{list(contract.ENCODER_INPUTS)} (position ids are computed inside the encoder)")
+    for required in (contract.INPUT_IDS, contract.ATTENTION_MASK):
+        if required not in output_names:
+            raise ValueError(f"every encoder takes {required!r}; the configured outputs {list(output_names)} lack it")

@@ -1,13 +1,25 @@
-"""`python -m trtserve_server.cli serve`: run the embedded Triton in the foreground."""
+"""`python -m trtserve_server.cli serve`: run the embedded Triton in the foreground, supervised.
+
+By default a supervisor (:mod:`.supervisor`) probes every deployment with real inferences and
+restores service on its own (reload of a failed model, or a restart of tritonserver); its
+counts are served on ``--status-port`` (``/metrics``, ``/status``) and printed by
+``python -m trtserve_server.cli status``. ``--no-supervise`` runs Triton as it is, the way it
+was before: nothing restarts a dead stub.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from .embedded import EmbeddedServer, Ports, ServerError, die_with_parent
+from .embedded import EmbeddedServer, Ports, ServerError, die_with_parent, new_admin_key
+from .status import StatusServer, SupervisorStats
+from .supervisor import Supervisor, SupervisorSettings
 
 
 def _usage(server: EmbeddedServer, models: list[str]) -> str:
@@ -30,7 +42,13 @@ def serve(args: argparse.Namespace) -> int:
         model_repository=Path(args.model_repository),
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         log_path=Path(args.log_file) if args.log_file else None,
+        admin_key=new_admin_key() if args.supervise else None,
+        host=args.host,
+        triton_root=Path(args.triton_root) if args.triton_root else None,
+        extra_args=tuple(args.triton_arg),
     )
+    if args.supervise:
+        return _serve_supervised(server, args)
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -61,18 +79,88 @@ def serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
+    settings = SupervisorSettings(probe_interval_s=args.probe_interval, probe_timeout_s=args.probe_timeout,
+                                  ready_timeout_s=args.ready_timeout)
+    stats = SupervisorStats()
+    supervisor = Supervisor(server, settings, stats)
+    status = None
+
+    def on_signal(signum, _frame):
+        supervisor.stop()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    die_with_parent(signal.SIGTERM)  # `make serve` killed -> we get SIGTERM and stop Triton
+    try:
+        status = StatusServer(stats, args.status_port, host=args.host).start()
+        models = supervisor.start()
+        print(_usage(server, models), flush=True)
+        print(f"Supervisor: probes every {settings.probe_interval_s:g}s; counts on "
+              f"http://127.0.0.1:{status.port}/metrics and /status", flush=True)
+        if server.log_path:
+            print(f"Server log: {server.log_path}", flush=True)
+        return supervisor.run()
+    except KeyboardInterrupt:
+        print("\ntrtserve: stopping Triton ...", file=sys.stderr, flush=True)
+        return 0
+    except (ServerError, OSError) as e:
+        print(f"trtserve: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        supervisor.close()
+        if status is not None:
+            status.stop()
+
+
+def show_status(args: argparse.Namespace) -> int:
+    """Print the supervisor's counts (JSON) or, with --prometheus, its /metrics text."""
+    path = "/metrics" if args.prometheus else "/status"
+    try:
+        with urllib.request.urlopen(f"http://{args.host}:{args.status_port}{path}", timeout=5) as response:
+            body = response.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        print(f"trtserve: no supervisor at {args.host}:{args.status_port}: {e}", file=sys.stderr)
+        return 3
+    print(body if args.prometheus else json.dumps(json.loads(body), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trtserve-server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="trtserve-server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run tritonserver on 127.0.0.1 until Ctrl-C / SIGTERM")
     p.add_argument("--model-repository", default="model_repository/cpu")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--status-port", type=int, default=8003, help="the supervisor's /metrics and /status")
     p.add_argument("--log-file", help="write the server log here instead of the terminal")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address Triton listens on (a container publishing its ports needs 0.0.0.0; the "
+                        "model-repository API then still needs the launcher's key)")
+    p.add_argument("--triton-root", help="a Triton install to run instead of nvidia-pytriton's, e.g. "
+                                         "/opt/tritonserver in the NGC image (or $TRTSERVE_TRITON_ROOT)")
+    p.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
+                   help="one more tritonserver option, e.g. --triton-arg=--metrics-config=summary_latencies=true")
     p.add_argument("--ready-timeout", type=float, default=180.0)
+    p.add_argument("--no-supervise", dest="supervise", action="store_false",
+                   help="run Triton without the supervisor (nothing restores a failed model)")
+    p.add_argument("--probe-interval", type=float, default=SupervisorSettings.probe_interval_s)
+    p.add_argument("--probe-timeout", type=float, default=SupervisorSettings.probe_timeout_s,
+                   help="keep it below the models' queue timeout (2 s), so a hang is told from a queue")
+    st = sub.add_parser("status", help="print the supervisor's counts of probes, failures, reloads, restarts")
+    st.add_argument("--host", default="127.0.0.1")
+    st.add_argument("--status-port", type=int, default=8003)
+    st.add_argument("--prometheus", action="store_true", help="the Prometheus text instead of JSON")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "status":
+        return show_status(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return serve(args)
 
 

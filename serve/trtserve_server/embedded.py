@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,9 +24,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from .deployments import Deployment, discover
 
 log = logging.getLogger(__name__)
+
+#: The header that carries the key of the restricted model-repository API (load/unload/index).
+ADMIN_HEADER = "admin-key"
 
 
 class ServerError(RuntimeError):
@@ -39,7 +45,18 @@ class TritonInstall:
     backends: Path
 
     @classmethod
-    def locate(cls) -> "TritonInstall":
+    def locate(cls, root: str | Path | None = None) -> "TritonInstall":
+        """The tritonserver of ``nvidia-pytriton``, or of an install at ``root`` (or
+        ``$TRTSERVE_TRITON_ROOT``): ``bin/tritonserver``, ``lib/``, ``backends/`` as in the NGC
+        Triton image's /opt/tritonserver, whose Python backend already has its stub."""
+        root = root or os.environ.get("TRTSERVE_TRITON_ROOT")
+        if root:
+            root = Path(root)
+            install = cls(binary=root / "bin" / "tritonserver", libs=root / "lib", backends=root / "backends")
+            for path in (install.binary, install.backends / "python" / "triton_python_backend_stub"):
+                if not path.exists():
+                    raise ServerError(f"no Triton install at {root}: {path} is missing")
+            return install
         try:
             import pytriton
         except ImportError as e:
@@ -53,7 +70,10 @@ class TritonInstall:
         return install
 
     def prepare_python_backend(self) -> None:
-        """Put the stub for the stubs' Python version into backends/python (idempotent)."""
+        """Put the stub for the stubs' Python version into backends/python (idempotent); an
+        install without per-version stubs (the NGC image) keeps its own."""
+        if not (self.backends.parent / "python_backend_stubs").is_dir():
+            return
         version = stub_python_version()
         stub = self.backends.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
@@ -123,9 +143,22 @@ class Ports:
             return cls(*(s.getsockname()[1] for s in socks))
 
 
+def new_admin_key() -> str:
+    """A random key for the restricted model-repository API (one per launcher)."""
+    return secrets.token_urlsafe(24)
+
+
 @dataclass
 class EmbeddedServer:
-    """A tritonserver child process bound to 127.0.0.1; use as a context manager."""
+    """A tritonserver child process bound to 127.0.0.1; use as a context manager.
+
+    ``admin_key`` turns on explicit model control (every model loaded at start, then
+    loadable/unloadable one by one, as the supervisor does to restore a model) with the
+    model-repository API of HTTP and gRPC restricted to requests that carry this key in the
+    ``admin-key`` header; without it the repository API answers 403. The key is never logged;
+    it is in tritonserver's command line (Triton reads its options from nowhere else), readable
+    on this host only, and the server listens on loopback only.
+    """
 
     model_repository: Path
     ports: Ports = field(default_factory=Ports)
@@ -133,8 +166,18 @@ class EmbeddedServer:
     extra_args: Sequence[str] = ()
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    #: a Triton install other than nvidia-pytriton's (see :meth:`TritonInstall.locate`)
+    triton_root: Path | None = None
 
     def command(self, install: TritonInstall) -> list[str]:
+        control = []
+        if self.admin_key:
+            control = [
+                "--model-control-mode=explicit", "--load-model=*",
+                f"--http-restricted-api=model-repository:{ADMIN_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self.admin_key}",
+            ]
         return [
             str(install.binary),
             f"--model-repository={Path(self.model_repository).resolve()}",
@@ -146,15 +189,17 @@ class EmbeddedServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--exit-timeout-secs=10",  # idle keep-alive clients must not stall shutdown for 30 s
+            *control,
             *self.extra_args,
         ]
 
     def start(self) -> "EmbeddedServer":
         if not Path(self.model_repository).is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist; run `make engines`")
-        install = TritonInstall.locate()
+        install = TritonInstall.locate(self.triton_root)
         install.prepare_python_backend()
-        out = open(self.log_path, "wb") if self.log_path else None
+        # a restart appends: the log of the server that failed is the evidence
+        out = open(self.log_path, "ab" if self.process is not None else "wb") if self.log_path else None
         self.process = subprocess.Popen(
             self.command(install),
             env=install.environment(),
@@ -177,42 +222,63 @@ class EmbeddedServer:
 
     def _http(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key and path.startswith("/v2/repository"):
+            headers[ADMIN_HEADER] = self.admin_key
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             payload = resp.read()
             return json.loads(payload) if payload else None
 
-    def text_models(self) -> list[str]:
-        """Ready models that take the contract's TEXT string tensor and are not a step of an ensemble:
-        the deployments, whether served as an ensemble or as one Python model."""
+    def model_configs(self, ready_only: bool = True) -> dict[str, dict]:
+        """{name: JSON config} of the repository's (ready) models."""
         configs = {}
         for entry in self._http("POST", "/v2/repository/index", {}) or []:
-            if entry.get("state") == "READY":
-                configs[entry["name"]] = self._http("GET", f"/v2/models/{entry['name']}/config") or {}
-        steps = {step.get("model_name") for config in configs.values()
-                 for step in (config.get("ensemble_scheduling") or {}).get("step", [])}
-        return sorted(name for name, config in configs.items() if name not in steps and any(
-            i["name"] == "TEXT" and i["data_type"] == "TYPE_STRING" for i in config.get("input", [])))
+            if ready_only and entry.get("state") != "READY":
+                continue
+            configs[entry["name"]] = self._http("GET", f"/v2/models/{entry['name']}/config")
+        return configs
+
+    def deployments(self) -> list[Deployment]:
+        """The ready models that honour the client contract, with the models behind each."""
+        return discover(self.model_configs())
+
+    def text_models(self) -> list[str]:
+        """Names of the ready deployments (models with the contract's TEXT input and outputs)."""
+        return [d.name for d in self.deployments()]
+
+    def load_model(self, name: str, timeout: float = 60.0) -> None:
+        """Load (or reload) ``name`` through the repository API (needs ``admin_key``)."""
+        self._http("POST", f"/v2/repository/models/{name}/load", {}, timeout=timeout)
+
+    def unload_model(self, name: str, timeout: float = 60.0) -> None:
+        self._http("POST", f"/v2/repository/models/{name}/unload", {}, timeout=timeout)
 
     def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
         body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
         return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
 
-    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
-        """Wait until every text model answers a real inference (health alone can lie)."""
+    def wait_ready(self, timeout_s: float = 120.0, abort_if: Callable[[], str | None] | None = None) -> list[str]:
+        """Wait until every text model answers a real inference (health alone can lie).
+
+        ``abort_if`` is asked between polls; a reason it returns ends the wait with a
+        :class:`ServerError` (the supervisor's: a stub stopped while the models load)."""
         deadline = time.monotonic() + timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
+            reason = abort_if() if abort_if else None
+            if reason:
+                raise ServerError(f"tritonserver will not become ready: {reason}")
             try:
                 if self._http("GET", "/v2/health/ready", timeout=2.0) is None:
                     models = self.text_models()
                     if models:
                         for model in models:
-                            self.infer_text(model, ["readiness check"])
+                            self.infer_text(model, ["readiness check"],
+                                            timeout=max(1.0, min(30.0, deadline - time.monotonic())))
                         return models
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
                 last_error = e
@@ -232,6 +298,15 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver ignored SIGTERM for %.0fs; killing", grace_s)
         # Stubs live in the same process group: make sure nothing is left behind.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL the server's whole process group at once (a broken server need not drain)."""
+        proc = self.process
+        if proc is None:
+            return None
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
         return proc.returncode

@@ -88,11 +88,10 @@ def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
 
 
 def _compose_triton_flags() -> list[str]:
-    """The tritonserver flags of docker-compose.yml that apply to any server (not paths/ports)."""
-    import yaml
+    """The tritonserver flags of the compose GPU image that apply to any server (not paths/ports)."""
+    from ..compose_tools import dockerfile_cmd
 
-    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
-    command = compose["services"]["triton"]["command"]
+    command = dockerfile_cmd(REPO_ROOT / "deploy" / "triton.gpu.Dockerfile")
     keep = ("--metrics-config", "--backend-config", "--model-control-mode", "--strict-readiness")
     return [arg for arg in command if arg.startswith(keep)]
 

@@ -25,10 +25,13 @@ def _processes_mentioning(needle: str) -> list[int]:
     return pids
 
 
-def _start(repository: Path, ports: Ports) -> subprocess.Popen:
+def _start(repository: Path, ports: Ports, *extra: str) -> subprocess.Popen:
+    from trtserve_server.embedded import free_port
+
     return subprocess.Popen(
         [sys.executable, "-m", "trtserve_server.cli", "serve", "--model-repository", str(repository),
-         "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
+         "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+         "--status-port", str(free_port()), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -47,8 +50,9 @@ def _wait_for_banner(proc: subprocess.Popen, timeout_s: float = 180) -> str:
     raise AssertionError("no ready banner; output:\n" + "".join(seen[-40:]))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_serve_answers_then_stops_cleanly(cpu_repository, tmp_path, signum):
+@pytest.mark.parametrize("signum,extra", [(signal.SIGTERM, ()), (signal.SIGINT, ("--no-supervise",))],
+                         ids=["SIGTERM-supervised", "SIGINT-no-supervise"])
+def test_serve_answers_then_stops_cleanly(cpu_repository, tmp_path, signum, extra):
     import tritonclient.http as httpclient
 
     from trtserve_client import TrtServeClient
@@ -56,8 +60,14 @@ def test_serve_answers_then_stops_cleanly(cpu_repository, tmp_path, signum):
     repo = tmp_path / f"repo-{signum.name}"
     repo.symlink_to(cpu_repository, target_is_directory=True)  # a unique path to look for afterwards
     ports = Ports.free()
-    proc = _start(repo, ports)
+    proc = _start(repo, ports, *extra)
     banner = _wait_for_banner(proc)
+    from loadtest.faults import server_pid
+
+    triton = server_pid(proc.pid)
+    assert triton is not None
+    explicit = b"--model-control-mode=explicit" in Path(f"/proc/{triton}/cmdline").read_bytes()
+    assert explicit == (not extra)  # supervised by default: the supervisor reloads models one by one
     assert "embed" in banner and "sentiment" in banner
     assert _processes_mentioning(str(repo)), "tritonserver should be running"
 

@@ -111,7 +111,9 @@ SERVER_ERRORS = [
     ("INTERNAL", 500,
      "Failed to process the request(s) for model 'embed_0', message: UnicodeDecodeError: "
      "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte", BadInputError),
-    ("INTERNAL", 500, "Stub process 'sentiment_0_0' is not healthy.", InferenceError),
+    # a dead or stopped Python stub: the model is down until it is reloaded (issue 15), retryable
+    ("INTERNAL", 500, "Stub process 'sentiment_0_0' is not healthy.", ModelNotReadyError),
+    ("INTERNAL", 500, "ValueError: the postprocess raised", InferenceError),
     ("UNIMPLEMENTED", 501, "the server does not support trace", InferenceError),
 ]
 
@@ -628,9 +630,10 @@ def test_wait_ready_gives_up_with_the_last_error_class(served):
     protocol, url, backend = served
     backend.flaky_failures = 10_000
     with TrtServeClient(url, protocol=protocol) as client:
-        with pytest.raises(InferenceError, match="still failing after") as caught:
+        # a dead stub reads as a model that is down (ModelNotReadyError); the class is kept
+        with pytest.raises(ModelNotReadyError, match="still failing after") as caught:
             client.wait_ready("flaky", timeout_s=0.2, poll_interval_s=0.02)
-        assert isinstance(caught.value.__cause__, InferenceError)
+        assert type(caught.value.__cause__) is ModelNotReadyError
         with pytest.raises(BadInputError):  # not retried: waiting would not help
             client.wait_ready("reject", timeout_s=10, poll_interval_s=0.01)
     assert sum(batch == [b"trtserve readiness probe"] for batch in backend.batches) > 2

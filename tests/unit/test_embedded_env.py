@@ -45,3 +45,41 @@ def test_free_ports_are_distinct():
     for _ in range(50):
         ports = Ports.free()
         assert len({ports.http, ports.grpc, ports.metrics}) == 3
+
+
+def test_another_triton_install_is_located_by_root(monkeypatch, tmp_path):
+    """The NGC image's /opt/tritonserver layout (the container runs the same launcher)."""
+    from trtserve_server.embedded import TritonInstall
+
+    root = tmp_path / "tritonserver"
+    with pytest.raises(ServerError, match="no Triton install at .*bin/tritonserver is missing"):
+        TritonInstall.locate(root)
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "tritonserver").write_text("")
+    (root / "backends" / "python").mkdir(parents=True)
+    (root / "backends" / "python" / "triton_python_backend_stub").write_text("")
+    monkeypatch.setenv("TRTSERVE_TRITON_ROOT", str(root))
+    install = TritonInstall.locate()
+    assert install.binary == root / "bin" / "tritonserver" and install.libs == root / "lib"
+    install.prepare_python_backend()  # the image's own stub is kept: nothing to copy
+    assert str(root / "lib") in install.environment()["LD_LIBRARY_PATH"].split(os.pathsep)
+
+
+def test_supervised_command_line_restricts_the_repository_api(tmp_path):
+    from trtserve_server.embedded import EmbeddedServer
+
+    install = install_at(tmp_path)
+    plain = EmbeddedServer(tmp_path).command(install)
+    assert not [a for a in plain if "model-control" in a or "restricted" in a]
+    server = EmbeddedServer(tmp_path, admin_key="k" * 32)
+    args = server.command(install)
+    assert "--model-control-mode=explicit" in args and "--load-model=*" in args
+    assert f"--http-restricted-api=model-repository:admin-key={'k' * 32}" in args
+    assert f"--grpc-restricted-protocol=model-repository:admin-key={'k' * 32}" in args
+    assert "k" * 32 not in repr(server)  # the key is not in the object's repr (logs, tracebacks)
+
+
+def install_at(tmp_path: Path):
+    from trtserve_server.embedded import TritonInstall
+
+    return TritonInstall(binary=tmp_path / "tritonserver", libs=tmp_path / "libs", backends=tmp_path / "backends")

@@ -7,6 +7,7 @@ import csv
 import json
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def _load_healthcheck():
 
 @pytest.fixture
 def fake_triton():
-    state = {"ready": 200, "infer": 200, "bodies": []}
+    state = {"ready": 200, "infer": 200, "infer_body": None, "delay_s": 0.0, "bodies": []}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -276,8 +277,9 @@ def fake_triton():
 
         def do_POST(self):
             state["bodies"].append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            time.sleep(state["delay_s"])
             out = json.dumps({"outputs": [{"name": "LABEL", "data": ["positive"]}]}).encode()
-            self._reply(state["infer"], out if state["infer"] == 200 else b'{"error":"stub died"}')
+            self._reply(state["infer"], out if state["infer"] == 200 else (state["infer_body"] or b'{"error":"stub died"}'))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -291,14 +293,39 @@ def test_healthcheck_needs_ready_and_real_answers(fake_triton):
     hc = _load_healthcheck()
     url = fake_triton["url"]
     assert hc.main(["--url", url, "--models", "sentiment,embed"]) == 0
-    paths = [p for p, _ in fake_triton["bodies"]]
-    assert paths == ["/v2/models/sentiment/infer", "/v2/models/embed/infer"]
+    paths = sorted(p for p, _ in fake_triton["bodies"])
+    assert paths == ["/v2/models/embed/infer", "/v2/models/sentiment/infer"]
     assert fake_triton["bodies"][0][1]["inputs"][0]["name"] == "TEXT"
     fake_triton["infer"] = 500  # ready, but the model fails: a dead Python stub
     assert hc.main(["--url", url, "--models", "sentiment"]) == 1
     fake_triton["ready"], fake_triton["infer"] = 503, 200
     assert hc.main(["--url", url, "--models", "sentiment"]) == 1
     assert hc.check("http://127.0.0.1:1", ["sentiment"], 1.0)[0].startswith("server unreachable")
+
+
+@pytest.mark.parametrize("message, healthy", [
+    (b'{"error":"in ensemble \'sentiment\', Request timeout expired"}', True),
+    (b'{"error":"[request id: <id_unknown>] Exceeds maximum queue size"}', True),
+    (b'{"error":"Request for unknown model: \'sentiment\' version 1 is not at ready state"}', False),
+])
+def test_healthcheck_counts_a_queue_rejection_as_busy_not_dead(fake_triton, message, healthy):
+    """Under overload the bounded queues answer 503 "Request timeout expired": alive, not dead."""
+    hc = _load_healthcheck()
+    fake_triton["infer"], fake_triton["infer_body"] = 503, message
+    assert hc.main(["--url", fake_triton["url"], "--models", "sentiment,embed"]) == (0 if healthy else 1)
+
+
+def test_healthcheck_answers_within_its_deadline(fake_triton):
+    """Models are probed at once and the whole check ends by --deadline (below compose's 10 s)."""
+    hc = _load_healthcheck()
+    fake_triton["delay_s"] = 0.6
+    start = time.monotonic()
+    assert hc.main(["--url", fake_triton["url"], "--models", "a,b,c,d", "--deadline", "3"]) == 0
+    assert time.monotonic() - start < 1.5, "four 0.6 s probes must run concurrently"
+    fake_triton["delay_s"] = 3.0
+    start = time.monotonic()
+    assert hc.main(["--url", fake_triton["url"], "--models", "a,b,c", "--deadline", "1"]) == 1
+    assert time.monotonic() - start < 2.0
 
 
 # ---- overload outcome accounting ------------------------------------------------------------

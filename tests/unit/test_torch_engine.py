@@ -6,8 +6,6 @@ same static-buffer semantics drives every other line of torch_engine.py.
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import trtserve_contract as contract  # noqa: E402
+from .fake_pb_utils import Request, Tensor, install  # noqa: E402
 from trtserve_backend.torch_engine import (  # noqa: E402
     GraphPlan,
     TorchEncoder,
@@ -209,41 +208,9 @@ def test_from_file_refuses_another_device_type_or_other_inputs(model, tmp_path):
 
 # ---- the Triton Python model, with a stand-in for triton_python_backend_utils -------------------
 
-class _FakeTensor:
-    def __init__(self, name, array):
-        self._name, self._array = name, array
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._array
-
-    def is_cpu(self):
-        return True
-
-
-class _FakeResponse:
-    def __init__(self, output_tensors=None, error=None):
-        self.output_tensors, self.error = output_tensors or [], error
-
-
-class _FakeError:
-    def __init__(self, message, code=None):
-        self.message = message
-
-
 @pytest.fixture
 def fake_pb_utils(monkeypatch):
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor = _FakeTensor
-    module.InferenceResponse = _FakeResponse
-    module.TritonError = _FakeError
-    module.get_input_tensor_by_name = lambda request, name: next((t for t in request if t.name() == name), None)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    for name in ("trtserve_backend.triton_models.torch_encoder", "trtserve_backend.triton_models._common"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return module
+    return install(monkeypatch, "trtserve_backend.triton_models.torch_encoder")
 
 
 def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp_path, embed_spec):
@@ -266,10 +233,10 @@ def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp
     served = TritonPythonModel()
     served.initialize(args)
     requests = [feeds(2, 16, 1), feeds(1, 32, 2), feeds(3, 16, 3)]
-    responses = served.execute([[_FakeTensor(n, f[n]) for n in NAMES] for f in requests])
+    responses = served.execute([Request(Tensor(n, f[n]) for n in NAMES) for f in requests])
     for f, response in zip(requests, responses):
         (tensor,) = response.output_tensors
         assert tensor.name() == contract.POOLED and tensor.as_numpy().dtype == np.float32
         np.testing.assert_allclose(tensor.as_numpy(), reference(model, f), rtol=1e-6)
-    broken = served.execute([[_FakeTensor(contract.INPUT_IDS, feeds(1, 16)[contract.INPUT_IDS])]])
+    broken = served.execute([Request([Tensor(contract.INPUT_IDS, feeds(1, 16)[contract.INPUT_IDS])])])
     assert "lacks input 'attention_mask'" in broken[0].error.message

@@ -40,6 +40,8 @@ class ExportManifest:
     min_cosine: float
     checked_texts: int
     seconds: float
+    #: The registered architecture (core/architectures.py) the checkpoint is.
+    architecture: str = ""
 
     @classmethod
     def read(cls, folder: Path) -> "ExportManifest":

@@ -74,6 +74,11 @@ class BatchingSpec:
     #: A request that waited this long in a model's queue is rejected (UNAVAILABLE "Request
     #: timeout expired") instead of being run late. 0 means no timeout.
     queue_timeout_microseconds: int = 2_000_000
+    #: Input limits, checked by the tokenizer before it decodes or tokenizes anything: bytes of
+    #: TEXT summed over one request's texts, and texts per request (0 = no limit). A request
+    #: over a limit fails alone with INVALID_ARG naming the limit.
+    max_request_text_bytes: int = 1_048_576
+    max_request_texts: int = 64
 
 
 @dataclass(frozen=True)

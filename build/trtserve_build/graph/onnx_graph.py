@@ -222,3 +222,36 @@ def named_copy(model):
     m.CopyFrom(model)
     name_nodes(m.graph)
     return m
+
+
+def drop_redundant_casts(model):
+    """A copy of ``model`` without the casts that do nothing: a Cast to the type its input
+    already has, or a second Cast of the same tensor to the same type (its readers take the
+    first one's output). Exporters leave such casts (DeBERTa-v2's int64 -> int64 pairs, MPNet's
+    repeated int64 cast of one tensor); the transform drops them before retyping, so the
+    redundant-cast check of its result only ever fires on casts the transform itself made."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    types = infer_types(m)
+    outputs = {o.name for o in m.graph.output}
+    rename: dict[str, str] = {}
+    first: dict[tuple[str, int], str] = {}
+    keep = []
+    for node in m.graph.node:  # topological order: every input is renamed before it is read
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+        if node.op_type == "Cast" and node.output[0] not in outputs:
+            to = next(a.i for a in node.attribute if a.name == "to")
+            source = node.input[0]
+            if types.get(source) == to:
+                rename[node.output[0]] = source
+                continue
+            if (source, to) in first:
+                rename[node.output[0]] = first[(source, to)]
+                continue
+            first[(source, to)] = node.output[0]
+        keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return m

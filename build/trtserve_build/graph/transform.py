@@ -47,7 +47,7 @@ from typing import Mapping, Sequence
 from ..core.enums import PRECISIONS
 from ..core.errors import PrecisionError
 from ..core.lazy import lazy_import
-from .onnx_graph import check_graph, default_opset, named_copy, to_opset
+from .onnx_graph import check_graph, default_opset, drop_redundant_casts, named_copy, to_opset
 from .policy import policy_for
 from .qdq import add_qdq
 from .retype import retype
@@ -78,6 +78,7 @@ def transform(
         out.CopyFrom(model)
         return out, None
     policy = policy_for(precision, fp32_ops_extra)
+    model = drop_redundant_casts(model)  # the exporter's no-op casts, not the transform's to check
     if precision == "int8":
         if activation_amax is None:
             raise PrecisionError("int8 needs calibrated activation ranges (run calibration first)")

@@ -9,9 +9,11 @@ digits in FP16). For an FP32 model no cast is traced, so the exported graph is u
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import trtserve_contract as contract
 
+from ..core.architectures import architecture_of
 from ..core.errors import ExportError
 from ..core.lazy import lazy_import
 
@@ -23,30 +25,40 @@ HEAD_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK)
 @functools.cache
 def _task_module_class():
     class TaskModule(torch.nn.Module):
-        """``forward(input_ids, attention_mask[, token_type_ids])`` -> the task output in FP32."""
+        """``forward(*inputs)`` in the order of ``input_names`` -> the task output in FP32.
 
-        def __init__(self, inner, task: str):
+        Exactly the architecture's encoder inputs are passed on (RoBERTa, DistilBERT, XLM-R,
+        MPNet and DeBERTa-v3 get no ``token_type_ids``); position ids are the model's own.
+        """
+
+        def __init__(self, inner, task: str, input_names: tuple[str, ...]):
             super().__init__()
             if task not in HEAD_TASKS:
                 raise ExportError(f"no task head for task {task!r}; known: {HEAD_TASKS}")
+            if input_names[:2] != (contract.INPUT_IDS, contract.ATTENTION_MASK):
+                raise ExportError(f"encoder inputs {input_names} must start with input_ids, attention_mask")
             self.inner = inner
             self.task = task
+            self.input_names = input_names
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        def forward(self, *inputs):
+            feeds = dict(zip(self.input_names, inputs))
+            out = self.inner(**feeds)
             if self.task == contract.CLASSIFICATION:
                 logits = out.logits
                 return logits if logits.dtype == torch.float32 else logits.float()
             hidden = out.last_hidden_state
             if hidden.dtype != torch.float32:
                 hidden = hidden.float()
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mask = feeds[contract.ATTENTION_MASK].unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
     return TaskModule
 
 
-def task_module(hf_model, task: str):
+def task_module(hf_model, task: str, input_names: Sequence[str] | None = None):
     """Wrap a Hugging Face model (``...ForSequenceClassification`` or the bare encoder) for ``task``,
-    in eval mode (dropout off)."""
-    return _task_module_class()(hf_model, task).eval()
+    in eval mode (dropout off). ``input_names``: the encoder inputs in call order (default: those
+    of the model's architecture, core/architectures.py)."""
+    names = tuple(input_names) if input_names is not None else architecture_of(hf_model.config.model_type).inputs
+    return _task_module_class()(hf_model, task, names).eval()

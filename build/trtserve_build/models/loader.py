@@ -2,6 +2,7 @@
 TorchScript, training and the benchmark matrix. Never downloads."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -19,17 +20,24 @@ def _auto_class(task: str):
     return getattr(transformers, get_task(task).hf_auto_class)
 
 
-def _extra_kwargs(task: str) -> dict:
-    # the embedding head pools the last hidden state itself: no BERT pooler weights needed
-    return {"add_pooling_layer": False} if task == contract.EMBEDDING_TASK else {}
+def _extra_kwargs(task: str, config) -> dict:
+    """The embedding head pools the last hidden state itself: no pooler weights, where the
+    architecture has a pooler to leave out (BERT, RoBERTa, ELECTRA... but not DistilBERT,
+    DeBERTa-v2 or MPNet, whose constructors take no such argument)."""
+    if task != contract.EMBEDDING_TASK:
+        return {}
+    model_class = transformers.AutoModel._model_mapping[type(config)]
+    takes = inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if "add_pooling_layer" in takes else {}
 
 
 def load_task_model(checkpoint: str | Path, task: str, *, labels: Sequence[str] | None = None,
                     attn_implementation: str = "eager"):
     """The checkpoint as the task's Hugging Face class; ``labels`` (classification) must match
     the checkpoint's head."""
+    config = transformers.AutoConfig.from_pretrained(str(checkpoint))
     model = _auto_class(task).from_pretrained(str(checkpoint), attn_implementation=attn_implementation,
-                                              **_extra_kwargs(task))
+                                              **_extra_kwargs(task, config))
     if task == contract.CLASSIFICATION and labels is not None and model.config.num_labels != len(labels):
         raise ExportError(
             f"checkpoint {checkpoint} has {model.config.num_labels} labels, "
@@ -56,4 +64,4 @@ def random_task_model(config, task: str, seed: int = 0):
     if not hasattr(config, "to_dict"):
         config = transformers.AutoConfig.from_pretrained(str(config))
     torch.manual_seed(seed)
-    return _auto_class(task).from_config(config, **_extra_kwargs(task)).eval()
+    return _auto_class(task).from_config(config, **_extra_kwargs(task, config)).eval()

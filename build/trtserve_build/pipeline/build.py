@@ -2,13 +2,14 @@
 model repository. Each stage takes its inputs as arguments; this module passes them along."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
 from typing import Sequence
 
 from ..core.enums import PRECISIONS
-from ..core.errors import SpecError
+from ..core.errors import EngineBuildError, ExecutorUnavailableError, PrecisionError, SpecError, ToleranceError
 from ..core.paths import TOKENIZER_FILE, export_dir, plan_path, torchscript_path
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
@@ -50,13 +51,25 @@ def build_engine(spec: DeploymentSpec, variant: str, force: bool = False, *, gat
     if engine.precision not in PRECISIONS:
         raise SpecError(f"{spec.source}: [engine.{variant}] precision {engine.precision!r} is not implemented "
                         f"(implemented: {PRECISIONS})")
-    onnx_path = precision_graph(spec, engine.precision, force=force)
-    plan = None
-    if engine.backend == "tensorrt":
-        plan = _build_plan(spec, engine.precision, onnx_path, force)
-    if gate and engine.precision != "fp32":
-        gate_after_build(spec, engine.precision, force=force)
+    with _naming_architecture(spec, f"{engine.precision} {engine.backend} engine"):
+        onnx_path = precision_graph(spec, engine.precision, force=force)
+        plan = None
+        if engine.backend == "tensorrt":
+            plan = _build_plan(spec, engine.precision, onnx_path, force)
+        if gate and engine.precision != "fp32":
+            gate_after_build(spec, engine.precision, force=force)
     return plan  # None for ONNX Runtime: the (transformed, checked) ONNX graph is the engine
+
+
+@contextlib.contextmanager
+def _naming_architecture(spec: DeploymentSpec, what: str):
+    """A stage that cannot make this architecture work (a parser failure, an FP16 overflow the
+    gate catches) fails with a message that names the architecture and the reason."""
+    try:
+        yield
+    except (PrecisionError, EngineBuildError, ToleranceError, ExecutorUnavailableError) as e:
+        arch = ExportManifest.read(export_dir(spec)).architecture or "unregistered architecture"
+        raise type(e)(f"{spec.name}: the {arch} {what} cannot be built: {e}") from e
 
 
 def _build_plan(spec: DeploymentSpec, precision: str, onnx_path: Path, force: bool) -> Path:

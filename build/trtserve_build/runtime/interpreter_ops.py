@@ -266,6 +266,25 @@ def _compare(fn):
     return run
 
 
+def _cumsum(it, a, at):
+    """CumSum along the axis input (RoBERTa-style position ids: cumsum of the non-pad mask)."""
+    x, axis = a
+    if at.get("exclusive", 0) or at.get("reverse", 0):
+        raise ValueError("CumSum with exclusive/reverse is not implemented")
+    return torch.cumsum(x, dim=int(axis.reshape(-1)[0]))
+
+
+def _gather_elements(it, a, at):
+    data, index = a
+    axis = at.get("axis", 0) % data.dim()
+    index = torch.where(index < 0, index + data.shape[axis], index)
+    return torch.gather(data, axis, index)
+
+
+def _tile(it, a, at):
+    return a[0].repeat(*[int(r) for r in a[1].tolist()])
+
+
 def _build_ops() -> dict[str, Callable]:
     return {
         "Constant": lambda it, a, at: _const_value(it, at),
@@ -319,6 +338,12 @@ def _build_ops() -> dict[str, Callable]:
         "ReduceMax": _reduce("max"),
         "ReduceMin": _reduce("min"),
         "Clip": _clip,
+        # position ids from the padding index (RoBERTa, XLM-R, MPNet); DeBERTa's relative buckets
+        "CumSum": _cumsum,
+        "GatherElements": _gather_elements,
+        "Tile": _tile,
+        "Ceil": _elementwise(torch.ceil),
+        "Sign": lambda it, a, at: torch.sign(a[0]),
         "QuantizeLinear": _quantize,
         "DequantizeLinear": _dequantize,
     }

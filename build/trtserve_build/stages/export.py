@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import trtserve_contract as contract
 
+from ..core.architectures import Architecture, UnknownArchitectureError, architecture_of
 from ..core.errors import ExportError
 from ..core.files import make_readable, replace_dir, sha256_file, temp_dir_beside
 from ..core.lazy import lazy_import
@@ -55,7 +56,8 @@ def is_current(spec: DeploymentSpec, fingerprint: str) -> ExportManifest | None:
 
 
 def _encode(tokenizer, texts: list[str], max_len: int, input_names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="np")
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="np",
+                    return_token_type_ids=contract.TOKEN_TYPE_IDS in input_names)
     return {n: enc[n].astype(np.int64) for n in input_names}
 
 
@@ -70,14 +72,14 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
         return current
 
     started = time.perf_counter()
+    arch = checkpoint_architecture(checkpoint, spec.name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{checkpoint}: no fast (Rust) tokenizer available; the Triton tokenizer needs one")
     model = load_task_model(checkpoint, spec.task, labels=spec.model.labels)
-    module, config = task_module(model, spec.task), model.config
-    input_names = tuple(n for n in contract.ENCODER_INPUTS if n in tokenizer.model_input_names)
-    if contract.INPUT_IDS not in input_names or contract.ATTENTION_MASK not in input_names:
-        raise ExportError(f"{checkpoint}: tokenizer inputs {tokenizer.model_input_names} lack input_ids/attention_mask")
+    check_padding(arch, tokenizer, model.config, spec.name)
+    input_names = arch.inputs  # the registry's, not the tokenizer's (DeBERTa-v3's lists unused token types)
+    module, config = task_module(model, spec.task, input_names), model.config
     task = get_task(spec.task)
     output = task.encoder_output(config.hidden_size, len(spec.model.labels)).name
 
@@ -88,19 +90,24 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
         onnx_path = tmp / ONNX_FILE
         dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
         dynamic[output] = {0: "batch"}
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                tuple(torch.from_numpy(sample[n]) for n in input_names),
-                str(onnx_path),
-                input_names=list(input_names),
-                output_names=[output],
-                dynamic_axes=dynamic,
-                opset_version=spec.export.opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    tuple(torch.from_numpy(sample[n]) for n in input_names),
+                    str(onnx_path),
+                    input_names=list(input_names),
+                    output_names=[output],
+                    dynamic_axes=dynamic,
+                    opset_version=spec.export.opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+        except Exception as e:  # noqa: BLE001 - re-raised typed, naming the architecture
+            raise ExportError(f"{spec.name}: {arch.name} ({spec.task}) cannot be exported to ONNX: "
+                              f"{type(e).__name__}: {e}") from e
         _check_onnx(onnx_path)
+        _check_graph_inputs(onnx_path, input_names, arch.name)
         diff, min_cos = _compare_with_pytorch(spec, module, tokenizer, onnx_path, texts, input_names)
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
         manifest = ExportManifest(
@@ -120,6 +127,7 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
             min_cosine=min_cos,
             checked_texts=len(texts),
             seconds=round(time.perf_counter() - started, 2),
+            architecture=arch.name,
         )
         manifest.write(tmp)
         make_readable(tmp)
@@ -129,6 +137,32 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
         raise
     log.info("%s: exported %s (max |diff| %.2g, min cosine %.7f)", spec.name, out / ONNX_FILE, diff, min_cos)
     return manifest
+
+
+def checkpoint_architecture(checkpoint: Path, where: str) -> Architecture:
+    """The registered architecture of ``checkpoint`` (by its config's model_type)."""
+    config = transformers.AutoConfig.from_pretrained(str(checkpoint))
+    try:
+        return architecture_of(config.model_type)
+    except UnknownArchitectureError as e:
+        raise ExportError(f"{where}: checkpoint {checkpoint}: {e}") from None
+
+
+def check_padding(arch: Architecture, tokenizer, config, where: str) -> None:
+    """Architectures that number positions from the padding index need the tokenizer to pad with
+    that very id; the served tokenizer pads with the tokenizer's."""
+    if arch.positions_from_padding and tokenizer.pad_token_id != config.pad_token_id:
+        raise ExportError(
+            f"{where}: {arch.name} computes position ids from the padding index, but the tokenizer pads "
+            f"with id {tokenizer.pad_token_id} and the model's config.pad_token_id is {config.pad_token_id}: "
+            f"the served outputs would be wrong; make them equal")
+
+
+def _check_graph_inputs(path: Path, expected: tuple[str, ...], arch: str) -> None:
+    graph_inputs = tuple(i.name for i in onnx.load(str(path), load_external_data=False).graph.input)
+    if graph_inputs != expected:
+        raise ExportError(f"{path}: the {arch} graph takes {list(graph_inputs)}, the architecture registry says "
+                          f"{list(expected)} (an input the model ignores is dropped by the exporter: remove it there)")
 
 
 def _check_onnx(path: Path) -> None:

@@ -183,8 +183,8 @@ def make_torchscript(hf_model, task: str, precision: str, attention: str, input_
         device = target_device_type if target_device_type == "cuda" and torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     input_names = tuple(input_names)
-    reference = task_module(copy.deepcopy(hf_model).float(), task).to(dev)
-    candidate = task_module(convert(hf_model, precision, attention), task).to(dev)
+    reference = task_module(copy.deepcopy(hf_model).float(), task, input_names).to(dev)
+    candidate = task_module(convert(hf_model, precision, attention), task, input_names).to(dev)
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])).to(dev, torch.int64) for n in input_names)
 
     expected = _run_rows(reference, feeds)

@@ -114,6 +114,8 @@ def _tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> Tok
         max_sequence_length=spec.model.max_sequence_length,
         length_buckets=tuple(spec.model.length_buckets),
         pad_token_id=manifest.pad_token_id,
+        max_request_text_bytes=spec.batching.max_request_text_bytes,
+        max_request_texts=spec.batching.max_request_texts,
     )
 
 

@@ -47,14 +47,20 @@ def instance_device(args) -> str:
     return "cpu"
 
 
-def read_texts(requests, input_name: str) -> tuple[list[list[str]], dict[int, str]]:
-    """Each request's texts (empty for a bad request) and {request index: error message}."""
+def read_texts(requests, input_name: str, limits=None) -> tuple[list[list[str]], dict[int, str]]:
+    """Each request's texts (empty for a bad request) and {request index: error message}.
+
+    ``limits`` (a :class:`~trtserve_backend.limits.RequestLimits`) is checked on the raw tensor,
+    before anything is decoded or tokenized."""
     from trtserve_backend.tokenize import InvalidTextError, decode_texts
 
     texts, errors = [], {}
     for i, request in enumerate(requests):
         try:
-            texts.append(decode_texts(input_array(request, input_name), input_name))
+            tensor = input_array(request, input_name)
+            if limits is not None:
+                limits.check(tensor, input_name)
+            texts.append(decode_texts(tensor, input_name))
         except (InvalidTextError, KeyError) as e:
             errors[i] = str(e)
             texts.append([])

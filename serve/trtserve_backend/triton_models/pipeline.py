@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
+from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.parameters import PipelineParameters
+from trtserve_backend.parameters import PipelineParameters, TokenizerParameters
 from trtserve_backend.pipeline import Pipeline
 from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_texts,
                                                     version_dir)
@@ -21,9 +22,11 @@ class TritonPythonModel:
         self.outputs = cfg.outputs
         device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
         self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
+        tokenizer = TokenizerParameters.from_config(cfg)
+        self.limits = RequestLimits(tokenizer.max_request_text_bytes, tokenizer.max_request_texts)
 
     def execute(self, requests):
-        texts, errors = read_texts(requests, self.input_name)
+        texts, errors = read_texts(requests, self.input_name, self.limits)
         try:
             results = self.pipeline.run(texts)
         except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up

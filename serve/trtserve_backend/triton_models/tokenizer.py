@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
+from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.tokenize import BucketTokenizer
@@ -14,11 +15,12 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_name = cfg.single_input().name
         self.outputs = cfg.outputs
-        self.tokenizer = BucketTokenizer.from_parameters(TokenizerParameters.from_config(cfg), version_dir(args),
-                                                         [t.name for t in cfg.outputs])
+        params = TokenizerParameters.from_config(cfg)
+        self.tokenizer = BucketTokenizer.from_parameters(params, version_dir(args), [t.name for t in cfg.outputs])
+        self.limits = RequestLimits(params.max_request_text_bytes, params.max_request_texts)
 
     def execute(self, requests):
-        texts, errors = read_texts(requests, self.input_name)
+        texts, errors = read_texts(requests, self.input_name, self.limits)
         encoded = self.tokenizer.encode_requests(texts)
         responses = []
         for i, arrays in enumerate(encoded):

@@ -1,0 +1,111 @@
+"""The Python-backend stub processes of one tritonserver, read from /proc (Linux).
+
+tritonserver runs in its own process group (the launcher starts it with a new session) and
+each Python-model instance is a ``triton_python_backend_stub`` child in that group, whose
+command line names the instance (``sentiment_tokenizer_0_0``). The supervisor reads this table
+to say *which* model failed (a stub that vanished, or one stopped or stuck in a signal) and to
+kill a hung stub before the model is reloaded; detecting a failure is the probes' job.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Stub", "stubs_of", "state_of", "kill_stub", "release_regions", "STUB_NAME", "SHM_DIR"]
+
+STUB_NAME = "triton_python_backend_stub"
+_PROC = Path("/proc")
+SHM_DIR = Path("/dev/shm")
+_REGION_PREFIX = "triton_python_backend_shm_region_"
+#: /proc/<pid>/stat states of a process that cannot answer: stopped, traced, zombie, dead
+STUCK_STATES = frozenset("TtZXx")
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    instance: str  # e.g. sentiment_tokenizer_0_0
+    state: str  # one letter of /proc/<pid>/stat: R, S, D, T, Z, ...
+    #: the POSIX shared-memory region Triton made for this stub (under /dev/shm)
+    shm_region: str | None = None
+
+    @property
+    def stuck(self) -> bool:
+        return self.state in STUCK_STATES
+
+
+def _stat(pid_dir: Path) -> tuple[str, int] | None:
+    """(state, process group) of a /proc/<pid> entry, or None if it is gone."""
+    try:
+        raw = (pid_dir / "stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses; split after the last ')'
+    fields = raw[raw.rfind(")") + 2:].split()
+    return fields[0], int(fields[2])
+
+
+def _instance_from_cmdline(argv: list[str]) -> str | None:
+    """The instance name in a stub's argv: the argument that follows the shm sizes and the
+    parent pid, i.e. the one before the last (``... <backend dir> <port> <instance> <kind>``);
+    found by shape, not position: the first argument after the model.py path that names a
+    ``<model>_<group>_<index>`` instance."""
+    if not argv or not argv[0].endswith(STUB_NAME):
+        return None
+    candidates = [a for a in argv[2:] if "_" in a and a.rsplit("_", 1)[-1].isdigit() and not a.isdigit()]
+    return candidates[-1] if candidates else None
+
+
+def stubs_of(server_pid: int, proc: Path = _PROC) -> list[Stub]:
+    """The stub processes in ``server_pid``'s process group, sorted by instance name."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == server_pid:
+            continue
+        stat = _stat(entry)
+        if stat is None or stat[1] != server_pid:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        instance = _instance_from_cmdline(args)
+        if instance:
+            region = next((a for a in args if a.startswith(_REGION_PREFIX) and "/" not in a), None)
+            found.append(Stub(int(entry.name), instance, stat[0], region))
+    return sorted(found, key=lambda s: s.instance)
+
+
+def state_of(pid: int, proc: Path = _PROC) -> str | None:
+    """The /proc state letter of ``pid``; None when it is gone (a cheap re-check of one stub)."""
+    stat = _stat(proc / str(pid))
+    return stat[0] if stat else None
+
+
+def kill_stub(stub: Stub) -> None:
+    """SIGKILL a stub (a stopped one dies too); a stub already gone is fine."""
+    try:
+        os.kill(stub.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def release_regions(regions: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink the shared-memory regions ``regions`` (names seen in our own stubs' command lines).
+
+    tritonserver unlinks a stub's region when it unloads the model normally, but not the
+    region of a stub that was killed, nor any region when tritonserver itself is killed: 1 MiB
+    or more of RAM (/dev/shm is tmpfs) per fault. Returns the names removed."""
+    removed = []
+    for name in sorted(regions):
+        if not name.startswith(_REGION_PREFIX) or "/" in name:
+            continue
+        try:
+            (shm_dir / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
