@@ -7,9 +7,11 @@ then for ``--duration`` seconds:
   each send one real review snippet every ``1/--rate`` seconds with
   ``RetryPolicy.through_recovery()``, and check every answer against the contract;
 - a fault injector waits a random ``--min-gap``..``--max-gap`` seconds, sends the next fault of
-  a shuffled cycle over :data:`loadtest.faults.FAULTS` to a random deployment, measures the
-  time to the next good answer (a separate client without retries), and repeats; it stops
-  injecting ``--quiet-tail`` seconds before the end.
+  a shuffled cycle over the faults of :data:`loadtest.faults.FAULTS` that the served tree has
+  targets for (:func:`~loadtest.faults.faults_for`: the one model's stub in the single
+  topology, each step's in an ensemble) to a random deployment it applies to, measures the time
+  to the next good answer (a separate client without retries), and repeats; it stops injecting
+  ``--quiet-tail`` seconds before the end.
 
 It reports requests sent, answered, failed (an error after retries, or a wrong answer) and
 lost (sent and neither answered nor failed when the run ended), the recovery time of every
@@ -38,7 +40,7 @@ from trtserve_client import RetryPolicy, TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_server.embedded import Ports, free_port
 
-from .faults import FAULTS, descendants, inject, still_running, time_to_answer
+from .faults import FAULTS, descendants, faults_for, inject, still_running, time_to_answer
 from .workload import load_corpus
 
 DEPLOYMENTS = ("sentiment", "embed")
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
          "--status-port", str(status_port), "--log-file", str(log_path.with_suffix(".triton.log"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     faults: list[dict] = []
+    applicable: dict[str, tuple[str, ...]] = {}
     load_at_start = os.getloadavg()
     tally = Tally()
     stop = threading.Event()
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> dict:
         _wait_banner(proc, 300, log)
         threading.Thread(target=_pump, args=(proc, log), daemon=True).start()
         deployments = tuple(args.deployments.split(","))
+        applicable.update({d: faults_for(proc.pid, d) for d in deployments})
+        kinds = [k for k in FAULTS if any(k in a for a in applicable.values())]
         clients = [threading.Thread(target=_client_loop, args=(i, ports, deployments, corpus, args.rate, stop, tally),
                                     daemon=True)
                    for i in range(args.clients)]
@@ -133,9 +138,10 @@ def run(args: argparse.Namespace) -> dict:
                 break
             time.sleep(gap)
             if not cycle:
-                cycle = list(FAULTS)
+                cycle = list(kinds)
                 rng.shuffle(cycle)
-            kind, deployment = cycle.pop(), rng.choice(deployments)
+            kind = cycle.pop()
+            deployment = rng.choice([d for d in deployments if kind in applicable[d]])
             fault = inject(kind, proc.pid, deployment, rng)
             recovery = time_to_answer(f"127.0.0.1:{ports.http}", deployment, fault.at, limit_s=args.hard_limit * 2)
             record = {"t_s": round(fault.at - start, 2), "kind": kind, "deployment": deployment,
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
     counts = tally.counts
     lost = counts["sent"] - counts["answered"] - counts["failed"]
     by_kind = {}
-    for kind in FAULTS:
+    for kind in (k for k in FAULTS if any(f["kind"] == k for f in faults)):
         times = [f["recovery_s"] for f in faults if f["kind"] == kind and f["recovery_s"] is not None]
         by_kind[kind] = {"n": sum(f["kind"] == kind for f in faults),
                          "median_s": round(statistics.median(times), 3) if times else None,
@@ -176,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         "requests": {"sent": counts["sent"], "answered": counts["answered"], "failed": counts["failed"],
                      "lost": lost, "in_flight_at_end": in_flight},
         "errors": dict(tally.errors.most_common(10)),
+        "faults_by_deployment": {d: list(kinds) for d, kinds in applicable.items()},
         "faults": faults,
         "recovery_by_fault": by_kind,
         "supervisor": supervisor,

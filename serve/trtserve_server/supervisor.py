@@ -13,7 +13,8 @@ the server's parent-death signal stays tied to a thread that lives as long as th
   deployment answered nothing else either, is repaired by the fastest action that works:
   kill what is stuck, unload + load the failing models (measured ~1.5 s; the other
   deployments keep serving), and when that does not bring the probe back, or the server is
-  down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores);
+  down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores); a stub that vanished
+  or stopped while another instance of its model answered the probe is reloaded all the same;
 - restarts back off exponentially once ``loop_threshold`` of them fall within
   ``loop_window_s``; a deployment that fails again after each of ``loop_threshold - 1``
   reloads, with no good interval probe in between, is restarted instead;
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, kill_stub, release_regions, state_of, stubs_of
+from .processes import Stub, kill_stub, reap, release_regions, state_of, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -253,6 +254,8 @@ class Supervisor:
             if why == "interval":
                 for key in [k for k in self._repeats if k[0] == deployment.name]:
                     del self._repeats[key]
+            elif why.startswith("stub "):
+                self._reload_lost_instances(deployment, result)
             return
         if result.outcome is Outcome.BUSY:
             log.info("probe turned away (server busy, not a fault): %s", result.describe())
@@ -288,6 +291,19 @@ class Supervisor:
         self._timeouts[deployment.name] = 0
         self._repair(deployment, result, stuck, detected)
 
+    def _reload_lost_instances(self, deployment: Deployment, result: ProbeResult) -> None:
+        """A stub vanished or stopped, yet the probe was answered: by another instance of the same
+        model ("auto" gives several). The lost instance stays down, failing the requests it is
+        given, until its model is reloaded; the probe cannot be relied on to land on it."""
+        current = stubs_of(self.server.process.pid)
+        alive = {st.instance for st in current if not st.stuck}
+        lost = sorted(i for i in self._instances if i not in alive and model_of_instance(i, deployment.models))
+        if lost:
+            self.stats.add("instances_lost", deployment.name, len(lost))
+            log.warning("%s answered, but instance(s) %s are gone or stopped", deployment.name, ", ".join(lost))
+            stuck = [st for st in current if st.stuck and model_of_instance(st.instance, deployment.models)]
+            self._repair(deployment, result, stuck, time.monotonic() - result.seconds)
+
     # -- repair ---------------------------------------------------------------------------------
 
     def _suspects(self, deployment: Deployment, result: ProbeResult, stuck) -> list[str]:
@@ -313,9 +329,10 @@ class Supervisor:
                           f"{', '.join(suspects)} (no good probe in between); last: {result.describe()}")
             return
         hung = result.outcome is Outcome.TIMEOUT
-        for st in stubs_of(self.server.process.pid):
-            model = model_of_instance(st.instance, deployment.steps)
-            if model in suspects and (st.stuck or hung):
+        old = [st for st in stubs_of(self.server.process.pid)
+               if model_of_instance(st.instance, deployment.steps) in suspects]
+        for st in old:
+            if st.stuck or hung:
                 log.warning("killing stub %s (pid %d, state %s): %s", st.instance, st.pid, st.state,
                             "stuck" if st.stuck else "deployment hung")
                 kill_stub(st)
@@ -324,6 +341,8 @@ class Supervisor:
             started = time.monotonic()
             for model in suspects:
                 self.server.unload_model(model, timeout=self.settings.reload_timeout_s)
+            for st in reap(old, wait_s=0.5):
+                log.warning("killed stub %s (pid %d): still running after its model was unloaded", st.instance, st.pid)
             unloaded = time.monotonic()
             for model in suspects:
                 self.server.load_model(model, timeout=self.settings.reload_timeout_s)

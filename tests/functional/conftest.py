@@ -75,13 +75,14 @@ def infer_texts(raw_client, model, texts):
 
 
 def served_models(server, deployment: str) -> dict[str, str]:
-    """Which served model plays each role of ``deployment``: the door (where requests queue first),
-    the engine: the one Python model in the single topology, the tokenizer / encoder in an ensemble."""
+    """Which served model plays each role of ``deployment``: the door (where requests arrive
+    first) and the engine: the one Python model in the single topology; in an ensemble the
+    tokenizer and the encoder."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.http_url)
     config = client.get_model_config(deployment)
     client.close()
     if config.get("platform") == "ensemble":
-        return {"doors": [f"{deployment}_tokenizer", f"{deployment}_encoder"], "engine": f"{deployment}_encoder"}
-    return {"doors": [deployment], "engine": deployment}
+        return {"door": f"{deployment}_tokenizer", "engine": f"{deployment}_encoder"}
+    return {"door": deployment, "engine": deployment}

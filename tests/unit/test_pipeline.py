@@ -2,7 +2,7 @@
 Python model, built from the generated config, against the same three implementations run apart.
 
 A tiny row-independent encoder is exported to ONNX here (real tokenizer, real generated config),
-so the tests need no built artifacts; the Triton utilities are a stand-in (as in test_torch_engine).
+so the tests need no built artifacts; the Triton utilities are the tests' one stand-in (fake_pb_utils).
 """
 from __future__ import annotations
 
@@ -28,36 +28,21 @@ from trtserve_backend.pipeline import Pipeline, load_engine  # noqa: E402
 from trtserve_backend.postprocess import make_postprocess  # noqa: E402
 from trtserve_backend.tokenize import BucketTokenizer  # noqa: E402
 
-from .test_torch_engine import NAMES, RowModel, _FakeError, _FakeResponse, _FakeTensor  # noqa: E402
+from .fake_pb_utils import Request, Tensor, install  # noqa: E402
+from .test_torch_engine import NAMES, RowModel  # noqa: E402
 from .test_triton_config import manifest_for  # noqa: E402
 
 TEXTS = ["a gripping, beautifully acted film", "dull", "", "🎬 très bien", "x " * 300]
 
 
-class _FakeRequest:
-    def __init__(self, tensors):
-        self.tensors = tensors
-
-    def inputs(self):
-        return self.tensors
-
-
 def text_request(texts):
     data = np.array([[t if isinstance(t, bytes) else t.encode()] for t in texts], dtype=np.object_)
-    return _FakeRequest([_FakeTensor(contract.TEXT, data)])
+    return Request([Tensor(contract.TEXT, data)])
 
 
 @pytest.fixture
 def fake_pb_utils(monkeypatch):
-    import sys
-    import types
-
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor, module.InferenceResponse, module.TritonError = _FakeTensor, _FakeResponse, _FakeError
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    for name in ("trtserve_backend.triton_models.pipeline", "trtserve_backend.triton_models._common"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return module
+    return install(monkeypatch, "trtserve_backend.triton_models.pipeline")
 
 
 def _deployment(spec, tmp_path: Path):

@@ -14,17 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .enums import (
-    CALIBRATION_METHODS,
-    DATASET_LABELS,
-    ENGINE_BACKENDS,
-    INT8_MATMUL_MODES,
-    PRECISIONS,
-    TORCH_ATTENTION,
-    TORCH_PRECISIONS,
-    VARIANTS,
-)
-from .enums import AUTO
+from .enums import (AUTO, CALIBRATION_METHODS, DATASET_LABELS, ENGINE_BACKENDS, INT8_MATMUL_MODES, PRECISIONS,
+                    TORCH_ATTENTION, TORCH_PRECISIONS, VARIANTS)
 from .errors import SpecError
 from .instances import resolve_topology, validate_serving
 from .lazy import lazy_import
@@ -95,7 +86,7 @@ class EngineSpec:
     backend: str
     precision: str = "fp32"
     #: Instances of the encoder (ensemble) or of the one model (single topology); "auto": sized
-    #: from the cores of the host that generates the repository (stages.triton_config.host_sized).
+    #: from the cores of the host that generates the repository (core.instances.host_sized).
     instance_count: int | str = 1
     #: "auto" | "ensemble" | "single" (enums.TOPOLOGIES; DeploymentSpec.topology resolves it).
     topology: str = AUTO
