@@ -10,8 +10,10 @@ then for ``--duration`` seconds:
   a shuffled cycle over the faults of :data:`loadtest.faults.FAULTS` that the served tree has
   targets for (:func:`~loadtest.faults.faults_for`: the one model's stub in the single
   topology, each step's in an ensemble) to a random deployment it applies to, measures the time
-  to the next good answer (a separate client without retries), and repeats; it stops injecting
-  ``--quiet-tail`` seconds before the end.
+  to the supervisor's repair (its ``/status`` counts a reload or a restart) and to the next good
+  answer after it (a separate client without retries; with several instances of a model another
+  instance may answer at once, so the first good answer alone would not say the fault was
+  repaired), and repeats; it stops injecting ``--quiet-tail`` seconds before the end.
 
 It reports requests sent, answered, failed (an error after retries, or a wrong answer) and
 lost (sent and neither answered nor failed when the run ended), the recovery time of every
@@ -142,10 +144,13 @@ def run(args: argparse.Namespace) -> dict:
                 rng.shuffle(cycle)
             kind = cycle.pop()
             deployment = rng.choice([d for d in deployments if kind in applicable[d]])
+            before = _repairs(status_port)
             fault = inject(kind, proc.pid, deployment, rng)
+            repaired = _wait_repaired(status_port, before, fault.at, limit_s=args.hard_limit * 2)
             recovery = time_to_answer(f"127.0.0.1:{ports.http}", deployment, fault.at, limit_s=args.hard_limit * 2)
             record = {"t_s": round(fault.at - start, 2), "kind": kind, "deployment": deployment,
-                      "target": fault.target, "recovery_s": None if recovery is None else round(recovery, 3)}
+                      "target": fault.target, "repaired_s": None if repaired is None else round(repaired, 3),
+                      "recovery_s": None if recovery is None or repaired is None else round(recovery, 3)}
             faults.append(record)
             print(f"chaos: {record}", flush=True)
         time.sleep(max(0.0, start + args.duration - time.monotonic()))
@@ -153,8 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         for t in clients:  # a request can take at most the retry deadline plus one timeout
             t.join(timeout=RetryPolicy.through_recovery().deadline_s + 35)
         in_flight = sum(t.is_alive() for t in clients)
-        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5) as r:
-            supervisor = json.loads(r.read())
+        supervisor = _status(status_port)
     finally:
         stop.set()
         server = descendants(proc.pid)
@@ -190,9 +194,32 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _repairs(port: int) -> int:
+    """Reloads and restarts the supervisor has done so far."""
+    status = _status(port)
+    return sum(status["reloads"].values()) + status["restarts_total"]
+
+
+def _wait_repaired(port: int, before: int, since: float, limit_s: float) -> float | None:
+    """Seconds from ``since`` to the supervisor's next reload or restart (None: none within ``limit_s``)."""
+    while time.monotonic() < since + limit_s:
+        try:
+            if _repairs(port) > before:
+                return time.monotonic() - since
+        except OSError:  # the status server answers throughout; a refused read is retried
+            pass
+        time.sleep(0.05)
+    return None
+
+
 def _cpu() -> str:
     try:
-        from trtserve_build.host import cpu_model
+        from trtserve_build.core.host import cpu_model
 
         return cpu_model()
     except Exception:  # noqa: BLE001 - a report without a CPU name is still a report
