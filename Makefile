@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test-only reference environment: transformers 4.57.1 (the last release with the
+# question-answering pipeline) beside the same CPU torch, for the qa / ner exactness tests.
+REF_VENV ?= .venv-ref
+REF_STAMP := $(REF_VENV)/.installed
 # The project's venv, unless PY names another interpreter that already has the dependencies
 # (the compose `engines` service runs `make engines VARIANT=gpu PY=python3` in the NGC image).
 NEEDS_VENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
@@ -13,18 +17,20 @@ METRICS_PORT ?= 8002
 STATUS_PORT ?= 8003
 TRITON_LOG ?= .cache/triton-serve.log
 VARIANT ?= cpu
-DEPLOYMENTS ?= deployments/sentiment.toml deployments/embed.toml
+DEPLOYMENTS ?= deployments/sentiment.toml deployments/embed.toml deployments/qa.toml deployments/ner.toml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv serve test unit layers engines bench loadtest overload chaos validate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help
+.PHONY: venv ref-venv eval-qa eval-ner serve test unit layers engines bench loadtest overload chaos validate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
 	@echo "make test    - install and run the whole test suite (the layers contract first)"
 	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
+	@echo "make eval-qa SQUAD=dev-v1.1.json - EM/F1 of the served qa model (SQuAD v1.1 or v2.0; needs make serve)"
+	@echo "make eval-ner CONLL=file          - entity F1 of the served ner model (CoNLL format; needs make serve)"
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 	@echo "make chaos    - retrying clients under steady load while stubs and tritonserver are killed (CHAOS_DURATION=300)"
@@ -42,6 +48,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+ref-venv: $(REF_STAMP)
+$(REF_STAMP): tests/reference/requirements.txt
+	@test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q -r tests/reference/requirements.txt
+	@touch $(REF_STAMP)
+
 engines: $(NEEDS_VENV)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
@@ -53,7 +65,7 @@ serve: $(STAMP)
 
 # The default models are trained/exported first (cached, with progress shown), so test
 # timeouts measure tests, not the one-off training.
-test: $(STAMP)
+test: $(STAMP) $(REF_STAMP)
 	$(MAKE) --no-print-directory layers
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	$(PY) -m pytest -x -v --timeout=900 tests
@@ -76,6 +88,18 @@ arch-matrix: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	PERF_ANALYZER="$${PERF_ANALYZER:-$$(PY=$(PY) bench/perf_analyzer_setup.sh || true)}" $(PY) -m bench.bench_serving $(BENCH_ARGS)
+
+EVAL_PROTOCOL ?= grpc
+EVAL_URL ?= 127.0.0.1:$(if $(filter http,$(EVAL_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
+eval-qa: $(STAMP)
+	@test -n "$(SQUAD)" || { echo "usage: make eval-qa SQUAD=dev-v1.1.json (a running make serve)"; exit 2; }
+	$(PY) -m trtserve_client.evaluate qa --squad $(SQUAD) --url $(EVAL_URL) --protocol $(EVAL_PROTOCOL) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(OUTPUT),--output $(OUTPUT))
+
+eval-ner: $(STAMP)
+	@test -n "$(CONLL)" || { echo "usage: make eval-ner CONLL=file (a running make serve)"; exit 2; }
+	$(PY) -m trtserve_client.evaluate ner --conll $(CONLL) --url $(EVAL_URL) --protocol $(EVAL_PROTOCOL) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(OUTPUT),--output $(OUTPUT))
 
 LOADTEST_HOST ?= 127.0.0.1
 PROTOCOL ?= grpc

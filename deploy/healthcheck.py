@@ -3,7 +3,8 @@
 ``/v2/health/ready`` alone is not enough: a Python-backend stub that died is not restarted and
 the server keeps saying "ready" while every request through that model fails. So after the
 readiness check this sends one short text through each deployment (tokenizer, engine,
-postprocess: an ensemble or one Python model), all at once, and requires a 200 with outputs.
+postprocess: an ensemble or one Python model), into every input its config names, all at once,
+and requires a 200 with outputs.
 
 A busy server is not a dead one: when a bounded queue rejects the probe (HTTP 503 "Request
 timeout expired" or "Exceeds maximum queue size", the specs' overload protection), the server
@@ -12,7 +13,7 @@ did answer, so the model counts as alive. Everything finishes within ``--deadlin
 Standard library only: it runs with the image's own ``python3``; also the exec probe of the
 Kubernetes manifests.
 
-    python3 healthcheck.py --url 127.0.0.1:8000 --models sentiment,embed
+    python3 healthcheck.py --url 127.0.0.1:8000 --models sentiment,embed,qa,ner
 """
 from __future__ import annotations
 
@@ -46,12 +47,23 @@ def is_busy(status: int, payload: bytes) -> bool:
     return status == 503 and any(m.encode() in payload for m in BUSY_MESSAGES)
 
 
+def input_names(base: str, model: str, timeout_s: float) -> list[str]:
+    """The model's inputs from its config (TEXT; QUESTION and CONTEXT for qa); TEXT when the
+    config cannot be read (the inference below then says what is wrong)."""
+    status, config = _request(f"{base}/v2/models/{model}/config", None, timeout_s)
+    names = [i["name"] for i in json.loads(config).get("input", [])] if status == 200 else []
+    return names or ["TEXT"]
+
+
 def probe_model(base: str, model: str, timeout_s: float) -> str | None:
-    """None when the model answered (or its queue turned the probe away), else the problem."""
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_TEXT]}]}
+    """None when the model answered (or its queue turned the probe away), else the problem.
+    The probe text goes into every input the model takes."""
+    end = time.monotonic() + timeout_s
     try:
-        status, payload = _request(f"{base}/v2/models/{model}/infer", body, timeout_s)
-    except OSError as e:
+        names = input_names(base, model, timeout_s)
+        body = {"inputs": [{"name": n, "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_TEXT]} for n in names]}
+        status, payload = _request(f"{base}/v2/models/{model}/infer", body, max(0.1, end - time.monotonic()))
+    except (OSError, ValueError) as e:
         return f"{model}: {e}"
     if is_busy(status, payload):
         print(f"busy: {model}: {payload[:200].decode(errors='replace')}", file=sys.stderr)
@@ -81,7 +93,7 @@ def check(base: str, models: list[str], deadline_s: float) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton HTTP host:port")
-    parser.add_argument("--models", default=os.environ.get("TRTSERVE_MODELS", "sentiment,embed"))
+    parser.add_argument("--models", default=os.environ.get("TRTSERVE_MODELS", "sentiment,embed,qa,ner"))
     parser.add_argument("--deadline", type=float, default=8.0,
                         help="seconds for the whole check (keep it below the health check's timeout)")
     args = parser.parse_args(argv)

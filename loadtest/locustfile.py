@@ -32,8 +32,8 @@ grpc_gevent.init_gevent()
 
 from locust import User, events, task  # noqa: E402
 
+from loadtest.qa_ner_workload import cloze_pairs  # noqa: E402
 from loadtest.workload import DEFAULT_MODELS, RequestMix, load_corpus, request_name  # noqa: E402
-import trtserve_contract as contract  # noqa: E402
 from trtserve_client.errors import translate_error  # noqa: E402
 from trtserve_client.inputs import encode_texts, text_tensor  # noqa: E402
 
@@ -87,6 +87,9 @@ def write_final_csv(environment, **_kwargs) -> None:
 
 
 _corpus_cache: dict[str, list[str]] = {}
+_pairs_cache: dict[str, list] = {}
+#: Cloze (question, context) pairs per corpus for the QA models (loadtest/qa_ner_workload.py).
+QA_PAIRS = 500
 
 
 def corpus_for(path: str) -> list[str]:
@@ -94,6 +97,13 @@ def corpus_for(path: str) -> list[str]:
     if path not in _corpus_cache:
         _corpus_cache[path] = load_corpus(path or None)
     return _corpus_cache[path]
+
+
+def qa_pairs_for(path: str) -> list:
+    """Question/context pairs made from the corpus, once per process."""
+    if path not in _pairs_cache:
+        _pairs_cache[path] = cloze_pairs(corpus_for(path), QA_PAIRS)
+    return _pairs_cache[path]
 
 
 def _payload_bytes(arrays) -> int:
@@ -125,6 +135,7 @@ class TritonUser(User):
             batch_fraction=self.options.trt_batch_fraction,
         )
         self.corpus = corpus_for(self.options.trt_corpus)
+        self.qa_pairs = qa_pairs_for(self.options.trt_corpus)
         self.rng = random.Random()
         self.client = self.connect(self.host, self.options.trt_timeout)
 
@@ -135,13 +146,14 @@ class TritonUser(User):
 
     @task
     def infer(self) -> None:
-        model, texts = self.mix.next_request(self.corpus, self.rng)
-        tensor = text_tensor(encode_texts(texts))
+        model, columns = self.mix.next_inputs(self.corpus, self.qa_pairs, self.rng)
+        tensors = {name: text_tensor(encode_texts(values)) for name, values in columns.items()}
+        texts = next(iter(columns.values()))
         start = time.perf_counter()
         exception: BaseException | None = None
         length = 0
         try:
-            outputs = self.call(model, tensor)
+            outputs = self.call(model, tensors)
             length = _payload_bytes(outputs)
             rows = {a.shape[0] for a in outputs if a is not None}
             if rows != {len(texts)}:
@@ -165,8 +177,17 @@ class TritonUser(User):
     def connect(self, url: str, timeout_s: float):
         raise NotImplementedError
 
-    def call(self, model: str, tensor):
+    def call(self, model: str, tensors):
+        """Send ``tensors`` ({input name: BYTES [n, 1]}); return the output arrays."""
         raise NotImplementedError
+
+    def inputs(self, tensors, **binary):
+        out = []
+        for name, tensor in tensors.items():
+            item = self.tc.InferInput(name, list(tensor.shape), _BYTES)
+            item.set_data_from_numpy(tensor, **binary)
+            out.append(item)
+        return out
 
 
 class GrpcTritonUser(TritonUser):
@@ -181,10 +202,8 @@ class GrpcTritonUser(TritonUser):
         self.timeout_s = timeout_s
         return grpcclient.InferenceServerClient(url)
 
-    def call(self, model, tensor):
-        text = self.tc.InferInput(contract.TEXT, list(tensor.shape), _BYTES)
-        text.set_data_from_numpy(tensor)
-        result = self.client.infer(model, [text], client_timeout=self.timeout_s)
+    def call(self, model, tensors):
+        result = self.client.infer(model, self.inputs(tensors), client_timeout=self.timeout_s)
         return [result.as_numpy(o.name) for o in result.get_response().outputs]
 
 
@@ -199,8 +218,6 @@ class HttpTritonUser(TritonUser):
         self.tc = httpclient
         return httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
 
-    def call(self, model, tensor):
-        text = self.tc.InferInput(contract.TEXT, list(tensor.shape), _BYTES)
-        text.set_data_from_numpy(tensor, binary_data=True)
-        result = self.client.infer(model, [text])
+    def call(self, model, tensors):
+        result = self.client.infer(model, self.inputs(tensors, binary_data=True))
         return [result.as_numpy(o["name"]) for o in result.get_response()["outputs"]]

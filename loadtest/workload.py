@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+import trtserve_contract as contract
+
 LOADTEST_DIR = Path(__file__).resolve().parent
 #: Real movie-review sentences (see data/README.md); one text per line.
 DEFAULT_CORPUS = LOADTEST_DIR / "data" / "review_snippets.txt"
 #: The ensembles the project deploys (deployments/*.toml names).
 DEFAULT_MODELS = ("sentiment", "embed")
+#: Ensembles that take (QUESTION, CONTEXT) pairs instead of TEXT.
+QA_MODELS = ("qa",)
 
 
 class WorkloadError(ValueError):
@@ -73,6 +77,15 @@ class RequestMix:
         model = self.models[0] if len(self.models) == 1 else rng.choice(self.models)
         count = self.batch_size if self.batch_fraction and rng.random() < self.batch_fraction else 1
         return model, [corpus[rng.randrange(len(corpus))] for _ in range(count)]
+
+    def next_inputs(self, corpus: Sequence[str], pairs: Sequence, rng: random.Random) -> tuple[str, dict[str, list[str]]]:
+        """(model, {input name: one text per row}) for one request: ``TEXT`` rows, or for a QA
+        model as many (``QUESTION``, ``CONTEXT``) pairs drawn from ``pairs`` (QAPair objects)."""
+        model, texts = self.next_request(corpus, rng)
+        if model not in QA_MODELS:
+            return model, {contract.TEXT: texts}
+        chosen = [pairs[rng.randrange(len(pairs))] for _ in texts]
+        return model, {contract.QUESTION: [p.question for p in chosen], contract.CONTEXT: [p.context for p in chosen]}
 
 
 def request_name(model: str, count: int) -> str:

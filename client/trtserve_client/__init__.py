@@ -1,4 +1,5 @@
-"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``).
+"""Python client for the trtserve Triton ensembles (``sentiment`` classification, ``embed``,
+``qa`` question answering, ``ner`` token classification).
 
     from trtserve_client import TrtServeClient, ServerUnavailableError
 
@@ -9,7 +10,7 @@
 Errors are typed (see :mod:`trtserve_client.errors`); the ``trtserve`` command is
 :func:`trtserve_client.cli.main`.
 """
-from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, TrtServeClient
+from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_NER_MODEL, DEFAULT_QA_MODEL, TrtServeClient
 from .errors import (
     BadInputError,
     InferenceError,
@@ -22,7 +23,7 @@ from .errors import (
     translate_error,
 )
 from .inputs import encode_texts, split_batches
-from .results import DEFAULT_LABELS, Classification
+from .results import DEFAULT_LABELS, Answer, Classification, Entity
 from .retry import RetryPolicy, call_with_retry, is_retryable
 
 __all__ = [
@@ -31,9 +32,13 @@ __all__ = [
     "is_retryable",
     "call_with_retry",
     "Classification",
+    "Answer",
+    "Entity",
     "DEFAULT_LABELS",
     "DEFAULT_CLASSIFY_MODEL",
     "DEFAULT_EMBED_MODEL",
+    "DEFAULT_QA_MODEL",
+    "DEFAULT_NER_MODEL",
     "TrtServeError",
     "ServerUnavailableError",
     "ModelNotReadyError",

@@ -5,11 +5,10 @@ and they import their tritonclient module lazily, so a gRPC user never imports g
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-import trtserve_contract as contract
 
 __all__ = ["Transport", "GrpcTransport", "HttpTransport", "make_transport", "PROTOCOLS", "DEFAULT_URLS"]
 
@@ -24,7 +23,7 @@ class Transport(Protocol):
     def model_config(self, model: str) -> dict[str, Any]: ...
 
     def infer(
-        self, model: str, text: np.ndarray, outputs: Sequence[str] | None
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
     ) -> dict[str, np.ndarray | None]: ...
 
     def close(self) -> None: ...
@@ -68,12 +67,15 @@ class GrpcTransport:
         response = self._client.get_model_config(model, as_json=True, client_timeout=self._timeout_s)
         return response["config"]
 
-    def infer(self, model, text, outputs):
-        text_input = self._module.InferInput(contract.TEXT, list(text.shape), _BYTES)
-        text_input.set_data_from_numpy(text)
+    def infer(self, model, inputs, outputs):
+        tensors = []
+        for name, array in inputs.items():
+            tensor = self._module.InferInput(name, list(array.shape), _BYTES)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
         requested = [self._module.InferRequestedOutput(name) for name in outputs] if outputs else None
         result = self._client.infer(
-            model, [text_input], outputs=requested, client_timeout=self._timeout_s
+            model, tensors, outputs=requested, client_timeout=self._timeout_s
         )
         return {name: result.as_numpy(name) for name in outputs or ()}
 
@@ -98,16 +100,19 @@ class HttpTransport:
     def model_config(self, model: str) -> dict[str, Any]:
         return self._client.get_model_config(model)
 
-    def infer(self, model, text, outputs):
-        text_input = self._module.InferInput(contract.TEXT, list(text.shape), _BYTES)
-        # Binary tensor data: bytes go through as they are (JSON would need valid UTF-8).
-        text_input.set_data_from_numpy(text, binary_data=True)
+    def infer(self, model, inputs, outputs):
+        tensors = []
+        for name, array in inputs.items():
+            tensor = self._module.InferInput(name, list(array.shape), _BYTES)
+            # Binary tensor data: bytes go through as they are (JSON would need valid UTF-8).
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
         requested = (
             [self._module.InferRequestedOutput(name, binary_data=True) for name in outputs]
             if outputs
             else None
         )
-        result = self._client.infer(model, [text_input], outputs=requested)
+        result = self._client.infer(model, tensors, outputs=requested)
         return {name: result.as_numpy(name) for name in outputs or ()}
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
-"""`trtserve`: classify or embed texts with a running trtserve server, or check it is ready.
+"""`trtserve`: classify, embed, answer questions, find entities, or check a server is ready.
 
     trtserve classify "a gripping, beautifully acted film" "a dull mess"
     trtserve embed --json "some text"
+    trtserve qa --context review.txt "who directed the film?"
+    trtserve ner "Tom Hanks flew to Paris."
     echo "one text per line" | trtserve classify
     trtserve ready --wait 120
 
@@ -12,6 +14,7 @@ stderr; the exit code says what kind of error it was (see ``EXIT_CODES``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from ._transport import DEFAULT_URLS, PROTOCOLS
-from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, TrtServeClient
+from .client import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_NER_MODEL, DEFAULT_QA_MODEL, TrtServeClient
 from .errors import (
     BadInputError,
     RequestTimeoutError,
@@ -115,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", default=DEFAULT_EMBED_MODEL, help=f"default: {DEFAULT_EMBED_MODEL}")
     embed.set_defaults(handler=_run_embed)
 
+    qa = commands.add_parser("qa", help="answer questions about a context (question answering)")
+    _add_connection_options(qa, suppress=True)
+    qa.add_argument("questions", nargs="*", metavar="QUESTION", help="questions; '-' or none: stdin")
+    qa.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the context")
+    qa.add_argument("--model", default=DEFAULT_QA_MODEL, help=f"default: {DEFAULT_QA_MODEL}")
+    qa.set_defaults(handler=_run_qa)
+
+    ner = commands.add_parser("ner", help="find entities in texts (token classification)")
+    _add_connection_options(ner, suppress=True)
+    ner.add_argument("texts", nargs="*", metavar="TEXT", help="texts; '-' or none: stdin")
+    ner.add_argument("--model", default=DEFAULT_NER_MODEL, help=f"default: {DEFAULT_NER_MODEL}")
+    ner.set_defaults(handler=_run_ner)
+
     ready = commands.add_parser(
         "ready", help="check that models answer a real inference (exit 0 when they do)"
     )
@@ -186,6 +202,39 @@ def _run_embed(client: TrtServeClient, args: argparse.Namespace, texts: list[str
     return EXIT_OK
 
 
+def read_context(path: str) -> str:
+    """The ``--context`` file's text; a clear BadInputError when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"cannot read --context {path}: {e}") from e
+
+
+def _run_qa(client: TrtServeClient, args: argparse.Namespace, questions: list[str], out: TextIO) -> int:
+    context = read_context(args.context)
+    answers = client.answers([(q, context) for q in questions], model=args.model)
+    if args.json:
+        _print_json([{"question": q, "answer": a.text, "score": a.score, "start": a.start, "end": a.end}
+                     for q, a in zip(questions, answers)], out)
+    else:
+        for q, a in zip(questions, answers):
+            shown = a.text if a.found else "(no answer)"
+            print(f"{shown}\t{a.score:.4f}\t{a.start}:{a.end}\t{q}", file=out)
+    return EXIT_OK
+
+
+def _run_ner(client: TrtServeClient, args: argparse.Namespace, texts: list[str], out: TextIO) -> int:
+    results = client.entities(texts, model=args.model)
+    if args.json:
+        _print_json([{"text": t, "entities": [dataclasses.asdict(e) for e in entities]} for t, entities in zip(texts, results)], out)
+    else:
+        for text, entities in zip(texts, results):
+            found = "; ".join(f"{e.label} {text[e.start:e.end]!r} {e.score:.3f}" for e in entities) or "(none)"
+            print(f"{found}\t{text}", file=out)
+    return EXIT_OK
+
+
 def _run_ready(client: TrtServeClient, args: argparse.Namespace, texts: list[str], out: TextIO) -> int:
     models = args.models or [DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL]
     waited_s = client.wait_ready(models, timeout_s=args.wait)
@@ -212,7 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     url = resolve_url(args.url, args.protocol, os.environ)
     try:
-        texts = resolve_texts(args.texts, sys.stdin) if args.command in ("classify", "embed") else []
+        if args.command in ("classify", "embed", "ner"):
+            texts = resolve_texts(args.texts, sys.stdin)
+        elif args.command == "qa":
+            texts = resolve_texts(args.questions, sys.stdin)
+        else:
+            texts = []
         try:
             client = TrtServeClient(url=url, protocol=args.protocol, timeout_s=args.timeout)
         except ValueError as e:

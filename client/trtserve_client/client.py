@@ -5,6 +5,10 @@ Any deployment with the same task contract works; model names are parameters:
 - classification (default model ``sentiment``): ``TEXT`` BYTES ``[1]`` ->
   ``LABEL`` BYTES ``[1]``, ``SCORE`` FP32 ``[1]``, ``PROBABILITIES`` FP32 ``[len(labels)]``
 - embedding (default model ``embed``): ``TEXT`` BYTES ``[1]`` -> ``EMBEDDING`` FP32 ``[dim]``
+- question answering (default model ``qa``): ``QUESTION``, ``CONTEXT`` BYTES ``[1]`` ->
+  ``ANSWER`` BYTES, ``SCORE`` FP32, ``START``/``END`` INT32 ``[1]`` (character offsets in CONTEXT)
+- token classification (default model ``ner``): ``TEXT`` BYTES ``[1]`` -> ``ENTITIES`` BYTES
+  ``[1]`` (a JSON array of the token-classification pipeline's entity objects)
 
 Example::
 
@@ -12,11 +16,13 @@ Example::
         client.wait_ready("sentiment", timeout_s=60)
         [result] = client.classify("a gripping, beautifully acted film")
         vectors = client.embed(["first text", "second text"])  # float32 [2, 384]
+        answer = client.answer("who directed it?", context)     # Answer(text, score, start, end)
+        [entities] = client.entities("Tom Hanks flew to Paris.")  # [Entity(label, score, word, start, end)]
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,19 +37,33 @@ from .errors import (
     translate_error,
 )
 from .inputs import Texts, encode_texts, split_batches, text_tensor
-from .results import DEFAULT_LABELS, Classification, decode_classifications, decode_embeddings
+from .results import (
+    DEFAULT_LABELS,
+    Answer,
+    Classification,
+    Entity,
+    decode_answers,
+    decode_classifications,
+    decode_embeddings,
+    decode_entities,
+)
 from .retry import RetryPolicy, call_with_retry
 
-__all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "READY_PROBE_TEXT"]
+__all__ = ["TrtServeClient", "DEFAULT_CLASSIFY_MODEL", "DEFAULT_EMBED_MODEL", "DEFAULT_QA_MODEL",
+           "DEFAULT_NER_MODEL", "READY_PROBE_TEXT"]
 
 DEFAULT_CLASSIFY_MODEL = "sentiment"
 DEFAULT_EMBED_MODEL = "embed"
+DEFAULT_QA_MODEL = "qa"
+DEFAULT_NER_MODEL = "ner"
 # Sent by wait_ready: a real request through the whole ensemble (tokenizer, encoder,
 # postprocess), because /v2/health/ready stays green when a Python stub has died.
 READY_PROBE_TEXT = "trtserve readiness probe"
 
 _CLASSIFICATION_OUTPUTS = (contract.LABEL, contract.SCORE, contract.PROBABILITIES)
 _EMBEDDING_OUTPUTS = (contract.EMBEDDING,)
+_QA_OUTPUTS = (contract.ANSWER, contract.SCORE, contract.START, contract.END)
+_NER_OUTPUTS = (contract.ENTITIES,)
 
 
 class TrtServeClient:
@@ -91,7 +111,7 @@ class TrtServeClient:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy or None, got {retry!r}")
         self._retry = retry
-        self._server_batch_sizes: dict[str, int] = {}  # model -> config max_batch_size
+        self._configs: dict[str, dict] = {}  # model -> its config (fetched once)
         self._closed = False
         with self._translating():
             self._transport: Transport = make_transport(protocol, url, self._timeout_s)
@@ -129,7 +149,7 @@ class TrtServeClient:
         encoded = encode_texts(texts)
         if not encoded:
             return []
-        outputs = self._infer(model, encoded, _CLASSIFICATION_OUTPUTS)
+        outputs = self._infer(model, {contract.TEXT: encoded}, _CLASSIFICATION_OUTPUTS)
         with self._adding_context(model):
             return decode_classifications(
                 outputs[contract.LABEL],
@@ -146,9 +166,41 @@ class TrtServeClient:
         encoded = encode_texts(texts)
         if not encoded:
             return np.zeros((0, 0), dtype=np.float32)
-        outputs = self._infer(model, encoded, _EMBEDDING_OUTPUTS)
+        outputs = self._infer(model, {contract.TEXT: encoded}, _EMBEDDING_OUTPUTS)
         with self._adding_context(model):
             return decode_embeddings(outputs[contract.EMBEDDING], count=len(encoded))
+
+    def answer(self, question: str, context: str, model: str = DEFAULT_QA_MODEL) -> Answer:
+        """The best answer to ``question`` in ``context`` (contexts of any length: the server
+        splits them into windows). ``Answer.found`` is False when the model prefers none."""
+        [result] = self.answers([(question, context)], model=model)
+        return result
+
+    def answers(self, pairs: Sequence[tuple[str, str]], model: str = DEFAULT_QA_MODEL) -> list[Answer]:
+        """One :class:`Answer` per ``(question, context)`` pair, in order."""
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+            raise BadInputError("answers() takes a sequence of (question, context) pairs; use answer(q, c)")
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise BadInputError(f"pairs[{i}] must be a (question, context) pair of str, got {pair!r:.60}")
+        questions = encode_texts([q for q, _ in pairs])
+        contexts = encode_texts([c for _, c in pairs])
+        outputs = self._infer(model, {contract.QUESTION: questions, contract.CONTEXT: contexts}, _QA_OUTPUTS)
+        with self._adding_context(model):
+            return decode_answers(outputs[contract.ANSWER], outputs[contract.SCORE], outputs[contract.START],
+                                  outputs[contract.END], [c for _, c in pairs])
+
+    def entities(self, texts: Texts, model: str = DEFAULT_NER_MODEL) -> list[list[Entity]]:
+        """The entities of one text or of each of a sequence of texts (one list per text)."""
+        encoded = encode_texts(texts)
+        if not encoded:
+            return []
+        outputs = self._infer(model, {contract.TEXT: encoded}, _NER_OUTPUTS)
+        with self._adding_context(model):
+            return decode_entities(outputs[contract.ENTITIES], count=len(encoded))
 
     def wait_ready(
         self,
@@ -172,7 +224,9 @@ class TrtServeClient:
             while True:
                 try:
                     # No retry policy here: this loop is the retry, bounded by timeout_s.
-                    self._infer(name, [READY_PROBE_TEXT.encode("utf-8")], outputs=(), retry=False)
+                    probe = [READY_PROBE_TEXT.encode("utf-8")]
+                    inputs = {input_name: probe for input_name in self._model_inputs(name)}
+                    self._infer(name, inputs, outputs=(), retry=False)
                     break
                 except BadInputError:
                     raise
@@ -240,23 +294,33 @@ class TrtServeClient:
         except InferenceError as e:
             raise type(e)(f"{self._where(model)}: {e}", status=e.status) from e
 
+    def _model_config(self, model: str) -> dict:
+        """The model's config (fetched once, cached)."""
+        if self._closed:
+            raise ValueError("the client is closed")
+        if model not in self._configs:
+            with self._translating(model):
+                self._configs[model] = self._transport.model_config(model)
+        return self._configs[model]
+
+    def _model_inputs(self, model: str) -> tuple[str, ...]:
+        """The model's input names (``TEXT`` if its config does not list them)."""
+        return tuple(i["name"] for i in self._model_config(model).get("input", [])) or (contract.TEXT,)
+
     def _batch_plan(self, model: str) -> tuple[int, bool]:
         """(chunk size, whether the model has a batch axis)."""
         if self._closed:
             raise ValueError("the client is closed")
         if self._max_batch_size is not None:
             return self._max_batch_size, True
-        if model not in self._server_batch_sizes:
-            with self._translating(model):
-                config = self._transport.model_config(model)
-            self._server_batch_sizes[model] = int(config.get("max_batch_size", 0) or 0)
-        server_max = self._server_batch_sizes[model]
+        server_max = int(self._model_config(model).get("max_batch_size", 0) or 0)
         return (server_max, True) if server_max > 0 else (1, False)
 
     def _infer(
-        self, model: str, encoded: list[bytes], outputs: Sequence[str], *, retry: bool = True
+        self, model: str, columns: Mapping[str, list[bytes]], outputs: Sequence[str], *, retry: bool = True
     ) -> dict[str, np.ndarray]:
-        """Send ``encoded`` in chunks and concatenate each requested output over the chunks.
+        """Send the rows of ``columns`` (input name -> one encoded text per row) in chunks and
+        concatenate each requested output over the chunks.
 
         ``outputs=()`` asks for the model's default outputs and returns nothing (readiness
         probe). Checks that each output is present with one row per text.
@@ -265,12 +329,14 @@ class TrtServeClient:
         # deployment served as one model is itself unloaded and loaded when it is repaired.
         chunk_size, batched = call_with_retry(self._retry if retry else None, lambda: self._batch_plan(model))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-        for chunk in split_batches(encoded, chunk_size):
-            tensor = text_tensor(chunk, batched=batched)
+        rows = len(next(iter(columns.values())))
+        for chunk in split_batches(range(rows), chunk_size):
+            tensors = {name: text_tensor([values[i] for i in chunk], batched=batched)
+                       for name, values in columns.items()}
 
-            def send(tensor: np.ndarray = tensor) -> dict[str, np.ndarray | None]:
+            def send(tensors: dict[str, np.ndarray] = tensors) -> dict[str, np.ndarray | None]:
                 with self._translating(model):
-                    return self._transport.infer(model, tensor, outputs)
+                    return self._transport.infer(model, tensors, outputs)
 
             # Per chunk: chunks already answered are not sent again.
             response = call_with_retry(self._retry if retry else None, send)

@@ -15,7 +15,8 @@ import trtserve_contract as contract
 
 from .errors import InferenceError
 
-__all__ = ["Classification", "DEFAULT_LABELS", "decode_classifications", "decode_embeddings"]
+__all__ = ["Answer", "Classification", "DEFAULT_LABELS", "Entity", "decode_answers", "decode_classifications",
+           "decode_embeddings", "decode_entities"]
 
 DEFAULT_LABELS: tuple[str, ...] = contract.SENTIMENT_LABELS
 
@@ -102,3 +103,68 @@ def decode_embeddings(embedding: np.ndarray | None, count: int) -> np.ndarray:
     """``EMBEDDING`` as a C-contiguous float32 array ``[count, dim]``."""
     rows = _as_rows(embedding, contract.EMBEDDING, count)
     return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one question: ``context[start:end] == text`` (character offsets, end
+    exclusive). No answer (the model prefers none): ``text == ""`` and ``start == end == -1``."""
+
+    text: str
+    score: float
+    start: int
+    end: int
+
+    @property
+    def found(self) -> bool:
+        return self.start >= 0
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entity (or token, for aggregation ``none``) as the token-classification pipeline
+    reports it: ``label`` is its ``entity_group`` (or ``entity``), ``text[start:end]`` the span it
+    covers, ``word`` the tokenizer's rendering of it, ``index`` the token index (``none`` only)."""
+
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    index: int | None = None
+
+
+def decode_answers(answer: np.ndarray | None, score: np.ndarray | None, start: np.ndarray | None,
+                   end: np.ndarray | None, contexts: Sequence[str]) -> list[Answer]:
+    """:class:`Answer` objects from ``ANSWER``/``SCORE``/``START``/``END`` ``[n,1]``; checks
+    that each answer is the context's text at its offsets (the contract)."""
+    count = len(contexts)
+    texts = _as_rows(answer, contract.ANSWER, count)
+    scores = _as_rows(score, contract.SCORE, count).astype(np.float64)
+    starts = _as_rows(start, contract.START, count).astype(np.int64)
+    ends = _as_rows(end, contract.END, count).astype(np.int64)
+    results = []
+    for row, context in enumerate(contexts):
+        text, a, b = _decode_label(texts[row, 0]), int(starts[row, 0]), int(ends[row, 0])
+        if (a, b) == (-1, -1) and text == "" or text and 0 <= a < b <= len(context) and context[a:b] == text:
+            results.append(Answer(text, float(scores[row, 0]), a, b))
+            continue
+        raise InferenceError(f"{contract.ANSWER} {text!r} is not CONTEXT[{a}:{b}] of item {row}")
+    return results
+
+
+def decode_entities(entities: np.ndarray | None, count: int) -> list[list[Entity]]:
+    """One list of :class:`Entity` per text from ``ENTITIES`` ``[n,1]`` (JSON arrays)."""
+    import json
+
+    rows = _as_rows(entities, contract.ENTITIES, count)
+    results = []
+    for row in range(count):
+        try:
+            items = json.loads(_decode_label(rows[row, 0]))
+            results.append([Entity(label=e["entity_group"] if "entity_group" in e else e["entity"],
+                                   score=float(e["score"]), word=e["word"], start=int(e["start"]),
+                                   end=int(e["end"]), index=e.get("index")) for e in items])
+        except (ValueError, KeyError, TypeError) as e:
+            raise InferenceError(f"{contract.ENTITIES} of item {row} is not a JSON array of entities: {e}") from e
+    return results

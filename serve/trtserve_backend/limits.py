@@ -1,4 +1,5 @@
-"""Request size limits, checked on the raw TEXT tensor before any decoding or tokenization.
+"""Request size limits, checked on the raw text tensors (TEXT; QUESTION and CONTEXT for question
+answering) before any decoding or tokenization.
 
 The tokenizer truncates every text to the model's max sequence length, so a huge text costs
 nothing in the encoder; it costs memory and CPU in decoding and tokenizing, which is what these
@@ -8,6 +9,7 @@ limit and the size; the other requests of the same execution are answered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -22,8 +24,9 @@ class RequestTooLargeError(InvalidTextError):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """``max_text_bytes``: bytes of TEXT summed over one request's texts; ``max_texts``: texts in
-    one request. ``0`` disables a limit. The tokenizer model takes them from its
+    """``max_text_bytes``: bytes of text summed over one request's texts (over all its text
+    inputs: a question-answering request's QUESTION and CONTEXT together); ``max_texts``: texts
+    (items) in one request. ``0`` disables a limit. The tokenizer model takes them from its
     :class:`~trtserve_backend.parameters.TokenizerParameters`."""
 
     max_text_bytes: int = 0
@@ -32,21 +35,31 @@ class RequestLimits:
     def check(self, tensor: np.ndarray, input_name: str = "TEXT") -> None:
         """Raise :class:`RequestTooLargeError` if ``tensor`` (a request's BYTES input) is over a
         limit. Only lengths are read: nothing is decoded or copied."""
-        items = tensor.reshape(-1)
-        if self.max_texts and items.size > self.max_texts:
-            raise RequestTooLargeError(
-                f"{input_name}: {items.size} texts in one request, the limit is {self.max_texts}; "
-                "split the request"
-            )
+        self.check_inputs({input_name: tensor})
+
+    def check_inputs(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """:meth:`check` for a request's text inputs {name: BYTES tensor}: texts are counted per
+        input, bytes summed over all of them."""
+        columns = {name: tensor.reshape(-1) for name, tensor in tensors.items()}
+        what = " + ".join(columns)
+        for name, items in columns.items():
+            if self.max_texts and items.size > self.max_texts:
+                raise RequestTooLargeError(
+                    f"{name}: {items.size} texts in one request, the limit is {self.max_texts}; "
+                    "split the request"
+                )
         if self.max_text_bytes:
             total = 0
-            for item in items:
-                total += len(item)
-                if total > self.max_text_bytes:
-                    raise RequestTooLargeError(
-                        f"{input_name}: request text is over the limit of {self.max_text_bytes} bytes "
-                        f"({_total_bytes(items)} bytes in {items.size} text(s)); send less text per request"
-                    )
+            for items in columns.values():
+                for item in items:
+                    total += len(item)
+                    if total > self.max_text_bytes:
+                        sizes = sum(_total_bytes(i) for i in columns.values())
+                        count = max(i.size for i in columns.values())
+                        raise RequestTooLargeError(
+                            f"{what}: request text is over the limit of {self.max_text_bytes} bytes "
+                            f"({sizes} bytes in {count} text(s)); send less text per request"
+                        )
 
 
 def _total_bytes(items: np.ndarray) -> int:

@@ -16,7 +16,7 @@ from .batching import check_merge, pad_merge, plan_batches, split_rows
 
 class OrtEncoder:
     def __init__(self, onnx_path: str, input_names: Sequence[str], output_name: str, intra_op_threads: int = 0,
-                 merge: str = "group"):
+                 merge: str = "group", max_rows_per_run: int = 0):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -38,15 +38,26 @@ class OrtEncoder:
         self.input_names = tuple(input_names)
         self.output_name = output_name
         self.merge = check_merge(merge)
+        #: Rows per ONNX Runtime run (0: no limit). The windowed tasks (QA, NER) send one row per
+        #: window, so one request can bring hundreds of rows; attention memory grows with
+        #: rows x length^2, so a large batch runs in slices.
+        self.max_rows_per_run = max_rows_per_run
 
     @classmethod
     def from_parameters(cls, params, folder: str, input_names: Sequence[str], output_name: str) -> "OrtEncoder":
         """From a Python model's :class:`~.parameters.OrtEncoderParameters` and its version folder."""
         return cls(os.path.join(folder, params.onnx_file), input_names=input_names, output_name=output_name,
-                   intra_op_threads=params.intra_op_threads, merge=params.merge_lengths)
+                   intra_op_threads=params.intra_op_threads, merge=params.merge_lengths,
+                   max_rows_per_run=params.max_rows_per_run)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
+        rows = int(feeds[self.input_names[0]].shape[0])
+        step = self.max_rows_per_run or rows
+        if rows <= step:
+            return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
+        return np.concatenate([
+            self.session.run([self.output_name], {n: feeds[n][i:i + step] for n in self.input_names})[0]
+            for i in range(0, rows, step)])
 
     def run_requests(self, requests: Sequence[dict[str, np.ndarray]], *, to_host: bool = True) -> list[np.ndarray]:
         """Run the requests of one execution as few batches as ``merge`` allows; one output each

@@ -106,9 +106,21 @@ class TokenizerParameters(ModelParameters):
     #: Threads of the fast tokenizer's Rayon pool in this model's process (tokenize.py).
     tokenizer_threads: int = 1
     #: Input limits, checked before any text is decoded or tokenized (trtserve_backend.limits):
-    #: bytes of TEXT summed over one request's texts, and texts per request; 0 = no limit.
+    #: bytes of text summed over one request's text inputs (TEXT; QUESTION + CONTEXT), and texts
+    #: (items) per request; 0 = no limit.
     max_request_text_bytes: int = 0
     max_request_texts: int = 0
+    #: The windowed tasks (question answering, token classification) split each item into
+    #: windows; the others leave these out of the config (one row per text).
+    task: str = field(default="", metadata={OMIT_EMPTY: True})
+    #: Overlap of consecutive windows in tokens (QA: doc_stride; NER: stride, 0 = one window).
+    stride: int = field(default=0, metadata={OMIT_EMPTY: True})
+    #: Windows one request may need at most (the encoder's max batch size).
+    max_windows: int = field(default=0, metadata={OMIT_EMPTY: True})
+    #: QA: questions are cut to this many tokens.
+    max_question_length: int = field(default=0, metadata={OMIT_EMPTY: True})
+    #: QA: answers extend to whole words.
+    align_to_words: bool = field(default=False, metadata={OMIT_EMPTY: True})
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,8 @@ class OrtEncoderParameters(ModelParameters):
     #: grows with the padded tokens; padding every request to the longest ("pad", what the GPU
     #: engine does to replay one CUDA graph) did not serve more texts/s on 2 cores.
     merge_lengths: str = "group"
+    #: Rows per ONNX Runtime run (0: no limit): a request of a windowed task can bring hundreds.
+    max_rows_per_run: int = field(default=0, metadata={OMIT_EMPTY: True})
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,17 @@ class PostprocessParameters(ModelParameters):
     model_role: ClassVar[str] = "postprocess"
 
     task: str
-    #: Label names by class id (classification only; left out of the config when empty).
+    #: Label names by class id (classification, token classification; left out when empty).
     labels: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})
+    #: QA: answers kept per question (the pipeline's top_k); the served ANSWER is the first.
+    n_best: int = field(default=0, metadata={OMIT_EMPTY: True})
+    max_answer_length: int = field(default=0, metadata={OMIT_EMPTY: True})
+    handle_impossible_answer: bool = field(default=False, metadata={OMIT_EMPTY: True})
+    align_to_words: bool = field(default=False, metadata={OMIT_EMPTY: True})
+    #: NER: none | simple | first | average | max.
+    aggregation_strategy: str = field(default="", metadata={OMIT_EMPTY: True})
+    #: NER: the tokenizer (token strings, subwords) beside model.py.
+    tokenizer_file: str = field(default="", metadata={OMIT_EMPTY: True})
 
 
 @dataclass(frozen=True)
@@ -170,3 +193,6 @@ class PipelineParameters(ModelParameters):
     engine_backend: str
     encoder_inputs: tuple[str, ...]
     encoder_output: str
+    #: Tokenizer outputs the postprocess reads beside the encoder output (the windowed tasks:
+    #: token spans, window -> item, item texts; NER also the token ids), as the ensemble wires them.
+    side_inputs: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})

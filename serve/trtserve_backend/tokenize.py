@@ -82,11 +82,17 @@ class BucketTokenizer:
         one thread per host core (8 instances x 16 threads on a 16-core host); one thread per
         instance lets the instance count decide the parallelism.
         """
-        os.environ["RAYON_NUM_THREADS"] = str(max(params.tokenizer_threads, 1))
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if params.tokenizer_threads > 1 else "false"
+        cls.set_threads(params.tokenizer_threads)
         return cls.from_file(os.path.join(folder, params.tokenizer_file), max_length=params.max_sequence_length,
                              buckets=params.length_buckets, pad_token_id=params.pad_token_id,
                              output_names=output_names)
+
+    @staticmethod
+    def set_threads(threads: int) -> None:
+        """The fast tokenizers' Rayon pool in this process: ``threads`` (at least 1), before the
+        first tokenizer is made (the pool starts once, sized from the environment)."""
+        os.environ["RAYON_NUM_THREADS"] = str(max(threads, 1))
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
 
     def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
         """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request."""

@@ -1,11 +1,13 @@
 """Which served models are deployments, and which models serve each one.
 
-A *deployment* is a model that honours the client contract (README, "The ensemble contract"):
-a ``TEXT`` ``TYPE_STRING`` input and the outputs of one task (classification: ``LABEL``,
-``SCORE``, ``PROBABILITIES``; embedding: ``EMBEDDING``). How it is served is not assumed: an
-ensemble's steps (recursively) are the models behind it, and a single model (one Python model
-with the same name and contract, say) is its own only model. The tokenizer step takes
-``TEXT`` too, but its outputs are token ids, so it is not a deployment.
+A *deployment* is a model that honours the client contract (README, "The contract"):
+the ``TYPE_STRING`` inputs and the outputs of one task (classification: ``TEXT`` ->
+``LABEL``, ``SCORE``, ``PROBABILITIES``; embedding: ``TEXT`` -> ``EMBEDDING``; question
+answering: ``QUESTION``, ``CONTEXT`` -> ``ANSWER``, ``SCORE``, ``START``, ``END``; token
+classification: ``TEXT`` -> ``ENTITIES``). How it is served is not assumed: an ensemble's steps
+(recursively) are the models behind it, and a single model (one Python model with the same name
+and contract, say) is its own only model. The tokenizer step takes the same inputs, but its
+outputs are token ids, so it is not a deployment.
 
 Pure functions over the JSON model configs Triton serves (``GET /v2/models/<m>/config``), so
 they are unit-tested without a server.
@@ -20,12 +22,21 @@ from typing import Any
 
 import trtserve_contract as contract
 
-__all__ = ["Deployment", "TASK_OUTPUTS", "discover", "model_of_instance"]
+__all__ = ["Deployment", "TASK_INPUTS", "TASK_OUTPUTS", "discover", "model_of_instance"]
 
+#: task -> the string inputs a model takes to serve it (the client contract)
+TASK_INPUTS: dict[str, frozenset[str]] = {
+    contract.CLASSIFICATION: frozenset({contract.TEXT}),
+    contract.EMBEDDING_TASK: frozenset({contract.TEXT}),
+    contract.QUESTION_ANSWERING: frozenset({contract.QUESTION, contract.CONTEXT}),
+    contract.TOKEN_CLASSIFICATION: frozenset({contract.TEXT}),
+}
 #: task -> the outputs a model must have to serve it (the client contract)
 TASK_OUTPUTS: dict[str, frozenset[str]] = {
     contract.CLASSIFICATION: frozenset({contract.LABEL, contract.SCORE, contract.PROBABILITIES}),
     contract.EMBEDDING_TASK: frozenset({contract.EMBEDDING}),
+    contract.QUESTION_ANSWERING: frozenset({contract.ANSWER, contract.SCORE, contract.START, contract.END}),
+    contract.TOKEN_CLASSIFICATION: frozenset({contract.ENTITIES}),
 }
 
 
@@ -46,14 +57,11 @@ class Deployment:
 
 
 def _task(config: Mapping[str, Any]) -> str | None:
-    takes_text = any(
-        i.get("name") == contract.TEXT and i.get("data_type") == "TYPE_STRING" for i in config.get("input", [])
-    )
-    if not takes_text:
-        return None
+    """The task whose contract ``config`` honours: its string inputs and outputs."""
+    inputs = {i.get("name") for i in config.get("input", []) if i.get("data_type") == "TYPE_STRING"}
     outputs = {o.get("name") for o in config.get("output", [])}
     for task, needed in TASK_OUTPUTS.items():
-        if needed <= outputs:
+        if TASK_INPUTS[task] <= inputs and needed <= outputs:
             return task
     return None
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .deployments import Deployment, discover
+from .deployments import TASK_INPUTS, Deployment, discover
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class EmbeddedServer:
         return discover(self.model_configs())
 
     def text_models(self) -> list[str]:
-        """Names of the ready deployments (models with the contract's TEXT input and outputs)."""
+        """Names of the ready deployments (models with a task's string inputs and outputs)."""
         return [d.name for d in self.deployments()]
 
     def load_model(self, name: str, timeout: float = 60.0) -> None:
@@ -254,8 +254,11 @@ class EmbeddedServer:
     def unload_model(self, name: str, timeout: float = 60.0) -> None:
         self._http("POST", f"/v2/repository/models/{name}/unload", {}, timeout=timeout)
 
-    def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0) -> dict:
-        body = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}]}
+    def infer_text(self, model: str, texts: Sequence[str], timeout: float = 30.0,
+                   inputs: Sequence[str] = ("TEXT",)) -> dict:
+        """``texts`` in each of ``inputs`` (a question-answering deployment takes QUESTION and CONTEXT)."""
+        body = {"inputs": [{"name": name, "shape": [len(texts), 1], "datatype": "BYTES", "data": list(texts)}
+                           for name in inputs]}
         return self._http("POST", f"/v2/models/{model}/infer", body, timeout=timeout)
 
     def wait_ready(self, timeout_s: float = 120.0, abort_if: Callable[[], str | None] | None = None) -> list[str]:
@@ -274,12 +277,12 @@ class EmbeddedServer:
                 raise ServerError(f"tritonserver will not become ready: {reason}")
             try:
                 if self._http("GET", "/v2/health/ready", timeout=2.0) is None:
-                    models = self.text_models()
-                    if models:
-                        for model in models:
-                            self.infer_text(model, ["readiness check"],
+                    deployments = self.deployments()
+                    if deployments:
+                        for d in deployments:
+                            self.infer_text(d.name, ["readiness check"], inputs=sorted(TASK_INPUTS[d.task]),
                                             timeout=max(1.0, min(30.0, deadline - time.monotonic())))
-                        return models
+                        return [d.name for d in deployments]
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
                 last_error = e
             time.sleep(0.25)

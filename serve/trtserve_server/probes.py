@@ -1,8 +1,8 @@
 """Real inferences through the client contract, and what their failures mean to a supervisor.
 
 A probe sends one short text to a deployment with :class:`~trtserve_client.TrtServeClient`
-(``classify`` or ``embed``, by the deployment's task), exactly as a user would, with a short
-timeout and no retries, and checks the answer against the contract.
+(``classify``, ``embed``, ``answer`` or ``entities``, by the deployment's task), exactly as a
+user would, with a short timeout and no retries, and checks the answer against the contract.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .deployments import Deployment
 __all__ = ["Outcome", "ProbeResult", "Prober", "outcome_of", "PROBE_TEXT"]
 
 PROBE_TEXT = "trtserve supervisor probe"
+PROBE_QUESTION = "what is this?"
 
 
 class Outcome(enum.Enum):
@@ -84,15 +85,7 @@ class Prober:
             client = TrtServeClient(self.url, protocol="http", timeout_s=timeout_s)
         start = time.monotonic()
         try:
-            if deployment.task == contract.CLASSIFICATION:
-                kwargs = {"labels": deployment.labels} if deployment.labels else {}
-                [result] = client.classify(PROBE_TEXT, model=deployment.name, **kwargs)
-                if not 0.0 <= result.score <= 1.0:
-                    raise ValueError(f"score {result.score} outside [0, 1]")
-            else:
-                vectors = client.embed(PROBE_TEXT, model=deployment.name)
-                if vectors.shape[0] != 1 or not vectors.size:
-                    raise ValueError(f"embedding of shape {vectors.shape}")
+            _ask(client, deployment)
             return ProbeResult(deployment.name, Outcome.OK, time.monotonic() - start)
         except TrtServeError as e:
             return ProbeResult(deployment.name, outcome_of(e), time.monotonic() - start, e)
@@ -105,3 +98,25 @@ class Prober:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _ask(client: TrtServeClient, deployment: Deployment) -> None:
+    """One request through ``deployment``'s contract; ValueError when the answer breaks it (the
+    client itself checks shapes, and that an answer is the context's text at its offsets)."""
+    if deployment.task == contract.CLASSIFICATION:
+        kwargs = {"labels": deployment.labels} if deployment.labels else {}
+        [result] = client.classify(PROBE_TEXT, model=deployment.name, **kwargs)
+        if not 0.0 <= result.score <= 1.0:
+            raise ValueError(f"score {result.score} outside [0, 1]")
+    elif deployment.task == contract.QUESTION_ANSWERING:
+        answer = client.answer(PROBE_QUESTION, PROBE_TEXT, model=deployment.name)
+        if not 0.0 <= answer.score <= 1.0:
+            raise ValueError(f"score {answer.score} outside [0, 1]")
+    elif deployment.task == contract.TOKEN_CLASSIFICATION:
+        [entities] = client.entities(PROBE_TEXT, model=deployment.name)
+        if any(not 0.0 <= e.score <= 1.0 for e in entities):
+            raise ValueError(f"entity score outside [0, 1]: {entities}")
+    else:
+        vectors = client.embed(PROBE_TEXT, model=deployment.name)
+        if vectors.shape[0] != 1 or not vectors.size:
+            raise ValueError(f"embedding of shape {vectors.shape}")

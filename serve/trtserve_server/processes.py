@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stub", "stubs_of", "state_of", "kill_stub", "reap", "release_regions", "STUB_NAME", "SHM_DIR"]
+__all__ = ["Stub", "stubs_of", "state_of", "cpu_seconds", "kill_stub", "reap", "release_regions", "STUB_NAME",
+           "SHM_DIR"]
 
 STUB_NAME = "triton_python_backend_stub"
 _PROC = Path("/proc")
@@ -22,6 +23,7 @@ SHM_DIR = Path("/dev/shm")
 _REGION_PREFIX = "triton_python_backend_shm_region_"
 #: /proc/<pid>/stat states of a process that cannot answer: stopped, traced, zombie, dead
 STUCK_STATES = frozenset("TtZXx")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,16 @@ def state_of(pid: int, proc: Path = _PROC) -> str | None:
     """The /proc state letter of ``pid``; None when it is gone (a cheap re-check of one stub)."""
     stat = _stat(proc / str(pid))
     return stat[0] if stat else None
+
+
+def cpu_seconds(pid: int, proc: Path = _PROC) -> float | None:
+    """User + system CPU time ``pid`` has used so far; None when it is gone."""
+    try:
+        raw = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()  # fields[0] is the state (field 3 of stat)
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14, 15)
 
 
 def kill_stub(stub: Stub) -> None:

@@ -10,7 +10,7 @@ the server's parent-death signal stays tied to a thread that lives as long as th
   ``probe_timeout_s`` (shorter than the models' queue timeout, so a hung step shows up as
   *our* timeout, not as the server's "Request timeout expired");
 - a probe that fails, or times out while a stub of the deployment is stuck or while the
-  deployment answered nothing else either, is repaired by the fastest action that works:
+  deployment answered and computed nothing else either, is repaired by the fastest action:
   kill what is stuck, unload + load the failing models (measured ~1.5 s; the other
   deployments keep serving), and when that does not bring the probe back, or the server is
   down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores); a stub that vanished
@@ -26,75 +26,19 @@ Every event is logged with its cause; the counts are in :class:`~.status.Supervi
 from __future__ import annotations
 
 import logging
-import signal
 import time
 import urllib.error
-from collections import deque
-from dataclasses import dataclass
 
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
+from .policy import Backoff, SupervisorSettings, describe_exit
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, kill_stub, reap, release_regions, state_of, stubs_of
+from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
 
 __all__ = ["Supervisor", "SupervisorSettings", "Backoff"]
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    probe_interval_s: float = 1.0
-    probe_timeout_s: float = 1.5
-    #: the probe after a repair waits longer: the reloaded model's first request is slower
-    confirm_timeout_s: float = 10.0
-    watch_interval_s: float = 0.25
-    #: the probe sent because a stub vanished or stopped: the evidence is there already
-    triggered_timeout_s: float = 0.5
-    ready_timeout_s: float = 180.0
-    #: a restarted server that is not answering after this long is killed and started again
-    restart_ready_timeout_s: float = 60.0
-    #: probe timeouts in a row, with no request of the deployment answered meanwhile and no
-    #: stub of it stopped or gone, before it counts as hung (one is enough with such a stub)
-    hang_confirmations: int = 3
-    #: how long one repository-API load or unload may take
-    reload_timeout_s: float = 30.0
-    #: a server that answers no probe (DOWN) for this long is restarted
-    unreachable_s: float = 3.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    loop_window_s: float = 60.0
-    loop_threshold: int = 3
-
-
-class Backoff:
-    """Exponential delay once ``threshold`` events fall within ``window_s``."""
-
-    def __init__(self, initial_s: float, max_s: float, window_s: float, threshold: int) -> None:
-        self.initial_s, self.max_s, self.window_s, self.threshold = initial_s, max_s, window_s, threshold
-        self.events: deque[float] = deque()
-
-    def record(self, now: float) -> None:
-        self.events.append(now)
-
-    def recent(self, now: float) -> int:
-        while self.events and now - self.events[0] > self.window_s:
-            self.events.popleft()
-        return len(self.events)
-
-    def delay(self, now: float) -> float:
-        excess = self.recent(now) - self.threshold + 1
-        return 0.0 if excess <= 0 else min(self.max_s, self.initial_s * 2 ** (excess - 1))
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class Supervisor:
@@ -171,7 +115,7 @@ class Supervisor:
             now = time.monotonic()
             code = self.server.process.poll() if self.server.process else None
             if self.server.process is not None and code is not None:
-                self._restart("exited", f"tritonserver {_describe_exit(code)}")
+                self._restart("exited", f"tritonserver {describe_exit(code)}")
                 next_probe = 0.0
                 continue
             due = self._triggered()
@@ -243,8 +187,17 @@ class Supervisor:
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
+    def _stub_cpu_seconds(self, deployment: Deployment) -> float:
+        """CPU seconds used so far by the live stubs of ``deployment``'s models."""
+        total = 0.0
+        for instance, pid in self._known_stubs.items():
+            if model_of_instance(instance, deployment.models):
+                total += cpu_seconds(pid) or 0.0
+        return total
+
     def _check(self, deployment: Deployment, why: str, timeout_s: float | None = None) -> None:
         before = self._success_count(deployment.name)
+        cpu_before = self._stub_cpu_seconds(deployment)
         result = self._prober.probe(deployment, timeout_s=timeout_s)
         self.stats.add("probes", deployment.name)
         if result.outcome is not Outcome.TIMEOUT:
@@ -281,6 +234,12 @@ class Supervisor:
             if before is not None and after is not None and after > before:
                 log.info("%s answered %d other request(s) while the probe waited: busy, not hung",
                          deployment.name, after - before)
+                self._timeouts[deployment.name] = 0
+                return
+            used = self._stub_cpu_seconds(deployment) - cpu_before
+            if used >= self.settings.busy_cpu_s:
+                log.info("%s: its stubs computed for %.1f CPU s while the probe waited: busy, not hung",
+                         deployment.name, used)
                 self._timeouts[deployment.name] = 0
                 return
             self._timeouts[deployment.name] = self._timeouts.get(deployment.name, 0) + 1

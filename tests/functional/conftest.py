@@ -8,12 +8,12 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def cpu_repository(tmp_path_factory, sentiment_spec, embed_spec):
+def cpu_repository(tmp_path_factory, sentiment_spec, embed_spec, qa_spec, ner_spec):
     """The cpu variant, generated from the shipped specs (cached export/training are reused)."""
     from trtserve_build.pipeline.build import build_variant
 
     out = tmp_path_factory.mktemp("repository") / "cpu"
-    return build_variant([sentiment_spec, embed_spec], "cpu", out)
+    return build_variant([sentiment_spec, embed_spec, qa_spec, ner_spec], "cpu", out)
 
 
 @pytest.fixture(scope="session")

@@ -124,5 +124,5 @@ def test_compose_healthcheck_passes_against_the_real_server(server):
     spec = importlib.util.spec_from_file_location("healthcheck", REPO_ROOT / "deploy" / "healthcheck.py")
     healthcheck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(healthcheck)
-    assert healthcheck.main(["--url", server.http_url, "--models", "sentiment,embed"]) == 0
+    assert healthcheck.main(["--url", server.http_url, "--models", "sentiment,embed,qa,ner"]) == 0  # qa: QUESTION + CONTEXT
     assert healthcheck.main(["--url", server.http_url, "--models", "no_such_model"]) == 1

@@ -141,9 +141,10 @@ class FakeTransport:
         self.reject = reject
         self.calls = []
 
-    def infer(self, model, text, outputs):
+    def infer(self, model, inputs, outputs):
         from tritonclient.utils import InferenceServerException
 
+        [text] = inputs.values()  # {"TEXT": [n, 1] BYTES}
         self.calls.append(text.shape[0])
         if len(self.calls) <= self.reject:
             raise InferenceServerException("[request id: <id_unknown>] Exceeds maximum queue size",

@@ -37,6 +37,16 @@ def test_too_many_texts_is_named():
         RequestLimits(max_texts=2).check(_tensor(b"a", b"b", b"c"))
 
 
+def test_several_text_inputs_sum_their_bytes_and_count_texts_each():
+    """Question answering: QUESTION and CONTEXT of one request share the byte limit."""
+    limits = RequestLimits(max_text_bytes=10, max_texts=2)
+    limits.check_inputs({"QUESTION": _tensor(b"12", b"34"), "CONTEXT": _tensor(b"567", b"890")})
+    with pytest.raises(RequestTooLargeError, match=r"QUESTION \+ CONTEXT: .* limit of 10 bytes \(11 bytes in 2 text"):
+        limits.check_inputs({"QUESTION": _tensor(b"12", b"34"), "CONTEXT": _tensor(b"5678", b"890")})
+    with pytest.raises(RequestTooLargeError, match="CONTEXT: 3 texts in one request, the limit is 2"):
+        limits.check_inputs({"QUESTION": _tensor(b"a", b"b"), "CONTEXT": _tensor(b"a", b"b", b"c")})
+
+
 def test_generated_tokenizer_config_carries_the_spec_limits(sentiment_spec):
     from tests.unit.test_triton_config import manifest_for
     from trtserve_build.stages.triton_config import tokenizer_config

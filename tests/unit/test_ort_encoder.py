@@ -79,6 +79,19 @@ def test_run_requests_of_mixed_lengths_keep_order_and_results(onnx_model, merge)
         np.testing.assert_allclose(out, reference(model, f), rtol=1e-5, atol=1e-6)
 
 
+def test_large_batches_run_in_slices_with_the_same_result(onnx_model):
+    model, path = onnx_model
+    whole = OrtEncoder(path, NAMES, "out", intra_op_threads=1)
+    sliced = OrtEncoder(path, NAMES, "out", intra_op_threads=1, max_rows_per_run=3)
+    reqs = [feeds(5, 8, 1), feeds(2, 8, 2)]
+    calls = []
+    real_run = sliced.session.run
+    sliced.session.run = lambda names, f: calls.append(len(f[NAMES[0]])) or real_run(names, f)
+    for a, b in zip(whole.run_requests(reqs), sliced.run_requests(reqs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert calls == [3, 3, 1]  # 7 rows of one length, at most 3 per run
+
+
 def test_bad_merge_and_missing_inputs_are_named(onnx_model):
     _, path = onnx_model
     with pytest.raises(ValueError, match="merge 'sorted'"):

@@ -60,6 +60,22 @@ def test_deployments_are_found_by_contract_not_by_platform():
     assert found["embed"].steps == ("embed",)
 
 
+def test_question_answering_and_ner_deployments_are_found_by_their_contracts():
+    configs = _configs()
+    strings = lambda *names: [_tensor(n, "TYPE_STRING") for n in names]  # noqa: E731
+    configs["qa"] = {"input": strings("QUESTION", "CONTEXT"), "platform": "ensemble",
+                     "output": [*strings("ANSWER"), _tensor("SCORE"), _tensor("START", "TYPE_INT32"), _tensor("END", "TYPE_INT32")],
+                     "ensemble_scheduling": {"step": [{"model_name": "qa_tokenizer"}, {"model_name": "qa_postprocess"}]}}
+    configs["qa_tokenizer"] = {"input": strings("QUESTION", "CONTEXT"), "output": [_tensor("input_ids", "TYPE_INT64")]}
+    configs["qa_postprocess"] = {"input": [_tensor("logits")], "output": configs["qa"]["output"]}
+    configs["ner"] = {"input": strings("TEXT"), "output": strings("ENTITIES"), "backend": "python"}
+    configs["half_qa"] = {"input": strings("QUESTION"), "output": configs["qa"]["output"]}  # no CONTEXT: no contract
+    found = {d.name: d for d in discover(configs)}
+    assert set(found) == {"sentiment", "embed", "qa", "ner"}
+    assert found["qa"].task == "question_answering" and found["qa"].steps == ("qa_tokenizer", "qa_postprocess")
+    assert found["ner"] == Deployment("ner", "token_classification", ("ner",))
+
+
 def test_nested_ensembles_are_followed_once():
     configs = _configs()
     configs["outer"] = dict(configs["sentiment"], ensemble_scheduling={"step": [{"model_name": "sentiment"}]})
@@ -289,3 +305,45 @@ def test_the_supervisor_refuses_a_server_without_the_key():
     server.admin_key = None
     with pytest.raises(ValueError, match="admin_key"):
         Supervisor(server)
+
+
+class _TimingOutProber:
+    """Every probe waits ``seconds`` and times out (a deployment that answers nothing)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def probe(self, deployment, timeout_s=None):
+        from trtserve_server.probes import ProbeResult
+
+        time.sleep(self.seconds)
+        return ProbeResult(deployment.name, Outcome.TIMEOUT, self.seconds,
+                           RequestTimeoutError("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"))
+
+
+@pytest.mark.parametrize("work, repaired", [("while True: pass", False), ("import time; time.sleep(60)", True)],
+                         ids=["computing-is-busy", "idle-is-hung"])
+def test_probe_timeouts_count_as_a_hang_only_when_the_stubs_compute_nothing(work, repaired):
+    """One long request (a question-answering context of ~90 windows) keeps the encoder busy for
+    seconds with nothing answered: its stub's CPU time says busy, not hung. An idle stub that
+    lets every probe time out is repaired after ``hang_confirmations`` timeouts."""
+    from trtserve_server import supervisor as sv
+    from trtserve_server.processes import cpu_seconds
+
+    stand_in = subprocess.Popen([sys.executable, "-c", work])
+    try:
+        sup = sv.Supervisor(_FakeServer(0), sv.SupervisorSettings(hang_confirmations=3, busy_cpu_s=0.05))
+        sup.server.start()
+        sup._prober = _TimingOutProber(0.6)
+        sup._known_stubs = {"qa_encoder_0_0": stand_in.pid}
+        repairs = []
+        sup._repair = lambda deployment, result, stuck, detected: repairs.append(deployment.name)
+        qa = Deployment("qa", "question_answering", ("qa", "qa_tokenizer", "qa_encoder", "qa_postprocess"))
+        for _ in range(3):
+            sup._check(qa, "interval")
+        assert cpu_seconds(stand_in.pid) is not None
+        assert repairs == (["qa"] if repaired else []), repairs
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert cpu_seconds(stand_in.pid) is None  # gone

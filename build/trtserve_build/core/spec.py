@@ -21,6 +21,7 @@ from .instances import resolve_topology, validate_serving
 from .lazy import lazy_import
 from .paths import REPO_ROOT
 from .stamps import digest
+from .task_spec import SECTIONS as TASK_SECTIONS, HeadSpec, NERSpec, QASpec, parse_task_sections, validate_task_sections
 from .tasks import get_task
 
 onnx = lazy_import("onnx")
@@ -159,6 +160,8 @@ class DeploymentSpec:
     engines: dict[str, EngineSpec]
     training: TrainingSpec | None = None
     precision: PrecisionSpec = field(default_factory=PrecisionSpec)
+    windows: QASpec | NERSpec | None = None  # [question_answering] | [token_classification]
+    head: HeadSpec | None = None
     source: Path | None = field(default=None, compare=False)
 
     # ---- derived names: one spelling for producers and consumers -------------------
@@ -193,7 +196,7 @@ class DeploymentSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
-        return d
+        return {k: v for k, v in d.items() if v is not None or k not in ("windows", "head")}
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of selected spec sections, used to key caches."""
@@ -249,7 +252,7 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
     """Build and validate a :class:`DeploymentSpec` from a parsed TOML document."""
     where = str(source or "<spec>")
     data = dict(data)
-    allowed = {"name", "task", "model", "batching", "export", "engine", "training", "precision"}
+    allowed = {"name", "task", "model", "batching", "export", "engine", "training", "precision", "head", *TASK_SECTIONS}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise SpecError(f"{where}: unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -259,10 +262,9 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
     model = _build(ModelSpec, data["model"], f"{where} [model]")
     batching = _build(BatchingSpec, data.get("batching", {}), f"{where} [batching]")
     export = _build(ExportSpec, data.get("export", {}), f"{where} [export]")
-    training = (
-        _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
-    )
+    training = _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
     precision = _parse_precision(data.get("precision", {}), f"{where} [precision]")
+    windows, head = parse_task_sections(data, where, _build)
     engines = {}
     for variant, section in data["engine"].items():
         if variant not in VARIANTS:
@@ -277,6 +279,7 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
         engines=engines,
         training=training,
         precision=precision,
+        windows=windows, head=head,
         source=source,
     )
     validate(spec)
@@ -323,6 +326,7 @@ def validate(spec: DeploymentSpec) -> None:
             f"max_queue_delay_microseconds ({b.max_queue_delay_microseconds}), or every request that "
             "waits for a batch to fill could be rejected; raise it or set 0 for no timeout"
         )
+    validate_task_sections(spec, where)
     if spec.export.opset < 17:
         raise SpecError(f"{where}: export.opset must be >= 17 (LayerNormalization)")
     _validate_precision(spec.precision, where)

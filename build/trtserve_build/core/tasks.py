@@ -7,7 +7,7 @@ head the exported graph holds (models/heads.py). Unknown task names are a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import trtserve_contract as contract
@@ -41,10 +41,24 @@ class Task:
     hf_auto_class: str
     #: The encoder's output tensor name (what the task head returns).
     encoder_output_name: str
+    #: The ensemble's inputs (TEXT, or QUESTION and CONTEXT).
+    ensemble_inputs: tuple[TensorDecl, ...] = field(default_factory=lambda: (TEXT_DECL,))
+    #: Windowed tasks: one encoder row per window; the tokenizer also hands the postprocess
+    #: WINDOW_DECLS (trtserve_backend.windows), and the encoder output has a token axis.
+    windowed: bool = False
+    #: Windowed tasks whose postprocess also reads the token ids (NER: the words of the entities).
+    postprocess_reads_token_ids: bool = False
 
 
 ENCODER_INPUT_DECLS = tuple(TensorDecl(n, "TYPE_INT64", (-1,)) for n in contract.ENCODER_INPUTS)
 TEXT_DECL = TensorDecl(contract.TEXT, "TYPE_STRING", (1,))
+QA_INPUT_DECLS = (TensorDecl(contract.QUESTION, "TYPE_STRING", (1,)), TensorDecl(contract.CONTEXT, "TYPE_STRING", (1,)))
+#: Tokenizer -> postprocess tensors of the windowed tasks (one row per window).
+WINDOW_DECLS = (
+    TensorDecl(contract.TOKEN_SPANS, "TYPE_INT32", (-1, 2)),
+    TensorDecl(contract.WINDOW_ITEM, "TYPE_INT32", (1,)),
+    TensorDecl(contract.ITEM_TEXT, "TYPE_STRING", (1,)),
+)
 
 TASKS: dict[str, Task] = {
     contract.CLASSIFICATION: Task(
@@ -68,6 +82,35 @@ TASKS: dict[str, Task] = {
         description="sentence embedding: mean pooling over the attention mask, L2-normalised",
         hf_auto_class="AutoModel",
         encoder_output_name=contract.POOLED,
+    ),
+    contract.QUESTION_ANSWERING: Task(
+        name=contract.QUESTION_ANSWERING,
+        needs_labels=False,
+        encoder_output=lambda hidden, labels: TensorDecl(contract.LOGITS, "TYPE_FP32", (-1, 2)),
+        ensemble_outputs=lambda hidden, labels: (
+            TensorDecl(contract.ANSWER, "TYPE_STRING", (1,)),
+            TensorDecl(contract.SCORE, "TYPE_FP32", (1,)),
+            TensorDecl(contract.START, "TYPE_INT32", (1,)),
+            TensorDecl(contract.END, "TYPE_INT32", (1,)),
+        ),
+        description="extractive question answering over context windows: start/end logits per token, "
+                    "spans scored across windows as transformers' question-answering pipeline",
+        hf_auto_class="AutoModelForQuestionAnswering",
+        encoder_output_name=contract.LOGITS,
+        ensemble_inputs=QA_INPUT_DECLS,
+        windowed=True,
+    ),
+    contract.TOKEN_CLASSIFICATION: Task(
+        name=contract.TOKEN_CLASSIFICATION,
+        needs_labels=True,
+        encoder_output=lambda hidden, labels: TensorDecl(contract.LOGITS, "TYPE_FP32", (-1, labels)),
+        ensemble_outputs=lambda hidden, labels: (TensorDecl(contract.ENTITIES, "TYPE_STRING", (1,)),),
+        description="token classification (NER) over text windows: label logits per token, entities "
+                    "aggregated and merged across windows as transformers' token-classification pipeline",
+        hf_auto_class="AutoModelForTokenClassification",
+        encoder_output_name=contract.LOGITS,
+        windowed=True,
+        postprocess_reads_token_ids=True,
     ),
 }
 

@@ -2,7 +2,9 @@
 on top of a Hugging Face model, per task of the registry (core/tasks.py).
 
 ``classification``: the logits of ``...ForSequenceClassification``; ``embedding``: the mean of
-the last hidden state over real (unmasked) tokens, as sentence-transformers. Both return FP32
+the last hidden state over real (unmasked) tokens, as sentence-transformers;
+``question_answering``: start and end logits per token, stacked as [batch, tokens, 2];
+``token_classification``: the label logits per token, [batch, tokens, labels]. Both return FP32
 (an FP16 model's output is cast; pooling runs in FP32, since a sum over 256 tokens loses
 digits in FP16). For an FP32 model no cast is traced, so the exported graph is unchanged.
 """
@@ -19,7 +21,8 @@ from ..core.lazy import lazy_import
 
 torch = lazy_import("torch")
 
-HEAD_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK)
+HEAD_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK, contract.QUESTION_ANSWERING,
+              contract.TOKEN_CLASSIFICATION)
 
 
 @functools.cache
@@ -44,8 +47,11 @@ def _task_module_class():
         def forward(self, *inputs):
             feeds = dict(zip(self.input_names, inputs))
             out = self.inner(**feeds)
-            if self.task == contract.CLASSIFICATION:
+            if self.task in (contract.CLASSIFICATION, contract.TOKEN_CLASSIFICATION):
                 logits = out.logits
+                return logits if logits.dtype == torch.float32 else logits.float()
+            if self.task == contract.QUESTION_ANSWERING:
+                logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
                 return logits if logits.dtype == torch.float32 else logits.float()
             hidden = out.last_hidden_state
             if hidden.dtype != torch.float32:

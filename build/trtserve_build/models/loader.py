@@ -38,7 +38,8 @@ def load_task_model(checkpoint: str | Path, task: str, *, labels: Sequence[str] 
     config = transformers.AutoConfig.from_pretrained(str(checkpoint))
     model = _auto_class(task).from_pretrained(str(checkpoint), attn_implementation=attn_implementation,
                                               **_extra_kwargs(task, config))
-    if task == contract.CLASSIFICATION and labels is not None and model.config.num_labels != len(labels):
+    labelled = task in (contract.CLASSIFICATION, contract.TOKEN_CLASSIFICATION)
+    if labelled and labels is not None and model.config.num_labels != len(labels):
         raise ExportError(
             f"checkpoint {checkpoint} has {model.config.num_labels} labels, "
             f"the spec lists {len(labels)}: {list(labels)}"
@@ -56,6 +57,15 @@ def new_classifier(base: str | Path, labels: Sequence[str], seed: int):
         label2id={name: i for i, name in enumerate(labels)},
         problem_type="single_label_classification",
     )
+
+
+def seeded_task_model(base: str | Path, task: str, labels: Sequence[str], seed: int):
+    """The base encoder with a task head drawn from ``seed`` (labels name its classes, if any):
+    exercises every stage; its predictions are arbitrary."""
+    torch.manual_seed(seed)
+    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+              "label2id": {name: i for i, name in enumerate(labels)}} if labels else {}
+    return _auto_class(task).from_pretrained(str(base), **kwargs).eval()
 
 
 def random_task_model(config, task: str, seed: int = 0):

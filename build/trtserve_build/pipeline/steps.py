@@ -1,12 +1,20 @@
-"""The steps every orchestration starts with: the checkpoint (trained when the spec says so)
-exported and checked, and a precision's graph of that export. Both cached."""
+"""The steps every orchestration starts with: the checkpoint (trained, or given a seeded task
+head, when the spec says so) exported and checked, and a precision's graph of that export. All
+cached."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+from ..core.files import make_readable, replace_dir, temp_dir_beside
+from ..core.lazy import lazy_import
 from ..core.paths import export_dir
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
+from ..core.stamps import read_json
+from ..data.checkpoints import resolve_checkpoint
+from ..models.loader import seeded_task_model
 from ..data.tokenizer import spec_encoder
 from ..stages import calibrate as calibrate_stage
 from ..stages import export as export_stage
@@ -14,9 +22,32 @@ from ..stages import precision as precision_stage
 from ..stages import train as train_stage
 
 
+transformers = lazy_import("transformers")
+#: Beside a checkpoint made from ``[head]``: what it was made from.
+HEAD_STAMP = "trtserve_head.json"
+
+
+def ensure_seeded_head(spec: DeploymentSpec) -> Path:
+    """``model.checkpoint``, made on first use from ``[head]``: the base encoder with a task head
+    drawn from the seed (remade when the base, seed, task or labels change)."""
+    target = Path(spec.checkpoint_path())
+    made_from = {**dataclasses.asdict(spec.head), "task": spec.task, "labels": list(spec.model.labels)}
+    if (target / "config.json").exists() and read_json(target / HEAD_STAMP) == made_from:
+        return target
+    base = resolve_checkpoint(spec.head.base_checkpoint)
+    tmp = temp_dir_beside(target, prefix=f".{target.name}-")
+    seeded_task_model(base, spec.task, spec.model.labels, spec.head.seed).save_pretrained(tmp)
+    transformers.AutoTokenizer.from_pretrained(str(base)).save_pretrained(tmp)
+    (tmp / HEAD_STAMP).write_text(json.dumps(made_from, indent=2) + "\n")
+    make_readable(tmp)
+    replace_dir(tmp, target)
+    return target
+
+
 def export(spec: DeploymentSpec, *, force: bool = False) -> ExportManifest:
-    """The checkpoint (fine-tuned first when the spec trains one), exported and checked (cached)."""
-    checkpoint = train_stage.ensure_trained(spec)
+    """The checkpoint (fine-tuned first when the spec trains one, or given its seeded head),
+    exported and checked (cached)."""
+    checkpoint = ensure_seeded_head(spec) if spec.head is not None else train_stage.ensure_trained(spec)
     return export_stage.export(spec, checkpoint, force=force)
 
 

@@ -89,7 +89,7 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
     try:
         onnx_path = tmp / ONNX_FILE
         dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
-        dynamic[output] = {0: "batch"}
+        dynamic[output] = {0: "batch", 1: "sequence"} if task.windowed else {0: "batch"}
         try:
             with torch.no_grad():
                 torch.onnx.export(

@@ -161,6 +161,8 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, configs: S
             shutil.copy2(artifacts / TOKENIZER_FILE, version / TOKENIZER_FILE)
         elif config.name == spec.postprocess_model:
             _install_python_model(version, "postprocess")
+            if spec.windows is not None:  # NER words, QA nothing; one copy keeps both models alike
+                shutil.copy2(artifacts / TOKENIZER_FILE, version / TOKENIZER_FILE)
         elif config.name == spec.encoder_model:
             if engine.backend in ("onnxruntime", "torch"):
                 _install_python_model(version, "onnx_encoder" if engine.backend == "onnxruntime" else "torch_encoder")

@@ -45,6 +45,7 @@ from ..core.host import UNKNOWN, gpu_compute_capability
 from ..core.paths import record_path
 from ..core.records import EngineRecord
 from ..core.spec import DeploymentSpec
+from ..core.task_spec import encoder_max_batch_size
 from ..runtime.tensorrt import TensorRTFlavour, detect_tensorrt
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def profiles_from_spec(spec: DeploymentSpec) -> list[Profile]:
       two middles for an even count). TensorRT tunes kernels for the opt shape; the median
       bucket sits where typical sentence traffic lands and keeps tuning away from both the
       short and the long extreme (embed: buckets 16..256 -> 64).
-    * max = (``batching.max_batch_size``, ``model.max_sequence_length``) so that every batch
+    * max = (``batching.max_batch_size`` (windows: ``max_windows``), ``model.max_sequence_length``) so that every batch
       Triton's dynamic batcher can form, at every bucket, is inside the profile.
 
     One profile keeps the plan small and the Triton config simple; several profiles (one per
@@ -147,7 +148,7 @@ def profiles_from_spec(spec: DeploymentSpec) -> list[Profile]:
         Profile(
             min=(1, buckets[0]),
             opt=(b.optimal_batch_size, opt_seq),
-            max=(b.max_batch_size, m.max_sequence_length),
+            max=(encoder_max_batch_size(spec), m.max_sequence_length),
         )
     ]
 

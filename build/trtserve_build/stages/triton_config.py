@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import trtserve_contract as contract
+
 from trtserve_backend.parameters import (
     ModelParameters,
     OrtEncoderParameters,
@@ -25,7 +27,8 @@ from ..core.instances import host_sized
 from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
-from ..core.tasks import ENCODER_INPUT_DECLS, TEXT_DECL, TensorDecl, get_task
+from ..core.task_spec import NERSpec, QASpec, encoder_max_batch_size, window_stride
+from ..core.tasks import ENCODER_INPUT_DECLS, WINDOW_DECLS, TensorDecl, get_task
 
 
 def _tensor(cls, decl: TensorDecl):
@@ -41,8 +44,12 @@ def _outputs(decls: Iterable[TensorDecl]):
 
 
 def _parameters(config: mc.ModelConfig, params: ModelParameters) -> None:
-    """The Python model's typed parameters (trtserve_backend.parameters), as its model.py reads them."""
+    """The Python model's typed parameters (trtserve_backend.parameters), as its model.py reads them.
+    The one model holds several steps' parameters: a key two of them share must mean one value."""
     for key, text in params.to_config().items():
+        if key in config.parameters and config.parameters[key].string_value != text:
+            raise ConfigError(f"{config.name}: parameter {key!r} is {config.parameters[key].string_value!r} for one "
+                              f"step and {text!r} for {type(params).__name__}")
         config.parameters[key].string_value = text
 
 
@@ -94,13 +101,35 @@ def ensemble_output_decls(spec: DeploymentSpec, manifest: ExportManifest) -> tup
     return get_task(spec.task).ensemble_outputs(manifest.hidden_size, manifest.num_labels)
 
 
+def window_decls(spec: DeploymentSpec) -> tuple[TensorDecl, ...]:
+    """Tokenizer -> postprocess tensors beside the encoder's (the windowed tasks only)."""
+    return WINDOW_DECLS if get_task(spec.task).windowed else ()
+
+
+def postprocess_input_decls(spec: DeploymentSpec, manifest: ExportManifest) -> tuple[TensorDecl, ...]:
+    task = get_task(spec.task)
+    token_ids = tuple(d for d in encoder_input_decls(manifest) if d.name == contract.INPUT_IDS)
+    return (encoder_output_decl(spec, manifest), *window_decls(spec),
+            *(token_ids if task.postprocess_reads_token_ids else ()))
+
+
+def _window_parameters(spec: DeploymentSpec) -> dict:
+    """The windowed task's tokenizer parameters (none for the other tasks)."""
+    w = spec.windows
+    if w is None:
+        return {}
+    qa = isinstance(w, QASpec)
+    return {"task": spec.task, "stride": window_stride(w), "max_windows": w.max_windows,
+            "max_question_length": w.max_question_length if qa else 0, "align_to_words": qa and w.align_to_words}
+
+
 def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=spec.tokenizer_model,
         backend="python",
         max_batch_size=spec.batching.max_batch_size,
-        input=_inputs([TEXT_DECL]),
-        output=_outputs(encoder_input_decls(manifest)),
+        input=_inputs(get_task(spec.task).ensemble_inputs),
+        output=_outputs((*encoder_input_decls(manifest), *window_decls(spec))),
         dynamic_batching=_dynamic_batching(spec, preferred=False, bounded=True),
         instance_group=_cpu_instances(host_sized(spec, variant, "tokenizer_instances")),
     )
@@ -116,6 +145,7 @@ def _tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> Tok
         pad_token_id=manifest.pad_token_id,
         max_request_text_bytes=spec.batching.max_request_text_bytes,
         max_request_texts=spec.batching.max_request_texts,
+        **_window_parameters(spec),
     )
 
 
@@ -123,7 +153,7 @@ def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str)
     engine = spec.engine(variant)
     config = mc.ModelConfig(
         name=spec.encoder_model,
-        max_batch_size=spec.batching.max_batch_size,
+        max_batch_size=encoder_max_batch_size(spec),
         input=_inputs(encoder_input_decls(manifest)),
         output=_outputs([encoder_output_decl(spec, manifest)]),
         dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
@@ -154,13 +184,16 @@ def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters
     engine = spec.engine(variant)
     # merge_lengths: the class's default, "group" (the reason is documented on the field)
     return OrtEncoderParameters(onnx_file=ONNX_FILE, intra_op_threads=host_sized(spec, variant, "intra_op_threads"),
-                                precision=engine.precision)
+                                precision=engine.precision,
+                                # windows: a request may bring max_windows rows; attention memory grows
+                                # with rows x length^2
+                                max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0)
 
 
 def _torch_parameters(spec: DeploymentSpec, variant: str) -> TorchEncoderParameters:
     engine = spec.engine(variant)
     batch_sizes = engine.cuda_graph_batch_sizes or default_graph_batch_sizes(
-        spec.batching.max_batch_size, spec.batching.preferred_batch_sizes)
+        encoder_max_batch_size(spec), spec.batching.preferred_batch_sizes)
     # output_device, FORCE_CPU_ONLY_INPUT_TENSORS and merge_lengths: the class's defaults
     # (what the GPU engine wants; the reasons are documented on the fields).
     return TorchEncoderParameters(
@@ -195,62 +228,80 @@ def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest, variant: 
     config = mc.ModelConfig(
         name=spec.postprocess_model,
         backend="python",
-        max_batch_size=spec.batching.max_batch_size,
-        input=_inputs([encoder_output_decl(spec, manifest)]),
+        max_batch_size=encoder_max_batch_size(spec),
+        input=_inputs(postprocess_input_decls(spec, manifest)),
         output=_outputs(ensemble_output_decls(spec, manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=False),
         instance_group=_cpu_instances(host_sized(spec, variant, "postprocess_instances")),
     )
-    _parameters(config, PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels)))
+    _parameters(config, _postprocess_parameters(spec))
     return config
+
+
+def _postprocess_parameters(spec: DeploymentSpec) -> PostprocessParameters:
+    w = spec.windows
+    extra: dict = {}
+    if isinstance(w, QASpec):
+        extra = {"n_best": w.n_best, "max_answer_length": w.max_answer_length,
+                 "handle_impossible_answer": w.handle_impossible_answer, "align_to_words": w.align_to_words}
+    elif isinstance(w, NERSpec):
+        extra = {"aggregation_strategy": w.aggregation_strategy, "tokenizer_file": TOKENIZER_FILE}
+    return PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels), **extra)
 
 
 def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
     """The single topology: ``<name>`` is one Python model (trtserve_backend.pipeline) with the
-    ensemble's name, input, outputs and bounded queue, and the three steps' typed parameters."""
+    ensemble's name, inputs, outputs and bounded queue, and the three steps' typed parameters;
+    the tensors the ensemble wires from its tokenizer to its postprocess (the windowed tasks'
+    spans, window -> item map, item texts, token ids) are named as the pipeline's side inputs."""
     engine = spec.engine(variant)
     gpu = engine.backend == "torch"
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    encoder_out = encoder_output_decl(spec, manifest)
     config = mc.ModelConfig(
         name=spec.name,
         backend="python",
         max_batch_size=spec.batching.max_batch_size,
-        input=_inputs([TEXT_DECL]),
+        input=_inputs(get_task(spec.task).ensemble_inputs),
         output=_outputs(ensemble_output_decls(spec, manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
         instance_group=[mc.ModelInstanceGroup(kind=kind, count=host_sized(spec, variant, "instance_count"))],
     )
+    side = tuple(d.name for d in postprocess_input_decls(spec, manifest) if d.name != encoder_out.name)
     for params in (_tokenizer_parameters(spec, manifest),
                    _torch_parameters(spec, variant) if gpu else _onnx_parameters(spec, variant),
-                   PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels)),
+                   _postprocess_parameters(spec),
                    PipelineParameters(engine_backend=engine.backend,
                                       encoder_inputs=tuple(d.name for d in encoder_input_decls(manifest)),
-                                      encoder_output=encoder_output_decl(spec, manifest).name)):
+                                      encoder_output=encoder_out.name, side_inputs=side)):
         _parameters(config, params)
     return config
 
 
 def ensemble_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
-    """TEXT -> tokenizer -> encoder -> postprocess; internal tensors keep their own names."""
+    """TEXT (QUESTION, CONTEXT) -> tokenizer -> encoder -> postprocess; internal tensors keep
+    their own names. The windowed tasks' tokenizer also feeds the postprocess directly."""
     inputs = encoder_input_decls(manifest)
     encoder_out = encoder_output_decl(spec, manifest)
     outputs = ensemble_output_decls(spec, manifest)
+    public = get_task(spec.task).ensemble_inputs
+    to_postprocess = postprocess_input_decls(spec, manifest)
     step = mc.ModelEnsembling.Step
     config = mc.ModelConfig(
         name=spec.name,
         platform="ensemble",
         max_batch_size=spec.batching.max_batch_size,
-        input=_inputs([TEXT_DECL]),
+        input=_inputs(public),
         output=_outputs(outputs),
         ensemble_scheduling=mc.ModelEnsembling(step=[
             step(model_name=spec.tokenizer_model, model_version=-1,
-                 input_map={TEXT_DECL.name: TEXT_DECL.name},
-                 output_map={d.name: d.name for d in inputs}),
+                 input_map={d.name: d.name for d in public},
+                 output_map={d.name: d.name for d in (*inputs, *window_decls(spec))}),
             step(model_name=spec.encoder_model, model_version=-1,
                  input_map={d.name: d.name for d in inputs},
                  output_map={encoder_out.name: encoder_out.name}),
             step(model_name=spec.postprocess_model, model_version=-1,
-                 input_map={encoder_out.name: encoder_out.name},
+                 input_map={d.name: d.name for d in to_postprocess},
                  output_map={d.name: d.name for d in outputs}),
         ]),
     )

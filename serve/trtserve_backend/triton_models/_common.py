@@ -47,21 +47,26 @@ def instance_device(args) -> str:
     return "cpu"
 
 
-def read_texts(requests, input_name: str, limits=None) -> tuple[list[list[str]], dict[int, str]]:
-    """Each request's texts (empty for a bad request) and {request index: error message}.
+def read_items(requests, input_names, limits=None) -> tuple[list[list], dict[int, str]]:
+    """Each request's items (empty for a bad request) and {request index: error message}: its
+    texts (one input, TEXT) or (question, context) pairs (two inputs, QUESTION and CONTEXT).
 
-    ``limits`` (a :class:`~trtserve_backend.limits.RequestLimits`) is checked on the raw tensor,
+    ``limits`` (a :class:`~trtserve_backend.limits.RequestLimits`) is checked on the raw tensors,
     before anything is decoded or tokenized."""
     from trtserve_backend.tokenize import InvalidTextError, decode_texts
 
-    texts, errors = [], {}
+    items, errors = [], {}
     for i, request in enumerate(requests):
         try:
-            tensor = input_array(request, input_name)
+            arrays = input_arrays(request, input_names)
             if limits is not None:
-                limits.check(tensor, input_name)
-            texts.append(decode_texts(tensor, input_name))
+                limits.check_inputs(arrays)
+            columns = [decode_texts(arrays[name], name) for name in input_names]
+            if len({len(c) for c in columns}) > 1:
+                counts = ", ".join(f"{name}: {len(c)}" for name, c in zip(input_names, columns))
+                raise InvalidTextError(f"inputs of different lengths ({counts}); send one of each per item")
+            items.append(columns[0] if len(columns) == 1 else list(zip(*columns)))
         except (InvalidTextError, KeyError) as e:
             errors[i] = str(e)
-            texts.append([])
-    return texts, errors
+            items.append([])
+    return items, errors
