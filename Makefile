@@ -88,9 +88,11 @@ layers: $(STAMP)
 arch-matrix: $(STAMP)
 	$(PY) -m bench.arch_matrix
 
+# perf_analyzer (the outside client): $PERF_ANALYZER, else bench/perf_analyzer_setup.sh finds or
+# prepares it (natively, or in a Debian trixie container where glibc is older than 2.38).
 bench: $(STAMP)
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) -m bench.bench_serving
+	PERF_ANALYZER="$${PERF_ANALYZER:-$$(PY=$(PY) bench/perf_analyzer_setup.sh || true)}" $(PY) -m bench.bench_serving $(BENCH_ARGS)
 
 EVAL_PROTOCOL ?= grpc
 EVAL_URL ?= 127.0.0.1:$(if $(filter http,$(EVAL_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
@@ -135,7 +137,7 @@ bench-matrix: $(STAMP)
 	$(PY) -m bench.bench_matrix $(if $(QUICK),--quick)
 
 gpu-pack: $(STAMP)
-	$(PY) -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu
+	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
 	bench/gpu/pack_device.sh
 
 gpu-bench:

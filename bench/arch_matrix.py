@@ -3,7 +3,9 @@
 ``run_matrix`` builds, for each (architecture, task), a spec naming the tiny seeded checkpoint
 folder, runs the pipeline's stages (export checked against PyTorch, fp16/hybrid/int8 graphs
 with their fidelity gate, TensorRT-RTX plans), generates ONE cpu repository holding every
-deployment, starts the real embedded Triton server once, and measures on real text:
+deployment (each one Python model, the cpu default; the same deployments are also generated as
+ensembles, whose configs are checked), starts the real embedded Triton server once, and
+measures on real text:
 
 - served parity: the served outputs against PyTorch (Hugging Face model + tokenizer), at the
   export tolerance;
@@ -37,6 +39,7 @@ from trtserve_build.data.datasets import corpus_texts
 from trtserve_build.models.tiny import LABELS, checkpoint_folder
 from trtserve_build.pipeline.build import build_engine, build_variant, with_precision
 from trtserve_build.pipeline.steps import export
+from trtserve_backend.parameters import PipelineParameters
 from trtserve_server.embedded import EmbeddedServer, Ports
 
 torch = lazy_import("torch")
@@ -56,7 +59,7 @@ def deployment_name(arch: str, task: str) -> str:
     return f"{arch.replace('-', '_')}_{SHORT[task]}"
 
 
-def matrix_spec(arch: str, task: str):
+def matrix_spec(arch: str, task: str, topology: str = "auto"):
     """A spec naming the architecture's local checkpoint folder (the way any user's would)."""
     data = {
         "name": deployment_name(arch, task), "task": task,
@@ -64,7 +67,8 @@ def matrix_spec(arch: str, task: str):
                   "length_buckets": list(BUCKETS), **({"labels": list(LABELS)} if task == "classification" else {})},
         "batching": {"max_batch_size": 64, "optimal_batch_size": 16},
         # one intra-op thread: fourteen encoders share the test machine's two cores
-        "engine": {"cpu": {"backend": "onnxruntime", "intra_op_threads": 1}, "gpu": {"backend": "tensorrt"}},
+        "engine": {"cpu": {"backend": "onnxruntime", "intra_op_threads": 1, "topology": topology},
+                   "gpu": {"backend": "tensorrt"}},
         "precision": {"calibration_samples": 64, "fidelity_samples": 64},
     }
     return parse_spec(data)
@@ -78,7 +82,7 @@ def matrix_texts() -> list[str]:
 
 # ---- the PyTorch reference ------------------------------------------------------------------
 def pytorch_reference(spec, texts: Sequence[str]) -> np.ndarray:
-    """What the ensemble must return, computed with transformers: probabilities or embeddings."""
+    """What the deployment must return, computed with transformers: probabilities or embeddings."""
     path = spec.model.checkpoint
     tok = transformers.AutoTokenizer.from_pretrained(path)
     auto = transformers.AutoModelForSequenceClassification if spec.task == "classification" else transformers.AutoModel
@@ -151,7 +155,7 @@ def _request(spec, texts: Sequence[str]):
 
 
 def served_outputs(client, spec, texts: Sequence[str]) -> np.ndarray:
-    """The ensemble's probabilities/embeddings for ``texts`` in one request."""
+    """The deployment's probabilities/embeddings for ``texts`` in one request."""
     name, request = _request(spec, texts)
     return client.infer(**request).as_numpy(name)
 
@@ -182,12 +186,17 @@ def serve_stage(spec, url: str, texts: Sequence[str], reference: np.ndarray) -> 
     return {"max_abs_diff_vs_pytorch": parity, "texts": len(texts), "batch_invariance_max_abs_diff": invariance}
 
 
-def declared_inputs(repo: Path, spec) -> dict:
-    """The encoder inputs the generated configs declare (tokenizer outputs, encoder inputs, ensemble map)."""
-    tokenizer = read_config(repo / spec.tokenizer_model / "config.pbtxt")
-    encoder = read_config(repo / spec.encoder_model / "config.pbtxt")
-    ensemble = read_config(repo / spec.name / "config.pbtxt")
-    return {"tokenizer_outputs": [t.name for t in tokenizer.output], "encoder_inputs": [t.name for t in encoder.input],
+def declared_inputs(repo: Path, ensembles: Path, spec) -> dict:
+    """The encoder inputs the generated configs declare: the served one model's (the cpu default,
+    its pipeline parameters) and, in the same deployment generated as an ensemble, the tokenizer's
+    outputs, the encoder's inputs and the ensemble's map."""
+    one = read_config(repo / spec.name / "config.pbtxt")
+    tokenizer = read_config(ensembles / spec.tokenizer_model / "config.pbtxt")
+    encoder = read_config(ensembles / spec.encoder_model / "config.pbtxt")
+    ensemble = read_config(ensembles / spec.name / "config.pbtxt")
+    pipeline = PipelineParameters.from_parameters({k: v.string_value for k, v in one.parameters.items()})
+    return {"pipeline_encoder_inputs": list(pipeline.encoder_inputs),
+            "tokenizer_outputs": [t.name for t in tokenizer.output], "encoder_inputs": [t.name for t in encoder.input],
             "ensemble_step_inputs": list(ensemble.ensemble_scheduling.step[1].input_map)}
 
 
@@ -204,8 +213,11 @@ def run_matrix(architectures: Sequence[str] = tuple(A.ARCHITECTURES), tasks: Seq
                 servable.append((spec, rec))
     texts = matrix_texts()
     repo = build_variant([s for s, _ in servable], "cpu", Path(workdir) / "repository" / "cpu")
+    # the same deployments generated as ensembles too (not served): their configs are checked
+    ensembles = build_variant([matrix_spec(rec["architecture"], rec["task"], "ensemble") for _, rec in servable],
+                              "cpu", Path(workdir) / "repository" / "cpu_ensemble")
     for spec, rec in servable:
-        _stage(rec, "repository", lambda: declared_inputs(repo, spec))
+        _stage(rec, "repository", lambda: declared_inputs(repo, ensembles, spec))
     server = EmbeddedServer(repo, Ports.free(), log_path=Path(workdir) / "triton.log")
     server.start()
     try:

@@ -1,11 +1,14 @@
-"""`make bench`: the served `sentiment` ensemble against the same model in-process, side by side.
+"""`make bench`: the served `sentiment` deployment against the same model in-process, side by side.
 
 Measured in one run on one machine, on real review snippets:
-  * served over gRPC: throughput with 8 concurrent clients, p50/p95 at concurrency 1;
+  * served over gRPC: throughput with 8 concurrent clients, p50/p95 at concurrency 1, by the
+    Python client interleaved with the in-process subjects, and by perf_analyzer (Triton's C++
+    client, an outside process; bench/perf_analyzer_setup.sh finds or prepares it) after them;
   * the Hugging Face `pipeline` (PyTorch) in-process, one text per call;
   * raw ONNX Runtime in-process on the exported graph (fast tokenizer + session.run + softmax).
-Targets (issue #2): served throughput >= 1.5x the pipeline's; served p50 at concurrency 1
-<= raw ONNX Runtime p50 + 3 ms. Prints a table and writes results/bench_serving.json.
+Targets (issue #13; perf_analyzer's numbers when it ran, else the Python client's): served
+throughput >= 2x the pipeline's; served p50 at concurrency 1 <= raw ONNX Runtime p50 + 1 ms.
+Prints a table and writes results/bench_serving.json.
 """
 from __future__ import annotations
 
@@ -97,38 +100,43 @@ def served_throughput(url: str, texts: list[str], concurrency: int, seconds: flo
     return sum(counts), time.perf_counter() - start, sum(errors)
 
 
-def encoder_batch_stats(grpc_url: str) -> dict[str, float]:
+def engine_model(repository: Path, deployment: str = "sentiment") -> str:
+    """The model that runs the engine: the ensemble's encoder, or the one model (single topology)."""
+    encoder = f"{deployment}_encoder"
+    return encoder if (Path(repository) / encoder).is_dir() else deployment
+
+
+def encoder_batch_stats(grpc_url: str, model: str = "sentiment_encoder") -> dict[str, float]:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
-    stats = client.get_inference_statistics("sentiment_encoder", as_json=True)["model_stats"][0]
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     client.close()
     return {"inferences": int(stats["inference_count"]), "executions": int(stats["execution_count"])}
 
 
-STEPS = ("sentiment", "sentiment_tokenizer", "sentiment_encoder", "sentiment_postprocess")
-
-
-def step_stats(grpc_url: str) -> dict[str, dict]:
+def step_stats(grpc_url: str, deployment: str = "sentiment") -> dict[str, dict]:
+    """Statistics of the deployment's models: the one model, or the ensemble and its steps."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     stats = client.get_inference_statistics("", as_json=True)["model_stats"]
     client.close()
-    return {m["name"]: m["inference_stats"] for m in stats if m["name"] in STEPS}
+    return {m["name"]: m["inference_stats"] for m in stats
+            if m["name"] == deployment or m["name"].startswith(f"{deployment}_")}
 
 
 def per_request_us(after: dict, before: dict) -> dict[str, dict[str, float]]:
     """Average microseconds per request in each step between two statistics snapshots."""
     out = {}
-    for name in STEPS:
-        a, b = after[name], before[name]
-        n = int(a["success"].get("count", 0)) - int(b["success"].get("count", 0))
+    for name in after:
+        a, b = after[name], before.get(name, {})
+        n = int(a["success"].get("count", 0)) - int(b.get("success", {}).get("count", 0))
         if n <= 0:
             continue
 
         def us(key: str) -> float:
-            return (int(a[key].get("ns", 0)) - int(b[key].get("ns", 0))) / n / 1000
+            return (int(a[key].get("ns", 0)) - int(b.get(key, {}).get("ns", 0))) / n / 1000
 
         out[name] = {k: us(k) for k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
     return out
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="subjects are measured in interleaved rounds so load drift hits all alike")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "bench_serving.json"))
+    parser.add_argument("--no-perf-analyzer", action="store_true", help="only the Python client")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the do-nothing ensemble (bench/ensemble_floor.py) latency row")
     args = parser.parse_args(argv)
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_floor:
         floor_repo = write_floor_repository(Path(args.repository), REPO_ROOT / "results" / "floor_repository")
         floor = EmbeddedServer(floor_repo, Ports.free(), log_path=REPO_ROOT / "results" / "bench_floor_triton.log")
+    engine = engine_model(Path(args.repository))
     with server, (floor or contextlib.nullcontext()):
         server.wait_ready(180)
         served_call, served_client = grpc_text_caller(server.grpc_url)
@@ -244,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "floor":  # latency only: nothing to serve at throughput
                     continue
                 if name == "served":
-                    before = encoder_batch_stats(server.grpc_url)
+                    before = encoder_batch_stats(server.grpc_url, engine)
                     n, elapsed, err = served_throughput(server.grpc_url, texts, args.concurrency, seconds)
-                    after = encoder_batch_stats(server.grpc_url)
+                    after = encoder_batch_stats(server.grpc_url, engine)
                     errors += err
                     batched[0] += after["inferences"] - before["inferences"]
                     batched[1] += after["executions"] - before["executions"]
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         served_client.close()
         if floor is not None:
             floor_client.close()
+        outside = outside_client(server, floor, texts, args)
 
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "processor": cpu_model() or platform.processor() or platform.machine(),
@@ -271,14 +282,20 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = latency_summary(latency[name])
         if rounds_tp[name]:
             results[name].update(texts_per_s=done[name][0] / done[name][1], texts_per_s_by_round=rounds_tp[name])
-    results["served"].update(concurrency=args.concurrency, errors=errors,
+    results["served"].update(concurrency=args.concurrency, errors=errors, engine_model=engine,
                              encoder_mean_batch=batched[0] / max(batched[1], 1),
                              c1_us_per_request_by_step=mean_step_times(c1_steps))
-    ratio = results["served"]["texts_per_s"] / results["pipeline"]["texts_per_s"]
-    overhead = results["served"]["p50_ms"] - results["onnxruntime"]["p50_ms"]
+    results.update(outside)
+    pa = outside.get("perf_analyzer", {})
+    client = "perf_analyzer" if "c1" in pa and "throughput" in pa else "python client"
+    served_tps = pa["throughput"]["infer_per_s"] if client == "perf_analyzer" else results["served"]["texts_per_s"]
+    served_p50 = pa["c1"]["p50_ms"] if client == "perf_analyzer" else results["served"]["p50_ms"]
+    ratio = served_tps / results["pipeline"]["texts_per_s"]
+    overhead = served_p50 - results["onnxruntime"]["p50_ms"]
     results["targets"] = {
-        "throughput_vs_pipeline": {"value": ratio, "target": ">= 1.5", "met": ratio >= 1.5},
-        "served_p50_minus_onnxruntime_p50_ms": {"value": overhead, "target": "<= 3.0", "met": overhead <= 3.0},
+        "throughput_vs_pipeline": {"value": ratio, "target": ">= 2.0", "met": ratio >= 2.0, "client": client},
+        "served_p50_minus_onnxruntime_p50_ms": {"value": overhead, "target": "<= 1.0", "met": overhead <= 1.0,
+                                                "client": client},
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
@@ -286,8 +303,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def outside_client(server, floor, texts: list[str], args) -> dict:
+    """perf_analyzer against the served model (c=1 and c=``args.concurrency``) and the floor (c=1)."""
+    import tempfile
+
+    from bench import perf_analyzer
+
+    pa = perf_analyzer.command()
+    if not pa or args.no_perf_analyzer:
+        return {"perf_analyzer": {"skipped": "no perf_analyzer here (bench/perf_analyzer_setup.sh)"}}
+    work = Path(tempfile.mkdtemp(prefix="bench-pa-"))  # under /tmp: a container sees it too
+    data = perf_analyzer.write_input_data(texts[:1000], work / "texts.json")
+    out = {"command": " ".join(pa)}
+    print("perf_analyzer: served c=1, c=%d; floor c=1" % args.concurrency, file=sys.stderr)
+    for key, url, c in (("c1", server.grpc_url, 1), ("throughput", server.grpc_url, args.concurrency),
+                        ("floor_c1", floor.grpc_url if floor else None, 1)):
+        if url:
+            with perf_analyzer.Sampler(gpu=False, root=server.process.pid) as sampler:
+                out[key] = perf_analyzer.run("sentiment", url, c, data, measurement_ms=4000, pa=pa, workdir=work)
+            out[key]["load"] = sampler.result
+    return {"perf_analyzer": out}
+
+
 def print_table(r: dict) -> None:
-    rows = [("served (Triton ensemble, gRPC)", "served"), ("  same ensemble, models do nothing", "floor"),
+    rows = [("served (Triton, gRPC, Python client)", "served"), ("  same models doing nothing", "floor"),
             ("HF pipeline (PyTorch, in-process)", "pipeline"), ("raw ONNX Runtime (in-process)", "onnxruntime")]
     print(f"\nsentiment on {r['machine']['cpus']} CPU cores ({r['machine']['processor']}), {r['date']}, "
           f"{r['rounds']} interleaved rounds")
@@ -308,13 +347,22 @@ def print_table(r: dict) -> None:
     if steps:
         parts = ", ".join(f"{name.split('_')[-1]} {v['success'] / 1000:.2f}" for name, v in steps.items()
                           if name != "sentiment")
-        print(f"served c=1, Triton statistics, mean ms per request: {parts}; whole ensemble "
+        print(f"served c=1, Triton statistics, mean ms per request: {parts or 'one model'}; whole deployment "
               f"{steps['sentiment']['success'] / 1000:.2f} (the rest of the client p50 is gRPC and the client)")
     if "floor" in r:
-        print(f"models doing nothing (bench/ensemble_floor.py): ensemble + 3 Python-backend hops + gRPC at c=1 cost "
+        print(f"models doing nothing (bench/ensemble_floor.py): Triton + the topology's Python hops + gRPC at c=1 cost "
               f"{r['floor']['p50_ms']:.2f} ms p50 on this machine before any work")
+    pa = r.get("perf_analyzer", {})
+    if "c1" in pa:
+        tp, floor = pa.get("throughput", {}), pa.get("floor_c1", {})
+        print(f"perf_analyzer (outside C++ client): served c=1 p50 {pa['c1'].get('p50_ms', float('nan')):.2f} ms, "
+              f"p95 {pa['c1'].get('p95_ms', float('nan')):.2f} ms; {tp.get('concurrency')} concurrent: "
+              f"{tp.get('infer_per_s', float('nan')):.1f} texts/s (p50 {tp.get('p50_ms', float('nan')):.2f} ms); floor c=1 "
+              f"p50 {floor.get('p50_ms', float('nan')):.2f} ms {pa['c1'].get('error', '')}{tp.get('error', '')}")
+    else:
+        print(f"perf_analyzer: {pa.get('skipped', 'not run')}")
     for name, t in r["targets"].items():
-        print(f"{name}: {t['value']:.2f} (target {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
+        print(f"{name} ({t['client']}): {t['value']:.2f} (target {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""The serving floor: the generated `sentiment` ensemble with models that do no work.
+"""The serving floor: a generated deployment whose models do no work.
 
-Copies the generated configs of `sentiment` and its three steps (same tensors, batching, queue
-policy, instances) into a scratch repository and gives each step a `model.py` that answers at
-once with outputs of the right names, types and shapes: no tokenization, no encoder, no
-softmax. Its latency at concurrency 1 is what Triton's ensemble, three Python-backend hops and
-gRPC cost on the machine before any model work; `make bench` prints it beside the real one.
+Copies the generated configs of a deployment (same tensors, batching, queue policy, instances)
+into a scratch repository and gives each Python model a `model.py` that answers at once with
+outputs of the right names, types and shapes: no tokenization, no engine, no softmax. Its
+latency is what Triton, the topology's Python-backend hops and gRPC cost on the machine before
+any model work; `make bench` and `make gpu-bench` print it beside the real one.
+
+Both topologies: an ensemble (tokenizer -> encoder -> postprocess: three hops) or one Python
+model (one hop). ``encoder_hop=False`` drops nothing but marks the encoder step as the one a C++
+backend would run (the TensorRT `gpu` variant): it stays a do-nothing Python step here, so that
+floor is an upper bound for two Python hops plus one C++ hop.
 """
 from __future__ import annotations
 
@@ -13,78 +18,48 @@ from pathlib import Path
 
 from trtserve_build.core.pbtxt import read_config
 
-#: Each step's model.py: outputs shaped like the real ones, computed from nothing.
-_MODELS = {
-    "tokenizer": '''
+#: One model.py for every step: each output shaped [rows, *dims] from the config, filled with
+#: a constant (strings: the first label-like value), computed from nothing.
+_DO_NOTHING = '''
+import json
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-WIDTH = 16  # one length bucket
+WIDTH = 16  # variable token dimension: one length bucket
+DTYPES = {"TYPE_STRING": np.object_, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64,
+          "TYPE_INT32": np.int32}
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        import json
-        self.outputs = [o["name"] for o in json.loads(args["model_config"])["output"]]
+        config = json.loads(args["model_config"])
+        self.outputs = []
+        for out in config["output"]:
+            dims = [WIDTH if int(d) < 0 else int(d) for d in out.get("dims", [])]
+            dtype = DTYPES[out["data_type"]]
+            fill = b"positive" if dtype is np.object_ else 0.5
+            self.outputs.append((out["name"], dims, dtype, fill))
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            n = request.inputs()[0].as_numpy().shape[0]
-            tokens = np.ones((n, WIDTH), dtype=np.int64)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(name, tokens) for name in self.outputs]))
-        return responses
-''',
-    "encoder": '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        import json
-        out = json.loads(args["model_config"])["output"][0]
-        self.name, self.width = out["name"], int(out["dims"][0])
-
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-                    self.name, np.zeros((r.inputs()[0].as_numpy().shape[0], self.width), dtype=np.float32))])
-                for r in requests]
-''',
-    "postprocess": '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
             n = request.inputs()[0].as_numpy().shape[0]
             responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("LABEL", np.array([[b"positive"]] * n, dtype=np.object_)),
-                pb_utils.Tensor("SCORE", np.full((n, 1), 0.5, dtype=np.float32)),
-                pb_utils.Tensor("PROBABILITIES", np.full((n, 2), 0.5, dtype=np.float32)),
-            ]))
+                pb_utils.Tensor(name, np.full([n, *dims], fill, dtype=dtype)) for name, dims, dtype, fill in self.outputs]))
         return responses
-''',
-}
+'''
 
 
-def write_floor_repository(source: Path, out: Path, ensemble: str = "sentiment") -> Path:
-    """A repository holding ``ensemble`` from ``source`` with do-nothing steps; returns ``out``."""
+def write_floor_repository(source: Path, out: Path, deployments: tuple[str, ...] | str = ("sentiment",)) -> Path:
+    """A repository (``out``, replaced) holding ``deployments`` from ``source`` with do-nothing models."""
     source, out = Path(source), Path(out)
-    config = read_config(source / ensemble / "config.pbtxt")
-    steps = {step.model_name: step for step in config.ensemble_scheduling.step}
-    if out.exists():
-        shutil.rmtree(out)
-    (out / ensemble / "1").mkdir(parents=True)
-    shutil.copy2(source / ensemble / "config.pbtxt", out / ensemble / "config.pbtxt")
-    for model in steps:
-        role = model.rsplit("_", 1)[-1]
-        if role not in _MODELS:
-            raise ValueError(f"{model}: no do-nothing model for step role {role!r}")
-        (out / model / "1").mkdir(parents=True)
-        shutil.copy2(source / model / "config.pbtxt", out / model / "config.pbtxt")
-        (out / model / "1" / "model.py").write_text(_MODELS[role].lstrip())
+    shutil.rmtree(out, ignore_errors=True)
+    for deployment in [deployments] if isinstance(deployments, str) else deployments:
+        config = read_config(source / deployment / "config.pbtxt")
+        for model in [deployment, *(step.model_name for step in config.ensemble_scheduling.step)]:
+            (out / model / "1").mkdir(parents=True)
+            shutil.copy2(source / model / "config.pbtxt", out / model / "config.pbtxt")
+            if model != deployment or config.platform != "ensemble":
+                (out / model / "1" / "model.py").write_text(_DO_NOTHING.lstrip())
     return out

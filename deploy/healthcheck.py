@@ -2,8 +2,9 @@
 
 ``/v2/health/ready`` alone is not enough: a Python-backend stub that died is not restarted and
 the server keeps saying "ready" while every request through that model fails. So after the
-readiness check this sends one short text through each ensemble (tokenizer, engine,
-postprocess), into every input its config names, all at once, and requires a 200 with outputs.
+readiness check this sends one short text through each deployment (tokenizer, engine,
+postprocess: an ensemble or one Python model), into every input its config names, all at once,
+and requires a 200 with outputs.
 
 A busy server is not a dead one: when a bounded queue rejects the probe (HTTP 503 "Request
 timeout expired" or "Exceeds maximum queue size", the specs' overload protection), the server

@@ -18,7 +18,7 @@ EXPOSE 8000 8001 8002
 # (model-control-mode none); latency quantiles (p50/p90/p95/p99) for the dashboard; shared
 # memory between Triton and each Python-backend stub, one region per model instance: 16 MiB
 # holds the largest request of the specs (qa: 128 windows x 384 tokens x 3 int64 tensors plus
-# token spans = 1.5 MiB) ten times over (compose: shm_size 2gb; Kubernetes: a 2 GiB memory
+# token spans = 1.5 MiB) ten times over (compose: shm_size 3gb; Kubernetes: a 3 GiB memory
 # emptyDir on /dev/shm).
 CMD ["tritonserver", \
      "--model-repository=/models/gpu", \

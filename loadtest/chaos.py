@@ -7,9 +7,13 @@ then for ``--duration`` seconds:
   each send one real review snippet every ``1/--rate`` seconds with
   ``RetryPolicy.through_recovery()``, and check every answer against the contract;
 - a fault injector waits a random ``--min-gap``..``--max-gap`` seconds, sends the next fault of
-  a shuffled cycle over :data:`loadtest.faults.FAULTS` to a random deployment, measures the
-  time to the next good answer (a separate client without retries), and repeats; it stops
-  injecting ``--quiet-tail`` seconds before the end.
+  a shuffled cycle over the faults of :data:`loadtest.faults.FAULTS` that the served tree has
+  targets for (:func:`~loadtest.faults.faults_for`: the one model's stub in the single
+  topology, each step's in an ensemble) to a random deployment it applies to, measures the time
+  to the supervisor's repair (its ``/status`` counts a reload or a restart) and to the next good
+  answer after it (a separate client without retries; with several instances of a model another
+  instance may answer at once, so the first good answer alone would not say the fault was
+  repaired), and repeats; it stops injecting ``--quiet-tail`` seconds before the end.
 
 It reports requests sent, answered, failed (an error after retries, or a wrong answer) and
 lost (sent and neither answered nor failed when the run ended), the recovery time of every
@@ -38,7 +42,7 @@ from trtserve_client import RetryPolicy, TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_server.embedded import Ports, free_port
 
-from .faults import FAULTS, descendants, inject, still_running, time_to_answer
+from .faults import FAULTS, descendants, faults_for, inject, still_running, time_to_answer
 from .workload import load_corpus
 
 DEPLOYMENTS = ("sentiment", "embed")
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
          "--status-port", str(status_port), "--log-file", str(log_path.with_suffix(".triton.log"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     faults: list[dict] = []
+    applicable: dict[str, tuple[str, ...]] = {}
     load_at_start = os.getloadavg()
     tally = Tally()
     stop = threading.Event()
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace) -> dict:
         _wait_banner(proc, 300, log)
         threading.Thread(target=_pump, args=(proc, log), daemon=True).start()
         deployments = tuple(args.deployments.split(","))
+        applicable.update({d: faults_for(proc.pid, d) for d in deployments})
+        kinds = [k for k in FAULTS if any(k in a for a in applicable.values())]
         clients = [threading.Thread(target=_client_loop, args=(i, ports, deployments, corpus, args.rate, stop, tally),
                                     daemon=True)
                    for i in range(args.clients)]
@@ -133,13 +140,17 @@ def run(args: argparse.Namespace) -> dict:
                 break
             time.sleep(gap)
             if not cycle:
-                cycle = list(FAULTS)
+                cycle = list(kinds)
                 rng.shuffle(cycle)
-            kind, deployment = cycle.pop(), rng.choice(deployments)
+            kind = cycle.pop()
+            deployment = rng.choice([d for d in deployments if kind in applicable[d]])
+            before = _repairs(status_port)
             fault = inject(kind, proc.pid, deployment, rng)
+            repaired = _wait_repaired(status_port, before, fault.at, limit_s=args.hard_limit * 2)
             recovery = time_to_answer(f"127.0.0.1:{ports.http}", deployment, fault.at, limit_s=args.hard_limit * 2)
             record = {"t_s": round(fault.at - start, 2), "kind": kind, "deployment": deployment,
-                      "target": fault.target, "recovery_s": None if recovery is None else round(recovery, 3)}
+                      "target": fault.target, "repaired_s": None if repaired is None else round(repaired, 3),
+                      "recovery_s": None if recovery is None or repaired is None else round(recovery, 3)}
             faults.append(record)
             print(f"chaos: {record}", flush=True)
         time.sleep(max(0.0, start + args.duration - time.monotonic()))
@@ -147,8 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         for t in clients:  # a request can take at most the retry deadline plus one timeout
             t.join(timeout=RetryPolicy.through_recovery().deadline_s + 35)
         in_flight = sum(t.is_alive() for t in clients)
-        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5) as r:
-            supervisor = json.loads(r.read())
+        supervisor = _status(status_port)
     finally:
         stop.set()
         server = descendants(proc.pid)
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     counts = tally.counts
     lost = counts["sent"] - counts["answered"] - counts["failed"]
     by_kind = {}
-    for kind in FAULTS:
+    for kind in (k for k in FAULTS if any(f["kind"] == k for f in faults)):
         times = [f["recovery_s"] for f in faults if f["kind"] == kind and f["recovery_s"] is not None]
         by_kind[kind] = {"n": sum(f["kind"] == kind for f in faults),
                          "median_s": round(statistics.median(times), 3) if times else None,
@@ -176,6 +186,7 @@ def run(args: argparse.Namespace) -> dict:
         "requests": {"sent": counts["sent"], "answered": counts["answered"], "failed": counts["failed"],
                      "lost": lost, "in_flight_at_end": in_flight},
         "errors": dict(tally.errors.most_common(10)),
+        "faults_by_deployment": {d: list(kinds) for d, kinds in applicable.items()},
         "faults": faults,
         "recovery_by_fault": by_kind,
         "supervisor": supervisor,
@@ -183,9 +194,32 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _repairs(port: int) -> int:
+    """Reloads and restarts the supervisor has done so far."""
+    status = _status(port)
+    return sum(status["reloads"].values()) + status["restarts_total"]
+
+
+def _wait_repaired(port: int, before: int, since: float, limit_s: float) -> float | None:
+    """Seconds from ``since`` to the supervisor's next reload or restart (None: none within ``limit_s``)."""
+    while time.monotonic() < since + limit_s:
+        try:
+            if _repairs(port) > before:
+                return time.monotonic() - since
+        except OSError:  # the status server answers throughout; a refused read is retried
+            pass
+        time.sleep(0.05)
+    return None
+
+
 def _cpu() -> str:
     try:
-        from trtserve_build.host import cpu_model
+        from trtserve_build.core.host import cpu_model
 
         return cpu_model()
     except Exception:  # noqa: BLE001 - a report without a CPU name is still a report

@@ -3,12 +3,18 @@
 The faults of issue 15, each a real signal to a real process of the served tree:
 
 =================  ============================================================
-``kill-tokenizer``  SIGKILL the ``<deployment>_tokenizer`` Python stub
-``kill-encoder``    SIGKILL the ``<deployment>_encoder`` stub (the ONNX Runtime model)
-``kill-postprocess`` SIGKILL the ``<deployment>_postprocess`` stub
+``kill-stub``       SIGKILL a stub of the deployment (in the one-model topology, the
+                    one Python model that tokenizes, runs the engine and postprocesses)
+``kill-tokenizer``  SIGKILL the ``<deployment>_tokenizer`` stub (ensemble topology)
+``kill-encoder``    SIGKILL the ``<deployment>_encoder`` stub (an ensemble whose encoder
+                    is a Python model: ONNX Runtime or torch)
+``kill-postprocess`` SIGKILL the ``<deployment>_postprocess`` stub (ensemble topology)
 ``stop-stub``       SIGSTOP a stub of the deployment (a hang: it never answers)
 ``segv-server``     SIGSEGV ``tritonserver`` itself
 =================  ============================================================
+
+Which stubs exist depends on how the deployment is served: :func:`faults_for` names the faults
+that have a target in the running tree (the step faults only where the ensemble's steps run).
 
 :func:`time_to_answer` measures recovery as a user sees it: from the fault to the first
 request that gets a good answer, polling with a client that does not retry.
@@ -26,9 +32,12 @@ from trtserve_client import TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_server.processes import stubs_of
 
-__all__ = ["FAULTS", "Fault", "inject", "server_pid", "time_to_answer", "descendants", "still_running"]
+__all__ = ["FAULTS", "STEP_FAULTS", "Fault", "faults_for", "inject", "server_pid", "time_to_answer", "descendants",
+           "still_running"]
 
-FAULTS = ("kill-tokenizer", "kill-encoder", "kill-postprocess", "stop-stub", "segv-server")
+#: SIGKILL of the stub of one ensemble step (``<deployment>_<step>``)
+STEP_FAULTS = ("kill-tokenizer", "kill-encoder", "kill-postprocess")
+FAULTS = ("kill-stub", *STEP_FAULTS, "stop-stub", "segv-server")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,25 @@ def _wait_dead(pid: int, limit_s: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def _targets(kind: str, server: int, deployment: str) -> list:
+    """The running stubs of ``deployment`` that the stub fault ``kind`` may hit."""
+    stubs = [s for s in stubs_of(server) if s.instance.startswith(f"{deployment}_") and not s.stuck]
+    if kind in STEP_FAULTS:
+        return [s for s in stubs if s.instance.startswith(f"{deployment}_{kind.removeprefix('kill-')}_")]
+    if kind in ("kill-stub", "stop-stub"):
+        return stubs
+    raise ValueError(f"unknown fault {kind!r}; known: {FAULTS}")
+
+
+def faults_for(launcher_pid: int, deployment: str) -> tuple[str, ...]:
+    """The faults of :data:`FAULTS` that have a target for ``deployment`` in the running tree: a
+    one-model deployment has no step stubs, an ensemble around a C++ engine no encoder stub."""
+    server = server_pid(launcher_pid)
+    if server is None:
+        raise RuntimeError(f"no tritonserver under pid {launcher_pid}")
+    return tuple(k for k in FAULTS if k == "segv-server" or _targets(k, server, deployment))
+
+
 def inject(kind: str, launcher_pid: int, deployment: str, rng: random.Random | None = None) -> Fault:
     """Send the fault ``kind`` (one of :data:`FAULTS`) to the server under ``launcher_pid``."""
     rng = rng or random.Random()
@@ -115,15 +143,8 @@ def inject(kind: str, launcher_pid: int, deployment: str, rng: random.Random | N
         at = time.monotonic()
         _wait_dead(server)  # a dying server can still answer for a few ms: do not time those
         return Fault(kind, deployment, "tritonserver", server, at)
-    stubs = [s for s in stubs_of(server) if s.instance.startswith(f"{deployment}_") and not s.stuck]
-    if kind.startswith("kill-"):
-        step = kind.removeprefix("kill-")
-        stubs = [s for s in stubs if s.instance.startswith(f"{deployment}_{step}_")]
-        sig = signal.SIGKILL
-    elif kind == "stop-stub":
-        sig = signal.SIGSTOP
-    else:
-        raise ValueError(f"unknown fault {kind!r}; known: {FAULTS}")
+    stubs = _targets(kind, server, deployment)
+    sig = signal.SIGSTOP if kind == "stop-stub" else signal.SIGKILL
     if not stubs:
         raise RuntimeError(f"{kind}: no running stub of {deployment} under tritonserver {server}")
     stub = rng.choice(stubs)

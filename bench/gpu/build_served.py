@@ -1,10 +1,10 @@
-"""Build the served ``sentiment`` gpu_torch repository on the GPU machine, through the project's stages.
+"""Build the served ``sentiment`` and ``embed`` gpu_torch repositories on the GPU machine, through the project's stages.
 
 The sentiment checkpoint (90 MB FP32) does not travel with a 64 MiB run, so the encoder is the
 sentiment model's architecture (its config.json: MiniLM, 6 layers, hidden 384, 2 labels) with
 random weights (seeded); tokenizer.json and the export manifest are the real ones. The
-TorchScript is made by trtserve_build.stages.torchscript (traced on the GPU, checked against FP32 on
-real review snippets) and the repository by trtserve_build.stages.repository, as `make engines
+TorchScript is made by trtserve_build.stages.torchscript (traced on the GPU, checked against FP32
+on real review snippets) and the repository by trtserve_build.stages.repository, as `make engines
 VARIANT=gpu_torch` would. Writes FP32 reference probabilities for the served correctness check,
 and cross-checks the CPU build path (trace on the CPU, retarget to cuda) against the GPU trace.
 
@@ -25,15 +25,37 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve"), str(ROOT / "contract")]
+sys.path[:0] = [str(ROOT / "build"), str(ROOT / "serve"), str(ROOT / "contract"), str(ROOT)]
 
 from timing import gpu_info, write_json  # noqa: E402
 
 VARIANT = "gpu_torch"
 
 
+def with_topology(spec, topology: str):
+    """``spec`` with the gpu_torch variant served as ``topology`` (for the A/B against the default)."""
+    import dataclasses
+
+    engines = dict(spec.engines)
+    engines[VARIANT] = dataclasses.replace(spec.engine(VARIANT), topology=topology)
+    return dataclasses.replace(spec, engines=engines)
+
+
 def log(msg: str) -> None:
     print(f"[build_served {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _force_cpu(repositories) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from trtserve_build.core.pbtxt import read_config, write_config
+
+    for repo in repositories:
+        for path in Path(repo).glob("*/config.pbtxt"):
+            config = read_config(path)
+            for group in config.instance_group:
+                group.kind, group.count = mc.ModelInstanceGroup.KIND_CPU, 1
+            write_config(config, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", required=True, help="scratch folder: cache/, repository/, reference.json")
     parser.add_argument("--out", required=True, help="JSON summary")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deployments", default="sentiment,embed")
     parser.add_argument("--reference-texts", type=int, default=64)
     parser.add_argument("--skip-cpu-trace", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script on a machine without a GPU")
@@ -55,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import trtserve_contract as contract
-    from trtserve_backend.postprocess import softmax
+    from bench.ensemble_floor import write_floor_repository
+    from trtserve_backend.postprocess import l2_normalize, softmax
     from trtserve_build.core.metrics import Agreement
     from trtserve_build.core.paths import TOKENIZER_FILE, export_dir, torchscript_path
     from trtserve_build.core.records import ExportManifest
@@ -67,43 +90,60 @@ def main(argv: list[str] | None = None) -> int:
     from trtserve_build.pipeline.build import generate_repository, with_precision
     from trtserve_build.stages import torchscript as ts
 
-    spec = load_spec(ROOT / "deployments" / "sentiment.toml")
-    if args.precision:
-        spec = with_precision(spec, VARIANT, args.precision)
-    engine = spec.engine(VARIANT)
-    manifest = ExportManifest.read(export_dir(spec))
     texts = [t for t in (data / "texts.txt").read_text().splitlines() if t]
     summary: dict = {"machine": gpu_info(), "weights": f"random (seed {args.seed}), sentiment config.json architecture",
-                     "engine": {"precision": engine.precision, "attention": engine.attention}}
-
+                     "deployments": {}}
     device = args.device
-    model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
-    feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
-                             spec.model.length_buckets, manifest.pad_token_id,
-                             manifest.inputs).encode(texts[:args.reference_texts])
-    traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
-                                         feeds, ts.gate_for(spec, engine.precision), device=device,
-                                         target_device_type=torch.device(device).type,
-                                         pad_token_id=manifest.pad_token_id)
-    record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
-    record.fingerprint = f"random-{args.seed}"
-    path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
-    summary["torchscript"] = {"path": str(path), "bytes": path.stat().st_size, **record.metadata()}
-    log(f"TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
+    specs, plans, references = [], {}, {}
+    for name in args.deployments.split(","):
+        spec = load_spec(ROOT / "deployments" / f"{name}.toml")
+        if args.precision:
+            spec = with_precision(spec, VARIANT, args.precision)
+        engine = spec.engine(VARIANT)
+        manifest = ExportManifest.read(export_dir(spec))
+        model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
+        feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
+                                 spec.model.length_buckets, manifest.pad_token_id,
+                                 manifest.inputs).encode(texts[:args.reference_texts])
+        traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
+                                             feeds, ts.gate_for(spec, engine.precision), device=device,
+                                             target_device_type=torch.device(device).type,
+                                             pad_token_id=manifest.pad_token_id)
+        record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
+        record.fingerprint = f"random-{args.seed}"
+        path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
+        summary["deployments"][name] = {"torchscript": {"path": str(path), "bytes": path.stat().st_size,
+                                                        **record.metadata()}}
+        log(f"{name}: TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
+        # FP32 reference for the served check: the same random weights, texts padded as served.
+        with torch.no_grad():
+            raw = task_module(model, spec.task)(
+                *(torch.from_numpy(feeds[n]).to(device) for n in manifest.inputs)).float().cpu().numpy()
+        output, values = ("PROBABILITIES", softmax(raw)) if spec.task == "classification" else ("EMBEDDING", l2_normalize(raw))
+        references[name] = {"texts": texts[:args.reference_texts], "output": output, "values": values.tolist()}
+        specs.append(spec)
+        plans[name] = path
+        if name == "sentiment":
+            sentiment = (spec, engine, model, feeds, manifest, traced)
 
-    repo = generate_repository([spec], VARIANT, work / "repository", plans={spec.name: path})
-    summary["repository"] = str(repo)
-    log(f"repository {repo}: {sorted(p.name for p in repo.iterdir())}")
-
-    # FP32 reference for the served check: the same random weights, texts padded as served.
-    reference = task_module(model, spec.task)
-    with torch.no_grad():
-        logits = reference(*(torch.from_numpy(feeds[n]).to(device) for n in manifest.inputs)).float().cpu().numpy()
-    (work / "reference.json").write_text(json.dumps({
-        "texts": texts[:args.reference_texts], "labels": list(spec.model.labels),
-        "probabilities": softmax(logits).tolist()}))
+    # The variant's default topology (single: one Python model per deployment) and the ensemble
+    # of the same engines, plus each one's floor (models that do no work).
+    repos = {"single": work / "repository", "ensemble": work / "repository_ensemble"}
+    generate_repository(specs, VARIANT, repos["single"], plans=plans)
+    ensemble_specs = [with_topology(s, "ensemble") for s in specs]
+    generate_repository(ensemble_specs, VARIANT, repos["ensemble"], plans=plans)
+    if device == "cpu":  # a dry run without a GPU: the same repositories with KIND_CPU instances
+        _force_cpu(repos.values())
+    names = tuple(s.name for s in specs)
+    write_floor_repository(repos["single"], work / "floor_single", names)
+    write_floor_repository(repos["ensemble"], work / "floor_ensemble", names)
+    summary["repositories"] = {k: str(v) for k, v in repos.items()}
+    for label, repo in repos.items():
+        log(f"repository {label} {repo}: {sorted(p.name for p in repo.iterdir())}")
+    (work / "reference.json").write_text(json.dumps(references))
 
     if not args.skip_cpu_trace and device != "cpu":
+        spec, engine, model, feeds, manifest, traced = sentiment
         # The CPU build path (no GPU on the build host): trace + check on the CPU, retarget to cuda.
         started = time.perf_counter()
         cpu_model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed)

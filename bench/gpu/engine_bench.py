@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true", help="smoke run: two shapes, fp16 engine only")
+    parser.add_argument("--lean", action="store_true",
+                        help="make gpu-bench: batch 1/32 x 128, best batches 128/256, fp16 + hybrid SDPA engines")
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
@@ -147,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     "timing": "p50 of calls each followed by cuda synchronize; throughput from the same call "
                               "back to back (CUDA events)",
                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "rows": [], "fidelity": {}, "capture": {}}
-    shapes = SHAPES[:2] if args.quick else SHAPES
-    best = [] if args.quick else [(b, 128) for b in BEST_BATCHES]
+    shapes = SHAPES[:2] if args.quick else [(1, 128), (32, 128)] if args.lean else SHAPES
+    best = [] if args.quick else [(b, 128) for b in ((128, 256) if args.lean else BEST_BATCHES)]
     torch.manual_seed(0)
     config = BertConfig(num_labels=2)
     model = BertForSequenceClassification(config).eval().cuda()
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         torch.cuda.empty_cache()
 
-        variants = [("fp16", "sdpa")] if args.quick else [("fp16", "sdpa"), ("hybrid", "sdpa"), ("fp16", "eager")]
+        variants = ([("fp16", "sdpa")] if args.quick else [("fp16", "sdpa"), ("hybrid", "sdpa")] if args.lean
+                    else [("fp16", "sdpa"), ("hybrid", "sdpa"), ("fp16", "eager")])
         feeds = check_feeds()
         for precision, attention in variants:
             label = f"engine {precision} {attention}"
@@ -178,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             result["capture"][label] = {"graphs": len(plan.keys()), "seconds": round(encoder.capture(), 2)}
             log(f"{label}: captured {len(plan.keys())} graphs in {encoder.capture_seconds:.1f}s")
             result["rows"] += engine_rows(encoder, f"{label} + CUDA graphs", shapes + (best if attention == "sdpa" else []))
-            if (precision, attention) == ("fp16", "sdpa"):
+            if (precision, attention) == ("fp16", "sdpa") and not args.lean:
                 eager = TorchEncoder(traced, NAMES, "cuda", plan=None)
                 result["rows"] += engine_rows(eager, f"{label}, no graphs", shapes)
-            if attention == "sdpa" and not args.quick:
+            if (precision, attention) == ("fp16", "sdpa") and not args.quick:
                 try:
                     result.setdefault("kernel_breakdown", {})[label] = kernel_breakdown(traced, 256, 128)
                     log(f"{label} kernels at 256x128: {result['kernel_breakdown'][label]}")
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.
-        for precision in (["fp16"] if args.quick else ["fp16", "hybrid"]):
+        for precision in (["fp16"] if args.quick or args.lean else ["fp16", "hybrid"]):
             _, record = ts.make_torchscript(model.bert, contract.EMBEDDING_TASK, precision, "sdpa", NAMES, feeds,
                                             ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), device="cuda")
             result["fidelity"][f"{precision}/sdpa embeddings"] = {"trace_vs_eager": record.trace_vs_eager,

@@ -9,13 +9,14 @@
 #      token counts, not on weight values); real tokenizer, config and training stamp;
 #   3. `python -m trtserve_build.cli engines deployments/sentiment.toml --variant cpu`: export,
 #      ONNX Runtime vs PyTorch check, the CPU model repository (the same stages as `make engines`);
-#   4. python -m bench.bench_serving, as `make bench` runs it.
+#   4. python -m bench.bench_serving, as `make bench` runs it, with perf_analyzer (the wheel's
+#      binary runs natively there) as the outside client.
 #
 # Prepare with bench/gpu/pack_device.sh, then through the device tool (carry: .device):
 #     bash bench/gpu/run_cpu_bench.sh
 # Results: $OUT/bench_serving.json, $OUT/run.log, $OUT/parts.tgz (Triton log, build output).
-# SCALED=1 adds step 5 (the cpu variant sized for 16 cores against the default); MAIN_BENCH=0
-# skips step 4.
+# AB=1 adds step 5 (the default one-model topology against the three-step ensemble, side by
+# side); MAIN_BENCH=0 skips step 4.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -27,6 +28,9 @@ IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 REQUESTS=${REQUESTS:-1000}
 BENCH_SECONDS=${BENCH_SECONDS:-40}
 source bench/gpu/device_env.sh
+"$IMAGE_PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/pa" "$DEV"/wheels/perf_analyzer-*.whl
+chmod +x "$WORK/pa/perf_analyzer/bin/perf_analyzer"
+export PERF_ANALYZER=$WORK/pa/perf_analyzer/bin/perf_analyzer
 log "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 # The spec's checkpoint folder is .cache/checkpoints/sentiment under the repository (not carried).
@@ -46,14 +50,12 @@ step engines 240 "${IMG[@]}" -m trtserve_build.cli engines deployments/sentiment
     --output "$OUT/bench_serving.json"
 cp results/bench_triton.log "$PARTS/" 2>/dev/null
 
-# 5. (SCALED=1) the cpu variant sized for this host against the default, side by side
-#    (bench/ab_repositories.py): more tokenizer/postprocess processes, two encoders.
-if [ "${SCALED:-0}" = 1 ]; then
-    sed -e '/^\[engine.cpu\]/,/^\[/ s/^instance_count = 1/instance_count = 2\nintra_op_threads = 8\ntokenizer_instances = 4\npostprocess_instances = 4/' \
-        deployments/sentiment.toml > "$WORK/sentiment_scaled.toml"
-    grep -A8 '^\[engine.cpu\]' "$WORK/sentiment_scaled.toml" | tee -a "$OUT/run.log"
-    step engines_scaled 120 "${IMG[@]}" -m trtserve_build.cli engines "$WORK/sentiment_scaled.toml" --variant cpu \
-        --output "$ROOT/model_repository/cpu_scaled"
-    step ab_scaled 300 "${BENCH[@]}" -m bench.ab_repositories model_repository/cpu model_repository/cpu_scaled \
+# 5. (AB=1) the deployment as one Python model (the default) against the three-step ensemble of
+#    the same engine, side by side (bench/ab_repositories.py).
+if [ "${AB:-0}" = 1 ]; then
+    sed -e '/^\[engine.cpu\]/a topology = "ensemble"\ntokenizer_instances = "auto"\npostprocess_instances = "auto"' deployments/sentiment.toml > "$WORK/sentiment_ensemble.toml"
+    step engines_ensemble 120 "${IMG[@]}" -m trtserve_build.cli engines "$WORK/sentiment_ensemble.toml" --variant cpu \
+        --output "$ROOT/model_repository/cpu_ensemble"
+    step ab_topology 300 "${BENCH[@]}" -m bench.ab_repositories model_repository/cpu model_repository/cpu_ensemble \
         --rounds 5 --throughput-seconds 6
 fi

@@ -357,7 +357,9 @@ class TrtServeClient:
         ``outputs=()`` asks for the model's default outputs and returns nothing (readiness
         probe). Checks that each output is present with one row per text.
         """
-        chunk_size, batched = self._batch_plan(model)
+        # The first request to a model reads its config, and is retried like the inference: a
+        # deployment served as one model is itself unloaded and loaded when it is repaired.
+        chunk_size, batched = call_with_retry(self._retry if retry else None, lambda: self._batch_plan(model))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
         rows = len(next(iter(columns.values())))
         for chunk in split_batches(range(rows), chunk_size):

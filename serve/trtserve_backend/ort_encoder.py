@@ -6,6 +6,7 @@ to the longest request).
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -42,6 +43,13 @@ class OrtEncoder:
         #: rows x length^2, so a large batch runs in slices.
         self.max_rows_per_run = max_rows_per_run
 
+    @classmethod
+    def from_parameters(cls, params, folder: str, input_names: Sequence[str], output_name: str) -> "OrtEncoder":
+        """From a Python model's :class:`~.parameters.OrtEncoderParameters` and its version folder."""
+        return cls(os.path.join(folder, params.onnx_file), input_names=input_names, output_name=output_name,
+                   intra_op_threads=params.intra_op_threads, merge=params.merge_lengths,
+                   max_rows_per_run=params.max_rows_per_run)
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         rows = int(feeds[self.input_names[0]].shape[0])
         step = self.max_rows_per_run or rows
@@ -51,8 +59,9 @@ class OrtEncoder:
             self.session.run([self.output_name], {n: feeds[n][i:i + step] for n in self.input_names})[0]
             for i in range(0, rows, step)])
 
-    def run_requests(self, requests: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """Run the requests of one execution as few batches as ``merge`` allows; one output each."""
+    def run_requests(self, requests: Sequence[dict[str, np.ndarray]], *, to_host: bool = True) -> list[np.ndarray]:
+        """Run the requests of one execution as few batches as ``merge`` allows; one output each
+        (always in host memory: ``to_host`` is accepted for the engines' common interface)."""
         key = self.input_names[0]
         results: list[np.ndarray | None] = [None] * len(requests)
         for length, members in plan_batches(requests, key, self.merge).items():

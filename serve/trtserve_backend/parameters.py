@@ -103,6 +103,8 @@ class TokenizerParameters(ModelParameters):
     max_sequence_length: int
     length_buckets: tuple[int, ...]
     pad_token_id: int
+    #: Threads of the fast tokenizer's Rayon pool in this model's process (tokenize.py).
+    tokenizer_threads: int = 1
     #: Input limits, checked before any text is decoded or tokenized (trtserve_backend.limits):
     #: bytes of text summed over one request's text inputs (TEXT; QUESTION + CONTEXT), and texts
     #: (items) per request; 0 = no limit.
@@ -209,3 +211,20 @@ class GenerateParameters(ModelParameters):
     checkpoint_dir: str = field(default="", metadata={OMIT_EMPTY: True})
     precision: str = "fp32"
     graph_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineParameters(ModelParameters):
+    """The one-model deployment (single topology, trtserve_backend.pipeline): which engine runs
+    and the tensor names between the steps. The tokenizer's, the engine's and the postprocess's
+    own parameters (the classes above) sit beside these in the same config.pbtxt."""
+
+    model_role: ClassVar[str] = "one-model deployment"
+
+    #: "onnxruntime" (OrtEncoderParameters) or "torch" (TorchEncoderParameters)
+    engine_backend: str
+    encoder_inputs: tuple[str, ...]
+    encoder_output: str
+    #: Tokenizer outputs the postprocess reads beside the encoder output (the windowed tasks:
+    #: token spans, window -> item, item texts; NER also the token ids), as the ensemble wires them.
+    side_inputs: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})

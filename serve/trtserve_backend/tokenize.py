@@ -8,6 +8,8 @@ dynamic batcher can merge them.
 from __future__ import annotations
 
 import bisect
+import itertools
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -71,6 +73,27 @@ class BucketTokenizer:
                              f"({tok.get_vocab_size()} tokens)")
         return cls(tok, max_length, buckets, pad_token_id, tuple(output_names))
 
+    @classmethod
+    def from_parameters(cls, params, folder: str, output_names: Sequence[str]) -> "BucketTokenizer":
+        """From a Python model's :class:`~.parameters.TokenizerParameters` and its version folder.
+
+        ``tokenizer_threads`` (default 1): the fast tokenizer's Rayon pool in this process. Each
+        model instance is its own process, and by default every one of them would start a pool of
+        one thread per host core (8 instances x 16 threads on a 16-core host); one thread per
+        instance lets the instance count decide the parallelism.
+        """
+        cls.set_threads(params.tokenizer_threads)
+        return cls.from_file(os.path.join(folder, params.tokenizer_file), max_length=params.max_sequence_length,
+                             buckets=params.length_buckets, pad_token_id=params.pad_token_id,
+                             output_names=output_names)
+
+    @staticmethod
+    def set_threads(threads: int) -> None:
+        """The fast tokenizers' Rayon pool in this process: ``threads`` (at least 1), before the
+        first tokenizer is made (the pool starts once, sized from the environment)."""
+        os.environ["RAYON_NUM_THREADS"] = str(max(threads, 1))
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+
     def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
         """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request."""
         flat = [t for texts in requests for t in texts]
@@ -86,21 +109,21 @@ class BucketTokenizer:
         return self.encode_requests([texts])[0]
 
     def _pad(self, encodings) -> dict[str, np.ndarray]:
-        longest = max((len(e.ids) for e in encodings), default=1)
-        width = choose_bucket(longest, self.buckets)
-        n = len(encodings)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        width = choose_bucket(int(lengths.max(initial=1)), self.buckets)
+        n, total = len(encodings), int(lengths.sum())
+        # Vectorized: the mask's True cells in row-major order are exactly the tokens in order.
+        mask = np.arange(width)[None, :] < lengths[:, None]
         ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask.astype(np.int64)}
         # Only encoders that take token types get them (RoBERTa, DistilBERT, XLM-R, MPNet and
         # DeBERTa-v3 do not); position ids are computed inside every encoder from input_ids.
-        types = np.zeros((n, width), dtype=np.int64) if contract.TOKEN_TYPE_IDS in self.output_names else None
-        for row, e in enumerate(encodings):
-            k = len(e.ids)
-            ids[row, :k] = e.ids
-            mask[row, :k] = 1
-            if types is not None:
-                types[row, :k] = e.type_ids
-        arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, contract.TOKEN_TYPE_IDS: types}
+        if contract.TOKEN_TYPE_IDS in self.output_names:
+            types = np.zeros((n, width), dtype=np.int64)
+            types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
+                                      count=total)
+            arrays[contract.TOKEN_TYPE_IDS] = types
         return {name: arrays[name] for name in self.output_names}
 
 

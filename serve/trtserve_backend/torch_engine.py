@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .batching import MERGE_MODES, group_by_length, pad_merge, plan_batches, split_rows  # noqa: F401 - re-exported
+from .batching import MERGE_MODES, check_merge, group_by_length, pad_merge, plan_batches, split_rows  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ class TorchEncoder:
         self._staging_free = None  # event: the last copy out of _staging has finished
         self.capture_seconds = 0.0
         self.metadata: dict = {}
+        #: how run_requests merges the requests of one execution (batching.MERGE_MODES)
+        self.merge = "pad"
 
     @classmethod
     def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
@@ -172,6 +174,20 @@ class TorchEncoder:
         module.eval()
         engine = cls(module, input_names, device, plan, **kwargs)
         engine.metadata = meta
+        return engine
+
+    @classmethod
+    def from_parameters(cls, params, folder: str, input_names: Sequence[str], device: str) -> "TorchEncoder":
+        """From a Python model's :class:`~.parameters.TorchEncoderParameters`: load, then capture the graphs."""
+        import os
+
+        plan = None
+        if params.cuda_graphs and device != "cpu":
+            plan = GraphPlan(tuple(params.cuda_graph_batch_sizes), tuple(params.cuda_graph_sequence_lengths))
+        engine = cls.from_file(os.path.join(folder, params.torchscript_file), input_names=input_names,
+                               device=device, plan=plan)
+        engine.merge = check_merge(params.merge_lengths)
+        engine.capture()
         return engine
 
     # -- capture ----------------------------------------------------------------------------
@@ -272,10 +288,10 @@ class TorchEncoder:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def run_requests(self, requests: Sequence[Mapping[str, object]], *, to_host: bool = False,
-                     merge: str = "pad") -> list:
+                     merge: str | None = None) -> list:
         """Run the requests of one execution as few batches as possible.
 
-        ``merge="pad"``: one batch, every request right-padded to the longest sequence length
+        ``merge`` (default: the engine's ``merge``) ``"pad"``: one batch, every request right-padded to the longest sequence length
         among them (padding is masked out, so each row's result is unchanged; one replay instead
         of one per length bucket). ``merge="group"``: one batch per distinct sequence length.
         Returns one output tensor per request: on the engine's device, or with ``to_host`` in
@@ -283,7 +299,7 @@ class TorchEncoder:
         """
         key = self.input_names[0]
         results: list = [None] * len(requests)
-        for length, members in plan_batches(requests, key, merge).items():
+        for length, members in plan_batches(requests, key, merge or self.merge).items():
             out = self.run(self._merge([requests[i] for i in members], length))
             split_rows(out.cpu() if to_host else out, requests, members, key, results)
         return results

@@ -1,6 +1,6 @@
 """Which served models are deployments, and which models serve each one.
 
-A *deployment* is a model that honours the client contract (README, "The ensemble contract"):
+A *deployment* is a model that honours the client contract (README, "The contract"):
 the ``TYPE_STRING`` inputs and the outputs of one task (classification: ``TEXT`` ->
 ``LABEL``, ``SCORE``, ``PROBABILITIES``; embedding: ``TEXT`` -> ``EMBEDDING``; question
 answering: ``QUESTION``, ``CONTEXT`` -> ``ANSWER``, ``SCORE``, ``START``, ``END``; token

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stub", "stubs_of", "state_of", "cpu_seconds", "kill_stub", "release_regions", "STUB_NAME", "SHM_DIR"]
+__all__ = ["Stub", "stubs_of", "state_of", "cpu_seconds", "kill_stub", "reap", "release_regions", "STUB_NAME",
+           "SHM_DIR"]
 
 STUB_NAME = "triton_python_backend_stub"
 _PROC = Path("/proc")
@@ -102,6 +104,23 @@ def kill_stub(stub: Stub) -> None:
         os.kill(stub.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def reap(stubs: list[Stub], wait_s: float, proc: Path = _PROC) -> list[Stub]:
+    """Wait up to ``wait_s`` for ``stubs`` (of models just unloaded) to exit; SIGKILL those still
+    running then, and return them. Triton's unload can return while an instance's stub lives on:
+    seen when a sibling instance's stub of the same model had been killed, the healthy one stayed,
+    serving no model and holding its memory, after the model was loaded again."""
+    deadline = time.monotonic() + wait_s
+    left = list(stubs)
+    while left:
+        left = [st for st in left if (state_of(st.pid, proc) or "X") not in "ZX"]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    for st in left:
+        kill_stub(st)
+    return left
 
 
 def release_regions(regions: set[str], shm_dir: Path = SHM_DIR) -> list[str]:

@@ -24,6 +24,8 @@ class SupervisorStats:
         self.started = time.time()
         self.probes: Counter[str] = Counter()  # deployment -> probes sent
         self.probe_failures: Counter[str] = Counter()  # deployment -> probes that failed or timed out
+        #: deployment -> stubs found gone or stopped while another instance answered the probe
+        self.instances_lost: Counter[str] = Counter()
         self.reloads: Counter[str] = Counter()  # model -> unload+load done
         self.restarts: Counter[str] = Counter()  # cause kind -> server restarts
         self.recoveries: Counter[str] = Counter()  # action -> service restored
@@ -57,6 +59,7 @@ class SupervisorStats:
                 "reloads": dict(self.reloads),
                 "probes": dict(self.probes),
                 "probe_failures": dict(self.probe_failures),
+                "instances_lost": dict(self.instances_lost),
                 "recoveries": dict(self.recoveries),
                 "last_recovery_s": {k: round(v, 3) for k, v in self.last_recovery_s.items()},
                 "last_event": self.last_event,
@@ -82,6 +85,8 @@ class SupervisorStats:
         metric("model_reloads_total", "counter", "unload+load of a failed model", s["reloads"], "model")
         metric("probes_total", "counter", "real inferences sent to each deployment", s["probes"], "deployment")
         metric("probe_failures_total", "counter", "probes that failed or timed out", s["probe_failures"], "deployment")
+        metric("instances_lost_total", "counter", "stubs gone or stopped while another instance answered",
+               s["instances_lost"], "deployment")
         metric("recoveries_total", "counter", "service restored, by action", s["recoveries"], "action")
         metric("last_recovery_seconds", "gauge", "detection to next good probe, last recovery",
                s["last_recovery_s"], "deployment")

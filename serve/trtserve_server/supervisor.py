@@ -13,7 +13,8 @@ the server's parent-death signal stays tied to a thread that lives as long as th
   deployment answered and computed nothing else either, is repaired by the fastest action:
   kill what is stuck, unload + load the failing models (measured ~1.5 s; the other
   deployments keep serving), and when that does not bring the probe back, or the server is
-  down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores);
+  down or unreachable, restart tritonserver (measured ~5-8 s on 2 cores); a stub that vanished
+  or stopped while another instance of its model answered the probe is reloaded all the same;
 - restarts back off exponentially once ``loop_threshold`` of them fall within
   ``loop_window_s``; a deployment that fails again after each of ``loop_threshold - 1``
   reloads, with no good interval probe in between, is restarted instead;
@@ -25,79 +26,19 @@ Every event is logged with its cause; the counts are in :class:`~.status.Supervi
 from __future__ import annotations
 
 import logging
-import signal
 import time
 import urllib.error
-from collections import deque
-from dataclasses import dataclass
 
 from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
+from .policy import Backoff, SupervisorSettings, describe_exit
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, cpu_seconds, kill_stub, release_regions, state_of, stubs_of
+from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
 
 __all__ = ["Supervisor", "SupervisorSettings", "Backoff"]
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    probe_interval_s: float = 1.0
-    probe_timeout_s: float = 1.5
-    #: the probe after a repair waits longer: the reloaded model's first request is slower
-    confirm_timeout_s: float = 10.0
-    watch_interval_s: float = 0.25
-    #: the probe sent because a stub vanished or stopped: the evidence is there already
-    triggered_timeout_s: float = 0.5
-    ready_timeout_s: float = 180.0
-    #: a restarted server that is not answering after this long is killed and started again
-    restart_ready_timeout_s: float = 60.0
-    #: probe timeouts in a row, with no request of the deployment answered meanwhile and no
-    #: stub of it stopped or gone, before it counts as hung (one is enough with such a stub)
-    hang_confirmations: int = 3
-    #: CPU seconds the deployment's stubs must use while a probe waits for the timeout to count
-    #: as work, not a hang: one long request (a question-answering context of ~90 windows) keeps
-    #: the encoder computing for several seconds on a CPU host, with no request answered
-    busy_cpu_s: float = 0.2
-    #: how long one repository-API load or unload may take
-    reload_timeout_s: float = 30.0
-    #: a server that answers no probe (DOWN) for this long is restarted
-    unreachable_s: float = 3.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    loop_window_s: float = 60.0
-    loop_threshold: int = 3
-
-
-class Backoff:
-    """Exponential delay once ``threshold`` events fall within ``window_s``."""
-
-    def __init__(self, initial_s: float, max_s: float, window_s: float, threshold: int) -> None:
-        self.initial_s, self.max_s, self.window_s, self.threshold = initial_s, max_s, window_s, threshold
-        self.events: deque[float] = deque()
-
-    def record(self, now: float) -> None:
-        self.events.append(now)
-
-    def recent(self, now: float) -> int:
-        while self.events and now - self.events[0] > self.window_s:
-            self.events.popleft()
-        return len(self.events)
-
-    def delay(self, now: float) -> float:
-        excess = self.recent(now) - self.threshold + 1
-        return 0.0 if excess <= 0 else min(self.max_s, self.initial_s * 2 ** (excess - 1))
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class Supervisor:
@@ -174,7 +115,7 @@ class Supervisor:
             now = time.monotonic()
             code = self.server.process.poll() if self.server.process else None
             if self.server.process is not None and code is not None:
-                self._restart("exited", f"tritonserver {_describe_exit(code)}")
+                self._restart("exited", f"tritonserver {describe_exit(code)}")
                 next_probe = 0.0
                 continue
             due = self._triggered()
@@ -266,6 +207,8 @@ class Supervisor:
             if why == "interval":
                 for key in [k for k in self._repeats if k[0] == deployment.name]:
                     del self._repeats[key]
+            elif why.startswith("stub "):
+                self._reload_lost_instances(deployment, result)
             return
         if result.outcome is Outcome.BUSY:
             log.info("probe turned away (server busy, not a fault): %s", result.describe())
@@ -307,6 +250,19 @@ class Supervisor:
         self._timeouts[deployment.name] = 0
         self._repair(deployment, result, stuck, detected)
 
+    def _reload_lost_instances(self, deployment: Deployment, result: ProbeResult) -> None:
+        """A stub vanished or stopped, yet the probe was answered: by another instance of the same
+        model ("auto" gives several). The lost instance stays down, failing the requests it is
+        given, until its model is reloaded; the probe cannot be relied on to land on it."""
+        current = stubs_of(self.server.process.pid)
+        alive = {st.instance for st in current if not st.stuck}
+        lost = sorted(i for i in self._instances if i not in alive and model_of_instance(i, deployment.models))
+        if lost:
+            self.stats.add("instances_lost", deployment.name, len(lost))
+            log.warning("%s answered, but instance(s) %s are gone or stopped", deployment.name, ", ".join(lost))
+            stuck = [st for st in current if st.stuck and model_of_instance(st.instance, deployment.models)]
+            self._repair(deployment, result, stuck, time.monotonic() - result.seconds)
+
     # -- repair ---------------------------------------------------------------------------------
 
     def _suspects(self, deployment: Deployment, result: ProbeResult, stuck) -> list[str]:
@@ -332,9 +288,10 @@ class Supervisor:
                           f"{', '.join(suspects)} (no good probe in between); last: {result.describe()}")
             return
         hung = result.outcome is Outcome.TIMEOUT
-        for st in stubs_of(self.server.process.pid):
-            model = model_of_instance(st.instance, deployment.steps)
-            if model in suspects and (st.stuck or hung):
+        old = [st for st in stubs_of(self.server.process.pid)
+               if model_of_instance(st.instance, deployment.steps) in suspects]
+        for st in old:
+            if st.stuck or hung:
                 log.warning("killing stub %s (pid %d, state %s): %s", st.instance, st.pid, st.state,
                             "stuck" if st.stuck else "deployment hung")
                 kill_stub(st)
@@ -343,6 +300,8 @@ class Supervisor:
             started = time.monotonic()
             for model in suspects:
                 self.server.unload_model(model, timeout=self.settings.reload_timeout_s)
+            for st in reap(old, wait_s=0.5):
+                log.warning("killed stub %s (pid %d): still running after its model was unloaded", st.instance, st.pid)
             unloaded = time.monotonic()
             for model in suspects:
                 self.server.load_model(model, timeout=self.settings.reload_timeout_s)

@@ -17,6 +17,18 @@ def cpu_repository(tmp_path_factory, sentiment_spec, embed_spec, qa_spec, ner_sp
 
 
 @pytest.fixture(scope="session")
+def ensemble_repository(tmp_path_factory, sentiment_spec):
+    """The cpu variant of ``sentiment`` served as the three-step ensemble (topology "ensemble")."""
+    import dataclasses
+
+    from trtserve_build.pipeline.build import build_variant
+
+    engine = dataclasses.replace(sentiment_spec.engine("cpu"), topology="ensemble")
+    spec = dataclasses.replace(sentiment_spec, engines={**sentiment_spec.engines, "cpu": engine})
+    return build_variant([spec], "cpu", tmp_path_factory.mktemp("repository") / "cpu_ensemble")
+
+
+@pytest.fixture(scope="session")
 def server(cpu_repository, tmp_path_factory):
     from trtserve_server.embedded import EmbeddedServer, Ports
 
@@ -60,3 +72,17 @@ def text_input(tc, texts, name="TEXT", datatype="BYTES"):
 
 def infer_texts(raw_client, model, texts):
     return raw_client.infer(model, [text_input(raw_client.tc, texts)])
+
+
+def served_models(server, deployment: str) -> dict[str, str]:
+    """Which served model plays each role of ``deployment``: the door (where requests arrive
+    first) and the engine: the one Python model in the single topology; in an ensemble the
+    tokenizer and the encoder."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = client.get_model_config(deployment)
+    client.close()
+    if config.get("platform") == "ensemble":
+        return {"door": f"{deployment}_tokenizer", "engine": f"{deployment}_encoder"}
+    return {"door": deployment, "engine": deployment}

@@ -61,7 +61,8 @@ def test_every_precision_builds_a_tensorrt_rtx_plan_and_passes_its_gate(matrix, 
 def test_generated_configs_declare_exactly_the_encoder_inputs(matrix, arch, task):
     result = _record(matrix, arch, task, "repository")
     inputs = list(A.get_architecture(arch).inputs)
-    assert result["tokenizer_outputs"] == inputs
+    assert result["pipeline_encoder_inputs"] == inputs  # the one model (served)
+    assert result["tokenizer_outputs"] == inputs  # the ensemble's steps
     assert result["encoder_inputs"] == inputs
     assert sorted(result["ensemble_step_inputs"]) == sorted(inputs)
 

@@ -1,9 +1,9 @@
-"""Length buckets let the dynamic batcher merge concurrent requests into one encoder execution."""
+"""Length buckets let the dynamic batcher merge concurrent requests into one engine execution."""
 from concurrent.futures import ThreadPoolExecutor
 
 import tritonclient.http as httpclient
 
-from .conftest import text_input
+from .conftest import served_models, text_input
 
 
 def _counts(server, model):
@@ -14,7 +14,8 @@ def _counts(server, model):
 
 
 def test_concurrent_requests_are_batched(server):
-    before = _counts(server, "sentiment_encoder")
+    engine = served_models(server, "sentiment")["engine"]  # the one model, or the ensemble's encoder
+    before = _counts(server, engine)
     texts = [f"an utterly charming film number {i}" for i in range(96)]  # short: one or two length buckets
 
     def call(text):
@@ -27,7 +28,7 @@ def test_concurrent_requests_are_batched(server):
     with ThreadPoolExecutor(max_workers=16) as pool:
         labels = list(pool.map(call, texts))
     assert len(labels) == 96
-    after = _counts(server, "sentiment_encoder")
+    after = _counts(server, engine)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 96
     assert executions < inferences, f"{executions} executions for {inferences} requests: nothing was merged"

@@ -23,6 +23,9 @@ def test_short_chaos_run_loses_and_fails_nothing(cpu_repository, tmp_path):
     assert requests["lost"] == 0 and requests["failed"] == 0
     assert len(report["faults"]) >= 2 and all(f["recovery_s"] is not None and f["recovery_s"] <= 30
                                                for f in report["faults"])
-    assert report["supervisor"]["probe_failures"]  # the supervisor saw the faults, not just the clients
+    # the supervisor saw the faults, not just the clients: a probe failed, or a stub was found
+    # lost while another instance of its model answered ("auto" gives several)
+    assert report["supervisor"]["probe_failures"] or report["supervisor"]["instances_lost"]
+    assert report["supervisor"]["reloads"] or report["supervisor"]["restarts_total"]
     assert report["server_stop"] == {"exit_code": 0, "processes_left": 0}
     assert code == 0

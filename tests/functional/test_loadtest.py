@@ -14,6 +14,8 @@ import pytest
 
 from loadtest import run, triton_metrics
 
+from .conftest import served_models
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "triton.json"
 #: Exported only with a GPU (this machine has none); everything else must exist here.
@@ -60,7 +62,7 @@ def test_grpc_run_writes_reports_and_matches_the_server(server, tmp_path):
     server_side = {row["model"]: row for row in s["server"]}
     for model, count in _client_counts(results).items():
         assert server_side[model]["requests_ok"] == count, (model, server_side[model], count)
-        encoder = server_side[f"{model}_encoder"]
+        encoder = server_side[served_models(server, model)["engine"]]
         assert encoder["executions"] > 0 and encoder["avg_batch"] >= 1.0
         assert encoder["avg_compute_ms"] > 0
     assert data["slo"]["passed"] is True

@@ -22,6 +22,7 @@ from trtserve_client import (
     ServerOverloadedError,
     TrtServeClient,
     TrtServeError,
+    is_retryable,
 )
 
 TINY_QUEUE = 2
@@ -57,12 +58,6 @@ def metrics(server) -> dict:
     from loadtest import triton_metrics
 
     return triton_metrics.scrape(f"http://{server.host}:{server.ports.metrics}/metrics")
-
-
-def rejected_count(server, model: str) -> float:
-    from loadtest import triton_metrics
-
-    return triton_metrics.failures_by_reason(metrics(server)).get(model, {}).get("REJECTED", 0.0)
 
 
 def assert_healthy(server, within_s: float = 10.0) -> None:
@@ -135,15 +130,23 @@ def test_rejections_are_typed_with_a_clear_message(tiny_queue_server):
 
 
 def test_client_retry_gets_every_request_through(tiny_queue_server):
-    before = rejected_count(tiny_queue_server, "sentiment_tokenizer") + rejected_count(tiny_queue_server, "sentiment_encoder")
+    # The rejections are counted where the clients see them: Triton 2.51 counts a request turned
+    # away by a full queue at the door in no model's REJECTED counter (one model: 65 rejections
+    # seen by the clients, 4 counted, the queue timeouts), whatever the topology.
+    turned_away: list[TrtServeError] = []
+
+    def retry_if(error: TrtServeError) -> bool:
+        if isinstance(error, ServerOverloadedError):
+            turned_away.append(error)
+        return is_retryable(error)
+
     # The 30 s deadline is the bound, not the attempt count: with full jitter (mean wait 0.25 s at
     # the cap) 50 attempts ran out after 12-14 s on a busy 2-core host while the deadline had 16 s left.
-    policy = RetryPolicy(max_attempts=200, deadline_s=30, initial_backoff_s=0.02, max_backoff_s=0.5)
+    policy = RetryPolicy(max_attempts=200, deadline_s=30, initial_backoff_s=0.02, max_backoff_s=0.5, retry_if=retry_if)
     answered, errors = _burst(tiny_queue_server, n_threads=24, per_thread=3, retry=policy)
-    after = rejected_count(tiny_queue_server, "sentiment_tokenizer") + rejected_count(tiny_queue_server, "sentiment_encoder")
     assert not errors, errors[:3]
     assert answered == ["positive"] * 72
-    assert after > before, "the burst should have been rejected at times (and retried)"
+    assert turned_away, "the burst should have been rejected at times (and retried)"
 
 
 # ---- clients that go away mid-request ----------------------------------------------------

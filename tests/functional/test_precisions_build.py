@@ -130,7 +130,8 @@ def test_hybrid_cpu_repository_serves_the_hybrid_graph(embed, tmp_path):
     spec, _ = embed
     fp32_repo = build_variant([spec], "cpu", tmp_path / "fp32")
     hybrid_repo = build_variant([spec], "cpu", tmp_path / "hybrid", precision="hybrid")
-    encoder = spec.encoder_model
+    # the model that runs the engine: the one model (the cpu variant's default topology)
+    encoder = spec.encoder_model if (fp32_repo / spec.encoder_model).is_dir() else spec.name
     fp32_cfg = read_config(fp32_repo / encoder / "config.pbtxt")
     hybrid_cfg = read_config(hybrid_repo / encoder / "config.pbtxt")
     assert list(hybrid_cfg.input) == list(fp32_cfg.input) and list(hybrid_cfg.output) == list(fp32_cfg.output)

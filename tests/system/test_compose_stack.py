@@ -254,9 +254,15 @@ def test_http_and_grpc_agree(stack):
 
 def test_prometheus_scrapes_the_success_counter_of_every_model(stack):
     stack("--profile", "monitoring", "up", "-d", "--wait", "--wait-timeout", "120", "prometheus", timeout=300)
+    from trtserve_build.core.spec import load_spec
+
     models = _served_models()
-    for name in ("sentiment", "embed"):  # each ensemble and its three steps
-        assert {name, f"{name}_tokenizer", f"{name}_encoder", f"{name}_postprocess"} <= set(models), models
+    for name in ("sentiment", "embed"):  # each deployment and the models behind it, as its topology serves it
+        steps = {f"{name}_tokenizer", f"{name}_encoder", f"{name}_postprocess"}
+        if load_spec(REPO_ROOT / "deployments" / f"{name}.toml").topology("cpu") == "single":
+            assert name in models and not steps & set(models), models  # one Python model
+        else:
+            assert {name, *steps} <= set(models), models  # the ensemble and its three steps
     url = (f"http://127.0.0.1:{stack.port('PROMETHEUS_PORT')}/api/v1/query?query=nv_inference_request_success")
     deadline, seen = time.monotonic() + 90, {}
     while time.monotonic() < deadline:

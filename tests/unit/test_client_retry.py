@@ -185,3 +185,37 @@ def test_client_without_policy_raises_the_overload():
 def test_client_rejects_a_non_policy():
     with pytest.raises(ValueError, match="RetryPolicy"):
         TrtServeClient("127.0.0.1:1", retry=3)
+
+
+class ReloadingTransport(FakeTransport):
+    """The model is being loaded again (a one-model deployment under repair): its config is not
+    found for the first ``missing`` lookups."""
+
+    def __init__(self, missing):
+        super().__init__(reject=0)
+        self.missing = missing
+        self.config_calls = 0
+
+    def model_config(self, model):
+        from tritonclient.utils import InferenceServerException
+
+        self.config_calls += 1
+        if self.config_calls <= self.missing:
+            raise InferenceServerException(f"Request for unknown model: '{model}' has no available versions",
+                                           status="StatusCode.NOT_FOUND")
+        return {"max_batch_size": 2}
+
+
+def test_the_config_lookup_is_retried_too():
+    clock = FakeClock()
+    transport = ReloadingTransport(missing=2)
+    client = TrtServeClient("127.0.0.1:1", protocol="grpc", retry=policy(clock))
+    client._transport.close()
+    client._transport = transport
+    assert client.embed(["a", "b", "c"]).shape == (3, 4)
+    assert transport.config_calls == 3 and transport.calls == [2, 1] and len(clock.sleeps) == 2
+    without = TrtServeClient("127.0.0.1:1", protocol="grpc")
+    without._transport.close()
+    without._transport = ReloadingTransport(missing=1)
+    with pytest.raises(ModelNotReadyError, match="no available versions"):
+        without.embed(["a"])

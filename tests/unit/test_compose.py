@@ -223,6 +223,7 @@ def test_engines_service_runs_make_engines(variant, tmp_path):
 def test_shm_size_covers_the_python_backend(gpu):
     """One shared-memory region per Python-backend model instance, of the configured default
     size, must fit in shm_size with room to grow; the default must hold the largest request."""
+    from trtserve_build.core.instances import host_sized
     from trtserve_build.core.spec import load_spec
 
     cmd = dockerfile_cmd(DEPLOY / "triton.gpu.Dockerfile")
@@ -232,8 +233,12 @@ def test_shm_size_covers_the_python_backend(gpu):
     for path in sorted(DEPLOYMENTS.glob("*.toml")):
         spec = load_spec(path)
         engine = spec.engine("gpu")
-        instances += engine.tokenizer_instances + engine.postprocess_instances
-        instances += engine.instance_count if engine.backend == "onnxruntime" else 0  # a Python-backend encoder
+
+        def count(knob):  # "auto" at its largest (the GPU host's cores are not known here)
+            return host_sized(spec, "gpu", knob, cores=1024)
+
+        instances += count("tokenizer_instances") + count("postprocess_instances")
+        instances += count("instance_count") if engine.backend == "onnxruntime" else 0  # a Python-backend encoder
         token_tensors = spec.batching.max_batch_size * spec.model.max_sequence_length * 3 * 8  # int64 x3
         largest_request = max(largest_request, token_tensors)
     assert default_bytes >= 8 * largest_request

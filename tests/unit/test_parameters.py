@@ -9,6 +9,7 @@ import pytest
 import trtserve_contract as contract
 from trtserve_backend.model_config import ModelConfigError, PythonModelConfig
 from trtserve_backend.parameters import (
+    PipelineParameters,
     OrtEncoderParameters,
     PostprocessParameters,
     TokenizerParameters,
@@ -35,10 +36,17 @@ def python_model_config(config) -> PythonModelConfig:
     return PythonModelConfig.from_dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
+def _with_topology(spec, variant, topology):
+    engine = dataclasses.replace(spec.engine(variant), topology=topology)
+    return dataclasses.replace(spec, engines={**spec.engines, variant: engine})
+
+
 @pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
 def test_generated_parameters_read_back_by_the_same_class(sentiment_spec, embed_spec, variant):
+    """The three steps of the ensemble topology, each with its own class."""
     role = {"_tokenizer": TokenizerParameters, "_postprocess": PostprocessParameters,
             "_encoder": OrtEncoderParameters if variant == "cpu" else TorchEncoderParameters}
+    sentiment_spec, embed_spec = (_with_topology(s, variant, "ensemble") for s in (sentiment_spec, embed_spec))
     for spec in (sentiment_spec, embed_spec):
         for config in deployment_configs(spec, manifest(spec), variant):
             cls = next((c for suffix, c in role.items() if config.name.endswith(suffix)), None)
@@ -52,6 +60,22 @@ def test_generated_parameters_read_back_by_the_same_class(sentiment_spec, embed_
         sentiment_spec, manifest(sentiment_spec), variant)[1]))
     assert tok.length_buckets == tuple(sentiment_spec.model.length_buckets)
     assert tok.max_sequence_length == sentiment_spec.model.max_sequence_length
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
+def test_the_one_model_holds_each_steps_parameters(sentiment_spec, embed_spec, variant):
+    """The single topology (the default where the engine runs in Python): one config holds the
+    tokenizer's, the engine's, the postprocess's and the pipeline's parameters, each read back by
+    its own class, and nothing else."""
+    engine_cls = OrtEncoderParameters if variant == "cpu" else TorchEncoderParameters
+    for spec in (sentiment_spec, embed_spec):
+        (config,) = deployment_configs(spec, manifest(spec), variant)
+        cfg = python_model_config(config)
+        union = {}
+        for cls in (TokenizerParameters, engine_cls, PostprocessParameters, PipelineParameters):
+            union.update(cls.from_config(cfg).to_config())
+        assert union == cfg.parameters
+        assert TokenizerParameters.from_config(cfg).length_buckets == tuple(spec.model.length_buckets)
 
 
 @pytest.mark.parametrize("cls", ALL)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
 
 import pytest
@@ -9,7 +10,13 @@ import trtserve_contract as contract
 from tritonclient.grpc import model_config_pb2 as mc
 
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.parameters import PostprocessParameters, TokenizerParameters
+from trtserve_backend.parameters import (
+    OrtEncoderParameters,
+    PipelineParameters,
+    PostprocessParameters,
+    TokenizerParameters,
+    TorchEncoderParameters,
+)
 from trtserve_build.core.errors import SpecError
 from trtserve_build.core.pbtxt import read_config, write_config
 from trtserve_build.core.records import ExportManifest
@@ -30,11 +37,18 @@ def raw(name):
     return tomllib.loads((DEPLOYMENTS / f"{name}.toml").read_text())
 
 
+def as_ensemble(spec, variant):
+    """``spec`` with ``variant`` served as the three-step ensemble (the cpu and gpu_torch variants
+    default to one Python model)."""
+    engine = dataclasses.replace(spec.engine(variant), topology="ensemble")
+    return dataclasses.replace(spec, engines={**spec.engines, variant: engine})
+
+
 @pytest.mark.parametrize("variant", ["cpu", "gpu", "gpu_torch"])
 @pytest.mark.parametrize("name", ["qa", "ner"])
 def test_configs_round_trip_and_the_wiring_is_closed(name, variant, qa_spec, ner_spec, tmp_path):
     spec = {"qa": qa_spec, "ner": ner_spec}[name]
-    ensemble, *members = deployment_configs(spec, manifest_for(spec), variant)
+    ensemble, *members = deployment_configs(as_ensemble(spec, variant), manifest_for(spec), variant)
     for config in (ensemble, *members):
         write_config(config, tmp_path / f"{config.name}.pbtxt")
         assert read_config(tmp_path / f"{config.name}.pbtxt") == config
@@ -49,8 +63,34 @@ def test_configs_round_trip_and_the_wiring_is_closed(name, variant, qa_spec, ner
     assert {o.name for o in ensemble.output} <= available
 
 
+@pytest.mark.parametrize("name", ["qa", "ner"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
+def test_one_model_holds_the_ensembles_contract_and_every_steps_parameters(name, variant, qa_spec, ner_spec, tmp_path):
+    """The default topology where the engine runs in Python: one model with the ensemble's inputs
+    and outputs, each step's typed parameters as the ensemble's steps get them, and the tensors
+    the ensemble wires from the tokenizer to the postprocess named as the pipeline's side inputs."""
+    spec = {"qa": qa_spec, "ner": ner_spec}[name]
+    [one] = deployment_configs(spec, manifest_for(spec), variant)
+    write_config(one, tmp_path / "one.pbtxt")
+    assert read_config(tmp_path / "one.pbtxt") == one
+    ensemble, tokenizer, encoder, post = deployment_configs(as_ensemble(spec, variant), manifest_for(spec), variant)
+    assert (one.name, list(one.input), list(one.output)) == (ensemble.name, list(ensemble.input), list(ensemble.output))
+    assert one.max_batch_size == ensemble.max_batch_size == spec.batching.max_batch_size
+    cfg = PythonModelConfig.from_dict(_as_dict(one))
+    for step in (tokenizer, encoder, post):  # each step's parameters, verbatim
+        assert {k: one.parameters[k] for k in step.parameters} == dict(step.parameters), step.name
+    assert TokenizerParameters.from_config(cfg).task == PostprocessParameters.from_config(cfg).task == spec.task
+    engine = OrtEncoderParameters if variant == "cpu" else TorchEncoderParameters
+    assert engine.from_config(cfg) == engine.from_config(PythonModelConfig.from_dict(_as_dict(encoder)))
+    pipeline = PipelineParameters.from_config(cfg)
+    assert pipeline.encoder_inputs == tuple(i.name for i in encoder.input)
+    assert pipeline.encoder_output == encoder.output[0].name
+    assert set(pipeline.side_inputs) == {i.name for i in post.input} - {pipeline.encoder_output}
+    assert set(pipeline.side_inputs) <= {o.name for o in tokenizer.output}
+
+
 def test_qa_contract_and_windowed_batching(qa_spec):
-    ensemble, tokenizer, encoder, post = deployment_configs(qa_spec, manifest_for(qa_spec), "cpu")
+    ensemble, tokenizer, encoder, post = deployment_configs(as_ensemble(qa_spec, "cpu"), manifest_for(qa_spec), "cpu")
     assert [(i.name, i.data_type, list(i.dims)) for i in ensemble.input] == [
         ("QUESTION", mc.TYPE_STRING, [1]), ("CONTEXT", mc.TYPE_STRING, [1])]
     assert {o.name: (o.data_type, list(o.dims)) for o in ensemble.output} == {
@@ -72,7 +112,7 @@ def test_qa_contract_and_windowed_batching(qa_spec):
 
 
 def test_ner_contract(ner_spec):
-    ensemble, tokenizer, encoder, post = deployment_configs(ner_spec, manifest_for(ner_spec), "cpu")
+    ensemble, tokenizer, encoder, post = deployment_configs(as_ensemble(ner_spec, "cpu"), manifest_for(ner_spec), "cpu")
     assert [(i.name, list(i.dims)) for i in ensemble.input] == [("TEXT", [1])]
     assert [(o.name, o.data_type, list(o.dims)) for o in ensemble.output] == [("ENTITIES", mc.TYPE_STRING, [1])]
     assert [list(o.dims) for o in encoder.output] == [[-1, 9]]
@@ -86,10 +126,13 @@ def test_existing_deployments_keep_their_configs(sentiment_spec):
     """No windowed parameter leaks into the text-per-row tasks' configs."""
     from tests.unit.test_triton_config import manifest_for as classic
 
-    _, tokenizer, encoder, post = deployment_configs(sentiment_spec, classic(sentiment_spec), "cpu")
+    _, tokenizer, encoder, post = deployment_configs(as_ensemble(sentiment_spec, "cpu"), classic(sentiment_spec), "cpu")
     assert set(tokenizer.parameters) == {"tokenizer_file", "max_sequence_length", "length_buckets", "pad_token_id",
-                                         "max_request_text_bytes", "max_request_texts"}
+                                         "max_request_text_bytes", "max_request_texts", "tokenizer_threads"}
     assert "max_rows_per_run" not in encoder.parameters and set(post.parameters) == {"task", "labels"}
+    [one] = deployment_configs(sentiment_spec, classic(sentiment_spec), "cpu")
+    assert set(one.parameters) == (set(tokenizer.parameters) | set(encoder.parameters) | set(post.parameters)
+                                   | {"engine_backend", "encoder_inputs", "encoder_output"})
 
 
 @pytest.mark.parametrize("name, mutate, message", [

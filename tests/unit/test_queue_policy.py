@@ -11,7 +11,7 @@ from trtserve_build.core.pbtxt import read_config, write_config
 from trtserve_build.stages.triton_config import deployment_configs, queue_policy
 
 from ..conftest import DEPLOYMENTS
-from .test_triton_config import manifest_for
+from .test_triton_config import manifest_for, with_engine
 
 
 def _raw(name):
@@ -28,7 +28,8 @@ def test_shipped_specs_bound_their_queues(name):
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_policy_is_on_the_entry_models_only(sentiment_spec, variant, tmp_path):
-    ensemble, tokenizer, encoder, post = deployment_configs(sentiment_spec, manifest_for(sentiment_spec), variant)
+    spec = with_engine(sentiment_spec, variant, topology="ensemble")
+    ensemble, tokenizer, encoder, post = deployment_configs(spec, manifest_for(spec), variant)
     b = sentiment_spec.batching
     for config in (tokenizer, encoder):
         policy = config.dynamic_batching.default_queue_policy
@@ -48,9 +49,12 @@ def test_zero_means_triton_default(sentiment_spec):
     unbounded = dataclasses.replace(
         sentiment_spec, batching=dataclasses.replace(sentiment_spec.batching, max_queue_size=0, queue_timeout_microseconds=0))
     assert queue_policy(unbounded) is None
-    _, tokenizer, encoder, _ = deployment_configs(unbounded, manifest_for(unbounded), "cpu")
+    _, tokenizer, encoder, _ = deployment_configs(with_engine(unbounded, "cpu", topology="ensemble"),
+                                                  manifest_for(unbounded), "cpu")
     assert not tokenizer.dynamic_batching.HasField("default_queue_policy")
     assert not encoder.dynamic_batching.HasField("default_queue_policy")
+    (single,) = deployment_configs(unbounded, manifest_for(unbounded), "cpu")
+    assert not single.dynamic_batching.HasField("default_queue_policy")
 
 
 def test_defaults_are_bounded():

@@ -21,6 +21,8 @@ def test_shipped_specs_load(sentiment_spec, embed_spec):
     assert embed_spec.model.length_buckets[-1] == embed_spec.model.max_sequence_length
     assert sentiment_spec.encoder_model == "sentiment_encoder"
     assert set(embed_spec.engines) == {"cpu", "gpu", "gpu_torch"}
+    # one Python model where the engine runs in Python; TensorRT (a C++ backend) stays an ensemble
+    assert [embed_spec.topology(v) for v in ("cpu", "gpu", "gpu_torch")] == ["single", "ensemble", "single"]
 
 
 def test_unknown_keys_are_rejected():
@@ -49,6 +51,10 @@ def test_unknown_keys_are_rejected():
         (lambda r: r.update(name="my-model"), "valid identifier"),
         (lambda r: r["engine"]["cpu"].update(tokenizer_instances=0), r"\[engine.cpu\] tokenizer_instances must be >= 1"),
         (lambda r: r["engine"]["cpu"].update(postprocess_instances=0), "postprocess_instances must be >= 1"),
+        (lambda r: r["engine"]["cpu"].update(instance_count="many"), r"instance_count must be >= 1 .* or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(intra_op_threads=-1), "intra_op_threads must be >= 0"),
+        (lambda r: r["engine"]["cpu"].update(topology="mesh"), "topology 'mesh'"),
+        (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
     ],
 )
 def test_invalid_specs_name_the_problem(mutate, message):
@@ -84,9 +90,10 @@ def test_fingerprint_tracks_content(embed_spec):
     # artifact) is a deliberate one; the spec file's path is not part of it
     assert embed_spec.fingerprint("model") == "d4a2d10f6a5d4b80"
     # (the whole-spec key changed deliberately with [batching] max_request_text_bytes /
-    # max_request_texts, issue 15: it keys the generated repository, whose tokenizer config
-    # gained them; the "model" key above, which keys training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "aba1164a9066d208"
+    # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
+    # issue 13: it keys the generated repository; the "model" key above, which keys training and
+    # export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "903b59dd42817711"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

@@ -23,7 +23,7 @@ from trtserve_client.errors import (
 from trtserve_client.retry import RetryPolicy, is_retryable
 from trtserve_server.deployments import Deployment, discover, model_of_instance
 from trtserve_server.probes import Outcome, outcome_of
-from trtserve_server.processes import _instance_from_cmdline, kill_stub, stubs_of
+from trtserve_server.processes import Stub, _instance_from_cmdline, kill_stub, reap, stubs_of
 from trtserve_server.status import StatusServer, SupervisorStats
 from trtserve_server.supervisor import Backoff
 
@@ -142,6 +142,24 @@ def test_stub_table_reads_a_real_process_group():
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_reap_waits_for_exiting_stubs_and_kills_the_ones_left():
+    """After an unload: a stub that exits is waited for, one that lingers is killed."""
+    exits = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    lingers = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stubs = [Stub(exits.pid, "m_0_0", "S"), Stub(lingers.pid, "m_0_1", "S")]
+        started = time.monotonic()
+        killed = reap(stubs, wait_s=1.0)
+        assert [st.instance for st in killed] == ["m_0_1"]
+        assert 0.2 <= time.monotonic() - started < 5
+        assert lingers.wait(timeout=5) == -signal.SIGKILL and exits.wait(timeout=5) == 0
+        assert reap([Stub(exits.pid, "m_0_0", "S")], wait_s=1.0) == []  # gone: nothing to wait for
+    finally:
+        for p in (exits, lingers):
+            p.kill()
+            p.wait()
 
 
 def test_probe_outcomes_tell_busy_from_broken():

@@ -248,21 +248,34 @@ def test_pipeline_builds_a_gpu_torch_repository(tiny_model, tokenizer_file, tmp_
                                                    "cuda_graph_batch_sizes": [1, 8]}))
 
     repo = build_variant([spec], "gpu_torch", tmp_path / "repo")
-    encoder = repo / spec.encoder_model
+    # topology "auto": the engine runs in Python, so the deployment is one Python model on the GPU
+    model = repo / spec.name
+    assert not (repo / spec.encoder_model).exists()
+    config = read_config(model / "config.pbtxt")
+    assert config.backend == "python" and config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["engine_backend"] == "torch" and params["merge_lengths"] == "pad"
+    assert json.loads(params["cuda_graph_batch_sizes"]) == [1, 8]
+    assert json.loads(params["cuda_graph_sequence_lengths"]) == [8, 16, 32]
+    assert (model / "1" / "model.py").read_text().startswith('"""``<name>`` as one Python model')
+    meta = read_metadata(str(model / "1" / TORCHSCRIPT_FILE))
+    assert (meta["precision"], meta["attention"], meta["target_device_type"]) == ("hybrid", "eager", "cuda")
+    assert meta["vs_fp32"]["min_cosine"] >= spec.precision.gate("hybrid").min_cosine
+    record = json.loads((model / "engine_record.json").read_text())
+    assert record["sha256"] and record["fingerprint"]
+    # cached: a second build changes nothing
+    before = (model / "1" / TORCHSCRIPT_FILE).stat().st_mtime_ns
+    build_variant([spec], "gpu_torch", tmp_path / "repo")
+    assert (model / "1" / TORCHSCRIPT_FILE).stat().st_mtime_ns == before
+
+    # The same engine in the ensemble topology: the encoder step takes GPU tensors as they come.
+    ensemble = parse_spec(_spec_dict(str(checkpoint), {"backend": "torch", "precision": "hybrid", "attention": "eager",
+                                                       "cuda_graph_batch_sizes": [1, 8], "topology": "ensemble"}))
+    encoder = build_variant([ensemble], "gpu_torch", tmp_path / "repo_ensemble") / spec.encoder_model
     config = read_config(encoder / "config.pbtxt")
     assert config.backend == "python" and config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["merge_lengths"] == "pad"
     assert all(tensor.allow_ragged_batch for tensor in config.input)  # buckets may share an execution
-    assert json.loads(params["cuda_graph_batch_sizes"]) == [1, 8]
-    assert json.loads(params["cuda_graph_sequence_lengths"]) == [8, 16, 32]
     assert (encoder / "1" / "model.py").read_text().startswith('"""``<name>_encoder`` for the torch backend')
-    meta = read_metadata(str(encoder / "1" / TORCHSCRIPT_FILE))
-    assert (meta["precision"], meta["attention"], meta["target_device_type"]) == ("hybrid", "eager", "cuda")
-    assert meta["vs_fp32"]["min_cosine"] >= spec.precision.gate("hybrid").min_cosine
-    record = json.loads((encoder / "engine_record.json").read_text())
-    assert record["sha256"] and record["fingerprint"]
-    # cached: a second build changes nothing
-    before = (encoder / "1" / TORCHSCRIPT_FILE).stat().st_mtime_ns
-    build_variant([spec], "gpu_torch", tmp_path / "repo")
-    assert (encoder / "1" / TORCHSCRIPT_FILE).stat().st_mtime_ns == before
+    assert (encoder / "1" / TORCHSCRIPT_FILE).stat().st_mtime_ns == before  # the same cached TorchScript

@@ -6,6 +6,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import trtserve_contract as contract
+from trtserve_build.core.instances import host_sized
 from trtserve_build.core.records import ExportManifest
 from trtserve_build.core.pbtxt import read_config, to_text, write_config
 from trtserve_build.stages.triton_config import deployment_configs
@@ -21,16 +22,27 @@ def manifest_for(spec, hidden=384):
     )
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
-def test_round_trip(sentiment_spec, tmp_path, variant):
-    for config in deployment_configs(sentiment_spec, manifest_for(sentiment_spec), variant):
+def with_engine(spec, variant, **changes):
+    """``spec`` with ``[engine.<variant>]`` changed (e.g. topology="ensemble")."""
+    import dataclasses
+
+    engine = dataclasses.replace(spec.engine(variant), **changes)
+    return dataclasses.replace(spec, engines={**spec.engines, variant: engine})
+
+
+@pytest.mark.parametrize("variant, topology", [("cpu", "auto"), ("cpu", "ensemble"), ("gpu", "auto"),
+                                               ("gpu_torch", "auto"), ("gpu_torch", "ensemble")])
+def test_round_trip(sentiment_spec, tmp_path, variant, topology):
+    spec = with_engine(sentiment_spec, variant, topology=topology)
+    for config in deployment_configs(spec, manifest_for(spec), variant):
         path = tmp_path / f"{config.name}.pbtxt"
         write_config(config, path)
         assert read_config(path) == config
 
 
 def test_sentiment_contract(sentiment_spec):
-    ensemble, tokenizer, encoder, post = deployment_configs(sentiment_spec, manifest_for(sentiment_spec), "cpu")
+    spec = with_engine(sentiment_spec, "cpu", topology="ensemble")
+    ensemble, tokenizer, encoder, post = deployment_configs(spec, manifest_for(spec), "cpu")
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size >= 64
     (text,) = ensemble.input
     assert (text.name, text.data_type, list(text.dims)) == ("TEXT", mc.TYPE_STRING, [1])
@@ -48,7 +60,8 @@ def test_sentiment_contract(sentiment_spec):
 
 def test_ensemble_wiring_is_closed(embed_spec):
     """Every step input is produced by the ensemble input or an earlier step; every output is produced."""
-    ensemble, *members = deployment_configs(embed_spec, manifest_for(embed_spec), "cpu")
+    spec = with_engine(embed_spec, "cpu", topology="ensemble")
+    ensemble, *members = deployment_configs(spec, manifest_for(spec), "cpu")
     by_name = {m.name: m for m in members}
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
@@ -90,5 +103,48 @@ def test_step_instances_come_from_the_variant(sentiment_spec):
     _, tokenizer, encoder, post = deployment_configs(spec, manifest_for(spec), "gpu")
     assert [(g.kind, g.count) for g in tokenizer.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 4)]
     assert [(g.kind, g.count) for g in post.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    spec = with_engine(spec, "cpu", topology="ensemble")
     _, tokenizer, _, post = deployment_configs(spec, manifest_for(spec), "cpu")
     assert tokenizer.instance_group[0].count == 1 and post.instance_group[0].count == 1
+
+
+@pytest.mark.parametrize("variant, kind, engine_file", [
+    ("cpu", mc.ModelInstanceGroup.KIND_CPU, ("onnx_file", "model.onnx")),
+    ("gpu_torch", mc.ModelInstanceGroup.KIND_GPU, ("torchscript_file", "model.pt")),
+])
+def test_python_engines_are_served_as_one_model_with_the_same_contract(sentiment_spec, variant, kind, engine_file):
+    """Topology "auto": where the engine runs in Python, the deployment is one Python model with
+    the ensemble's name, input, outputs and batching, and the three steps' parameters."""
+    m = manifest_for(sentiment_spec)
+    (single,) = deployment_configs(sentiment_spec, m, variant)
+    ensemble = deployment_configs(with_engine(sentiment_spec, variant, topology="ensemble"), m, variant)[0]
+    assert single.name == ensemble.name == "sentiment" and single.backend == "python" and not single.platform
+    assert list(single.input) == list(ensemble.input) and list(single.output) == list(ensemble.output)
+    assert single.max_batch_size == ensemble.max_batch_size
+    assert [g.kind for g in single.instance_group] == [kind]
+    p = {k: v.string_value for k, v in single.parameters.items()}
+    assert p[engine_file[0]] == engine_file[1] and p["tokenizer_file"] == "tokenizer.json"
+    assert json.loads(p["encoder_inputs"]) == list(contract.ENCODER_INPUTS) and p["encoder_output"] == "logits"
+    assert p["task"] == "classification" and json.loads(p["labels"]) == ["negative", "positive"]
+    assert p["engine_backend"] == sentiment_spec.engine(variant).backend
+    # the door of the deployment keeps the bounded queue
+    assert single.dynamic_batching.default_queue_policy.max_queue_size == sentiment_spec.batching.max_queue_size
+
+
+def test_tensorrt_stays_an_ensemble(sentiment_spec):
+    assert sentiment_spec.topology("gpu") == "ensemble"
+    assert len(deployment_configs(sentiment_spec, manifest_for(sentiment_spec), "gpu")) == 4
+
+
+@pytest.mark.parametrize("cores, expected", [
+    # (one model on the GPU, ONNX Runtime instances, ORT threads, tokenizer instances)
+    (2, (1, 2, 1, 1)), (16, (8, 2, 8, 4)), (64, (8, 4, 16, 8)),
+])
+def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, expected):
+    spec = with_engine(with_engine(sentiment_spec, "gpu_torch", instance_count="auto"), "cpu",
+                       instance_count="auto", intra_op_threads="auto")
+    spec = with_engine(spec, "gpu", tokenizer_instances="auto")
+    got = (host_sized(spec, "gpu_torch", "instance_count", cores), host_sized(spec, "cpu", "instance_count", cores),
+           host_sized(spec, "cpu", "intra_op_threads", cores), host_sized(spec, "gpu", "tokenizer_instances", cores))
+    assert got == expected
+    assert host_sized(with_engine(spec, "cpu", instance_count=3), "cpu", "instance_count", cores) == 3

@@ -13,6 +13,15 @@ TORCH_PRECISIONS = ("fp32", "fp16", "hybrid")
 TORCH_ATTENTION = ("sdpa", "eager")
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt", "torch")
+#: Engine backends that run inside a Python-backend model (served as one model per deployment).
+PYTHON_ENGINE_BACKENDS = ("onnxruntime", "torch")
+#: How a deployment is served: "ensemble" (tokenizer -> encoder -> postprocess, three models),
+#: "single" (one Python model doing all three; only where the engine runs in Python), or "auto":
+#: single for the Python engine backends, ensemble for tensorrt.
+TOPOLOGIES = ("auto", "ensemble", "single")
+#: An instance knob's value that sizes it from the host's cores (stages.triton_config.host_sized).
+AUTO = "auto"
+INSTANCE_KNOBS = ("instance_count", "tokenizer_instances", "postprocess_instances", "intra_op_threads")
 VARIANTS = ("cpu", "gpu", "gpu_torch")
 
 CALIBRATION_METHODS = ("percentile", "entropy", "max")

@@ -14,17 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .enums import (
-    CALIBRATION_METHODS,
-    DATASET_LABELS,
-    ENGINE_BACKENDS,
-    INT8_MATMUL_MODES,
-    PRECISIONS,
-    TORCH_ATTENTION,
-    TORCH_PRECISIONS,
-    VARIANTS,
-)
+from .enums import (AUTO, CALIBRATION_METHODS, DATASET_LABELS, ENGINE_BACKENDS, INT8_MATMUL_MODES, PRECISIONS,
+                    TORCH_ATTENTION, TORCH_PRECISIONS, VARIANTS)
 from .errors import SpecError
+from .instances import resolve_topology, validate_serving
 from .lazy import lazy_import
 from .paths import REPO_ROOT
 from .stamps import digest
@@ -93,14 +86,18 @@ class ExportSpec:
 class EngineSpec:
     backend: str
     precision: str = "fp32"
-    instance_count: int = 1
+    #: Instances of the encoder (ensemble) or of the one model (single topology); "auto": sized
+    #: from the cores of the host that generates the repository (core.instances.host_sized).
+    instance_count: int | str = 1
+    #: "auto" | "ensemble" | "single" (enums.TOPOLOGIES; DeploymentSpec.topology resolves it).
+    topology: str = AUTO
     #: Instances of the Python-backend tokenizer and postprocess models in this variant (each
     #: its own process): one keeps a 2-core machine free for the encoder; a large host serves
     #: more texts/s with several, because each step handles one execution at a time.
-    tokenizer_instances: int = 1
-    postprocess_instances: int = 1
-    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
-    intra_op_threads: int = 0
+    tokenizer_instances: int | str = 1
+    postprocess_instances: int | str = 1
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = cores / instances).
+    intra_op_threads: int | str = 0
     #: torch backend: transformers attention implementation traced into the TorchScript.
     attention: str = "sdpa"
     #: torch backend: capture one CUDA graph per (batch size, length bucket) at load time.
@@ -187,6 +184,10 @@ class DeploymentSpec:
             raise SpecError(
                 f"{self.source}: no [engine.{variant}] section (have: {sorted(self.engines)})"
             ) from None
+
+    def topology(self, variant: str) -> str:
+        """"ensemble" or "single" for ``variant`` (core.instances.resolve_topology)."""
+        return resolve_topology(self.engine(variant))
 
     def checkpoint_path(self) -> str:
         """``model.checkpoint`` with relative local paths resolved against the repo root."""
@@ -334,9 +335,7 @@ def validate(spec: DeploymentSpec) -> None:
             raise SpecError(f"{where}: [engine.{variant}] backend {engine.backend!r}; known: {ENGINE_BACKENDS}")
         if engine.precision not in PRECISIONS:
             raise SpecError(f"{where}: [engine.{variant}] precision {engine.precision!r}; known: {PRECISIONS}")
-        for knob in ("instance_count", "tokenizer_instances", "postprocess_instances"):
-            if getattr(engine, knob) < 1:
-                raise SpecError(f"{where}: [engine.{variant}] {knob} must be >= 1")
+        validate_serving(engine, f"{where}: [engine.{variant}]")
         _validate_torch_engine(spec, variant, engine, where)
 
 

@@ -8,6 +8,10 @@ Layout (per deployment ``<name>``)::
                                                         | 1/model.pt + model.py (gpu_torch)
     <repo>/<name>_postprocess/config.pbtxt, 1/model.py, 1/trtserve_backend/
 
+or, in the single topology (the engine runs in Python: onnxruntime, torch), one model::
+
+    <repo>/<name>/config.pbtxt, 1/model.py, 1/tokenizer.json, 1/model.onnx | 1/model.pt, 1/trtserve_backend/
+
 Python models get a copy of the one ``trtserve_backend`` package and of the ensemble
 contract (``trtserve_contract``), so the repository is self-contained (the NGC container needs
 only ``tokenizers`` and ``onnxruntime`` installed).
@@ -50,6 +54,7 @@ PYTHON_MODELS = {
     "onnx_encoder": BACKEND_DIR / "triton_models" / "onnx_encoder.py",
     "torch_encoder": BACKEND_DIR / "triton_models" / "torch_encoder.py",
     "postprocess": BACKEND_DIR / "triton_models" / "postprocess.py",
+    "pipeline": BACKEND_DIR / "triton_models" / "pipeline.py",
 }
 
 
@@ -77,6 +82,8 @@ def repository_fingerprint(specs: Sequence[DeploymentSpec], variant: str, plans:
     return {
         "variant": variant,
         "backend_code": _backend_digest(),
+        # "auto" instance counts are sized from the cores of the generating host
+        "cores": os.cpu_count(),
         "deployments": {
             s.name: {
                 "spec": s.fingerprint(),
@@ -143,7 +150,13 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, configs: S
         version = root / config.name / "1"
         version.mkdir(parents=True)
         write_config(config, root / config.name / "config.pbtxt")
-        if config.name == spec.tokenizer_model:
+        if config.name == spec.name and config.backend == "python":  # the single topology
+            _install_python_model(version, "pipeline")
+            shutil.copy2(artifacts / TOKENIZER_FILE, version / TOKENIZER_FILE)
+            _install_engine_file(spec, variant, version, plan)
+            if plan is not None:
+                _copy_engine_record(plan, root / config.name)
+        elif config.name == spec.tokenizer_model:
             _install_python_model(version, "tokenizer")
             shutil.copy2(artifacts / TOKENIZER_FILE, version / TOKENIZER_FILE)
         elif config.name == spec.postprocess_model:
@@ -151,18 +164,22 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, configs: S
             if spec.windows is not None:  # NER words, QA nothing; one copy keeps both models alike
                 shutil.copy2(artifacts / TOKENIZER_FILE, version / TOKENIZER_FILE)
         elif config.name == spec.encoder_model:
-            if engine.backend == "onnxruntime":
-                _install_python_model(version, "onnx_encoder")
-                # the precision's graph (fp32: the export), served under the configured name
-                _link_or_copy(precision_onnx_path(spec, engine.precision), version / ONNX_FILE)
-            elif engine.backend == "tensorrt":
-                if plan is None or not plan.exists():
-                    raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TensorRT plan; run `make engines VARIANT={variant}`")
-                _link_or_copy(plan, version / PLAN_FILE)
+            if engine.backend in ("onnxruntime", "torch"):
+                _install_python_model(version, "onnx_encoder" if engine.backend == "onnxruntime" else "torch_encoder")
+            _install_engine_file(spec, variant, version, plan)
+            if engine.backend != "onnxruntime":
                 _copy_engine_record(plan, root / config.name)
-            elif engine.backend == "torch":
-                if plan is None or not plan.exists():
-                    raise RepositoryError(f"{spec.name}: variant {variant!r} needs a TorchScript file; run `make engines VARIANT={variant}`")
-                _install_python_model(version, "torch_encoder")
-                _link_or_copy(plan, version / TORCHSCRIPT_FILE)
-                _copy_engine_record(plan, root / config.name)
+
+
+def _install_engine_file(spec: DeploymentSpec, variant: str, version: Path, plan: Path | None) -> None:
+    """The engine the variant runs, into the version folder of the model that runs it."""
+    engine = spec.engine(variant)
+    if engine.backend == "onnxruntime":
+        # the precision's graph (fp32: the export), served under the configured name
+        _link_or_copy(precision_onnx_path(spec, engine.precision), version / ONNX_FILE)
+        return
+    what, filename = {"tensorrt": ("a TensorRT plan", PLAN_FILE), "torch": ("a TorchScript file", TORCHSCRIPT_FILE)}[
+        engine.backend]
+    if plan is None or not plan.exists():
+        raise RepositoryError(f"{spec.name}: variant {variant!r} needs {what}; run `make engines VARIANT={variant}`")
+    _link_or_copy(plan, version / filename)

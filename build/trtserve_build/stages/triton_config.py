@@ -14,6 +14,7 @@ import trtserve_contract as contract
 from trtserve_backend.parameters import (
     ModelParameters,
     OrtEncoderParameters,
+    PipelineParameters,
     PostprocessParameters,
     TokenizerParameters,
     TorchEncoderParameters,
@@ -22,6 +23,7 @@ from trtserve_backend.torch_engine import default_graph_batch_sizes
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..core.errors import ConfigError
+from ..core.instances import host_sized
 from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
@@ -42,8 +44,12 @@ def _outputs(decls: Iterable[TensorDecl]):
 
 
 def _parameters(config: mc.ModelConfig, params: ModelParameters) -> None:
-    """The Python model's typed parameters (trtserve_backend.parameters), as its model.py reads them."""
+    """The Python model's typed parameters (trtserve_backend.parameters), as its model.py reads them.
+    The one model holds several steps' parameters: a key two of them share must mean one value."""
     for key, text in params.to_config().items():
+        if key in config.parameters and config.parameters[key].string_value != text:
+            raise ConfigError(f"{config.name}: parameter {key!r} is {config.parameters[key].string_value!r} for one "
+                              f"step and {text!r} for {type(params).__name__}")
         config.parameters[key].string_value = text
 
 
@@ -125,9 +131,14 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: st
         input=_inputs(get_task(spec.task).ensemble_inputs),
         output=_outputs((*encoder_input_decls(manifest), *window_decls(spec))),
         dynamic_batching=_dynamic_batching(spec, preferred=False, bounded=True),
-        instance_group=_cpu_instances(spec.engine(variant).tokenizer_instances),
+        instance_group=_cpu_instances(host_sized(spec, variant, "tokenizer_instances")),
     )
-    _parameters(config, TokenizerParameters(
+    _parameters(config, _tokenizer_parameters(spec, manifest))
+    return config
+
+
+def _tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> TokenizerParameters:
+    return TokenizerParameters(
         tokenizer_file=TOKENIZER_FILE,
         max_sequence_length=spec.model.max_sequence_length,
         length_buckets=tuple(spec.model.length_buckets),
@@ -135,8 +146,7 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: st
         max_request_text_bytes=spec.batching.max_request_text_bytes,
         max_request_texts=spec.batching.max_request_texts,
         **_window_parameters(spec),
-    ))
-    return config
+    )
 
 
 def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
@@ -151,13 +161,8 @@ def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str)
     if engine.backend == "onnxruntime":
         # The embedded server has no onnxruntime backend: ONNX Runtime runs in a Python model.
         config.backend = "python"
-        config.instance_group.extend(_cpu_instances(engine.instance_count))
-        # merge_lengths: the class's default, "group" (the reason is documented on the field)
-        _parameters(config, OrtEncoderParameters(
-            onnx_file=ONNX_FILE, intra_op_threads=engine.intra_op_threads, precision=engine.precision,
-            # windows: a request may bring max_windows rows; attention memory grows with rows x length^2
-            max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0,
-        ))
+        config.instance_group.extend(_cpu_instances(host_sized(spec, variant, "instance_count")))
+        _parameters(config, _onnx_parameters(spec, variant))
         # Requests padded to different length buckets may share an execution: otherwise the
         # dynamic batcher closes a batch at every change of shape and batches stay near one
         # request.
@@ -166,33 +171,48 @@ def encoder_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str)
         config.platform = "tensorrt_plan"
         config.default_model_filename = PLAN_FILE
         config.instance_group.append(
-            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=engine.instance_count)
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=host_sized(spec, variant, "instance_count"))
         )
     elif engine.backend == "torch":
-        _torch_encoder(config, spec, engine)
+        _torch_encoder(config, spec, variant)
     else:
         raise ConfigError(f"{spec.name}: no encoder config for engine backend {engine.backend!r}")
     return config
 
 
-def _torch_encoder(config: mc.ModelConfig, spec: DeploymentSpec, engine) -> None:
-    """The torch backend: TorchScript + CUDA graphs in a Python model on the GPU (torch_engine.py)."""
-    config.backend = "python"
-    config.instance_group.append(
-        mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=engine.instance_count)
-    )
+def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters:
+    engine = spec.engine(variant)
+    # merge_lengths: the class's default, "group" (the reason is documented on the field)
+    return OrtEncoderParameters(onnx_file=ONNX_FILE, intra_op_threads=host_sized(spec, variant, "intra_op_threads"),
+                                precision=engine.precision,
+                                # windows: a request may bring max_windows rows; attention memory grows
+                                # with rows x length^2
+                                max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0)
+
+
+def _torch_parameters(spec: DeploymentSpec, variant: str) -> TorchEncoderParameters:
+    engine = spec.engine(variant)
     batch_sizes = engine.cuda_graph_batch_sizes or default_graph_batch_sizes(
         encoder_max_batch_size(spec), spec.batching.preferred_batch_sizes)
     # output_device, FORCE_CPU_ONLY_INPUT_TENSORS and merge_lengths: the class's defaults
     # (what the GPU engine wants; the reasons are documented on the fields).
-    _parameters(config, TorchEncoderParameters(
+    return TorchEncoderParameters(
         torchscript_file=TORCHSCRIPT_FILE,
         precision=engine.precision,
         attention=engine.attention,
         cuda_graphs=engine.cuda_graphs,
         cuda_graph_batch_sizes=tuple(batch_sizes),
         cuda_graph_sequence_lengths=tuple(spec.model.length_buckets),
-    ))
+    )
+
+
+def _torch_encoder(config: mc.ModelConfig, spec: DeploymentSpec, variant: str) -> None:
+    """The torch backend: TorchScript + CUDA graphs in a Python model on the GPU (torch_engine.py)."""
+    config.backend = "python"
+    config.instance_group.append(
+        mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=host_sized(spec, variant, "instance_count"))
+    )
+    _parameters(config, _torch_parameters(spec, variant))
     # Requests padded to different length buckets may share an execution: without this the
     # dynamic batcher closes a batch at every change of shape, and with four buckets in random
     # order batches stayed at 1.6 requests on an H200 (docs/results/gpu/).
@@ -212,21 +232,50 @@ def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest, variant: 
         input=_inputs(postprocess_input_decls(spec, manifest)),
         output=_outputs(ensemble_output_decls(spec, manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=False),
-        instance_group=_cpu_instances(spec.engine(variant).postprocess_instances),
+        instance_group=_cpu_instances(host_sized(spec, variant, "postprocess_instances")),
     )
-    _parameters(config, PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels),
-                                              **_postprocess_task_parameters(spec)))
+    _parameters(config, _postprocess_parameters(spec))
     return config
 
 
-def _postprocess_task_parameters(spec: DeploymentSpec) -> dict:
+def _postprocess_parameters(spec: DeploymentSpec) -> PostprocessParameters:
     w = spec.windows
+    extra: dict = {}
     if isinstance(w, QASpec):
-        return {"n_best": w.n_best, "max_answer_length": w.max_answer_length,
-                "handle_impossible_answer": w.handle_impossible_answer, "align_to_words": w.align_to_words}
-    if isinstance(w, NERSpec):
-        return {"aggregation_strategy": w.aggregation_strategy, "tokenizer_file": TOKENIZER_FILE}
-    return {}
+        extra = {"n_best": w.n_best, "max_answer_length": w.max_answer_length,
+                 "handle_impossible_answer": w.handle_impossible_answer, "align_to_words": w.align_to_words}
+    elif isinstance(w, NERSpec):
+        extra = {"aggregation_strategy": w.aggregation_strategy, "tokenizer_file": TOKENIZER_FILE}
+    return PostprocessParameters(task=spec.task, labels=tuple(spec.model.labels), **extra)
+
+
+def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> mc.ModelConfig:
+    """The single topology: ``<name>`` is one Python model (trtserve_backend.pipeline) with the
+    ensemble's name, inputs, outputs and bounded queue, and the three steps' typed parameters;
+    the tensors the ensemble wires from its tokenizer to its postprocess (the windowed tasks'
+    spans, window -> item map, item texts, token ids) are named as the pipeline's side inputs."""
+    engine = spec.engine(variant)
+    gpu = engine.backend == "torch"
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    encoder_out = encoder_output_decl(spec, manifest)
+    config = mc.ModelConfig(
+        name=spec.name,
+        backend="python",
+        max_batch_size=spec.batching.max_batch_size,
+        input=_inputs(get_task(spec.task).ensemble_inputs),
+        output=_outputs(ensemble_output_decls(spec, manifest)),
+        dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
+        instance_group=[mc.ModelInstanceGroup(kind=kind, count=host_sized(spec, variant, "instance_count"))],
+    )
+    side = tuple(d.name for d in postprocess_input_decls(spec, manifest) if d.name != encoder_out.name)
+    for params in (_tokenizer_parameters(spec, manifest),
+                   _torch_parameters(spec, variant) if gpu else _onnx_parameters(spec, variant),
+                   _postprocess_parameters(spec),
+                   PipelineParameters(engine_backend=engine.backend,
+                                      encoder_inputs=tuple(d.name for d in encoder_input_decls(manifest)),
+                                      encoder_output=encoder_out.name, side_inputs=side)):
+        _parameters(config, params)
+    return config
 
 
 def ensemble_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelConfig:
@@ -260,7 +309,9 @@ def ensemble_config(spec: DeploymentSpec, manifest: ExportManifest) -> mc.ModelC
 
 
 def deployment_configs(spec: DeploymentSpec, manifest: ExportManifest, variant: str) -> list[mc.ModelConfig]:
-    """All four configs of one deployment, ensemble first."""
+    """All configs of one deployment: the one model (single topology), or the ensemble first and its three steps."""
+    if spec.topology(variant) == "single":
+        return [pipeline_config(spec, manifest, variant)]
     return [
         ensemble_config(spec, manifest),
         tokenizer_config(spec, manifest, variant),

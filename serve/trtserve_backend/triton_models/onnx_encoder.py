@@ -1,8 +1,6 @@
 """``<name>_encoder`` on CPU: the exported ONNX graph under ONNX Runtime."""
 from __future__ import annotations
 
-import os
-
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
@@ -17,14 +15,7 @@ class TritonPythonModel:
         params = OrtEncoderParameters.from_config(cfg)
         self.input_names = [t.name for t in cfg.inputs]
         self.output = cfg.single_output()
-        self.encoder = OrtEncoder(
-            os.path.join(version_dir(args), params.onnx_file),
-            input_names=self.input_names,
-            output_name=self.output.name,
-            intra_op_threads=params.intra_op_threads,
-            merge=params.merge_lengths,
-            max_rows_per_run=params.max_rows_per_run,
-        )
+        self.encoder = OrtEncoder.from_parameters(params, version_dir(args), self.input_names, self.output.name)
 
     def execute(self, requests):
         try:

@@ -2,57 +2,37 @@
 
 Classification and embedding: one output row per input row. Question answering and token
 classification: the rows are windows; each item's windows are scored together and the
-response has one row per item (trtserve_backend.qa / .ner).
+response has one row per item (trtserve_backend.qa / .ner). The postprocess is the one the
+one-model deployment runs too (trtserve_backend.steps.make_step_postprocess).
 """
 from __future__ import annotations
 
-import os
-
 import triton_python_backend_utils as pb_utils
-import trtserve_contract as contract
 
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import PostprocessParameters
-from trtserve_backend.postprocess import make_postprocess
-from trtserve_backend.triton_models._common import error_response, input_array, input_arrays, version_dir
-
-
-def make_windowed_postprocess(params: PostprocessParameters, folder: str):
-    """{input name: array} of one request's window rows -> {output name: [n, ...] array}."""
-    if params.task == contract.QUESTION_ANSWERING:
-        from trtserve_backend.qa import QAPostprocess, QASettings
-
-        return QAPostprocess(QASettings(n_best=params.n_best, max_answer_length=params.max_answer_length,
-                                        handle_impossible_answer=params.handle_impossible_answer,
-                                        align_to_words=params.align_to_words))
-    from trtserve_backend.ner import NERPostprocess, NERSettings, TokenVocabulary
-
-    return NERPostprocess(NERSettings(params.labels, params.aggregation_strategy),
-                          TokenVocabulary.from_file(os.path.join(folder, params.tokenizer_file)))
+from trtserve_backend.steps import make_step_postprocess, windowed
+from trtserve_backend.triton_models._common import (error_response, input_array, input_arrays, output_tensors,
+                                                    version_dir)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
         params = PostprocessParameters.from_config(cfg)
-        self.windowed = params.task in contract.WINDOWED_TASKS
-        if self.windowed:
-            self.input_names = [t.name for t in cfg.inputs]
-            self.postprocess = make_windowed_postprocess(params, version_dir(args))
-        else:
+        self.windowed = windowed(params.task)
+        self.input_names = [t.name for t in cfg.inputs]
+        if not self.windowed:
             self.input_name = cfg.single_input().name
-            self.postprocess = make_postprocess(params.task, params.labels)
+        self.postprocess = make_step_postprocess(params, version_dir(args))
         self.outputs = cfg.outputs
 
     def _respond(self, request):
         if self.windowed:
-            arrays = self.postprocess(input_arrays(request, self.input_names))
+            values = self.postprocess(input_arrays(request, self.input_names))
         else:
-            arrays = self.postprocess(input_array(request, self.input_name))
-        return pb_utils.InferenceResponse([
-            pb_utils.Tensor(t.name, arrays[t.name].astype(t.dtype, copy=False))
-            for t in self.outputs
-        ])
+            values = self.postprocess(input_array(request, self.input_name))
+        return pb_utils.InferenceResponse(output_tensors(self.outputs, values))
 
     def execute(self, requests):
         responses = []

@@ -8,16 +8,14 @@ DLPack. The output goes back to host memory in one copy per execution (``output_
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.utils.dlpack
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import TorchEncoderParameters
-from trtserve_backend.torch_engine import GraphPlan, TorchEncoder
-from trtserve_backend.triton_models._common import error_response, version_dir
+from trtserve_backend.torch_engine import TorchEncoder
+from trtserve_backend.triton_models._common import error_response, instance_device, version_dir
 
 
 class TritonPythonModel:
@@ -27,22 +25,8 @@ class TritonPythonModel:
         self.inputs = cfg.inputs
         self.output = cfg.single_output()
         self.output_on_gpu = params.output_device == "gpu"
-        self.merge = params.merge_lengths
-        if args.get("model_instance_kind") == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
-            torch.cuda.set_device(device)
-        else:
-            device = "cpu"
-        plan = None
-        if params.cuda_graphs and device != "cpu":
-            plan = GraphPlan(params.cuda_graph_batch_sizes, params.cuda_graph_sequence_lengths)
-        self.engine = TorchEncoder.from_file(
-            os.path.join(version_dir(args), params.torchscript_file),
-            input_names=[t.name for t in cfg.inputs],
-            device=device,
-            plan=plan,
-        )
-        self.engine.capture()
+        device = instance_device(args)
+        self.engine = TorchEncoder.from_parameters(params, version_dir(args), [t.name for t in cfg.inputs], device)
         self.output_on_gpu = self.output_on_gpu and device != "cpu"
 
     @staticmethod
@@ -64,7 +48,7 @@ class TritonPythonModel:
     def execute(self, requests):
         try:
             feeds = [{t.name: self._tensor(r, t.name) for t in self.inputs} for r in requests]
-            outputs = self.engine.run_requests(feeds, to_host=not self.output_on_gpu, merge=self.merge)
+            outputs = self.engine.run_requests(feeds, to_host=not self.output_on_gpu)
         except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
             return [error_response(f"encoder failed: {e}") for _ in requests]
         return [self._response(out) for out in outputs]

@@ -1,0 +1,44 @@
+"""``<name>`` as one Python model: inputs -> tokenizer -> engine -> postprocess in one hop (pipeline.py).
+
+Same name, inputs and outputs as the ensemble it replaces; used where the engine runs in Python
+(ONNX Runtime on the CPU, the torch engine with CUDA graphs on a GPU: KIND_GPU instances).
+"""
+from __future__ import annotations
+
+import triton_python_backend_utils as pb_utils
+
+from trtserve_backend.limits import RequestLimits
+from trtserve_backend.model_config import PythonModelConfig
+from trtserve_backend.parameters import PipelineParameters, TokenizerParameters
+from trtserve_backend.pipeline import Pipeline
+from trtserve_backend.tokenize import InvalidTextError
+from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_items,
+                                                    version_dir)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = PythonModelConfig.from_args(args)
+        self.input_names = [t.name for t in cfg.inputs]
+        self.outputs = cfg.outputs
+        device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
+        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
+        tokenizer = TokenizerParameters.from_config(cfg)
+        self.limits = RequestLimits(tokenizer.max_request_text_bytes, tokenizer.max_request_texts)
+
+    def execute(self, requests):
+        items, errors = read_items(requests, self.input_names, self.limits)
+        try:
+            results = self.pipeline.run(items)
+        except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
+            return [errors.get(i) and error_response(errors[i], invalid_argument=True)
+                    or error_response(f"inference failed: {e}") for i in range(len(requests))]
+        responses = []
+        for i, values in enumerate(results):
+            if i in errors:
+                responses.append(error_response(errors[i], invalid_argument=True))
+            elif isinstance(values, Exception):  # what is wrong with this request alone
+                responses.append(error_response(str(values), invalid_argument=isinstance(values, InvalidTextError)))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors(self.outputs, values)))
+        return responses
