@@ -33,7 +33,8 @@ def _infer(server, texts):
 
 
 def test_single_model_and_ensemble_give_the_same_answers(server, ensemble_server):
-    assert server.text_models() == ["embed", "sentiment"]
+    # every default deployment is one model (no _tokenizer/_encoder/_postprocess steps listed)
+    assert server.text_models() == ["embed", "ner", "qa", "sentiment"]
     for texts in (TEXTS, TEXTS[:1], TEXTS[4:5]):  # one batch of mixed lengths, and single texts
         single, ensemble = _infer(server, texts), _infer(ensemble_server, texts)
         assert single["LABEL"].tolist() == ensemble["LABEL"].tolist()
