@@ -14,9 +14,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,21 +25,13 @@ from trtserve_client import RetryPolicy, TrtServeClient
 from trtserve_client.errors import TrtServeError
 from trtserve_client.retry import is_retryable
 from trtserve_server.deployments import model_of_instance
-from trtserve_server.embedded import Ports, free_port
 from trtserve_server.processes import stubs_of
+
+from .supervised import Supervised, start_supervised, stop_supervised
 
 HARD_LIMIT_S = 30.0
 TARGET_S = {"stub": 5.0, "server": 15.0}
 MEASURED: dict[str, float] = {}
-
-
-class Served:
-    def __init__(self, proc, ports, status_port, output):
-        self.proc, self.ports, self.status_port, self.output = proc, ports, status_port, output
-
-    def status(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=5) as r:
-            return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
@@ -60,40 +49,13 @@ def both_topologies(tmp_path_factory, sentiment_spec, embed_spec):
 
 @pytest.fixture(scope="module")
 def served(both_topologies, tmp_path_factory):
-    ports, status_port = Ports.free(), free_port()
-    log = tmp_path_factory.mktemp("faults") / "triton.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtserve_server.cli", "serve", "--model-repository", str(both_topologies),
-         "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
-         "--status-port", str(status_port), "--log-file", str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("trtserve: Triton is serving"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(240):
-        proc.kill()
-        pytest.fail("no ready banner:\n" + "".join(output[-40:]))
-    served = Served(proc, ports, status_port, output)
-    served.log = log
+    served = start_supervised(both_topologies, tmp_path_factory.mktemp("faults") / "triton.log")
     yield served
-    (log.parent / "serve.out").write_text("".join(output))  # the supervisor's events, for a failing run
     print("\nmeasured recovery (fault -> next good answer):", json.dumps(MEASURED))
-    if proc.poll() is not None:  # the last test killed it
-        return
-    tree = descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    assert not still_running(tree), "processes left after stop"
+    stop_supervised(served, may_be_dead=True)  # the last test kills it
 
 
-def _healthy(served: Served) -> None:
+def _healthy(served: Supervised) -> None:
     """Both deployments answer; then a probe interval passes, so that the next fault is an
     independent one, not the same deployment failing again right after its repair (which the
     supervisor counts towards a reload loop)."""
@@ -103,7 +65,7 @@ def _healthy(served: Served) -> None:
     time.sleep(1.5)
 
 
-def _repaired(served: Served, before: dict, deadline: float) -> bool:
+def _repaired(served: Supervised, before: dict, deadline: float) -> bool:
     """Whether the supervisor reloaded a model or restarted the server since ``before`` (a
     status snapshot), waiting until ``deadline`` (monotonic)."""
     while True:

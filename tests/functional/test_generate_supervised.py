@@ -5,23 +5,19 @@ killed stub is reloaded and the model answers again.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 
 import pytest
 
-from loadtest.faults import descendants, server_pid, still_running
+from loadtest.faults import server_pid
 from trtserve_backend.generation.requests import GenerationLimits
 from trtserve_client import BadInputError, TrtServeClient
 from trtserve_client.errors import ServerOverloadedError, TrtServeError
-from trtserve_server.embedded import Ports, free_port
 from trtserve_server.processes import stubs_of
+
+from .supervised import start_supervised, stop_supervised
 
 LIMITS = GenerationLimits(context_length=256, max_prompt_tokens=56, max_new_tokens=200, default_max_new_tokens=8,
                           max_sequences=4)
@@ -34,33 +30,9 @@ def supervised(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("generate-supervised")
     write_generate_model(root / "repo", gpt2_tiny_onnx, gpt2_tiny_checkpoint, GenerateSettings(limits=LIMITS))
-    ports, status_port = Ports.free(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtserve_server.cli", "serve", "--model-repository", str(root / "repo"),
-         "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
-         "--status-port", str(status_port), "--log-file", str(root / "triton.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("trtserve: Triton is serving"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(240):
-        proc.kill()
-        pytest.fail("no ready banner:\n" + "".join(output[-40:]))
-    proc.http_url, proc.grpc_url, proc.output = f"127.0.0.1:{ports.http}", f"127.0.0.1:{ports.grpc}", output
-    proc.status = lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5).read())
-    yield proc
-    (root / "serve.out").write_text("".join(output))
-    tree = descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    assert not still_running(tree), "processes left after stop"
+    served = start_supervised(root / "repo", root / "triton.log")
+    yield served
+    stop_supervised(served)
 
 
 def _wait_probes(supervised, at_least: int, timeout_s: float = 20.0) -> dict:
