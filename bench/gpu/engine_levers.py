@@ -1,0 +1,430 @@
+"""Issue 13's last engine target, BERT-base fp16 >= 22k seq/s at sequence 128: candidate engines
+side by side with the served best (``torch.compile`` + Inductor freezing + our CUDA graph), in one run.
+
+Each candidate is a :class:`levers_models.Lever` (what it changes is in that module). Per
+(lever, batch): build from the same seeded FP32 BERT-base (bert-base-uncased config, 2-way head),
+compile for the fixed shape, check against FP32 of the same weights, capture in a CUDA graph,
+time (timing.time_gpu). The check: min cosine and max |diff| of the logits on padded rows (full
+rows for levers without a mask) at the timed shape, and of the mean-pooled 768-d output of the
+same lever run eagerly at 32 rows; both must reach the build's fp16 gate
+(``trtserve_build.stages.torchscript.SANITY_MIN_COSINE``). Every step has its own time cap
+(SIGALRM), a failure is a result, and the JSON is rewritten after each step.
+
+Order (the run must fit one device call): microbenchmarks (attention backends with/without a
+mask, the FFN GEMM with GELU after it or in the cuBLASLt epilogue, FP8 GEMMs: a GEMM-only bound);
+every lever at 256x128; 512x128 for the baseline and the best passing levers; 1x128 for the
+baseline and the best; then, in the time left, the long autotune lever and 1024x128 for the best;
+the baseline re-timed at the end (the spread between two timings of one engine).
+
+GPU: ``python3 bench/gpu/engine_levers.py --out $OUT/engine_levers.json`` (bench/gpu/run_engine_levers.sh).
+CPU rehearsal (tiny BERT, eager, no graphs): ``python bench/gpu/engine_levers.py --dry-run --out x.json``.
+"""
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()  # the budget counts from here (imports included)
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import signal
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), *(str(HERE.parents[1] / d) for d in ("build", "serve", "contract"))]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import levers_models as lm  # noqa: E402
+from timing import exit_on_sigterm, gpu_info, summary_ms, time_gpu, write_json  # noqa: E402
+from trtserve_build.core.metrics import Agreement  # noqa: E402
+from trtserve_build.stages.torchscript import SANITY_MIN_COSINE  # noqa: E402
+
+TARGET_SEQ_PER_S = 22000.0
+TARGET_1X128_MS = 0.6
+#: Levers run when --levers is not given (the rest: name them, or --levers all).
+DEFAULT_LEVERS = ("baseline", "nomask", "nomask_lt_gelu", "lt_gelu", "fp8_nomask", "eager_nomask_lt_gelu",
+                  "bf16_nomask_lt_gelu", "nomask_cudnn", "fp8_mask", "nomask_lt_gelu_cdt")
+LATE_LEVERS = ("autotune_triton_nomask",)  # only with the time left at the end
+#: Rough cost of one (lever, shape) step, to skip what cannot finish inside the budget.
+STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0}
+DEFERRED = "deferred"
+
+
+def log(msg: str) -> None:
+    print(f"[engine_levers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class StepTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_cap(seconds: float):
+    """Raise StepTimeout in the main thread after ``seconds`` (a long compile or autotune)."""
+    def expire(*_):
+        raise StepTimeout(f"over its {seconds:.0f}s cap")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def time_cpu(fn, rows: int, iters: int = 3) -> dict:
+    """The CPU rehearsal's stand-in for timing.time_gpu (same keys)."""
+    fn()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    out = summary_ms(samples)
+    out.update({"throughput_per_s": rows * 1000.0 / out["mean_ms"], "back_to_back_ms": out["mean_ms"], "iters": iters})
+    return out
+
+
+def make_feeds(batch: int, seq: int, vocab: int, device, seed: int, padded: bool) -> list:
+    """[input_ids, attention_mask, token_type_ids]; padded: random lengths 2..seq (row 0 full)."""
+    g = torch.Generator().manual_seed(seed * 7919 + batch * 131 + seq)
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    if padded:
+        for row, length in enumerate(torch.randint(2, seq + 1, (batch,), generator=g).tolist()):
+            if row:
+                mask[row, length:] = 0
+    return [(ids * mask).to(device), mask.to(device), torch.zeros(batch, seq, dtype=torch.int64, device=device)]
+
+
+def agreement(reference, candidate) -> dict:
+    a = Agreement.measure(reference.detach().float().cpu().numpy(), candidate.detach().float().cpu().numpy())
+    return {"min_cosine": a.min_cosine, "max_abs_diff": a.max_abs_diff, "nonfinite_fraction": a.nonfinite_fraction}
+
+
+def graphed(fn, args):
+    """Capture ``fn(*args)`` in a CUDA graph after warm-up (as compile_bench.graphed); returns a replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*args)
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+class Run:
+    """One benchmark run: the FP32 model, the levers, the result JSON (rewritten after each step)."""
+
+    def __init__(self, args):
+        from transformers import BertConfig, BertForSequenceClassification
+
+        self.args = args
+        self.started = _T0
+        self.cuda = args.device == "cuda"
+        self.device = torch.device(args.device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.manual_seed(0)
+        config = (BertConfig(num_labels=2) if not args.tiny else
+                  BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, num_labels=2))
+        self.config = config
+        self.fp32 = BertForSequenceClassification(config).eval().to(self.device)
+        self.fp32.config._attn_implementation = "sdpa"
+        self.reference = lm.LeverModule(self.fp32, mask=True)
+        self.reference_pooled = lm.LeverModule(self.fp32, mask=True, pooled=True)
+        calib = make_feeds(16, args.seq, config.vocab_size, self.device, seed=3, padded=True)
+        self.amax = lm.calibrate(self.fp32, dict(zip(("input_ids", "attention_mask", "token_type_ids"), calib)))
+        self.result = {
+            "machine": gpu_info(), "torch": torch.__version__, "seq": args.seq, "dry_run": args.dry_run,
+            "model": ("BERT-base (bert-base-uncased config), random seeded weights, 2-way classification head"
+                      if not args.tiny else "tiny BERT (CPU rehearsal)"),
+            "inputs": "timed: random token ids, every row full length; checked: padded rows (levers with a "
+                      "mask) or full rows, against FP32 of the same weights (TF32 off)",
+            "gate_min_cosine": SANITY_MIN_COSINE, "targets": {"seq_per_s": TARGET_SEQ_PER_S, "ms_1x128": TARGET_1X128_MS},
+            "levers": {}, "rows": [], "errors": {}, "micro": {}, "finished": False}
+        self.replays: dict = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.started)
+
+    def save(self) -> None:
+        write_json(self.args.out, self.result)
+
+    def row(self, name: str, batch: int):
+        return next((r for r in self.result["rows"] if r["lever"] == name and r["batch"] == batch), None)
+
+    def timer(self, fn, rows: int) -> dict:
+        return time_gpu(fn, rows) if self.cuda else time_cpu(fn, rows)
+
+    def micro_timer(self, fn, rows: int) -> dict:
+        return time_gpu(fn, rows, budget_s=0.1) if self.cuda else time_cpu(fn, rows, iters=1)
+
+    # -- one lever's eager fidelity on a 768-d output --------------------------------------------
+    def pooled_check(self, lever: lm.Lever) -> dict:
+        feeds = make_feeds(32, self.args.seq, self.config.vocab_size, self.device, seed=5, padded=lever.mask)
+        module = lm.build(self.fp32, lever, self.amax, pooled=True).to(self.device)
+        with torch.no_grad(), lm.attention_backend(lever), lm.sdpa_masks_seen() as masks:
+            out = module(*feeds)
+        with torch.no_grad():
+            ref = self.reference_pooled(*feeds)
+        del module
+        return {**agreement(ref, out), "sdpa_masks": sorted(set(masks))}
+
+    # -- one (lever, batch) step -----------------------------------------------------------------
+    def step(self, lever: lm.Lever, batch: int, keep: bool = False, reserve: float = 0.0):
+        """Measure one (lever, batch); DEFERRED when it would eat into ``reserve`` seconds."""
+        key = f"{lever.name} {batch}x{self.args.seq}"
+        if self.row(lever.name, batch) or key in self.result["errors"]:
+            return self.row(lever.name, batch)
+        estimate = STEP_ESTIMATE_S[lever.compile if not self.args.dry_run else None]
+        if reserve and self.left() - reserve < estimate:
+            return DEFERRED
+        why = self.not_worth(lever)
+        if why:
+            self.result["errors"][key] = f"skipped: {why}"
+            log(f"{key} skipped: {why}")
+            return None
+        if self.left() < estimate:
+            self.result["errors"][key] = f"skipped: {self.left():.0f}s left of the budget, step needs ~{estimate:.0f}s"
+            log(self.result["errors"][key] + f" ({key})")
+            self.save()
+            return None
+        self.result["levers"].setdefault(lever.name, {"what": lever.what, "dtype": lever.dtype, "mask": lever.mask,
+                                                       "gelu": lever.gelu, "gemm": lever.gemm,
+                                                       "attention": lever.attention, "compile": lever.compile,
+                                                       "inductor": lever.inductor, "note": lever.precision_note})
+        self.result["running"] = key
+        self.save()
+        started = time.perf_counter()
+        try:
+            with time_cap(min(lever.cap_s, max(self.left(), 1.0))), lm.attention_backend(lever):
+                row = self._measure(lever, batch, keep)
+        except Exception as e:  # noqa: BLE001 - one lever failing is a result, not the end of the run
+            self.result["errors"][key] = f"{type(e).__name__}: {str(e)[:500]}"
+            log(f"{key} failed after {time.perf_counter() - started:.0f}s: {self.result['errors'][key]}")
+            row = None
+        finally:
+            self.result.pop("running", None)
+            if self.cuda:
+                torch._dynamo.reset()
+                gc.collect()
+                torch.cuda.empty_cache()
+            self.save()
+        return row
+
+    def _measure(self, lever: lm.Lever, batch: int, keep: bool) -> dict:
+        seq, vocab = self.args.seq, self.config.vocab_size
+        t0 = time.perf_counter()
+        info = self.result["levers"][lever.name]
+        if "pooled_vs_fp32" not in info:
+            info["pooled_vs_fp32"] = self.pooled_check(lever)
+        module = lm.build(self.fp32, lever, self.amax).to(self.device)
+        check = make_feeds(batch, seq, vocab, self.device, seed=11, padded=lever.mask)
+        timed = make_feeds(batch, seq, vocab, self.device, seed=batch, padded=False)
+        compiled = lever.compile is not None and not self.args.dry_run
+        settings = lm.inductor_settings(lever) if compiled else contextlib.nullcontext()
+        with torch.no_grad(), settings:
+            torch._dynamo.reset()
+            fn = (torch.compile(module, dynamic=False, mode=None if lever.compile == "default" else lever.compile)
+                  if compiled else module)
+            out = fn(*check)  # compiles here (the timed feeds have the same shape: no recompile)
+            if self.cuda:
+                torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            fidelity = agreement(self.reference(*check), out)
+            replay = graphed(fn, timed) if self.cuda else (lambda: fn(*timed))
+            direct = fn(*timed).clone()
+            replayed = agreement(direct, replay())  # the graph computes what the call does
+            breakdown = None
+            if self.cuda and batch == self.args.batch and self.left() > 15:
+                import levers_micro
+
+                try:  # the same kernels as the replay, without the graph (profiled per kernel)
+                    breakdown = levers_micro.kernel_breakdown(lambda: fn(*timed))
+                except Exception as e:  # noqa: BLE001 - a diagnostic, not the measurement
+                    breakdown = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        with torch.no_grad():
+            r = self.timer(replay, batch)
+        if keep:
+            self.replays[(lever.name, batch)] = replay
+        pooled = info["pooled_vs_fp32"]
+        passed = (fidelity["nonfinite_fraction"] == 0 and fidelity["min_cosine"] >= SANITY_MIN_COSINE
+                  and pooled["nonfinite_fraction"] == 0 and pooled["min_cosine"] >= SANITY_MIN_COSINE)
+        row = {"lever": lever.name, "batch": batch, "seq": seq, **r, "setup_s": round(compile_s, 1),
+               "step_s": round(time.perf_counter() - t0, 1), "logits_vs_fp32": fidelity, "within_tolerance": passed,
+               "replay_vs_call": replayed}
+        if breakdown is not None:
+            row["kernels"] = breakdown
+            log(f"{lever.name} kernels at {batch}x{seq}: {breakdown.get('ms', breakdown)}")
+        self.result["rows"].append(row)
+        log(f"{lever.name:26s} {batch:4d}x{seq}: p50 {r['p50_ms']:.3f} ms, {r['throughput_per_s']:8.0f} seq/s, "
+            f"set up in {compile_s:.1f}s, logits cos {fidelity['min_cosine']:.6f} |diff| {fidelity['max_abs_diff']:.2e}, "
+            f"pooled cos {pooled['min_cosine']:.6f}{'' if passed else '  OUT OF TOLERANCE'}")
+        return row
+
+    def not_worth(self, lever: lm.Lever) -> str | None:
+        """A lever pinning an SDPA backend that the microbenchmark found no faster than the default."""
+        att = self.result["micro"].get("attention", {})
+        kind = "padded mask" if lever.mask else "no mask"
+        mine, default = att.get(f"sdpa {lever.attention}, {kind}", {}), att.get(f"sdpa default, {kind}", {})
+        if lever.attention and "back_to_back_ms" in default:
+            if "back_to_back_ms" not in mine:
+                return f"the {lever.attention} backend failed its microbenchmark ({mine.get('error', 'not run')[:120]})"
+            if mine["back_to_back_ms"] >= 0.95 * default["back_to_back_ms"]:
+                return (f"microbenchmark: {lever.attention} {mine['back_to_back_ms']:.3f} ms vs default "
+                        f"{default['back_to_back_ms']:.3f} ms ({kind})")
+        return None
+
+    # -- phases ----------------------------------------------------------------------------------
+    def best(self, batch: int, count: int, gemm: str = "fp16") -> list[str]:
+        """The fastest levers within tolerance at ``batch`` (fp16/bf16 GEMMs, or fp8), baseline aside."""
+        rows = [r for r in self.result["rows"] if r["batch"] == batch and r["within_tolerance"]
+                and r["lever"] != lm.BASELINE and self.result["levers"][r["lever"]]["gemm"] == gemm]
+        rows.sort(key=lambda r: -r["throughput_per_s"])
+        return [r["lever"] for r in rows[:count]]
+
+    def run(self, levers: list[lm.Lever], late: list[lm.Lever]) -> None:
+        a = self.args
+        if not a.skip_micro and "done" not in self.result["micro"]:
+            import levers_micro
+
+            with contextlib.suppress(StepTimeout), time_cap(a.micro_cap_s):
+                levers_micro.run_all(self.result["micro"], batch=a.batch, seq=a.seq, config=self.config,
+                                     device=self.device, timer=self.micro_timer, log=log, save=self.save)
+            self.result["micro"]["done"] = True
+            self.save()
+        deferred = [lv for lv in levers
+                    if self.step(lv, a.batch, keep=lv.name == lm.BASELINE, reserve=a.reserve_s) is DEFERRED]
+        by_name = {lv.name: lv for lv in levers + late}
+        for name in [lm.BASELINE, *self.best(a.batch, a.top), *self.best(a.batch, 1, "fp8")]:
+            if name in by_name:
+                for batch in a.more_batches:
+                    self.step(by_name[name], batch)
+        best = self.best(a.batch, 1)
+        for name in [lm.BASELINE, *best]:
+            if name in by_name:
+                self.step(by_name[name], 1)
+        for lever in deferred + late:
+            self.step(lever, a.batch)
+        if best and a.big_batch:
+            self.step(by_name[best[0]], a.big_batch)
+        replay = self.replays.get((lm.BASELINE, a.batch))
+        if replay is not None:
+            with torch.no_grad():
+                r = self.timer(replay, a.batch)
+            self.result["baseline_retimed"] = r
+            log(f"baseline re-timed at the end: {r['throughput_per_s']:.0f} seq/s (spread of one engine)")
+        self.result["finished"] = True
+        self.save()
+
+
+def table(result: dict) -> str:
+    """Markdown: one line per lever, throughput at each batch, ratio to the baseline, fidelity."""
+    rows = result["rows"]
+    batches = sorted({r["batch"] for r in rows if r["batch"] > 1})
+    base = {r["batch"]: r["throughput_per_s"] for r in rows if r["lever"] == lm.BASELINE}
+    head = ["lever"] + [f"{b}x{result['seq']} seq/s (x base)" for b in batches] + [
+        "1x p50 ms", "logits cos min", "pooled cos min", "within tol", f">= {TARGET_SEQ_PER_S / 1000:.0f}k"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, info in result["levers"].items():
+        mine = {r["batch"]: r for r in rows if r["lever"] == name}
+        cells = [name + (f" ({info['note']})" if info.get("note") else "")]
+        for b in batches:
+            r = mine.get(b)
+            cells.append("-" if r is None else f"{r['throughput_per_s']:,.0f} ({r['throughput_per_s'] / base[b]:.2f}x)"
+                         if b in base else f"{r['throughput_per_s']:,.0f}")
+        cells.append(f"{mine[1]['p50_ms']:.3f}" if 1 in mine else "-")
+        cos = [r["logits_vs_fp32"]["min_cosine"] for r in mine.values()]
+        cells.append(f"{min(cos):.6f}" if cos else "-")
+        pooled = info.get("pooled_vs_fp32", {}).get("min_cosine")
+        cells.append("-" if pooled is None else f"{pooled:.6f}")
+        ok = [r["within_tolerance"] for r in mine.values()]
+        cells.append(("yes" if all(ok) else "NO") if ok else "-")
+        best = max((r["throughput_per_s"] for r in mine.values() if r["batch"] > 1), default=math.nan)
+        cells.append("-" if math.isnan(best) else ("yes" if best >= TARGET_SEQ_PER_S and all(ok) else "no"))
+        lines.append("| " + " | ".join(cells) + " |")
+    if result["errors"]:
+        lines.append("")
+        lines += [f"- {key}: {err}" for key, err in result["errors"].items()]
+    if "baseline_retimed" in result:
+        lines.append(f"\nbaseline re-timed at the end: {result['baseline_retimed']['throughput_per_s']:,.0f} seq/s")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON results (a .md table is written beside it)")
+    p.add_argument("--levers", default=",".join(DEFAULT_LEVERS), help="comma list, or 'all'")
+    p.add_argument("--late-levers", default=",".join(LATE_LEVERS), help="run only in the time left at the end")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--more-batches", default="512")
+    p.add_argument("--big-batch", type=int, default=1024, help="for the best lever, in the time left (0: none)")
+    p.add_argument("--top", type=int, default=2, help="levers (beside the baseline) that get --more-batches")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--budget-s", type=float, default=None, help="from the start of this process (default 255; "
+                   "dry run: no limit)")
+    p.add_argument("--reserve-s", type=float, default=70.0,
+                   help="seconds kept for the larger/1-row batches while the levers run at --batch")
+    p.add_argument("--micro-cap-s", type=float, default=25.0)
+    p.add_argument("--skip-micro", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue a JSON a crashed run left (its step is skipped)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dry-run", action="store_true", help="CPU rehearsal: tiny BERT, eager, no graphs, small batches")
+    p.add_argument("--tiny", action="store_true", help="tiny BERT config (implied by --dry-run)")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.device, args.tiny = "cpu", True
+        args.batch, args.seq = min(args.batch, 4), min(args.seq, 16)
+        args.big_batch = min(args.big_batch, 8)
+        args.more_batches = "8"
+    if args.budget_s is None:
+        args.budget_s = 1e9 if args.dry_run else 255.0
+    args.more_batches = [int(b) for b in args.more_batches.split(",") if b]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_on_sigterm()
+    names = list(lm.LEVERS_BY_NAME) if args.levers == "all" else [n for n in args.levers.split(",") if n]
+    late = [n for n in args.late_levers.split(",") if n and n not in names]
+    unknown = [n for n in names + late if n not in lm.LEVERS_BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown levers {unknown}; known: {list(lm.LEVERS_BY_NAME)}")
+    run = Run(args)
+    if args.resume and Path(args.out).exists():
+        previous = json.loads(Path(args.out).read_text())
+        if previous.get("running"):
+            previous["errors"][previous.pop("running")] = "crashed the process (resumed after it)"
+        previous["resumed"] = previous.get("resumed", 0) + 1
+        run.result.update({k: v for k, v in previous.items() if k not in ("machine", "finished")})
+    try:
+        run.run([lm.LEVERS_BY_NAME[n] for n in names], [lm.LEVERS_BY_NAME[n] for n in late])
+    finally:
+        run.save()
+        md = table(run.result)
+        Path(args.out).with_suffix(".md").write_text(md + "\n")
+        print(md, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
