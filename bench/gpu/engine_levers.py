@@ -21,35 +21,30 @@ CPU rehearsal (tiny BERT, eager, no graphs): ``python bench/gpu/engine_levers.py
 """
 from __future__ import annotations
 
-import time
-
-_T0 = time.perf_counter()  # the budget counts from here (imports included)
-
 import argparse
 import contextlib
 import gc
 import json
-import math
-import signal
 import sys
+import time
 from pathlib import Path
+
+_T0 = time.perf_counter()  # the budget counts from here (torch and transformers imports included)
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), *(str(HERE.parents[1] / d) for d in ("build", "serve", "contract"))]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import levers_models as lm  # noqa: E402
-from timing import exit_on_sigterm, gpu_info, summary_ms, time_gpu, write_json  # noqa: E402
-from trtserve_build.core.metrics import Agreement  # noqa: E402
+from levers_util import (TARGET_1X128_MS, TARGET_SEQ_PER_S, StepTimeout, agreement, graphed,  # noqa: E402,F401
+                         make_feeds, table, time_cap, time_cpu)
+from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 from trtserve_build.stages.torchscript import SANITY_MIN_COSINE  # noqa: E402
 
-TARGET_SEQ_PER_S = 22000.0
-TARGET_1X128_MS = 0.6
 #: Levers run when --levers is not given (the rest: name them, or --levers all).
-DEFAULT_LEVERS = ("baseline", "nomask", "nomask_lt_gelu", "lt_gelu", "fp8_nomask", "eager_nomask_lt_gelu",
-                  "bf16_nomask_lt_gelu", "nomask_cudnn", "fp8_mask", "nomask_lt_gelu_cdt")
+DEFAULT_LEVERS = ("baseline", "lt_gelu", "nomask", "nomask_lt_gelu", "fp8_mask", "eager_mask", "eager_lt_gelu",
+                  "mask_cudnn", "bf16_nomask_lt_gelu", "fp8_nomask", "nomask_cudnn", "nomask_lt_gelu_cdt")
 LATE_LEVERS = ("autotune_triton_nomask",)  # only with the time left at the end
 #: Rough cost of one (lever, shape) step, to skip what cannot finish inside the budget.
 STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0}
@@ -58,74 +53,6 @@ DEFERRED = "deferred"
 
 def log(msg: str) -> None:
     print(f"[engine_levers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class StepTimeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_cap(seconds: float):
-    """Raise StepTimeout in the main thread after ``seconds`` (a long compile or autotune)."""
-    def expire(*_):
-        raise StepTimeout(f"over its {seconds:.0f}s cap")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def time_cpu(fn, rows: int, iters: int = 3) -> dict:
-    """The CPU rehearsal's stand-in for timing.time_gpu (same keys)."""
-    fn()
-    samples = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    out = summary_ms(samples)
-    out.update({"throughput_per_s": rows * 1000.0 / out["mean_ms"], "back_to_back_ms": out["mean_ms"], "iters": iters})
-    return out
-
-
-def make_feeds(batch: int, seq: int, vocab: int, device, seed: int, padded: bool) -> list:
-    """[input_ids, attention_mask, token_type_ids]; padded: random lengths 2..seq (row 0 full)."""
-    g = torch.Generator().manual_seed(seed * 7919 + batch * 131 + seq)
-    ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.int64)
-    if padded:
-        for row, length in enumerate(torch.randint(2, seq + 1, (batch,), generator=g).tolist()):
-            if row:
-                mask[row, length:] = 0
-    return [(ids * mask).to(device), mask.to(device), torch.zeros(batch, seq, dtype=torch.int64, device=device)]
-
-
-def agreement(reference, candidate) -> dict:
-    a = Agreement.measure(reference.detach().float().cpu().numpy(), candidate.detach().float().cpu().numpy())
-    return {"min_cosine": a.min_cosine, "max_abs_diff": a.max_abs_diff, "nonfinite_fraction": a.nonfinite_fraction}
-
-
-def graphed(fn, args):
-    """Capture ``fn(*args)`` in a CUDA graph after warm-up (as compile_bench.graphed); returns a replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(*args)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(*args)
-
-    def replay():
-        graph.replay()
-        return out
-
-    return replay
 
 
 class Run:
@@ -215,7 +142,8 @@ class Run:
         self.save()
         started = time.perf_counter()
         try:
-            with time_cap(min(lever.cap_s, max(self.left(), 1.0))), lm.attention_backend(lever):
+            cap = self.args.cap_s or lever.cap_s
+            with time_cap(min(cap, max(self.left(), 1.0))), lm.attention_backend(lever):
                 row = self._measure(lever, batch, keep)
         except Exception as e:  # noqa: BLE001 - one lever failing is a result, not the end of the run
             self.result["errors"][key] = f"{type(e).__name__}: {str(e)[:500]}"
@@ -239,7 +167,7 @@ class Run:
         module = lm.build(self.fp32, lever, self.amax).to(self.device)
         check = make_feeds(batch, seq, vocab, self.device, seed=11, padded=lever.mask)
         timed = make_feeds(batch, seq, vocab, self.device, seed=batch, padded=False)
-        compiled = lever.compile is not None and not self.args.dry_run
+        compiled = lever.compile is not None and (not self.args.dry_run or self.args.cpu_compile)
         settings = lm.inductor_settings(lever) if compiled else contextlib.nullcontext()
         with torch.no_grad(), settings:
             torch._dynamo.reset()
@@ -336,39 +264,6 @@ class Run:
         self.save()
 
 
-def table(result: dict) -> str:
-    """Markdown: one line per lever, throughput at each batch, ratio to the baseline, fidelity."""
-    rows = result["rows"]
-    batches = sorted({r["batch"] for r in rows if r["batch"] > 1})
-    base = {r["batch"]: r["throughput_per_s"] for r in rows if r["lever"] == lm.BASELINE}
-    head = ["lever"] + [f"{b}x{result['seq']} seq/s (x base)" for b in batches] + [
-        "1x p50 ms", "logits cos min", "pooled cos min", "within tol", f">= {TARGET_SEQ_PER_S / 1000:.0f}k"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, info in result["levers"].items():
-        mine = {r["batch"]: r for r in rows if r["lever"] == name}
-        cells = [name + (f" ({info['note']})" if info.get("note") else "")]
-        for b in batches:
-            r = mine.get(b)
-            cells.append("-" if r is None else f"{r['throughput_per_s']:,.0f} ({r['throughput_per_s'] / base[b]:.2f}x)"
-                         if b in base else f"{r['throughput_per_s']:,.0f}")
-        cells.append(f"{mine[1]['p50_ms']:.3f}" if 1 in mine else "-")
-        cos = [r["logits_vs_fp32"]["min_cosine"] for r in mine.values()]
-        cells.append(f"{min(cos):.6f}" if cos else "-")
-        pooled = info.get("pooled_vs_fp32", {}).get("min_cosine")
-        cells.append("-" if pooled is None else f"{pooled:.6f}")
-        ok = [r["within_tolerance"] for r in mine.values()]
-        cells.append(("yes" if all(ok) else "NO") if ok else "-")
-        best = max((r["throughput_per_s"] for r in mine.values() if r["batch"] > 1), default=math.nan)
-        cells.append("-" if math.isnan(best) else ("yes" if best >= TARGET_SEQ_PER_S and all(ok) else "no"))
-        lines.append("| " + " | ".join(cells) + " |")
-    if result["errors"]:
-        lines.append("")
-        lines += [f"- {key}: {err}" for key, err in result["errors"].items()]
-    if "baseline_retimed" in result:
-        lines.append(f"\nbaseline re-timed at the end: {result['baseline_retimed']['throughput_per_s']:,.0f} seq/s")
-    return "\n".join(lines)
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON results (a .md table is written beside it)")
@@ -383,12 +278,15 @@ def parse_args(argv):
                    "dry run: no limit)")
     p.add_argument("--reserve-s", type=float, default=70.0,
                    help="seconds kept for the larger/1-row batches while the levers run at --batch")
+    p.add_argument("--cap-s", type=float, default=None, help="every lever's per-step cap (default: the lever's)")
     p.add_argument("--micro-cap-s", type=float, default=25.0)
     p.add_argument("--skip-micro", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue a JSON a crashed run left (its step is skipped)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dry-run", action="store_true", help="CPU rehearsal: tiny BERT, eager, no graphs, small batches")
     p.add_argument("--tiny", action="store_true", help="tiny BERT config (implied by --dry-run)")
+    p.add_argument("--cpu-compile", action="store_true", help="dry run: torch.compile the levers anyway "
+                   "(Inductor's CPU backend: slow, checks that each lever compiles and keeps its fidelity)")
     args = p.parse_args(argv)
     if args.dry_run:
         args.device, args.tiny = "cpu", True

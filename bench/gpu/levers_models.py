@@ -84,6 +84,10 @@ LEVERS: list[Lever] = [
           gemm="fp8", fused_qkv=True, mask=False, precision_note="fp8 GEMMs: not the fp16 target's precision"),
     Lever("fp8_mask", "FP8 e4m3 GEMMs (static per-tensor scales), fused QKV, mask, exact GELU",
           gemm="fp8", fused_qkv=True, precision_note="fp8 GEMMs: not the fp16 target's precision"),
+    Lever("eager_mask", "no torch.compile: eager HF fp16 SDPA + mask in a CUDA graph (the TorchScript engine's "
+          "kernels, for reference)", compile=None),
+    Lever("eager_lt_gelu", "no torch.compile: eager fp16, fused QKV, Lt GELU, mask, CUDA graph (servable as "
+          "TorchScript)", compile=None, gelu="lt", fused_qkv=True),
     Lever("eager_nomask_lt_gelu", "no torch.compile: eager fp16, no mask, Lt GELU, CUDA graph (servable "
           "as TorchScript)", compile=None, mask=False, gelu="lt", fused_qkv=True),
     Lever("autotune_triton_nomask", "max-autotune-no-cudagraphs, Triton GEMM templates (GELU fused in the "
@@ -140,7 +144,9 @@ class Fp8Linear(torch.nn.Module):
         w = weight.detach().float()
         w_scale = w.abs().max().clamp(min=1e-12) / FP8_MAX
         x_scale = max(float(in_amax), 1e-6) / FP8_MAX
-        self.register_buffer("wq", (w / w_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn))
+        # [in, out] column-major (the transposed view of the [out, in] quantized weight), the layout
+        # _scaled_mm wants for its second operand: a buffer as is, nothing for freezing to fold.
+        self.register_buffer("wq_t", (w / w_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).t())
         self.register_buffer("w_scale", w_scale.reshape(()).float())
         self.register_buffer("x_scale", torch.tensor(x_scale, dtype=torch.float32))
         self.register_buffer("x_inv", torch.tensor(1.0 / x_scale, dtype=torch.float32))
@@ -151,10 +157,10 @@ class Fp8Linear(torch.nn.Module):
         x2 = x.reshape(-1, shape[-1])
         xq = (x2.float() * self.x_inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         if x.is_cuda:
-            y = torch._scaled_mm(xq, self.wq.t(), scale_a=self.x_scale, scale_b=self.w_scale,
+            y = torch._scaled_mm(xq, self.wq_t, scale_a=self.x_scale, scale_b=self.w_scale,
                                  bias=self.bias.to(x.dtype), out_dtype=x.dtype)
         else:
-            y = ((xq.float() * self.x_scale) @ (self.wq.float() * self.w_scale).t() + self.bias.float()).to(x.dtype)
+            y = ((xq.float() * self.x_scale) @ (self.wq_t.float() * self.w_scale) + self.bias.float()).to(x.dtype)
         return y.view(*shape[:-1], y.shape[-1])
 
 
@@ -245,28 +251,40 @@ def convert(fp32_model, lever: Lever, amax: dict[str, float] | None = None):
 class LeverModule(torch.nn.Module):
     """forward(input_ids, attention_mask, token_type_ids) -> FP32 logits (classification) or the
     mean-pooled last hidden state (``pooled=True``); without ``mask`` the mask is not passed to
-    the model (the caller guarantees full-length rows; pooling still uses it)."""
+    the model (the caller guarantees full-length rows; pooling still uses it). ``mask4d``: pass
+    SDPA's boolean [batch, 1, seq, seq] mask ready-made (transformers uses a 4-D mask as given;
+    its own 2-D path asks ``mask.all()`` in eager mode, a device sync CUDA graph capture refuses)."""
 
-    def __init__(self, model, mask: bool, pooled: bool = False):
+    def __init__(self, model, mask: bool, pooled: bool = False, mask4d: bool = False):
         super().__init__()
         self.model = model
         self.mask = mask
         self.pooled = pooled
+        self.mask4d = mask4d
+
+    def _mask(self, attention_mask):
+        if not self.mask:
+            return None
+        if self.mask4d:
+            b, s = attention_mask.shape
+            return attention_mask.bool()[:, None, None, :].expand(b, 1, s, s)
+        return attention_mask
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         if self.pooled:
             encoder = self.model.bert if hasattr(self.model, "bert") else self.model
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask if self.mask else None,
+            hidden = encoder(input_ids=input_ids, attention_mask=self._mask(attention_mask),
                              token_type_ids=token_type_ids).last_hidden_state.float()
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask if self.mask else None,
-                         token_type_ids=token_type_ids)
+        out = self.model(input_ids=input_ids, attention_mask=self._mask(attention_mask), token_type_ids=token_type_ids)
         return out.logits.float()
 
 
 def build(fp32_model, lever: Lever, amax: dict[str, float] | None = None, *, pooled: bool = False):
-    return LeverModule(convert(fp32_model, lever, amax), lever.mask, pooled).eval()
+    """The lever's module; eager levers with a mask get the ready-made 4-D mask (capturable)."""
+    return LeverModule(convert(fp32_model, lever, amax), lever.mask, pooled,
+                       mask4d=lever.mask and lever.compile is None).eval()
 
 
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",

@@ -69,9 +69,10 @@ def test_levers_change_the_modules_they_name(tiny):
     layer = fp8.bert.encoder.layer[0]
     assert isinstance(layer.attention.self, lm.FusedSelfAttention)
     assert isinstance(layer.attention.self.qkv, lm.Fp8Linear)
-    assert layer.attention.self.qkv.wq.shape == (3 * 64, 64)
+    qkv = layer.attention.self.qkv.wq_t
+    assert qkv.shape == (64, 3 * 64) and qkv.stride() == (1, 64)  # column-major, as _scaled_mm wants
     for dense in (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
-        assert isinstance(dense, lm.Fp8Linear) and dense.wq.dtype == torch.float8_e4m3fn
+        assert isinstance(dense, lm.Fp8Linear) and dense.wq_t.dtype == torch.float8_e4m3fn
     assert fp8.classifier.weight.dtype == torch.float16  # heads stay fp16
     lt = lm.convert(model, lm.LEVERS_BY_NAME["nomask_lt_gelu"], amax)
     assert all(isinstance(layer.intermediate, lm.LtGeluIntermediate) for layer in lt.bert.encoder.layer)
