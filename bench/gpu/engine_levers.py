@@ -272,11 +272,12 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--more-batches", default="512")
     p.add_argument("--big-batch", type=int, default=1024, help="for the best lever, in the time left (0: none)")
-    p.add_argument("--top", type=int, default=2, help="levers (beside the baseline) that get --more-batches")
+    p.add_argument("--top", type=int, default=1,
+                   help="fp16/bf16 levers that get --more-batches (beside the baseline and the best fp8 one)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=None, help="from the start of this process (default 255; "
                    "dry run: no limit)")
-    p.add_argument("--reserve-s", type=float, default=70.0,
+    p.add_argument("--reserve-s", type=float, default=75.0,
                    help="seconds kept for the larger/1-row batches while the levers run at --batch")
     p.add_argument("--cap-s", type=float, default=None, help="every lever's per-step cap (default: the lever's)")
     p.add_argument("--micro-cap-s", type=float, default=25.0)

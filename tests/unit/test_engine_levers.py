@@ -63,6 +63,20 @@ def test_every_lever_computes_what_fp32_computes(tiny, name):
     assert (set(masks) == {"none"}) == (not lever.mask), masks
 
 
+@pytest.mark.parametrize("name", [lv.name for lv in lm.LEVERS])
+def test_every_lever_passes_the_gpu_paths_argument_checks_on_meta_tensors(tiny, name):
+    """Off the CPU, FP8 levers call torch._scaled_mm: its meta function checks what the CUDA kernel
+    will (FP8 operands, the second one column-major, FP32 scales, bias and output dtypes)."""
+    model, amax = tiny
+    lever = lm.LEVERS_BY_NAME[name]
+    # transformers' 2-D mask path asks mask.all() (no value on meta): the ready-made 4-D mask
+    module = lm.LeverModule(lm.convert(model, lever, amax), lever.mask, mask4d=True).to("meta")
+    feeds = [t.to("meta") for t in el.make_feeds(4, SEQ, 1000, "cpu", seed=1, padded=lever.mask)]
+    with torch.no_grad():
+        out = module(*feeds)
+    assert out.shape == (4, 2) and out.dtype == torch.float32 and out.device.type == "meta"
+
+
 def test_levers_change_the_modules_they_name(tiny):
     model, amax = tiny
     fp8 = lm.convert(model, lm.LEVERS_BY_NAME["fp8_nomask"], amax)
@@ -98,6 +112,11 @@ def test_fp8_linear_is_a_quantized_linear():
     clamped = lm.Fp8Linear(lin.weight, lin.bias, float(x.abs().max()) / 20)
     with torch.no_grad():
         assert float((clamped(x) - exact).norm() / exact.norm()) > 2 * rel
+    # the GPU path's argument checks (meta): a row-major weight, as a folded transpose would give, is refused
+    wrong = lm.Fp8Linear(lin.weight, lin.bias, 3.0).to("meta")
+    wrong.wq_t = wrong.wq_t.contiguous()
+    with pytest.raises(RuntimeError, match="col_major"):
+        wrong(torch.empty(10, 64, dtype=torch.float16, device="meta"))
 
 
 def test_addmm_gelu_op_matches_linear_then_gelu():
