@@ -45,9 +45,9 @@ from trtserve_build.stages.torchscript import SANITY_MIN_COSINE  # noqa: E402
 #: Levers run when --levers is not given (the rest: name them, or --levers all).
 DEFAULT_LEVERS = ("baseline", "lt_gelu", "nomask", "nomask_lt_gelu", "fp8_mask", "eager_mask", "eager_lt_gelu",
                   "mask_cudnn", "bf16_nomask_lt_gelu", "fp8_nomask", "nomask_cudnn", "nomask_lt_gelu_cdt")
-LATE_LEVERS = ("autotune_triton_nomask",)  # only with the time left at the end
+LATE_LEVERS = ("aoti_baseline", "autotune_triton_nomask")  # only with the time left at the end
 #: Rough cost of one (lever, shape) step, to skip what cannot finish inside the budget.
-STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0}
+STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0, "aoti": 45.0}
 DEFERRED = "deferred"
 
 
@@ -171,8 +171,13 @@ class Run:
         settings = lm.inductor_settings(lever) if compiled else contextlib.nullcontext()
         with torch.no_grad(), settings:
             torch._dynamo.reset()
-            fn = (torch.compile(module, dynamic=False, mode=None if lever.compile == "default" else lever.compile)
-                  if compiled else module)
+            load_s = None
+            if compiled and lever.compile == "aoti":
+                fn, load_s = self.aoti(module, check, lever, batch)
+            elif compiled:
+                fn = torch.compile(module, dynamic=False, mode=None if lever.compile == "default" else lever.compile)
+            else:
+                fn = module
             out = fn(*check)  # compiles here (the timed feeds have the same shape: no recompile)
             if self.cuda:
                 torch.cuda.synchronize()
@@ -199,6 +204,8 @@ class Run:
         row = {"lever": lever.name, "batch": batch, "seq": seq, **r, "setup_s": round(compile_s, 1),
                "step_s": round(time.perf_counter() - t0, 1), "logits_vs_fp32": fidelity, "within_tolerance": passed,
                "replay_vs_call": replayed}
+        if load_s is not None:
+            row["package_load_s"] = round(load_s, 2)
         if breakdown is not None:
             row["kernels"] = breakdown
             log(f"{lever.name} kernels at {batch}x{seq}: {breakdown.get('ms', breakdown)}")
@@ -207,6 +214,19 @@ class Run:
             f"set up in {compile_s:.1f}s, logits cos {fidelity['min_cosine']:.6f} |diff| {fidelity['max_abs_diff']:.2e}, "
             f"pooled cos {pooled['min_cosine']:.6f}{'' if passed else '  OUT OF TOLERANCE'}")
         return row
+
+    def aoti(self, module, example, lever: lm.Lever, batch: int):
+        """torch.export + AOTInductor package for this shape, loaded back: (callable, load seconds)."""
+        import tempfile
+
+        exported = torch.export.export(module, tuple(example))
+        path = Path(tempfile.mkdtemp(prefix="levers_aoti_")) / f"{lever.name}_{batch}.pt2"
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(path),
+                                                 inductor_configs={"freezing": True, **lever.inductor})
+        started = time.perf_counter()
+        # single-threaded runner: no locking of its own, which CUDA graph capture does not mix with
+        runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda)
+        return (lambda *args: runner(*args)), time.perf_counter() - started
 
     def not_worth(self, lever: lm.Lever) -> str | None:
         """A lever pinning an SDPA backend that the microbenchmark found no faster than the default."""

@@ -18,8 +18,10 @@ SDPA attention, ``torch.compile`` + Inductor freezing, replayed in our own CUDA 
                concatenates fp16 Q/K/V; FP8 needs it done by hand).
 ``attention``  the SDPA backend (None = PyTorch's choice; flash / efficient / cudnn / math).
 ``dtype``      fp16 or bf16.
-``compile``    None (eager, captured in a CUDA graph), ``default`` or ``max-autotune-no-cudagraphs``;
-               ``inductor``: Inductor config overrides (freezing is on for every compiled lever).
+``compile``    None (eager, captured in a CUDA graph), ``default`` or ``max-autotune-no-cudagraphs``,
+               or ``aoti`` (torch.export + AOTInductor package, loaded back: what a served engine
+               could load at start instead of compiling); ``inductor``: Inductor config overrides
+               (freezing is on for every compiled lever).
 
 Everything here runs on the CPU too (fp8 GEMMs are emulated there), which is how the unit tests
 check every lever against FP32 on a tiny BERT before a GPU run.
@@ -54,7 +56,7 @@ class Lever:
     def __post_init__(self):
         checks = {"dtype": ("fp16", "bf16"), "gelu": ("erf", "tanh", "lt"), "gemm": ("fp16", "fp8"),
                   "attention": (None, "flash", "efficient", "cudnn", "math"),
-                  "compile": (None, "default", "max-autotune-no-cudagraphs")}
+                  "compile": (None, "default", "max-autotune-no-cudagraphs", "aoti")}
         for attr, allowed in checks.items():
             if getattr(self, attr) not in allowed:
                 raise ValueError(f"lever {self.name}: {attr}={getattr(self, attr)!r}, allowed {allowed}")
@@ -90,6 +92,8 @@ LEVERS: list[Lever] = [
           "TorchScript)", compile=None, gelu="lt", fused_qkv=True),
     Lever("eager_nomask_lt_gelu", "no torch.compile: eager fp16, no mask, Lt GELU, CUDA graph (servable "
           "as TorchScript)", compile=None, mask=False, gelu="lt", fused_qkv=True),
+    Lever("aoti_baseline", "the baseline ahead of time: torch.export + AOTInductor package (freezing), loaded "
+          "back and captured (package build and load seconds recorded)", compile="aoti", cap_s=150.0),
     Lever("autotune_triton_nomask", "max-autotune-no-cudagraphs, Triton GEMM templates (GELU fused in the "
           "GEMM epilogue, exact erf), no mask", compile="max-autotune-no-cudagraphs", mask=False,
           inductor={"max_autotune_gemm_backends": "TRITON", "epilogue_fusion": True}, cap_s=170.0),
