@@ -59,6 +59,7 @@ class Run:
     """One benchmark run: the FP32 model, the levers, the result JSON (rewritten after each step)."""
 
     def __init__(self, args):
+        import transformers
         from transformers import BertConfig, BertForSequenceClassification
 
         self.args = args
@@ -79,7 +80,8 @@ class Run:
         calib = make_feeds(16, args.seq, config.vocab_size, self.device, seed=3, padded=True)
         self.amax = lm.calibrate(self.fp32, dict(zip(("input_ids", "attention_mask", "token_type_ids"), calib)))
         self.result = {
-            "machine": gpu_info(), "torch": torch.__version__, "seq": args.seq, "dry_run": args.dry_run,
+            "machine": gpu_info(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "seq": args.seq, "dry_run": args.dry_run,
             "model": ("BERT-base (bert-base-uncased config), random seeded weights, 2-way classification head"
                       if not args.tiny else "tiny BERT (CPU rehearsal)"),
             "inputs": "timed: random token ids, every row full length; checked: padded rows (levers with a "
@@ -87,6 +89,8 @@ class Run:
             "gate_min_cosine": SANITY_MIN_COSINE, "targets": {"seq_per_s": TARGET_SEQ_PER_S, "ms_1x128": TARGET_1X128_MS},
             "levers": {}, "rows": [], "errors": {}, "micro": {}, "finished": False}
         self.replays: dict = {}
+        log(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"{self.result['machine'].get('gpu', args.device)}; FP32 model and calibration ready")
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def left(self) -> float:

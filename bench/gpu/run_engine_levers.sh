@@ -21,7 +21,6 @@ START=$(date +%s)
 log() { echo "[run_engine_levers $(date +%T) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/run.log"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,temperature.gpu,utilization.gpu,clocks.sm,clocks.max.sm \
     --format=csv 2>&1 | tee -a "$OUT/run.log"
-log "python: $("$PY" -c 'import sys, torch, transformers; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)' 2>&1 | tail -1)"
 JSON=$OUT/engine_levers.json
 resume=()
 for attempt in 1 2 3; do
