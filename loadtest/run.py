@@ -156,7 +156,7 @@ def _scrape(url: str | None, save_to: Path):
     if not url:
         return None
     try:
-        text = triton_metrics.fetch_text(url)
+        text = triton_metrics.fetch_settled(url)
     except triton_metrics.MetricsError as e:
         print(f"loadtest: warning: no server-side breakdown: {e}", file=sys.stderr)
         return None

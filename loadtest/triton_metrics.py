@@ -15,6 +15,7 @@ Only the standard library is used, so the parser also runs in the compose health
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -76,6 +77,28 @@ def fetch_text(url: str, timeout_s: float = 5.0) -> str:
 def scrape(url: str, timeout_s: float = 5.0) -> dict[str, dict[Labels, float]]:
     """GET ``url`` and parse it."""
     return parse_metrics(fetch_text(url, timeout_s))
+
+
+def fetch_settled(url: str, settle_s: float = 0.5, max_s: float = 10.0, fetch=None) -> str:
+    """The exposition text once every model's request counters have stopped moving: two scrapes
+    ``settle_s`` apart agree (or ``max_s`` passed). A Python-backend model reports a request's
+    statistics a moment after its response has gone out, so a scrape taken right after the last
+    response (or right after the readiness probe) may miss or include it depending on load."""
+    fetch = fetch or fetch_text
+    deadline = time.monotonic() + max_s
+    text = fetch(url)
+    while True:
+        counts = _request_counts(parse_metrics(text))
+        if time.monotonic() >= deadline:
+            return text
+        time.sleep(settle_s)
+        text = fetch(url)
+        if _request_counts(parse_metrics(text)) == counts:
+            return text
+
+
+def _request_counts(samples: dict[str, dict[Labels, float]]) -> tuple:
+    return tuple(sorted(per_model(samples, name).items()) for name in (SUCCESS, FAILURE, INFERENCES))
 
 
 def per_model(samples: dict[str, dict[Labels, float]], name: str) -> dict[str, float]:

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--deployments", default="sentiment,embed")
     parser.add_argument("--reference-texts", type=int, default=64)
+    parser.add_argument("--no-floors", action="store_true", help="only the default topology (no ensemble, no floors)")
     parser.add_argument("--skip-cpu-trace", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script on a machine without a GPU")
     parser.add_argument("--precision", help="override the spec's gpu_torch precision (fp32 for a fast CPU dry run)")
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = with_precision(spec, VARIANT, args.precision)
         engine = spec.engine(VARIANT)
         manifest = ExportManifest.read(export_dir(spec))
-        model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed).to(device)
+        model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed,
+                                  labels=spec.model.labels).to(device)
         feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
                                  spec.model.length_buckets, manifest.pad_token_id,
                                  manifest.inputs).encode(texts[:args.reference_texts])
@@ -115,34 +117,38 @@ def main(argv: list[str] | None = None) -> int:
         summary["deployments"][name] = {"torchscript": {"path": str(path), "bytes": path.stat().st_size,
                                                         **record.metadata()}}
         log(f"{name}: TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
+        specs.append(spec)
+        plans[name] = path
+        if name == "sentiment":
+            sentiment = (spec, engine, model, feeds, manifest, traced)
+        if spec.task not in ("classification", "embedding"):
+            continue  # windowed tasks (qa, ner): their reference is bench/gpu/qa_ner_gpu.py's
         # FP32 reference for the served check: the same random weights, texts padded as served.
         with torch.no_grad():
             raw = task_module(model, spec.task)(
                 *(torch.from_numpy(feeds[n]).to(device) for n in manifest.inputs)).float().cpu().numpy()
         output, values = ("PROBABILITIES", softmax(raw)) if spec.task == "classification" else ("EMBEDDING", l2_normalize(raw))
         references[name] = {"texts": texts[:args.reference_texts], "output": output, "values": values.tolist()}
-        specs.append(spec)
-        plans[name] = path
-        if name == "sentiment":
-            sentiment = (spec, engine, model, feeds, manifest, traced)
 
     # The variant's default topology (single: one Python model per deployment) and the ensemble
     # of the same engines, plus each one's floor (models that do no work).
-    repos = {"single": work / "repository", "ensemble": work / "repository_ensemble"}
+    repos = {"single": work / "repository"} if args.no_floors else {
+        "single": work / "repository", "ensemble": work / "repository_ensemble"}
     generate_repository(specs, VARIANT, repos["single"], plans=plans)
-    ensemble_specs = [with_topology(s, "ensemble") for s in specs]
-    generate_repository(ensemble_specs, VARIANT, repos["ensemble"], plans=plans)
+    if not args.no_floors:
+        generate_repository([with_topology(s, "ensemble") for s in specs], VARIANT, repos["ensemble"], plans=plans)
     if device == "cpu":  # a dry run without a GPU: the same repositories with KIND_CPU instances
         _force_cpu(repos.values())
-    names = tuple(s.name for s in specs)
-    write_floor_repository(repos["single"], work / "floor_single", names)
-    write_floor_repository(repos["ensemble"], work / "floor_ensemble", names)
+    if not args.no_floors:
+        names = tuple(s.name for s in specs)
+        write_floor_repository(repos["single"], work / "floor_single", names)
+        write_floor_repository(repos["ensemble"], work / "floor_ensemble", names)
     summary["repositories"] = {k: str(v) for k, v in repos.items()}
     for label, repo in repos.items():
         log(f"repository {label} {repo}: {sorted(p.name for p in repo.iterdir())}")
     (work / "reference.json").write_text(json.dumps(references))
 
-    if not args.skip_cpu_trace and device != "cpu":
+    if not args.skip_cpu_trace and device != "cpu" and "sentiment" in {s.name for s in specs}:
         spec, engine, model, feeds, manifest, traced = sentiment
         # The CPU build path (no GPU on the build host): trace + check on the CPU, retarget to cuda.
         started = time.perf_counter()

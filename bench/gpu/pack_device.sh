@@ -57,7 +57,7 @@ rm -f "$DEV"/wheels/grpcio-*.whl
 
 # --- data: what the served sentiment repository is generated from -----------------------------
 CHECKPOINT=${TRTSERVE_CACHE:-$ROOT/.cache}/checkpoints/sentiment
-for name in sentiment embed; do
+for name in sentiment embed qa ner; do
     EXPORT=${TRTSERVE_CACHE:-$ROOT/.cache}/engines/$name
     mkdir -p "$DEV/data/engines/$name"
     cp "$EXPORT/export.json" "$EXPORT/tokenizer.json" "$DEV/data/engines/$name/"

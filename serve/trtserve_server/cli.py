@@ -57,15 +57,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     if args.supervise:
         return _serve_supervised(server, args)
-    stopping = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stopping["signal"] = signum
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    die_with_parent(signal.SIGTERM)  # `make serve` killed -> we get SIGTERM and stop Triton
+    _stop_on_signals()
     try:
         server.start()
         models = server.wait_ready(timeout_s=args.ready_timeout)
@@ -82,9 +74,27 @@ def serve(args: argparse.Namespace) -> int:
         print(f"trtserve: {e}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_signals()
         server.stop()
+
+
+def _stop_on_signals(on_stop=None) -> None:
+    """SIGTERM and SIGINT run ``on_stop`` and end serving as a KeyboardInterrupt; so does the death
+    of our parent (`make serve` killed -> we get SIGTERM and stop Triton)."""
+    def on_signal(_signum, _frame):
+        if on_stop is not None:
+            on_stop()
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    die_with_parent(signal.SIGTERM)
+
+
+def _ignore_signals() -> None:
+    """While stopping: a second Ctrl-C or SIGTERM must not interrupt the cleanup."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
@@ -94,13 +104,7 @@ def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
     supervisor = Supervisor(server, settings, stats)
     status = None
 
-    def on_signal(signum, _frame):
-        supervisor.stop()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    die_with_parent(signal.SIGTERM)  # `make serve` killed -> we get SIGTERM and stop Triton
+    _stop_on_signals(supervisor.stop)
     try:
         status = StatusServer(stats, args.status_port, host=args.host).start()
         models = supervisor.start()
@@ -117,8 +121,7 @@ def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
         print(f"trtserve: {e}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_signals()
         supervisor.close()
         if status is not None:
             status.stop()

@@ -22,7 +22,7 @@ from trtserve_build.core.errors import (
     ToleranceError,
     TorchScriptError,
 )
-from trtserve_build.core.files import replace_dir, temp_dir_beside, write_text_atomic
+from trtserve_build.core.files import building, replace_dir, temp_dir_beside, write_text_atomic
 from trtserve_build.core.lazy import lazy_import
 from trtserve_build.core.stamps import content_digest, digest, stamp_matches, write_stamp
 from trtserve_build.stages.export import export_fingerprint
@@ -92,6 +92,22 @@ def test_temp_dirs_and_files_get_ordinary_permissions(tmp_path):
     write_text_atomic(target / "export.json", "{}")
     assert oct((target / "export.json").stat().st_mode & 0o777) == oct(0o644)  # mkstemp alone makes 0600
     assert [p.name for p in target.parent.iterdir()] == ["embed"]  # nothing left beside it
+
+
+def test_building_swaps_in_on_success_and_leaves_the_target_alone_on_error(tmp_path):
+    target = tmp_path / "tokenizers" / "gpt2"
+    with building(target) as tmp:
+        (tmp / "vocab.json").write_text("{}")
+        os.chmod(tmp / "vocab.json", 0o600)
+        assert not target.exists()
+    assert (target / "vocab.json").read_text() == "{}"
+    assert oct((target / "vocab.json").stat().st_mode & 0o777) == oct(0o644)
+    with pytest.raises(RuntimeError, match="half written"):
+        with building(target) as tmp:
+            (tmp / "vocab.json").write_text("half")
+            raise RuntimeError("half written")
+    assert (target / "vocab.json").read_text() == "{}"  # the old folder, untouched
+    assert [p.name for p in target.parent.iterdir()] == ["gpt2"]  # no temp folder left beside it
 
 
 # ---- the GPU's compute capability without torch ---------------------------------------------------

@@ -109,6 +109,27 @@ def test_parse_metrics():
         triton_metrics.parse_metrics("this is not prometheus\n")
 
 
+def test_fetch_settled_waits_until_the_request_counters_stop_moving():
+    """A Python-backend model reports a request's statistics just after answering it: the scrape
+    before (or after) a load-test window waits for the counters to settle."""
+    late = BEFORE.replace('nv_inference_request_success{model="sentiment",version="1"} 10',
+                          'nv_inference_request_success{model="sentiment",version="1"} 11')
+    assert late != BEFORE
+    # the CPU gauge moves on every scrape; only the request counters must agree
+    texts = iter([BEFORE, late, late.replace("nv_cpu_utilization 0.5", "nv_cpu_utilization 0.7")])
+    calls = []
+
+    def fetch(url):
+        calls.append(url)
+        return next(texts)
+
+    text = triton_metrics.fetch_settled("u", settle_s=0.0, fetch=fetch)
+    assert len(calls) == 3 and "nv_cpu_utilization 0.7" in text and "} 11" in text
+    moving = iter(BEFORE.replace("} 10\n", f"}} {n}\n") for n in range(10, 10_000))
+    text = triton_metrics.fetch_settled("u", settle_s=0.01, max_s=0.05, fetch=lambda url: next(moving))
+    assert text  # gives up at max_s with the latest scrape instead of waiting forever
+
+
 def test_window_breakdown():
     rows = {r.model: r for r in triton_metrics.window(triton_metrics.parse_metrics(BEFORE),
                                                       triton_metrics.parse_metrics(_after()))}

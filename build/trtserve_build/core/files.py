@@ -7,6 +7,7 @@ neither read nor replace.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -54,6 +55,22 @@ def replace_dir(new: Path, target: Path) -> None:
     new.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building(target: Path, prefix: str | None = None):
+    """Yield a new, empty folder beside ``target`` to write into; when the block ends normally,
+    make its contents readable and swap it in at ``target`` (old contents removed); when it
+    raises, remove it and leave ``target`` as it was."""
+    target = Path(target)
+    tmp = temp_dir_beside(target, prefix)
+    try:
+        yield tmp
+        make_readable(tmp)
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..core import architectures as A
 from ..core.errors import BuildError
+from ..core.files import building
 from ..core.lazy import lazy_import
 from .datasets import load_vader_movie_reviews
 
@@ -148,9 +149,7 @@ def gpt2_tokenizer_folder(cache: Path) -> Path:
     if stamp.is_file() and stamp.read_text() == ASSETS_VERSION:
         return folder
     encoder_json, vocab_bpe = gpt2_files(cache)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gpt2-", dir=folder.parent))
-    try:
+    with building(folder, prefix=".gpt2-") as tmp:
         shutil.copy2(encoder_json, tmp / "vocab.json")
         shutil.copy2(vocab_bpe, tmp / "merges.txt")
         (tmp / "tokenizer_config.json").write_text(json.dumps(GPT2_TOKENIZER_CONFIG, indent=2) + "\n")
@@ -160,12 +159,6 @@ def gpt2_tokenizer_folder(cache: Path) -> Path:
                                       f"{GPT2_EOS_TOKEN} = {GPT2_EOS_ID})")
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / stamp.name).write_text(ASSETS_VERSION)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("GPT-2 tokenizer saved in %s", folder)
     return folder
 
@@ -258,17 +251,8 @@ def tokenizer_folder(arch: A.Architecture, cache: Path) -> Path:
     if stamp.is_file() and stamp.read_text() == ASSETS_VERSION:
         return folder
     tokenizer = build_tokenizer(arch, cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{arch.name}-", dir=cache))
-    try:
+    with building(folder, prefix=f".{arch.name}-") as tmp:
         tokenizer.save_pretrained(tmp)
         (tmp / ".trtserve_assets").write_text(ASSETS_VERSION)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: %s tokenizer saved in %s", arch.name, arch.tokenizer, folder)
     return folder

@@ -2,6 +2,7 @@
 TorchScript, training and the benchmark matrix. Never downloads."""
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Sequence
@@ -68,10 +69,15 @@ def seeded_task_model(base: str | Path, task: str, labels: Sequence[str], seed: 
     return _auto_class(task).from_pretrained(str(base), **kwargs).eval()
 
 
-def random_task_model(config, task: str, seed: int = 0):
+def random_task_model(config, task: str, seed: int = 0, labels: Sequence[str] | None = None):
     """A model of ``config``'s architecture (a ``PretrainedConfig`` or a config.json path) with
-    seeded random weights: right for engine building and latency, useless for accuracy."""
+    seeded random weights: right for engine building and latency, useless for accuracy.
+    ``labels``: the classes of a labelled task's head (default: the config's)."""
     if not hasattr(config, "to_dict"):
         config = transformers.AutoConfig.from_pretrained(str(config))
+    if labels:
+        config = copy.deepcopy(config)
+        config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+        config.num_labels = len(labels)
     torch.manual_seed(seed)
     return _auto_class(task).from_config(config, **_extra_kwargs(task, config)).eval()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..core import architectures as A
+from ..core.files import building
 from ..core.lazy import lazy_import
 from ..core.paths import cache_dir
 from ..data.tokenizer_assets import tokenizer_folder
@@ -61,18 +60,10 @@ def checkpoint_folder(name: str, cache: Path | None = None, *, size: str = "tiny
         return folder
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_folder(arch, cache))
     model = build_model(arch, tokenizer, size=size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with building(folder, prefix=f".{folder.name}-") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / stamp.name).write_text(json.dumps(want, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: %s checkpoint (%d parameters) in %s", arch.name, size,
              sum(p.numel() for p in model.parameters()), folder)
     return folder

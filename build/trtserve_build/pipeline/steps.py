@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..core.files import make_readable, replace_dir, temp_dir_beside
+from ..core.files import building
 from ..core.lazy import lazy_import
 from ..core.paths import export_dir
 from ..core.records import ExportManifest
@@ -35,12 +35,10 @@ def ensure_seeded_head(spec: DeploymentSpec) -> Path:
     if (target / "config.json").exists() and read_json(target / HEAD_STAMP) == made_from:
         return target
     base = resolve_checkpoint(spec.head.base_checkpoint)
-    tmp = temp_dir_beside(target, prefix=f".{target.name}-")
-    seeded_task_model(base, spec.task, spec.model.labels, spec.head.seed).save_pretrained(tmp)
-    transformers.AutoTokenizer.from_pretrained(str(base)).save_pretrained(tmp)
-    (tmp / HEAD_STAMP).write_text(json.dumps(made_from, indent=2) + "\n")
-    make_readable(tmp)
-    replace_dir(tmp, target)
+    with building(target, prefix=f".{target.name}-") as tmp:
+        seeded_task_model(base, spec.task, spec.model.labels, spec.head.seed).save_pretrained(tmp)
+        transformers.AutoTokenizer.from_pretrained(str(base)).save_pretrained(tmp)
+        (tmp / HEAD_STAMP).write_text(json.dumps(made_from, indent=2) + "\n")
     return target
 
 
