@@ -211,6 +211,10 @@ class GenerateParameters(ModelParameters):
     checkpoint_dir: str = field(default="", metadata={OMIT_EMPTY: True})
     precision: str = "fp32"
     graph_batch_sizes: tuple[int, ...] = ()
+    #: Deliver responses and poll cancellation from a thread of their own (generation.outbox),
+    #: so the engine thread makes no round trip to the server per token; false: the engine
+    #: thread sends each piece itself and asks every stream about cancellation every step.
+    response_thread: bool = True
 
 
 @dataclass(frozen=True)

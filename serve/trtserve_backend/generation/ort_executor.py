@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 import trtserve_contract as contract
+from .sampling import greedy_tokens
 
 
 class DecoderGraphError(ValueError):
@@ -112,6 +113,11 @@ class OrtExecutor:
         for s in slots:
             self._lengths[s] += 1
         return logits[:, -1]
+
+    def decode_step(self, slots: Sequence[int], tokens: Sequence[int],
+                    want_logits: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.decode(slots, tokens)
+        return greedy_tokens(logits), logits[np.asarray(want_logits, bool)]
 
     def release(self, slot: int) -> None:
         self._loose.pop(slot, None)
