@@ -21,7 +21,7 @@ import time
 log = logging.getLogger(__name__)
 
 #: How often the outbox asks the server whether each live stream's client went away.
-CANCEL_POLL_S = 0.05
+CANCEL_POLL_S = 0.1
 
 
 class QueuedSink:
