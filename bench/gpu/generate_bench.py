@@ -232,7 +232,7 @@ def served(args) -> dict:
         from trtserve_gpt2.export import export_decoder
 
         engine_file = export_decoder(ckpt, repo.parent / "onnx")
-        settings = replace(settings, graph_batch_sizes=())
+        settings = replace(settings, graph_batch_sizes=(), intra_op_threads=args.intra_op_threads)
     models = ["generate"] + ([INLINE] if args.ab else [])
     for name in models:
         folder = write_generate_model(repo, engine_file, ckpt, settings, name=name)
@@ -280,7 +280,7 @@ def _stats_lines(log: Path, models) -> dict:
     out = {}
     for name in models:
         found = re.findall(rf"\b{re.escape(name)} stats: (.*)", text)
-        out[name] = found[-1].strip() if found else None
+        out[name] = found[-1].strip().rstrip('"') if found else None
     return out
 
 
@@ -344,6 +344,7 @@ def main(argv=None):
     s.add_argument("--force-cpu", action="store_true", help="rehearsal without a GPU (fp32 on the CPU)")
     s.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                    help="onnxruntime: the embedded server's CPU engine (exported here; CPU runs)")
+    s.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime: intra-op threads (0 = its default)")
     s.add_argument("--context", type=int, default=1024, help="the checkpoint's positions (limits follow)")
     s.add_argument("--ab", action="store_true", help=f"also serve {INLINE} (response_thread off), measured alternately")
     s.add_argument("--client-procs", type=int, default=8, help="client processes the streams are spread over")

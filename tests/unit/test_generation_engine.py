@@ -267,3 +267,15 @@ def test_greedy_and_sampled_exact_through_the_outbox(make_executor, hf, token_by
         text, reason, tokens = expected(token_bytes, hf_greedy(model, ids, n))
         assert (a.text, a.final[1:]) == (b.text, b.final[1:]) == (text, (reason, tokens))
     assert (queued_sampled.text, queued_sampled.final) == (direct_sampled.text, direct_sampled.final)
+
+
+def test_ort_graph_leaves_a_core_to_the_responses_by_default(gpt2_tiny_onnx):
+    import os
+
+    from trtserve_backend.generation.ort_executor import OrtDecoderGraph, default_intra_op_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_intra_op_threads() == max(1, cores - 1)
+    graph = OrtDecoderGraph(str(gpt2_tiny_onnx))
+    assert graph.session.get_session_options().intra_op_num_threads == max(1, cores - 1)
+    assert OrtDecoderGraph(str(gpt2_tiny_onnx), intra_op_threads=3).session.get_session_options().intra_op_num_threads == 3
