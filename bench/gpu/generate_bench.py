@@ -7,10 +7,17 @@
             of one stream (per-step timestamps), generated tokens/s for batches of 1/8/32/64;
           * the project's engine in-process (TorchExecutor fp16 + CUDA graphs under the
             StepScheduler, no server): the same numbers at 1/8/32/64 concurrent sequences.
+        Also the engine's step time alone (decode_step, greedy, all rows live) per batch size,
+        and the CUDA graph replay alone, to tell the engine's time from the scheduler's.
     served (the stub venv's python: torch, tritonclient; no transformers)
         writes the ``generate`` repository (engine torch, KIND_GPU, fp16, CUDA graphs for decode
         batch sizes 1..64), starts the embedded Triton 2.51 and streams over gRPC from 1, 8, 32
-        and 64 client threads: TTFT p50/p95, inter-token p50/p95, generated tokens/s.
+        and 64 concurrent streams (client threads spread over --client-procs processes:
+        generate_clients.py): TTFT p50/p95, inter-token p50/p95, generated tokens/s. With --ab
+        the same engine is served a second time as ``generate_inline`` with the knob
+        ``response_thread`` off (the engine thread sends every piece and asks every stream about
+        cancellation each step, as before) and the two are measured alternately at each point.
+        The models' step-phase seconds (engine thread) come from the server log.
     report
         the two JSON parts -> one JSON + a markdown table with the issue's two targets: served
         tokens/s at 32 streams >= 10x one stream's, and one stream's inter-token latency within
@@ -23,30 +30,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import re
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 for sub in ("contract", "serve", "client", "tools", "build"):
     sys.path.insert(0, str(ROOT / sub))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate_clients import stream_clients, summary as _summary  # noqa: E402
 
 STREAMS = (1, 8, 32, 64)
-
-
-def _pct(values, q):
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))], 3)
-
-
-def _summary(ttft_ms, gaps_ms, tokens, seconds):
-    return {"ttft_ms_p50": _pct(ttft_ms, 50), "ttft_ms_p95": _pct(ttft_ms, 95),
-            "inter_token_ms_p50": _pct(gaps_ms, 50), "inter_token_ms_p95": _pct(gaps_ms, 95),
-            "tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+INLINE = "generate_inline"  # the A/B twin: response_thread off
 
 
 def _prompts(path, tokenizer_encode, n_tokens, count=256):
@@ -128,6 +125,8 @@ def baseline(args) -> dict:
     executor = TorchExecutor.from_checkpoint(str(ckpt), max_batch=64, dtype="fp16" if gpu else "fp32", device=args.device,
                                              graph_batch_sizes=[1, 2, 4, 8, 16, 32, 64], max_length=1024)
     token_bytes = TokenBytes.from_tokenizer_json(str(ckpt / "tokenizer.json"))
+    result["engine_step_ms"] = _step_times(torch, executor, prompts, sync)
+    print(f"engine step alone (ms): {result['engine_step_ms']}", flush=True)
     engine = {}
     for streams in STREAMS:
         engine[str(streams)] = _engine_run(StepScheduler(executor, token_bytes, eos_id=-1, max_sequences=128),
@@ -136,6 +135,39 @@ def baseline(args) -> dict:
         print(f"in-process engine fp16 + CUDA graphs, {streams} sequences: {engine[str(streams)]}", flush=True)
     result["inprocess_engine_fp16_graphs"] = engine
     return result
+
+
+def _step_times(torch, executor, prompts, sync, steps=20):
+    """Per batch size: one greedy decode_step with every row live (median ms), and the CUDA
+    graph's replay alone where there is one (the engine's GPU time plus launch)."""
+    out = {}
+    for b in (1, 8, 32, 33, 48, 64):
+        if b > executor.max_batch:
+            continue
+        for slot in range(b):
+            executor.prefill(slot, prompts[slot % len(prompts)])
+        slots, times = list(range(b)), []
+        for _ in range(steps):
+            sync()
+            t = time.perf_counter()
+            executor.decode_step(slots, [11] * b, [False] * b)
+            times.append((time.perf_counter() - t) * 1000)
+        row = {"decode_step_ms": round(sorted(times)[len(times) // 2], 3)}
+        graph = next((executor._graphs[g] for g in sorted(executor._graphs) if g >= b), None)
+        if graph is not None:
+            replays = []
+            for _ in range(steps):
+                sync()
+                t = time.perf_counter()
+                graph[0].replay()
+                sync()
+                replays.append((time.perf_counter() - t) * 1000)
+            row["graph_replay_ms"] = round(sorted(replays)[len(replays) // 2], 3)
+            row["graph_batch"] = next(g for g in sorted(executor._graphs) if g >= b)
+        out[str(b)] = row
+        for slot in slots:
+            executor.release(slot)
+    return out
 
 
 def _engine_run(scheduler, GenerationRequest, prompts, streams, new_tokens, repeats):
@@ -176,85 +208,79 @@ def _engine_run(scheduler, GenerationRequest, prompts, streams, new_tokens, repe
 # ---- served (stub venv) ---------------------------------------------------------------------
 
 def served(args) -> dict:
+    from dataclasses import replace
+
+    from google.protobuf import text_format
     from tokenizers import Tokenizer
+    from tritonclient.grpc import model_config_pb2 as mc
 
     from trtserve_backend.generation.requests import GenerationLimits
     from trtserve_gpt2.repository import GenerateSettings, write_generate_model
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     ckpt = Path(args.checkpoint)
-    limits = GenerationLimits(context_length=1024, max_prompt_tokens=512, max_new_tokens=512,
-                              default_max_new_tokens=64, max_sequences=256)
+    limits = GenerationLimits(context_length=args.context, max_prompt_tokens=min(512, args.context // 2),
+                              max_new_tokens=min(512, args.context // 2), default_max_new_tokens=64,
+                              max_sequences=256)
     repo = Path(args.repository)
     gpu = not args.force_cpu
-    settings = GenerateSettings(limits=limits, max_batch_size=64, max_decode_batch=64, engine="torch",
+    settings = GenerateSettings(limits=limits, max_batch_size=64, max_decode_batch=64, engine=args.engine,
                                 precision="fp16" if gpu else "fp32", graph_batch_sizes=(1, 2, 4, 8, 16, 32, 64), gpu=gpu,
                                 eos_token_id=50256)
-    write_generate_model(repo, ckpt, ckpt, settings)
+    engine_file = ckpt
+    if args.engine == "onnxruntime":
+        from trtserve_gpt2.export import export_decoder
+
+        engine_file = export_decoder(ckpt, repo.parent / "onnx")
+        settings = replace(settings, graph_batch_sizes=(), intra_op_threads=args.intra_op_threads)
+    models = ["generate"] + ([INLINE] if args.ab else [])
+    for name in models:
+        folder = write_generate_model(repo, engine_file, ckpt, settings, name=name)
+        if name == INLINE:  # the knob, set in the written config (the same ModelConfig protobuf)
+            config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+            config.parameters["response_thread"].string_value = "false"
+            (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     prompts = [tok.decode(ids) for ids in _prompts(args.prompts, lambda t: tok.encode(t).ids, args.prompt_tokens)]
-    server = EmbeddedServer(repo, Ports.free(), log_path=Path(args.log))
+    log = Path(args.log)
+    server = EmbeddedServer(repo, Ports.free(), log_path=log, extra_args=["--log-info=true"])
     server.start()
-    result = {"streams": {}}
+    result = {"client_procs": args.client_procs, "models": {m: {} for m in models}}
     try:
         from trtserve_client import TrtServeClient
 
         deadline = time.monotonic() + 300
-        while True:
-            try:
-                with TrtServeClient(server.grpc_url, timeout_s=60) as c:
-                    c.generate_text("ready", max_new_tokens=1)
-                break
-            except Exception:  # noqa: BLE001 - loading
-                if time.monotonic() > deadline or server.process.poll() is not None:
-                    raise
-                time.sleep(1)
-        for streams in STREAMS:
-            result["streams"][str(streams)] = _served_run(server.grpc_url, prompts, streams, args.new_tokens, args.seconds)
-            print(f"served over gRPC, {streams} streams: {result['streams'][str(streams)]}", flush=True)
+        for name in models:
+            while True:
+                try:
+                    with TrtServeClient(server.grpc_url, timeout_s=60) as c:
+                        c.generate_text("ready", max_new_tokens=1, model=name)
+                    break
+                except Exception:  # noqa: BLE001 - loading
+                    if time.monotonic() > deadline or server.process.poll() is not None:
+                        raise
+                    time.sleep(1)
+        for streams in map(int, args.streams.split(",")):
+            for name in (models if streams % 2 else models[::-1]):  # alternate which goes first
+                r = stream_clients(server.grpc_url, name, prompts, streams, args.new_tokens, args.seconds,
+                                   args.client_procs)
+                result["models"][name][str(streams)] = r
+                print(f"served over gRPC, {name}, {streams} streams: {r}", flush=True)
     finally:
         server.stop()
+    result["streams"] = result["models"]["generate"]
+    result["engine_thread"] = _stats_lines(log, models)
+    print(f"engine thread per model: {result['engine_thread']}", flush=True)
     return result
 
 
-def _served_run(url, prompts, streams, new_tokens, seconds):
-    from trtserve_client import TrtServeClient
-
-    ttft, gaps, lock = [], [], threading.Lock()
-    counts = {"tokens": 0, "streams": 0, "errors": 0}
-    stop_at = time.monotonic() + seconds
-    started = time.perf_counter()
-
-    def worker(i):
-        with TrtServeClient(url, timeout_s=120) as client:
-            n = i
-            while time.monotonic() < stop_at:
-                start = time.perf_counter()
-                times = []
-                try:
-                    stream = client.generate(prompts[n % len(prompts)], max_new_tokens=new_tokens)
-                    for _ in stream:
-                        times.append(time.perf_counter())
-                except Exception as e:  # noqa: BLE001 - counted
-                    with lock:
-                        counts["errors"] += 1
-                    print(f"stream error: {e}", flush=True)
-                    continue
-                with lock:
-                    if times:
-                        ttft.append((times[0] - start) * 1000)
-                        gaps.extend((b - a) * 1000 for a, b in zip(times, times[1:]))
-                    counts["tokens"] += stream.tokens or 0
-                    counts["streams"] += 1
-                n += streams
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out = _summary(ttft, gaps, counts["tokens"], time.perf_counter() - started)
-    out.update(streams_done=counts["streams"], errors=counts["errors"])
+def _stats_lines(log: Path, models) -> dict:
+    """The ``<model> stats: ...`` line each model logs when it is unloaded (SchedulerStats)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    out = {}
+    for name in models:
+        found = re.findall(rf"\b{re.escape(name)} stats: (.*)", text)
+        out[name] = found[-1].strip().rstrip('"') if found else None
     return out
 
 
@@ -265,22 +291,35 @@ def report(args) -> dict:
     srv = json.loads(Path(args.served_json).read_text())
     s1, s32 = srv["streams"]["1"], srv["streams"]["32"]
     eng1 = base["inprocess_engine_fp16_graphs"]["1"]
-    out = {**base, "served_grpc": srv["streams"], "targets": {
-        "served_tokens_per_s_32_over_1": round(s32["tokens_per_s"] / s1["tokens_per_s"], 2),
-        "served_inter_token_p50_over_inprocess_engine": round(s1["inter_token_ms_p50"] / eng1["inter_token_ms_p50"], 2),
-        "served_inter_token_p50_over_hf": round(s1["inter_token_ms_p50"]
-                                                / base["hf_generate_fp16_eager"]["1"]["inter_token_ms_p50"], 2)}}
+    out = {**base, "served_grpc": srv["streams"], "served_ab": srv.get("models"), "client_procs": srv.get("client_procs"),
+           "engine_thread": srv.get("engine_thread"), "targets": {
+               "served_tokens_per_s_32_over_1": round(s32["tokens_per_s"] / s1["tokens_per_s"], 2),
+               "served_inter_token_p50_over_inprocess_engine": round(s1["inter_token_ms_p50"] / eng1["inter_token_ms_p50"], 2),
+               "served_inter_token_p50_over_hf": round(s1["inter_token_ms_p50"]
+                                                       / base["hf_generate_fp16_eager"]["1"]["inter_token_ms_p50"], 2)}}
     out["targets"]["met_10x_at_32"] = out["targets"]["served_tokens_per_s_32_over_1"] >= 10
     out["targets"]["met_1_5x_latency"] = out["targets"]["served_inter_token_p50_over_inprocess_engine"] <= 1.5
-    rows = ["| streams | subject | TTFT p50 / p95 ms | inter-token p50 / p95 ms | tokens/s |", "|---:|---|---:|---:|---:|"]
+    subjects = [("served over gRPC", srv["streams"])]
+    if INLINE in (srv.get("models") or {}):
+        subjects.append(("served, response_thread off (A/B)", srv["models"][INLINE]))
+    subjects += [("engine in-process", base["inprocess_engine_fp16_graphs"]),
+                 ("HF generate fp16 eager (batch)", base["hf_generate_fp16_eager"])]
+    rows = ["| streams | subject | TTFT p50 / p95 ms | inter-token p50 / p95 ms | tokens/s | pieces/token |",
+            "|---:|---|---:|---:|---:|---:|"]
     for n in map(str, STREAMS):
-        for name, part in (("served over gRPC", srv["streams"]), ("engine in-process", base["inprocess_engine_fp16_graphs"]),
-                           ("HF generate fp16 eager (batch)", base["hf_generate_fp16_eager"])):
+        for name, part in subjects:
+            if n not in part:
+                continue
             r = part[n]
             rows.append(f"| {n} | {name} | {r['ttft_ms_p50']} / {r['ttft_ms_p95']} | {r['inter_token_ms_p50']} / "
-                        f"{r['inter_token_ms_p95']} | {r['tokens_per_s']} |")
+                        f"{r['inter_token_ms_p95']} | {r['tokens_per_s']} | {r.get('pieces_per_token', '')} |")
+    steps = ["| batch | decode_step ms (greedy, all rows live) | CUDA graph replay ms | graph batch |", "|---:|---:|---:|---:|"]
+    for b, r in (base.get("engine_step_ms") or {}).items():
+        steps.append(f"| {b} | {r['decode_step_ms']} | {r.get('graph_replay_ms', '')} | {r.get('graph_batch', '')} |")
     md = [f"GPT-2 124M (random weights), {base['prompt_tokens']}-token prompts, {base['new_tokens']} new tokens, "
-          f"{base['gpu']}, torch {base['torch']}", "", *rows, "", f"targets: {json.dumps(out['targets'])}"]
+          f"{base['gpu']}, torch {base['torch']}; served clients in {srv.get('client_procs', 1)} processes", "", *rows, "",
+          *steps, "", *(f"engine thread, {m}: {line}" for m, line in (srv.get("engine_thread") or {}).items()), "",
+          f"targets: {json.dumps(out['targets'])}"]
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     Path(args.markdown).write_text("\n".join(md) + "\n")
     print("\n".join(md))
@@ -303,6 +342,13 @@ def main(argv=None):
     s.add_argument("--out", required=True)
     s.add_argument("--seconds", type=float, default=15.0)
     s.add_argument("--force-cpu", action="store_true", help="rehearsal without a GPU (fp32 on the CPU)")
+    s.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                   help="onnxruntime: the embedded server's CPU engine (exported here; CPU runs)")
+    s.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime: intra-op threads (0 = its default)")
+    s.add_argument("--context", type=int, default=1024, help="the checkpoint's positions (limits follow)")
+    s.add_argument("--ab", action="store_true", help=f"also serve {INLINE} (response_thread off), measured alternately")
+    s.add_argument("--client-procs", type=int, default=8, help="client processes the streams are spread over")
+    s.add_argument("--streams", default=",".join(map(str, STREAMS)))
     for q in (b, s):
         q.add_argument("--prompts", default=str(ROOT / "loadtest" / "data" / "review_snippets.txt"))
         q.add_argument("--prompt-tokens", type=int, default=32)

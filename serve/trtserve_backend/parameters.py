@@ -203,7 +203,8 @@ class GenerateParameters(ModelParameters):
     #: Bytes of PROMPT in one request, checked before it is decoded or tokenized
     #: (trtserve_backend.limits); 0 = no limit. ``max_prompt_tokens`` is checked after.
     max_request_text_bytes: int = 0
-    #: onnxruntime: the graph file in the version folder, and intra-op threads (0 = its default).
+    #: onnxruntime: the graph file in the version folder, and intra-op threads (0 = all usable
+    #: cores but one: generation.ort_executor.default_intra_op_threads).
     onnx_file: str = field(default="", metadata={OMIT_EMPTY: True})
     intra_op_threads: int = 0
     #: torch: the checkpoint folder in the version folder, its precision (fp32 | fp16 | bf16) and
@@ -211,6 +212,10 @@ class GenerateParameters(ModelParameters):
     checkpoint_dir: str = field(default="", metadata={OMIT_EMPTY: True})
     precision: str = "fp32"
     graph_batch_sizes: tuple[int, ...] = ()
+    #: Deliver responses and poll cancellation from a thread of their own (generation.outbox),
+    #: so the engine thread makes no round trip to the server per token; false: the engine
+    #: thread sends each piece itself and asks every stream about cancellation every step.
+    response_thread: bool = True
 
 
 @dataclass(frozen=True)

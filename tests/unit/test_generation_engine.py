@@ -220,3 +220,62 @@ def test_capacity_and_cancellation_free_sequences(make_executor, token_bytes, pr
     scheduler.submit(GenerationRequest(prompt_ids[1], 3), ListSink())  # the freed place is usable
     drain(scheduler)
     assert sinks[0].final is None and all(s.final[1] == contract.FINISH_LENGTH for s in sinks[1:])
+
+
+def test_decode_step_argmax_and_wanted_logits_equal_decode(make_executor, prompt_ids):
+    """The engine's argmax (on the device for torch) is np.argmax of the logits decode returns,
+    row for row in slot order, and only the rows asked for bring logits back."""
+    ex_a, ex_b = make_executor(4), make_executor(4)
+    for ex in (ex_a, ex_b):
+        for slot, ids in enumerate(prompt_ids[:3]):
+            ex.prefill(slot, ids)
+    slots, tokens = [2, 0, 1], [33, 11, 22]
+    logits = ex_a.decode(slots, tokens)
+    best, wanted = ex_b.decode_step(slots, tokens, [False, True, False])
+    assert best.tolist() == np.argmax(logits, axis=1).tolist()
+    assert wanted.shape == (1, logits.shape[1])
+    np.testing.assert_allclose(wanted[0], logits[1], atol=1e-5)
+    best, none = ex_a.decode_step(slots, [5, 6, 7], [False] * 3)
+    assert none.shape[0] == 0 and best.shape == (3,)
+
+
+def test_greedy_and_sampled_exact_through_the_outbox(make_executor, hf, token_bytes, prompt_ids):
+    """With the outbox thread delivering (pieces of a lagging stream joined), every stream's text,
+    reason and count are what they are without it; a seeded sampled stream is unchanged too."""
+    from trtserve_backend.generation.outbox import Outbox
+
+    model, _ = hf
+    cases = [(ids, 5 + (i * 5) % 11) for i, ids in enumerate(prompt_ids[:8])]
+
+    def run(outbox):
+        scheduler = StepScheduler(make_executor(4), token_bytes, EOS, max_sequences=16, outbox=outbox)
+        if outbox is not None:
+            outbox.start()
+        sinks = [ListSink() for _ in cases]
+        for (ids, n), sink in zip(cases, sinks):
+            scheduler.submit(GenerationRequest(list(ids), n), sink)
+        sampled = ListSink()
+        scheduler.submit(GenerationRequest(list(prompt_ids[9]), 10, SamplingParams(temperature=0.8, seed=3)), sampled)
+        drain(scheduler)
+        if outbox is not None:
+            outbox.stop()
+        return sinks, sampled
+
+    direct, direct_sampled = run(None)
+    queued, queued_sampled = run(Outbox(cancel_poll_s=0.001))
+    for (ids, n), a, b in zip(cases, direct, queued):
+        text, reason, tokens = expected(token_bytes, hf_greedy(model, ids, n))
+        assert (a.text, a.final[1:]) == (b.text, b.final[1:]) == (text, (reason, tokens))
+    assert (queued_sampled.text, queued_sampled.final) == (direct_sampled.text, direct_sampled.final)
+
+
+def test_ort_graph_leaves_a_core_to_the_responses_by_default(gpt2_tiny_onnx):
+    import os
+
+    from trtserve_backend.generation.ort_executor import OrtDecoderGraph, default_intra_op_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_intra_op_threads() == max(1, cores - 1)
+    graph = OrtDecoderGraph(str(gpt2_tiny_onnx))
+    assert graph.session.get_session_options().intra_op_num_threads == max(1, cores - 1)
+    assert OrtDecoderGraph(str(gpt2_tiny_onnx), intra_op_threads=3).session.get_session_options().intra_op_num_threads == 3

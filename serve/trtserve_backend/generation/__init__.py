@@ -6,4 +6,5 @@
 - :mod:`.scheduler`: step-level batching of concurrent sequences over one engine
 - :mod:`.ort_executor`, :mod:`.torch_executor`: the engines, each keeping the KV cache between steps
 - :mod:`.responses`: a Triton response sender as the scheduler's output
+- :mod:`.outbox`: one thread that sends the responses and polls cancellation for the engine thread
 """

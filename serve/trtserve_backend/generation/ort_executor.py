@@ -10,12 +10,14 @@ sequence joins or leaves.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 import trtserve_contract as contract
+from .sampling import greedy_tokens
 
 
 class DecoderGraphError(ValueError):
@@ -30,16 +32,24 @@ class _SlotCache:
     length: int
 
 
+def default_intra_op_threads() -> int:
+    """All usable cores but one: the decode loop shares the machine with the outbox thread and
+    Triton's own threads, which handle every response; a parallel region that needs every core
+    stalls whenever one of them runs (measured on 2 cores: bench/gpu/NOTES.md, session 5)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 class OrtDecoderGraph:
     """The session and its tensor names; :meth:`run` is one call of the graph."""
 
     def __init__(self, onnx_path: str, intra_op_threads: int = 0):
+        """``intra_op_threads`` 0: :func:`default_intra_op_threads`."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
+        options.intra_op_num_threads = intra_op_threads if intra_op_threads > 0 else default_intra_op_threads()
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.session.get_inputs()}
         missing = [n for n in contract.DECODER_INPUTS if n not in inputs]
@@ -112,6 +122,11 @@ class OrtExecutor:
         for s in slots:
             self._lengths[s] += 1
         return logits[:, -1]
+
+    def decode_step(self, slots: Sequence[int], tokens: Sequence[int],
+                    want_logits: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.decode(slots, tokens)
+        return greedy_tokens(logits), logits[np.asarray(want_logits, bool)]
 
     def release(self, slot: int) -> None:
         self._loose.pop(slot, None)

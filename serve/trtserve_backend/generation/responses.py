@@ -67,10 +67,12 @@ class ResponseSink:
         self._final(self.pb.InferenceResponse(error=triton_error(self.pb, message, code)))
 
     def cancelled(self) -> bool:
+        """Asks the server (a round trip): the sender's flag where it has one, else the request's
+        (under Triton both read the same cancellation state, so one question is enough)."""
         for owner in (self.sender, self.request):
             check = getattr(owner, "is_cancelled", None)
-            if check is not None and check():
-                return True
+            if check is not None:
+                return bool(check())
         return False
 
     def _final(self, response) -> None:

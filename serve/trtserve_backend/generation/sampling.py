@@ -39,6 +39,11 @@ def greedy_token(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
+def greedy_tokens(logits: np.ndarray) -> np.ndarray:
+    """:func:`greedy_token` of every row of ``logits`` [n, vocab] in one call."""
+    return np.argmax(logits, axis=-1)
+
+
 def nucleus_probabilities(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
     """Softmax of ``logits / temperature`` with everything outside the top-p nucleus zeroed, renormalised.
 
@@ -66,6 +71,11 @@ class Sampler:
     def __init__(self, params: SamplingParams):
         self.params = params
         self._rng = np.random.Generator(np.random.PCG64(params.seed)) if not params.greedy else None
+
+    @property
+    def greedy(self) -> bool:
+        """The choice is the argmax: the engine may take it on the device (no logits needed)."""
+        return self._rng is None
 
     def __call__(self, logits: np.ndarray) -> int:
         if self._rng is None:

@@ -5,18 +5,25 @@ client went away are dropped, waiting requests are admitted into free slots (the
 alone, which yields their first token), then one decode step runs all decoding sequences as
 one batch. A sequence that finishes leaves at once; the others do not wait for it, nor it for
 them. The engine keeps each slot's KV cache between steps (:class:`DecoderExecutor`).
+
+Greedy rows take the engine's own argmax (on the device for the torch engine: only the token ids
+come back); only sampled rows bring their logits to the host. With an :class:`~.outbox.Outbox`
+the pieces are delivered and cancellation is polled by the outbox's thread, so the engine thread
+does no round trip to the server per token.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 import trtserve_contract as contract
+from .outbox import Outbox
 from .requests import CapacityError, GenerationRequest
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher, TokenBytes
@@ -34,6 +41,11 @@ class DecoderExecutor(Protocol):
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """Append one token to each slot's cache in one batched call; logits [len(slots), vocab]."""
+
+    def decode_step(self, slots: Sequence[int], tokens: Sequence[int],
+                    want_logits: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`decode`, returning each row's argmax [len(slots)] (ties: the lowest id) and the
+        logits [k, vocab] of only the k rows with ``want_logits``."""
 
     def release(self, slot: int) -> None:
         """Forget ``slot``'s cache."""
@@ -73,12 +85,22 @@ class SchedulerStats:
     max_rows: int = 0
     finished: dict = field(default_factory=lambda: collections.Counter())
     cancelled: int = 0
+    #: seconds the engine thread spent per phase of its steps: "cancel" (checks), "admit"
+    #: (prefills included), "decode" (engine calls), "advance" (sampling, text, queueing or sending)
+    seconds: dict = field(default_factory=lambda: collections.Counter())
+
+    def summary(self) -> str:
+        rows = self.decode_rows / self.decode_calls if self.decode_calls else 0.0
+        phases = " ".join(f"{k}={v:.3f}s" for k, v in sorted(self.seconds.items()))
+        return (f"prefills={self.prefills} decode_calls={self.decode_calls} rows/call={rows:.1f} "
+                f"max_rows={self.max_rows} cancelled={self.cancelled} {phases}")
 
 
 class StepScheduler:
     def __init__(self, executor: DecoderExecutor, token_bytes: TokenBytes, eos_id: int, max_sequences: int,
-                 note: Callable[[str], None] | None = None):
-        """``note`` receives one line per notable event (a client that went away), e.g. the server log."""
+                 note: Callable[[str], None] | None = None, outbox: Outbox | None = None):
+        """``note`` receives one line per notable event (a client that went away), e.g. the server log.
+        ``outbox``: deliver through its thread (started and stopped with the scheduler's)."""
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
         self.executor = executor
@@ -87,6 +109,7 @@ class StepScheduler:
         self.max_sequences = max_sequences
         self.stats = SchedulerStats()
         self.note = note or log.info
+        self.outbox = outbox
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
         self._free_slots = list(range(executor.max_batch - 1, -1, -1))
@@ -98,14 +121,15 @@ class StepScheduler:
 
     def submit(self, request: GenerationRequest, sink: StreamSink) -> None:
         """Queue a request for the next step boundary; CapacityError when the server is full."""
-        seq = _Sequence(request, sink, IncrementalDecoder(self.token_bytes), StopMatcher(request.stops),
-                        Sampler(request.sampling))
         with self._lock:
             held = len(self._waiting) + len(self._active)
             if held >= self.max_sequences:
                 raise CapacityError(f"too many pending sequences: {held} held, the limit is max_sequences "
                                     f"{self.max_sequences}; try again later")
-            self._waiting.append(seq)
+            if self.outbox is not None:
+                sink = self.outbox.sink(sink)
+            self._waiting.append(_Sequence(request, sink, IncrementalDecoder(self.token_bytes),
+                                           StopMatcher(request.stops), Sampler(request.sampling)))
             self._lock.notify()
 
     def pending(self) -> int:
@@ -115,6 +139,8 @@ class StepScheduler:
     # ---- the engine thread ----------------------------------------------------------------
 
     def start(self) -> "StepScheduler":
+        if self.outbox is not None:
+            self.outbox.start()
         self._thread = threading.Thread(target=self._run, name="trtserve-generate", daemon=True)
         self._thread.start()
         return self
@@ -129,6 +155,8 @@ class StepScheduler:
             _quietly(seq.sink.fail, "the model is shutting down")
         self._waiting.clear()
         self._active.clear()
+        if self.outbox is not None:
+            self.outbox.stop(timeout_s)
 
     def _run(self) -> None:
         while True:
@@ -147,19 +175,31 @@ class StepScheduler:
 
     def step(self) -> None:
         """One step boundary: drop cancelled, admit waiting, one batched decode step."""
+        seconds = self.stats.seconds
+        t0 = time.perf_counter()
         for seq in [s for s in self._active if s.sink.cancelled()]:
-            self._drop(seq, "its client cancelled the request")
+            self._drop(seq, getattr(seq.sink, "why", "") or "its client cancelled the request")
+        t1 = time.perf_counter()
         self._admit()
+        t2 = time.perf_counter()
+        seconds["cancel"] += t1 - t0
+        seconds["admit"] += t2 - t1
         if not self._active:
             return
         for start in range(0, len(self._active), self.executor.max_batch):
+            t0 = time.perf_counter()
             group = self._active[start:start + self.executor.max_batch]
-            logits = self.executor.decode([s.slot for s in group], [s.next_token for s in group])
+            sampled = [not s.sampler.greedy for s in group]
+            best, logits = self.executor.decode_step([s.slot for s in group], [s.next_token for s in group], sampled)
+            t1 = time.perf_counter()
             self.stats.decode_calls += 1
             self.stats.decode_rows += len(group)
             self.stats.max_rows = max(self.stats.max_rows, len(group))
-            for seq, row in zip(group, logits):
-                self._advance(seq, row)
+            rows = iter(logits)
+            for seq, token, wants in zip(group, best.tolist(), sampled):
+                self._advance(seq, seq.sampler(next(rows)) if wants else token)
+            seconds["decode"] += t1 - t0
+            seconds["advance"] += time.perf_counter() - t1
 
     def _admit(self) -> None:
         while True:
@@ -175,11 +215,10 @@ class StepScheduler:
                 self._active.append(seq)
             logits = self.executor.prefill(seq.slot, seq.request.prompt_ids)
             self.stats.prefills += 1
-            self._advance(seq, logits)
+            self._advance(seq, seq.sampler(logits))
 
-    def _advance(self, seq: _Sequence, logits: np.ndarray) -> None:
-        """Sample the next token of ``seq``, stream its text, finish it when it is done."""
-        token = seq.sampler(logits)
+    def _advance(self, seq: _Sequence, token: int) -> None:
+        """Take ``token`` as the next of ``seq``, stream its text, finish it when it is done."""
         seq.generated += 1
         seq.next_token = token
         if token == self.eos_id:

@@ -120,22 +120,25 @@ class TorchExecutor:
     # ---- CUDA graphs ----------------------------------------------------------------------
 
     def _capture(self, batch_sizes: list[int]) -> None:
+        """One graph per batch size: tokens and positions in (one [2, b] tensor, so a step makes
+        one host-to-device copy), logits and their argmax out (so greedy rows bring back ids only)."""
         torch = self.torch
         pool = None
         for b in sorted(batch_sizes, reverse=True):
-            tokens = torch.zeros(b, dtype=torch.long, device=self.device)
-            positions = torch.zeros(b, dtype=torch.long, device=self.device)
+            io = torch.zeros(2, b, dtype=torch.long, device=self.device)
+            tokens, positions = io[0], io[1]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up outside the graph
-                    self._decode_rows(tokens, positions)
+                    self._decode_rows(tokens, positions).argmax(-1)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 logits = self._decode_rows(tokens, positions)
+                best = logits.argmax(-1)
             pool = graph.pool()
-            self._graphs[b] = (graph, tokens, positions, logits)
+            self._graphs[b] = (graph, io, logits, best)
         log.info("captured decode CUDA graphs for batch sizes %s", sorted(self._graphs))
 
     # ---- DecoderExecutor ------------------------------------------------------------------
@@ -156,34 +159,49 @@ class TorchExecutor:
             logits = self._forward(row, torch.tensor([list(ids)], device=self.device), positions, attend)
         return logits[0, -1].float().cpu().numpy()
 
-    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+    def _step(self, slots: Sequence[int], tokens: Sequence[int]):
+        """One decode step of all live rows: (logits [n, V] and their argmax [n] on the device, by
+        cache row; each slot's row)."""
         torch = self.torch
         n = len(slots)
         if n != len(self._row_of):
             raise ValueError(f"a decode step must cover all {len(self._row_of)} live sequences, got {n}")
-        by_row = [0] * n
-        pos = [0] * n
-        for slot, token in zip(slots, tokens):
-            r = self._row_of[slot]
-            by_row[r], pos[r] = token, self._length[slot]
-            if pos[r] >= self.max_length:
+        graph_b = next((b for b in sorted(self._graphs) if b >= n), None)
+        io = np.zeros((2, graph_b or n), np.int64)  # rows n.. of a graph's batch: zeros (ignored)
+        rows = [self._row_of[slot] for slot in slots]
+        for slot, token, r in zip(slots, tokens, rows):
+            io[0, r], io[1, r] = token, self._length[slot]
+            if io[1, r] >= self.max_length:
                 raise ValueError(f"sequence in slot {slot} reached max_length {self.max_length}")
-        with torch.inference_mode():
-            graph_b = next((b for b in sorted(self._graphs) if b >= n), None)
-            if graph_b is None:
-                logits = self._decode_rows(torch.tensor(by_row, device=self.device), torch.tensor(pos, device=self.device))
-            else:
-                graph, static_tokens, static_positions, static_logits = self._graphs[graph_b]
-                static_tokens.zero_()
-                static_positions.zero_()
-                static_tokens[:n].copy_(torch.tensor(by_row))
-                static_positions[:n].copy_(torch.tensor(pos))
-                graph.replay()
-                logits = static_logits[:n]
-            out = logits.float().cpu().numpy()
+        if graph_b is None:
+            io_dev = torch.from_numpy(io).to(self.device)
+            logits = self._decode_rows(io_dev[0], io_dev[1])
+            best = logits.argmax(-1)
+        else:
+            graph, static_io, static_logits, static_best = self._graphs[graph_b]
+            static_io.copy_(torch.from_numpy(io))
+            graph.replay()
+            logits, best = static_logits[:n], static_best[:n]
         for slot in slots:
             self._length[slot] += 1
-        return out[[self._row_of[s] for s in slots]]
+        return logits, best, rows
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        with self.torch.inference_mode():
+            logits, _, rows = self._step(slots, tokens)
+            return logits.float().cpu().numpy()[rows]
+
+    def decode_step(self, slots: Sequence[int], tokens: Sequence[int],
+                    want_logits: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy rows cost the device-to-host copy of one token id each; only the rows in
+        ``want_logits`` bring their logits back."""
+        torch = self.torch
+        with torch.inference_mode():
+            logits, best, rows = self._step(slots, tokens)
+            wanted = [r for r, w in zip(rows, want_logits) if w]
+            host_logits = (logits[torch.tensor(wanted, device=self.device)].float().cpu().numpy() if wanted
+                           else np.zeros((0, logits.shape[-1]), np.float32))
+            return best.cpu().numpy()[rows], host_logits
 
     def release(self, slot: int) -> None:
         row = self._row_of.pop(slot, None)

@@ -12,6 +12,7 @@ import os
 import triton_python_backend_utils as pb_utils
 
 import trtserve_contract as contract
+from trtserve_backend.generation.outbox import Outbox
 from trtserve_backend.generation.requests import CapacityError, GenerationInputError, GenerationLimits, parse_request
 from trtserve_backend.generation.responses import ResponseSink
 from trtserve_backend.generation.scheduler import StepScheduler
@@ -55,7 +56,9 @@ class TritonPythonModel:
         self.dtypes = {t.name: t.dtype for t in cfg.outputs}
         executor = _executor(params, folder, cfg.name, args)
         self.scheduler = StepScheduler(executor, TokenBytes.from_tokenizer_json(tokenizer_file), self.eos_id,
-                                       self.limits.max_sequences, note=pb_utils.Logger.log_info).start()
+                                       self.limits.max_sequences, note=pb_utils.Logger.log_info,
+                                       outbox=Outbox() if params.response_thread else None).start()
+        self.name = cfg.name
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -79,4 +82,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.scheduler.stop()
+        outbox = self.scheduler.outbox
+        sent = f" responses={outbox.sent} joined_pieces={outbox.joined}" if outbox is not None else ""
+        pb_utils.Logger.log_info(f"{self.name} stats: {self.scheduler.stats.summary()}{sent}")
 
