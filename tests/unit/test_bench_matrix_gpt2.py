@@ -90,3 +90,28 @@ def test_tiny_gpt2_graphs_of_every_precision_compute_what_pytorch_does(tiny_cach
             assert cosine >= gate, (precision, cosine, gate)
     calibration = tiny_cache / "engines" / "bench_gpt2_tiny" / "calibration-percentile.json"
     assert calibration.is_file()  # int8 was calibrated on GPT-2 tokens of the review texts
+
+
+def test_a_series_whose_graph_cannot_be_made_or_loaded_is_recorded_with_the_error(tmp_path, monkeypatch):
+    """No faked numbers: the rows say why the series has none, and the next series still runs."""
+    from bench import bench_matrix
+    from bench.matrix_measure import read_rows
+
+    def no_graph(model, precision):
+        raise RuntimeError(f"no {precision} kernel for MatMul")
+
+    monkeypatch.setattr(bench_matrix, "onnx_graph", no_graph)
+    csv_path = tmp_path / "matrix.csv"
+    ran = bench_matrix.run_matrix(csv_path, [gpt2.MODEL], [("ort-cpu", "fp16")], [1, 2], [32],
+                                  max_run_s=1, target_s=0.1, budget_s=60)
+    rows = read_rows(csv_path)
+    assert ran == 0 and len(rows) == 2
+    assert {(r["status"], int(r["batch"])) for r in rows} == {("unavailable", 1), ("unavailable", 2)}
+    assert all("the fp16 graph could not be made: RuntimeError: no fp16 kernel for MatMul" in r["note"] for r in rows)
+
+    monkeypatch.setenv("TRTSERVE_CACHE", str(tmp_path / "cache"))
+    broken = gpt2.prepared_graph("hybrid")
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an onnx graph")
+    with pytest.raises(mm.Skip, match="ONNX Runtime .* cannot load hybrid.onnx"):
+        mm.load_series(gpt2.MODEL, "ort-cpu", "hybrid")
