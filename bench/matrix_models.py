@@ -234,16 +234,11 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - e.g. an op without a kernel for the graph's types: say so
             raise Skip(f"ONNX Runtime {ort.__version__} cannot load {path.name}: {type(e).__name__}: {e}") from e
-        # float inputs in the graph's own type (GPT-2's fp16 graph takes FP16 past key/values)
-        dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else None for i in session.get_inputs()}
+        names = [i.name for i in session.get_inputs()]  # the precision stage keeps the graph's input types
         note = f"onnxruntime {ort.__version__}"
         if precision in TRANSFORMED_PRECISIONS:
             note += "; FP16 ops upcast to FP32 by ORT's CPU provider"
-
-        def run(feeds):
-            return session.run(None, {n: feeds[n] if t is None else feeds[n].astype(t) for n, t in dtypes.items()})
-
-        return Loaded(run, "cpu", cpu_name(), note)
+        return Loaded(lambda feeds: session.run(None, {n: feeds[n] for n in names}), "cpu", cpu_name(), note)
     if executor == "torch-cuda":
         if not torch.cuda.is_available():
             raise Skip("no CUDA device")
