@@ -32,6 +32,7 @@ BENCH_SIZE = "gpt2-124m"  # n_layer 12, n_embd 768, n_head 12, vocab 50257 (trts
 SIZE = BENCH_SIZE
 SEED = 0
 SPEC_NAME = "bench_gpt2"
+EXPORT_STAMP = "bench_export.json"
 #: Calibration texts are cut to this many GPT-2 tokens (reviews are shorter).
 CALIBRATION_TOKENS = 128
 
@@ -125,15 +126,21 @@ def spec_and_checkpoint():
 
 def export_onnx(spec, ckpt: Path) -> Path:
     """The FP32 decoder export of the seeded checkpoint in the spec's export folder (cached: kept
-    while its record names this checkpoint and it is newer than the weights)."""
+    while this module's stamp names the same checkpoint, size and seed and the graph is newer than
+    the weights; the stamp is written after a successful, checked export)."""
     build = gpt2_build()
     build.random_checkpoint(ckpt, SIZE, SEED)
     out = export_dir(spec)
-    path, record = out / "model.onnx", out / "export_record.json"
+    path, stamp = out / "model.onnx", out / EXPORT_STAMP
+    want = {"checkpoint": str(ckpt), "size": SIZE, "seed": SEED}
     weights = max(ckpt.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, default=None)
-    fresh = (path.is_file() and record.is_file() and json.loads(record.read_text()).get("checkpoint") == str(ckpt)
-             and weights is not None and path.stat().st_mtime > weights.stat().st_mtime)
-    return path if fresh else build.export_onnx(ckpt, out)
+    if (path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want
+            and weights is not None and path.stat().st_mtime > weights.stat().st_mtime):
+        return path
+    stamp.unlink(missing_ok=True)
+    path = build.export_onnx(ckpt, out)
+    stamp.write_text(json.dumps(want) + "\n")
+    return path
 
 
 def encoder(tok, layers: int, heads: int, head_dim: int, max_tokens: int = CALIBRATION_TOKENS):

@@ -90,6 +90,11 @@ def test_tiny_gpt2_graphs_of_every_precision_compute_what_pytorch_does(tiny_cach
             assert cosine >= gate, (precision, cosine, gate)
     calibration = tiny_cache / "engines" / "bench_gpt2_tiny" / "calibration-percentile.json"
     assert calibration.is_file()  # int8 was calibrated on GPT-2 tokens of the review texts
+    made = {p.name: p.stat().st_mtime_ns for p in calibration.parent.glob("*.onnx")}
+    assert sorted(made) == ["fp16.onnx", "hybrid.onnx", "int8.onnx", "model.onnx"]
+    for precision in ("fp32", "int8"):
+        mm.onnx_graph(gpt2.MODEL, precision)  # cached: neither exported nor transformed again
+    assert {p.name: p.stat().st_mtime_ns for p in calibration.parent.glob("*.onnx")} == made
 
 
 def test_a_series_whose_graph_cannot_be_made_or_loaded_is_recorded_with_the_error(tmp_path, monkeypatch):
