@@ -5,6 +5,9 @@ Models
     random weights -- the paper's shapes; right for latency, useless for accuracy.
   * ``minilm``: all-MiniLM-L6-v2 with its real weights (the ``embed`` deployment).
   Both run as the exported encoder computes: BERT + mean pooling over the attention mask.
+  * ``roberta-base``, ``deberta-v3-base``: base-sized configs of the architecture registry, random weights.
+  * ``gpt2``: GPT-2 124M with seeded random weights, the prompt step (input_ids [batch, seq] ->
+    logits and key/values, no past) of issue 11's decoder export (bench/matrix_gpt2.py).
 
 Executors (series = model x executor x precision)
   * ``torch-cpu`` fp32: PyTorch eager;
@@ -23,7 +26,8 @@ torch.cuda.max_memory_allocated.
 
 Time caps: a point whose single run exceeds ``--max-run-s``, or is predicted to from the
 series' largest measured point (scaled by tokens), is recorded as skipped with the reason, and
-so are the larger points of that series; ``--budget-min`` stops the whole run (those points are
+so are the larger points of that series; a series that cannot run (its graph cannot be made or
+loaded, a run raises) is recorded as ``unavailable``/``error`` rows with the error; ``--budget-min`` stops the whole run (those points are
 not recorded, so a rerun resumes there). The CSV is appended to as it goes; points already in it
 are not measured again (``--redo`` to re-measure).
 
@@ -92,6 +96,7 @@ def run_matrix(
     target_s: float,
     budget_s: float,
     redo: bool = False,
+    retries: int = CONTENTION_RETRIES,
 ) -> int:
     """Measure every missing point, one fresh process per series (clean memory numbers);
     returns the number of series run."""
@@ -114,11 +119,17 @@ def run_matrix(
                 print(f"bench-matrix: time budget spent; {model}/{executor}/{precision} and later left for a rerun")
                 return ran
             if executor == "ort-cpu":
-                onnx_graph(model, precision)  # export/transform/calibrate here, not in the timed child
+                try:
+                    onnx_graph(model, precision)  # export/transform/calibrate here, not in the timed child
+                except Exception as e:  # noqa: BLE001 - the rows say why this series has no numbers
+                    why = f"the {precision} graph could not be made: {type(e).__name__}: {e}"
+                    print(f"bench-matrix: {model}/{executor}/{precision}: {why}", file=sys.stderr)
+                    record_unavailable(out_csv, model, executor, precision, batches, sequences, why[:600])
+                    continue
             cmd = [sys.executable, "-m", "bench.bench_matrix", "--_series", f"{model},{executor},{precision}",
                    "--_csv", str(out_csv), "--_deadline", str(deadline),
                    "--batches", ",".join(map(str, batches)), "--sequences", ",".join(map(str, sequences)),
-                   "--max-run-s", str(max_run_s), "--target-s", str(target_s)]
+                   "--max-run-s", str(max_run_s), "--target-s", str(target_s), "--contention-retries", str(retries)]
             code = subprocess.call(cmd)
             ran += 1
             if code == BUDGET_EXIT:
@@ -132,8 +143,20 @@ def run_matrix(
 BUDGET_EXIT = 3
 
 
+def record_unavailable(out_csv: Path, model: str, executor: str, precision: str, batches: Sequence[int],
+                       sequences: Sequence[int], why: str, inputs: str = "") -> None:
+    """One ``unavailable`` row with ``why`` for each missing point of the series."""
+    existing = {point_key(r) for r in read_rows(out_csv)}
+    sink, host = CsvSink(out_csv), socket.gethostname()
+    for b in batches:
+        for s in sequences:
+            if (model, executor, precision, b, s) not in existing:
+                sink.append(make_row(model, executor, precision, b, s, "unavailable", why, "", inputs, host))
+
+
 def run_series(out_csv: Path, model: str, executor: str, precision: str, batches: Sequence[int],
-               sequences: Sequence[int], *, max_run_s: float, target_s: float, deadline: float) -> int:
+               sequences: Sequence[int], *, max_run_s: float, target_s: float, deadline: float,
+               retries: int = CONTENTION_RETRIES) -> int:
     """The points of one series in this (fresh) process; returns 0, or BUDGET_EXIT."""
     existing = {point_key(r) for r in read_rows(out_csv)}
     points = sorted(((b, s) for b in batches for s in sequences), key=lambda p: (p[0] * p[1], p[1]))
@@ -141,7 +164,7 @@ def run_series(out_csv: Path, model: str, executor: str, precision: str, batches
     if not todo:
         return 0
     sink = CsvSink(out_csv)
-    stream, inputs = token_stream(max(batches) * max(sequences) + 1024)
+    stream, inputs = token_stream(max(batches) * max(sequences) + 1024, model)
     host = socket.gethostname()
     kind = device_kind(executor)
     _import_runtime(executor)
@@ -150,8 +173,7 @@ def run_series(out_csv: Path, model: str, executor: str, precision: str, batches
         loaded = load_series(model, executor, precision)
     except Skip as why:
         print(f"bench-matrix: {model}/{executor}/{precision}: skipped ({why})")
-        for b, s in todo:
-            sink.append(make_row(model, executor, precision, b, s, "unavailable", str(why), "", inputs, host))
+        record_unavailable(out_csv, model, executor, precision, batches, sequences, str(why)[:600], inputs)
         return 0
     model_mib = resident_mib(loaded.device) - before if before is not None else float("nan")
     base = before if before is not None else resident_mib(loaded.device)
@@ -170,14 +192,22 @@ def run_series(out_csv: Path, model: str, executor: str, precision: str, batches
             sink.append(make_row(model, executor, precision, b, s, "skipped", note, loaded.device_name, inputs, host))
             continue
         feeds = make_feeds(stream, b, s, model)
-        for attempt in range(CONTENTION_RETRIES + 1):
-            with PeakMemory(loaded.device, base) as mem, ForeignCpu() as foreign:
-                result = measure(loaded.run, feeds, max_run_s=max_run_s, target_s=target_s)
-            if foreign.share <= MAX_FOREIGN_CPU or attempt == CONTENTION_RETRIES:
+        for attempt in range(retries + 1):
+            try:
+                with PeakMemory(loaded.device, base) as mem, ForeignCpu() as foreign:
+                    result = measure(loaded.run, feeds, max_run_s=max_run_s, target_s=target_s)
+            except Exception as e:  # noqa: BLE001 - the runtime cannot run this point: the row says so
+                result = {"status": "error", "note": f"{type(e).__name__}: {e}"[:600]}
+                break
+            if foreign.share <= MAX_FOREIGN_CPU or attempt == retries:
                 break
             print(f"bench-matrix: other processes used {foreign.share:.0%} of the CPU during "
                   f"b={b} s={s}; measuring again", flush=True)
             time.sleep(10)
+        if result["status"] == "error":
+            print(f"bench-matrix: {model}/{executor}/{precision} b={b} s={s}: {result['note']}", file=sys.stderr)
+            sink.append(make_row(model, executor, precision, b, s, "error", result["note"], loaded.device_name, inputs, host))
+            continue
         largest = (tokens, result["first_s"] if result["status"] != "ok" else result["median_ms"] / 1000)
         if result["status"] != "ok":
             blocked = result["note"]
@@ -228,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target-s", type=float, default=1.5, help="timing budget per point")
     ap.add_argument("--budget-min", type=float, default=25.0, help="stop after this many minutes (rerun resumes)")
     ap.add_argument("--redo", action="store_true", help="re-measure the selected series")
+    ap.add_argument("--contention-retries", type=int, default=CONTENTION_RETRIES,
+                    help="measure a point again (after 10 s) up to this many times while other processes load the CPU")
     ap.add_argument("--redo-contended", action="store_true",
                     help=f"re-measure points recorded while other processes used > {MAX_FOREIGN_CPU * 100:.0f}%% of the CPU")
     ap.add_argument("--plot-only", action="store_true")
@@ -240,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args._series:
         model, executor, precision = args._series.split(",")
         return run_series(args._csv, model, executor, precision, args.batches, args.sequences,
-                          max_run_s=args.max_run_s, target_s=args.target_s, deadline=args._deadline)
+                          max_run_s=args.max_run_s, target_s=args.target_s, deadline=args._deadline,
+                          retries=args.contention_retries)
     out_dir = args.out_dir or (QUICK_DIR if args.quick else DEFAULT_DIR)
     csv_path = out_dir / ("bench_matrix_quick.csv" if args.quick else "bench_matrix.csv")
     if not args.plot_only:
@@ -259,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.redo_contended:
             drop_contended(csv_path)
         n = run_matrix(csv_path, models, series, batches, seqs, max_run_s=args.max_run_s, target_s=args.target_s,
+                       retries=args.contention_retries,
                        budget_s=args.budget_min * 60, redo=args.redo)
         write_machine(out_dir / "bench_matrix_machine.json")
         print(f"bench-matrix: {n} series run; results in {csv_path}")

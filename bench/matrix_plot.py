@@ -59,8 +59,9 @@ def plot(csv_path: Path, out_dir: Path) -> list[Path]:
                 for ex, pr in series:
                     pts = sorted((int(r["batch"]), float(r["median_ms"])) for r in mine
                                  if (r["executor"], r["precision"]) == (ex, pr) and int(r["seq"]) == s)
-                    if pts:
-                        ax.plot(*zip(*pts), marker="o", label=_series_label(ex, pr))
+                    if pts:  # one colour per series in every panel, whichever points were skipped
+                        ax.plot(*zip(*pts), marker="o", color=f"C{series.index((ex, pr)) % 10}",
+                                label=_series_label(ex, pr))
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(batches, [str(b) for b in batches])
                 ax.set_yscale("log")
@@ -68,7 +69,8 @@ def plot(csv_path: Path, out_dir: Path) -> list[Path]:
                 ax.set_xlabel("batch")
                 ax.grid(True, which="both", alpha=0.3)
             axes[0][0].set_ylabel("median latency (ms)")
-            axes[0][-1].legend(fontsize=7, loc="upper left")
+            lines = [len(ax.get_lines()) for ax in axes[0]]  # the legend where every plotted series is
+            axes[0][len(lines) - 1 - lines[::-1].index(max(lines))].legend(fontsize=7, loc="upper left")
             fig.suptitle(f"{model}: latency vs batch ({device})")
             fig.tight_layout()
             written.append(_save(fig, out_dir / f"latency_{tag}.png"))
