@@ -179,7 +179,8 @@ def served(args) -> dict:
     from tokenizers import Tokenizer
 
     from trtserve_backend.generation.requests import GenerationLimits
-    from trtserve_gpt2.repository import GenerateSettings, write_generate_model
+    from trtserve_build.pipeline.generate import write_generate
+    from trtserve_build.stages.generate_config import GenerateSettings
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     ckpt = Path(args.checkpoint)
@@ -190,7 +191,7 @@ def served(args) -> dict:
     settings = GenerateSettings(limits=limits, max_batch_size=64, max_decode_batch=64, engine="torch",
                                 precision="fp16" if gpu else "fp32", graph_batch_sizes=(1, 2, 4, 8, 16, 32, 64), gpu=gpu,
                                 eos_token_id=50256)
-    write_generate_model(repo, ckpt, ckpt, settings)
+    write_generate(repo, ckpt, ckpt, settings)
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     prompts = [tok.decode(ids) for ids in _prompts(args.prompts, lambda t: tok.encode(t).ids, args.prompt_tokens)]
     server = EmbeddedServer(repo, Ports.free(), log_path=Path(args.log))

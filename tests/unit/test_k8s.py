@@ -119,7 +119,7 @@ def test_engines_job_builds_with_the_servers_tensorrt_on_the_same_gpu(objects):
     job = objects["Job/trtserve-engines"]["spec"]["template"]["spec"]
     [engines] = job["containers"]
     assert engines["image"].endswith(f"/trtserve-engines:gpu-{_release()}")
-    assert engines["command"] == ["make", "engines", "VARIANT=gpu", "PY=python3"]
+    assert engines["command"] == ["make", "engines", "VARIANT=gpu", "PY=python3", "GENERATE=0"]
     assert engines["resources"]["limits"]["nvidia.com/gpu"] == 1
     serving = objects["Deployment/trtserve-triton"]["spec"]["template"]["spec"]
     assert job["nodeSelector"] == serving["nodeSelector"], "plans are built for the serving GPU's architecture"
