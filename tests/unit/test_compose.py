@@ -230,7 +230,7 @@ def test_shm_size_covers_the_python_backend(gpu):
     backend = dict(a.split("=", 1)[1].split(",", 1)[1].split("=") for a in cmd if a.startswith("--backend-config=python,"))
     default_bytes = int(backend["shm-default-byte-size"])
     instances = largest_request = 0
-    for path in sorted(DEPLOYMENTS.glob("*.toml")):  # generation too: its gpu model is one Python instance
+    for path in sorted(DEPLOYMENTS.glob("*.toml")):
         spec = load_spec(path)
         engine = spec.engine("gpu")
 
