@@ -350,7 +350,8 @@ def build_plan(
         if serialized is None:
             raise EngineBuildError(
                 f"TensorRT ({flavour.name} {flavour.version}) could not build {onnx_path} "
-                f"with profile(s) {profiles}:\n{_summarise(messages)}\n"
+                f"with profile(s) {[p.shapes() if isinstance(p, Profile) else p for p in profiles]}:\n"
+                f"{_summarise(messages)}\n"
                 "Check the profile against the model (max_sequence_length vs. position embeddings), "
                 f"raise the workspace (now {workspace_gb} GiB), or build in the NGC TensorRT container."
             )
