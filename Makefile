@@ -18,16 +18,22 @@ STATUS_PORT ?= 8003
 TRITON_LOG ?= .cache/triton-serve.log
 VARIANT ?= cpu
 DEPLOYMENTS ?= deployments/sentiment.toml deployments/embed.toml deployments/qa.toml deployments/ner.toml
+# GENERATE=0 leaves out the GPT-2 `generate` model (deployments/generate.toml) of `make engines`
+# and `make serve` (its first build trains the small default, minutes). `make test` never needs it:
+# its generate tests build their own models from seeded random checkpoints.
+GENERATE ?= 1
+GENERATE_SPEC ?= deployments/generate.toml
+SERVE_DEPLOYMENTS := $(DEPLOYMENTS) $(if $(filter 1,$(GENERATE)),$(GENERATE_SPEC))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv ref-venv eval-qa eval-ner serve test unit layers engines bench loadtest overload chaos validate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help gpu-pack-generate gpu-generate-bench loadtest-generate
+.PHONY: venv ref-venv eval-qa eval-ner serve test unit layers engines bench loadtest overload chaos validate validate-generate bench-matrix arch-matrix gpu-pack gpu-bench host-bench clean help gpu-pack-generate gpu-generate-bench loadtest-generate
 
 help:
 	@echo "make serve   - build (cached) and serve the default models on 127.0.0.1:$(HTTP_PORT)/$(GRPC_PORT)"
 	@echo "make test    - install and run the whole test suite (the layers contract first)"
-	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories"
+	@echo "make engines - export ONNX, check it, build TensorRT plans and model repositories (GENERATE=0: without generate)"
 	@echo "make bench   - served vs in-process benchmark for sentiment"
 	@echo "make eval-qa SQUAD=dev-v1.1.json - EM/F1 of the served qa model (SQuAD v1.1 or v2.0; needs make serve)"
 	@echo "make eval-ner CONLL=file          - entity F1 of the served ner model (CoNLL format; needs make serve)"
@@ -35,6 +41,7 @@ help:
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 	@echo "make chaos    - retrying clients under steady load while stubs and tritonserver are killed (CHAOS_DURATION=300)"
 	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
+	@echo "make validate-generate - GPT-2 fidelity rows: fp16/hybrid/int8 vs fp32, real text vs random ids (docs/results/gpt2_fidelity.*)"
 	@echo "make arch-matrix  - the seven encoder architectures through every stage + served parity -> docs/results/architectures.{json,md}"
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
 	@echo "make gpu-pack  - prepare .device/ (Triton tree, wheels, data) for the one-call GPU benchmark"
@@ -57,13 +64,10 @@ $(REF_STAMP): tests/reference/requirements.txt
 	@touch $(REF_STAMP)
 
 engines: $(NEEDS_VENV)
-	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
+	$(PY) -m trtserve_build.cli engines $(SERVE_DEPLOYMENTS) --variant $(VARIANT) $(if $(PRECISION),--precision $(PRECISION)) $(if $(FORCE),--force)
 
-# GENERATE=0 leaves out the GPT-2 `generate` model (its first build trains the small default, minutes)
-GENERATE ?= 1
 serve: $(STAMP)
-	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(if $(filter 1,$(GENERATE)),$(PY) -m trtserve_gpt2.cli add-generate model_repository/cpu)
+	$(PY) -m trtserve_build.cli engines $(SERVE_DEPLOYMENTS) --variant cpu
 	exec $(PY) -m trtserve_server.cli serve --model-repository model_repository/cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		--status-port $(STATUS_PORT) --log-file $(TRITON_LOG) $(if $(NO_SUPERVISE),--no-supervise)
@@ -132,6 +136,10 @@ chaos: $(STAMP)
 
 validate: $(STAMP)
 	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
+
+# GPT-2 fidelity rows (fp16/hybrid/int8 vs fp32, real text and random ids) -> docs/results/gpt2_fidelity.*
+validate-generate: $(STAMP)
+	$(PY) -m trtserve_build.cli validate-generate $(GENERATE_SPEC) $(if $(PRECISION),--precision $(PRECISION))
 
 bench-matrix: $(STAMP)
 	$(PY) -m bench.bench_matrix $(if $(QUICK),--quick)

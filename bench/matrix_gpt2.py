@@ -27,7 +27,7 @@ torch = lazy_import("torch")
 transformers = lazy_import("transformers")
 
 MODEL = "gpt2"
-BENCH_SIZE = "gpt2-124m"  # n_layer 12, n_embd 768, n_head 12, vocab 50257 (trtserve_gpt2.checkpoints.SIZES)
+BENCH_SIZE = "gpt2-124m"  # n_layer 12, n_embd 768, n_head 12, vocab 50257 (trtserve_build.models.gpt2.SIZES)
 #: The size the functions below use (read at call time; the unit tests set "tiny").
 SIZE = BENCH_SIZE
 SEED = 0
@@ -41,12 +41,12 @@ def gpt2_build() -> SimpleNamespace:
     """Issue 11's GPT-2 build pieces, imported in this one place: ``sizes`` (name -> config
     overrides), ``config(size)``, ``random_checkpoint(folder, size, seed)`` and
     ``export_onnx(checkpoint, out_dir) -> ONNX path`` (checked against PyTorch; raises past its
-    tolerance). When the package moves into trtserve_build, only this body changes."""
-    from trtserve_gpt2.checkpoints import SIZES, gpt2_config, random_checkpoint
-    from trtserve_gpt2.export import export_decoder
+    tolerance)."""
+    from trtserve_build.models.gpt2 import SIZES, gpt2_config, random_checkpoint
+    from trtserve_build.stages.decoder_export import export_decoder_onnx
 
     return SimpleNamespace(sizes=SIZES, config=gpt2_config, random_checkpoint=random_checkpoint,
-                           export_onnx=export_decoder)
+                           export_onnx=lambda checkpoint, out_dir: export_decoder_onnx(checkpoint, out_dir)[0])
 
 
 def gpt2_config():

@@ -29,4 +29,4 @@ COPY serve/trtserve_backend/ /workspace/trtserve/serve/trtserve_backend/
 COPY client/trtserve_client/ /workspace/trtserve/client/trtserve_client/
 COPY contract/trtserve_contract/ /workspace/trtserve/contract/trtserve_contract/
 WORKDIR /workspace/trtserve
-CMD ["make", "engines", "VARIANT=gpu", "PY=python3"]
+CMD ["make", "engines", "VARIANT=gpu", "PY=python3", "GENERATE=0"]

@@ -137,17 +137,18 @@ GPT2_PROMPTS_FILE = REPO_ROOT / "loadtest" / "data" / "review_snippets.txt"
 def gpt2_tiny_checkpoint():
     """GPT-2 architecture (2 layers, 64 wide, the real 50,257-token vocabulary), seeded random weights."""
     from trtserve_build.core.paths import cache_dir
-    from trtserve_gpt2.checkpoints import random_checkpoint
+    from trtserve_build.models.gpt2 import random_checkpoint
 
     return random_checkpoint(cache_dir() / "checkpoints" / "gpt2-tiny-random", size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def gpt2_tiny_onnx(gpt2_tiny_checkpoint, tmp_path_factory):
-    """The checkpoint exported with past key/values (checked against PyTorch by the export)."""
-    from trtserve_gpt2.export import export_decoder
+    """The checkpoint exported with past key/values (checked against PyTorch by the export stage)."""
+    from trtserve_build.stages.decoder_export import export_decoder_onnx
 
-    return export_decoder(gpt2_tiny_checkpoint, tmp_path_factory.mktemp("gpt2-onnx"))
+    path, _, _ = export_decoder_onnx(gpt2_tiny_checkpoint, tmp_path_factory.mktemp("gpt2-onnx"))
+    return path
 
 
 @pytest.fixture(scope="session")

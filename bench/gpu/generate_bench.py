@@ -215,7 +215,8 @@ def served(args) -> dict:
     from tritonclient.grpc import model_config_pb2 as mc
 
     from trtserve_backend.generation.requests import GenerationLimits
-    from trtserve_gpt2.repository import GenerateSettings, write_generate_model
+    from trtserve_build.pipeline.generate import write_generate
+    from trtserve_build.stages.generate_config import GenerateSettings
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     ckpt = Path(args.checkpoint)
@@ -229,13 +230,13 @@ def served(args) -> dict:
                                 eos_token_id=50256)
     engine_file = ckpt
     if args.engine == "onnxruntime":
-        from trtserve_gpt2.export import export_decoder
+        from trtserve_build.stages.decoder_export import export_decoder_onnx
 
-        engine_file = export_decoder(ckpt, repo.parent / "onnx")
+        engine_file = export_decoder_onnx(ckpt, repo.parent / "onnx")[0]
         settings = replace(settings, graph_batch_sizes=(), intra_op_threads=args.intra_op_threads)
     models = ["generate"] + ([INLINE] if args.ab else [])
     for name in models:
-        folder = write_generate_model(repo, engine_file, ckpt, settings, name=name)
+        folder = write_generate(repo, engine_file, ckpt, settings, name=name)
         if name == INLINE:  # the knob, set in the written config (the same ModelConfig protobuf)
             config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
             config.parameters["response_thread"].string_value = "false"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f .device/triton-server.tar.xz ] || { echo "run 'make gpu-pack' first (server tree and wheels)"; exit 2; }
-TOK=$(.venv/bin/python -c 'from trtserve_gpt2.checkpoints import gpt2_tokenizer; print(gpt2_tokenizer())')
+TOK=$(.venv/bin/python -c 'from trtserve_build.models.gpt2 import gpt2_tokenizer; print(gpt2_tokenizer())')
 mkdir -p .device/data/gpt2-tokenizer
 cp "$TOK"/* .device/data/gpt2-tokenizer/
 du -sh .device

@@ -3,6 +3,7 @@
 
     trtserve-build engines deployments/*.toml --variant cpu|gpu|gpu_torch|all [--precision P] [--force]
     trtserve-build validate deployments/*.toml [--precision P ...] [--samples N]
+    trtserve-build validate-generate deployments/generate.toml [--precision P ...] [--out docs/results/gpt2_fidelity]
     trtserve-build precision --spec deployments/embed.toml --precision int8
     trtserve-build precision --onnx model.onnx --out hybrid.onnx --precision hybrid
     trtserve-build train deployments/sentiment.toml [--force]
@@ -29,11 +30,12 @@ from .core.errors import BuildError, SpecError, ToleranceError
 from .core.paths import REPO_ROOT, record_path, transform_report_path
 from .core.spec import DeploymentSpec, load_spec
 from .models.loader import random_task_model
+from .pipeline import generate
 from .pipeline.build import build_variant
 from .pipeline.steps import precision_graph
 from .pipeline.validate import run_deployment
 from .runtime.tensorrt import detect_tensorrt
-from .stages import fidelity, tensorrt, torchscript, train
+from .stages import decoder_fidelity, decoder_train, fidelity, tensorrt, torchscript, train
 from .stages.precision import transform_file
 
 DEFAULT_SPECS = ["deployments/sentiment.toml", "deployments/embed.toml"]
@@ -73,6 +75,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if data["passed"] or args.no_gate else 1
 
 
+def cmd_validate_generate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if spec.generation is None:
+        raise SpecError(f"{spec.source}: task {spec.task!r} is not generation; use `trtserve-build validate`")
+    result = generate.run_fidelity(spec, tuple(args.precisions or TRANSFORMED_PRECISIONS), windows=args.windows,
+                                   length=args.length)
+    paths = decoder_fidelity.write_report(result, args.out)
+    print(decoder_fidelity.markdown(result), end="")
+    print(f"fidelity: wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 def cmd_precision(args: argparse.Namespace) -> int:
     if args.spec:
         path = precision_graph(load_spec(args.spec), args.precision, force=args.force)
@@ -85,7 +99,13 @@ def cmd_precision(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    path = train.ensure_trained(load_spec(args.spec), force=args.force)
+    spec = load_spec(args.spec)
+    if spec.generation is not None:
+        path = decoder_train.ensure_decoder_trained(spec, force=args.force)
+        print(path)
+        print(json.dumps({k: v for k, v in (train.read_stamp(path) or {}).items() if k != "settings"}))
+        return 0
+    path = train.ensure_trained(spec, force=args.force)
     stamp = train.read_stamp(path)
     print(path)
     if stamp is not None:
@@ -105,8 +125,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     if not args.onnx.is_file():
         raise BuildError(f"ONNX file not found: {args.onnx}")
-    record = tensorrt.build_plan(args.onnx, args.plan, spec, precision, flavour=flavour,
-                                 workspace_gb=args.workspace_gb, compute_capabilities=args.compute_capabilities)
+    if spec.generation is not None:  # the decoder: context and decode profiles
+        record = generate.build_decoder_plan(spec, args.onnx, args.plan, precision, flavour=flavour,
+                                             compute_capabilities=args.compute_capabilities)
+    else:
+        record = tensorrt.build_plan(args.onnx, args.plan, spec, precision, flavour=flavour,
+                                     workspace_gb=args.workspace_gb, compute_capabilities=args.compute_capabilities)
     print(f"{args.plan}: {record.plan_bytes} bytes, {record.tensorrt_flavour} {record.tensorrt_version}, "
           f"{record.precision}, built in {record.build_seconds:.1f} s; record {record_path(args.plan)}")
     if not record.triton_loadable:
@@ -151,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild the precision graphs and calibration")
     p.set_defaults(run=cmd_validate)
 
+    p = sub.add_parser("validate-generate", help="GPT-2 fidelity rows: each precision vs fp32, real text and random ids")
+    p.add_argument("spec", nargs="?", default="deployments/generate.toml")
+    p.add_argument("--precision", action="append", choices=TRANSFORMED_PRECISIONS, dest="precisions",
+                   help="repeatable; default: fp16, hybrid and int8")
+    p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--length", type=int, default=64, help="tokens per window")
+    p.add_argument("--out", type=Path, default=Path("docs/results/gpt2_fidelity"), help="writes <out>.json and <out>.md")
+    p.set_defaults(run=cmd_validate_generate)
+
     p = sub.add_parser("precision", help="make a precision variant of an FP32 encoder graph")
     p.add_argument("--precision", required=True, choices=TRANSFORMED_PRECISIONS)
     p.add_argument("--spec", help="deployment spec TOML: writes <export dir>/<precision>.onnx (int8 calibrates)")
@@ -165,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("plan", help="build a TensorRT plan (+ <plan>.json record) from an encoder ONNX file")
+    p = sub.add_parser("plan", help="build a TensorRT plan (+ <plan>.json record) from an encoder or decoder ONNX file")
     p.add_argument("--onnx", required=True, type=Path)
     p.add_argument("--plan", required=True, type=Path)
     p.add_argument("--spec", required=True, help="deployment spec TOML (profiles come from it)")

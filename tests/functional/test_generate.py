@@ -76,7 +76,7 @@ def expected(prompts, hf_model, gpt2_tiny_checkpoint):
 def gpt2_long_checkpoint():
     """The tiny architecture with 4,096 positions (seeded random weights), for generate_limited."""
     from trtserve_build.core.paths import cache_dir
-    from trtserve_gpt2.checkpoints import random_checkpoint
+    from trtserve_build.models.gpt2 import random_checkpoint
 
     return random_checkpoint(cache_dir() / "checkpoints" / "gpt2-tiny-random-4k", size="tiny", seed=0,
                              n_positions=LONG_CONTEXT)
@@ -84,22 +84,23 @@ def gpt2_long_checkpoint():
 
 @pytest.fixture(scope="module")
 def generate_server(gpt2_tiny_onnx, gpt2_tiny_checkpoint, gpt2_long_checkpoint, tmp_path_factory, expected, prompts):
-    from trtserve_gpt2.repository import GenerateSettings, write_generate_model
+    from trtserve_build.pipeline.generate import write_generate
+    from trtserve_build.stages.generate_config import GenerateSettings
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     root = tmp_path_factory.mktemp("generate-repo")
     settings = GenerateSettings(limits=LIMITS)
-    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, settings)
+    write_generate(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, settings)
     # the same graph with the 5th greedy token of prompts[0] declared EOS: a real EOS stop
     eos_id = expected[prompts[0]][3][4]
-    write_generate_model(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, replace(settings, eos_token_id=eos_id),
+    write_generate(root, gpt2_tiny_onnx, gpt2_tiny_checkpoint, replace(settings, eos_token_id=eos_id),
                          name="generate_eos")
     # the torch engine (eager on the CPU): its static cache makes a step cost the same at any length
-    write_generate_model(root, gpt2_long_checkpoint, gpt2_long_checkpoint,
+    write_generate(root, gpt2_long_checkpoint, gpt2_long_checkpoint,
                          GenerateSettings(limits=LIMITED, max_decode_batch=2, engine="torch", precision="fp32"),
                          name="generate_limited")
     # the torch engine (static KV cache; CUDA graphs on a GPU, eager here) served the same way
-    write_generate_model(root, gpt2_tiny_checkpoint, gpt2_tiny_checkpoint,
+    write_generate(root, gpt2_tiny_checkpoint, gpt2_tiny_checkpoint,
                          GenerateSettings(limits=LIMITS, engine="torch", precision="fp32", graph_batch_sizes=(1, 2, 4, 8)),
                          name="generate_torch")
     log = tmp_path_factory.mktemp("generate-logs") / "triton.log"

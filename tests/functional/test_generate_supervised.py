@@ -26,10 +26,11 @@ HARD_LIMIT_S = 30.0
 
 @pytest.fixture(scope="module")
 def supervised(gpt2_tiny_onnx, gpt2_tiny_checkpoint, tmp_path_factory):
-    from trtserve_gpt2.repository import GenerateSettings, write_generate_model
+    from trtserve_build.pipeline.generate import write_generate
+    from trtserve_build.stages.generate_config import GenerateSettings
 
     root = tmp_path_factory.mktemp("generate-supervised")
-    write_generate_model(root / "repo", gpt2_tiny_onnx, gpt2_tiny_checkpoint, GenerateSettings(limits=LIMITS))
+    write_generate(root / "repo", gpt2_tiny_onnx, gpt2_tiny_checkpoint, GenerateSettings(limits=LIMITS))
     served = start_supervised(root / "repo", root / "triton.log")
     yield served
     stop_supervised(served)

@@ -208,16 +208,17 @@ def test_cpu_server_is_the_projects_launcher():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_engines_service_runs_make_engines(variant, tmp_path):
     engines = resolved(variant)["services"]["engines"]
-    assert engines["command"] == ["make", "engines", f"VARIANT={variant}", "PY=python3"]
+    assert engines["command"] == ["make", "engines", f"VARIANT={variant}", "PY=python3", "GENERATE=0"]
     assert binds(engines)["/workspace/trtserve"][0] == REPO_ROOT
     assert engines["working_dir"] == "/workspace/trtserve"
     # In the container the dependencies are in the image's python3: `make engines PY=python3`
     # must not try to create the project's venv (VENV names a folder that does not exist).
     proc = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), "engines", f"VARIANT={variant}", "PY=python3",
-                           f"VENV={tmp_path / 'no-venv'}"], capture_output=True, text=True, timeout=60)
+                           "GENERATE=0", f"VENV={tmp_path / 'no-venv'}"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "venv" not in proc.stdout and "pip install" not in proc.stdout, proc.stdout
     assert "python3 -m trtserve_build.cli engines" in proc.stdout and f"--variant {variant}" in proc.stdout
+    assert "generate.toml" not in proc.stdout, "the stack builds the encoder deployments only"
 
 
 def test_shm_size_covers_the_python_backend(gpu):
@@ -232,6 +233,8 @@ def test_shm_size_covers_the_python_backend(gpu):
     instances = largest_request = 0
     for path in sorted(DEPLOYMENTS.glob("*.toml")):
         spec = load_spec(path)
+        if spec.name not in _deployment_names():  # generation: not in the stack (GENERATE=0)
+            continue
         engine = spec.engine("gpu")
 
         def count(knob):  # "auto" at its largest (the GPU host's cores are not known here)
@@ -246,7 +249,10 @@ def test_shm_size_covers_the_python_backend(gpu):
 
 
 def _deployment_names() -> set[str]:
-    return {tomllib.loads(p.read_text())["name"] for p in DEPLOYMENTS.glob("*.toml")}
+    """The deployments the stack builds: every spec but generation's (its engines service runs
+    `make engines GENERATE=0`, so deployments/generate.toml is not in the stack's repository)."""
+    specs = [tomllib.loads(p.read_text()) for p in DEPLOYMENTS.glob("*.toml")]
+    return {s["name"] for s in specs if s["task"] != "generation"}
 
 
 def test_healthcheck_sends_real_inferences_to_every_deployment(stack):

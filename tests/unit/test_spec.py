@@ -118,7 +118,7 @@ def test_unknown_task_is_a_spec_error_naming_the_file_and_the_known_tasks(tmp_pa
     spec_file = tmp_path / "qa.toml"
     spec_file.write_text(raw)
     with pytest.raises(SpecError, match=r"qa\.toml: unknown task 'question-answering'; known tasks: "
-                                        r"\['classification', 'embedding', 'question_answering', 'token_classification'\]"):
+                                        r"\['classification', 'embedding', 'generation', 'question_answering', 'token_classification'\]"):
         load_spec(spec_file)
     assert cli.main(["engines", str(spec_file)]) == 2
     err = capsys.readouterr().err

@@ -10,6 +10,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .files import write_text_atomic
 
 
+def tensor_config(cls, decl, optional: bool = False):
+    """A ``ModelInput``/``ModelOutput`` (``cls``) from a :class:`~trtserve_build.core.tasks.TensorDecl`."""
+    tensor = cls(name=decl.name, data_type=mc.DataType.Value(decl.dtype), dims=list(decl.dims))
+    if optional:
+        tensor.optional = True
+    return tensor
+
+
 def to_text(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
 

