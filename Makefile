@@ -131,7 +131,7 @@ chaos: $(STAMP)
 	$(PY) -m loadtest.chaos --repository model_repository/cpu --duration $(CHAOS_DURATION) --out $(CHAOS_OUT) $(CHAOS_ARGS)
 
 validate: $(STAMP)
-	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(OUTPUT),--output $(OUTPUT))
+	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(OUTPUT),--output $(OUTPUT))
 
 bench-matrix: $(STAMP)
 	$(PY) -m bench.bench_matrix $(if $(QUICK),--quick)

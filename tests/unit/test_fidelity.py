@@ -162,7 +162,7 @@ def test_fp16_default_gate_is_nan_only():
     assert not evaluate_gate("m", "fp16", [row(precision="fp16", nonfinite_fraction=0.01)], gate).passed
     assert DEFAULT_GATES["int8"].max_accuracy_drop_points == 1.0
     assert DEFAULT_GATES["hybrid"] == GateSpec(min_cosine=0.9998, max_nonfinite_fraction=0.0, max_accuracy_drop_points=0.5,
-                                               min_task_agreement=0.98)
+                                               min_answer_agreement=0.98, min_entity_f1=0.99)
 
 
 def test_report_files(tmp_path):
@@ -260,7 +260,8 @@ def test_spec_precision_section_defaults_and_overrides():
     ({"gates": {"fp32": {"min_cosine": 1}}}, "no gates for precision"),
     ({"gates": {"hybrid": {"min_cosin": 1}}}, "unknown key"),
     ({"gates": {"int8": {"max_nonfinite_fraction": 2}}}, "fraction"),
-    ({"gates": {"int8": {"min_task_agreement": 1.5}}}, "min_task_agreement is a fraction"),
+    ({"gates": {"int8": {"min_answer_agreement": 1.5}}}, "min_answer_agreement is a fraction"),
+    ({"gates": {"fp16": {"min_entity_f1": -0.1}}}, "min_entity_f1 is a fraction"),
     ({"int8_matmuls": "some"}, "int8_matmuls"),
     ({"calibration_dataset": "sst2"}, "calibration_dataset"),
 ])
@@ -322,18 +323,24 @@ def test_token_logit_metrics_per_window_and_nonfinite_windows():
     assert m["max_abs_error"] == pytest.approx(2 * np.abs(reference[1]).max(), rel=1e-6)
 
 
-def test_task_agreement_gate_fails_below_its_threshold_and_names_the_task():
+def test_task_gates_fail_below_their_thresholds_and_carry_the_numbers():
     gate = DEFAULT_GATES["fp16"]
     qa = row(precision="fp16", windows=40, task_agreement=0.95, max_score_diff=0.01)
-    ner = row(precision="fp16", windows=40, task_agreement=0.97, entity_f1=0.99)
+    ner = row(precision="fp16", windows=40, task_agreement=0.5, entity_f1=0.985)
     fails = evaluate_gate("qa", "fp16", [qa], gate)
-    assert not fails.passed and "95.00% of 100 answers equal FP32's < 98.00%" in fails.failures[0]
-    assert "entity lists" in evaluate_gate("ner", "fp16", [ner], gate).failures[0]
-    assert evaluate_gate("qa", "fp16", [row(precision="fp16", windows=40, task_agreement=0.99)], gate).passed
+    assert not fails.passed and "95.00% of 100 answers equal FP32's < 98.00% (min_answer_agreement" in fails.failures[0]
+    ner_fails = evaluate_gate("ner", "fp16", [ner], gate)
+    assert ner_fails.failures == ["ner/fp16/real: entity F1 0.9850 against FP32 < 0.99 (min_entity_f1; "
+                                  "0.5000 of 100 entity lists equal FP32's)"]
+    # NER: the whole-list agreement is reported, F1 is gated
+    assert evaluate_gate("ner", "fp16", [row(precision="fp16", windows=40, task_agreement=0.5, entity_f1=0.995)],
+                         gate).passed
+    assert evaluate_gate("qa", "fp16", [row(precision="fp16", windows=40, task_agreement=0.99, max_score_diff=0.0)],
+                         gate).passed
     # int8: reported, not gated by default
-    assert evaluate_gate("qa", "int8", [row(precision="int8", windows=40, task_agreement=0.5)],
+    assert evaluate_gate("qa", "int8", [row(precision="int8", windows=40, task_agreement=0.5, max_score_diff=0.3)],
                          DEFAULT_GATES["int8"]).passed
-    with pytest.raises(ToleranceError, match="min_task_agreement"):
+    with pytest.raises(ToleranceError, match="min_answer_agreement"):
         raise_for([fails])
 
 

@@ -233,11 +233,14 @@ def evaluate_gate(model: str, precision: str, rows: Sequence[Row], gate: GateSpe
                             f"(mean {_fmt(r.cosine_mean, 6)}, max |err| {_fmt(r.max_abs_error, 3)})")
         if gate.min_top1_agreement is not None and r.top1_agreement is not None and r.top1_agreement < gate.min_top1_agreement:
             failures.append(f"{where}: top-1 agreement {r.top1_agreement:.4f} < {gate.min_top1_agreement}")
-        if gate.min_task_agreement is not None and r.task_agreement is not None \
-                and r.task_agreement < gate.min_task_agreement:
-            what = "entity lists" if r.entity_f1 is not None else "answers"
-            failures.append(f"{where}: {r.task_agreement:.2%} of {r.texts} {what} equal FP32's "
-                            f"< {gate.min_task_agreement:.2%} (min_task_agreement)")
+        if gate.min_answer_agreement is not None and r.max_score_diff is not None and r.task_agreement is not None \
+                and r.task_agreement < gate.min_answer_agreement:
+            failures.append(f"{where}: {r.task_agreement:.2%} of {r.texts} answers equal FP32's "
+                            f"< {gate.min_answer_agreement:.2%} (min_answer_agreement; max |SCORE diff| "
+                            f"{_fmt(r.max_score_diff, 4)})")
+        if gate.min_entity_f1 is not None and r.entity_f1 is not None and r.entity_f1 < gate.min_entity_f1:
+            failures.append(f"{where}: entity F1 {r.entity_f1:.4f} against FP32 < {gate.min_entity_f1} "
+                            f"(min_entity_f1; {_fmt(r.task_agreement, 4)} of {r.texts} entity lists equal FP32's)")
         if gate.max_accuracy_drop_points is not None and r.accuracy_drop_points is not None \
                 and r.accuracy_drop_points > gate.max_accuracy_drop_points:
             failures.append(f"{where}: accuracy {r.accuracy:.4f} vs FP32 {r.reference_accuracy:.4f}: drop "
