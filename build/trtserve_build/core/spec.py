@@ -127,8 +127,8 @@ class GateSpec:
 #: Defaults of issue #4: hybrid is gated on cosine, NaN and accuracy; fp16 is reported and
 #: gated on NaN only; int8 on NaN and accuracy. Issue #14: fp16 and hybrid keep >= 98% of FP32's
 #: QA answers and an entity F1 >= 0.99 against FP32's entities (the share of NER texts whose
-#: whole entity list equals FP32's is reported: the seeded default head tags most tokens with
-#: near-tied labels, so one flipped boundary in a long text fails its list). int8's task metrics
+#: whole entity list equals FP32's is reported: the seeded default head's label scores are
+#: near-tied, so one token whose label flips fails its text's list). int8's task metrics
 #: are reported, not gated: the default qa / ner heads are seeded, not trained, their span and
 #: label margins are tiny and int8's per-tensor activation error flips choices a trained head
 #: would keep; a spec with a trained checkpoint sets them in [precision.gates.int8].
