@@ -118,24 +118,14 @@ class GateSpec:
     max_accuracy_drop_points: float | None = None
     #: Minimum top-1 agreement with FP32 (argmax; nearest neighbour for embeddings).
     min_top1_agreement: float | None = None
-    #: Question answering: minimum share of questions whose served (START, END) equals FP32's.
-    min_answer_agreement: float | None = None
-    #: Token classification: minimum entity-level F1 (group, start, end) against FP32's entities.
-    min_entity_f1: float | None = None
+    min_answer_agreement: float | None = None  # QA: min share of (START, END) equal to FP32's
+    min_entity_f1: float | None = None  # NER: min entity F1 (group, start, end) against FP32
 
 
-#: Defaults of issue #4: hybrid is gated on cosine, NaN and accuracy; fp16 is reported and
-#: gated on NaN only; int8 on NaN and accuracy. Issue #14: fp16 and hybrid keep >= 98% of FP32's
-#: QA answers and an entity F1 >= 0.99 against FP32's entities (the share of NER texts whose
-#: whole entity list equals FP32's is reported: the seeded default head's label scores are
-#: near-tied, so one token whose label flips fails its text's list). int8's task metrics
-#: are reported, not gated: the default qa / ner heads are seeded, not trained, their span and
-#: label margins are tiny and int8's per-tensor activation error flips choices a trained head
-#: would keep; a spec with a trained checkpoint sets them in [precision.gates.int8].
+#: Issue #4: hybrid on cosine/NaN/accuracy, fp16 on NaN, int8 on NaN/accuracy; #14: qa/ner (docs/precision.md).
 DEFAULT_GATES: dict[str, GateSpec] = {
     "fp16": GateSpec(min_answer_agreement=0.98, min_entity_f1=0.99),
-    "hybrid": GateSpec(min_cosine=0.9998, max_accuracy_drop_points=0.5, min_answer_agreement=0.98,
-                       min_entity_f1=0.99),
+    "hybrid": GateSpec(min_cosine=0.9998, max_accuracy_drop_points=0.5, min_answer_agreement=0.98, min_entity_f1=0.99),
     "int8": GateSpec(max_accuracy_drop_points=1.0),
 }
 
@@ -389,8 +379,7 @@ def _validate_precision(p: PrecisionSpec, where: str) -> None:
     for name, gate in p.gates.items():
         if gate.min_cosine is not None and not -1 <= gate.min_cosine <= 1:
             raise SpecError(f"{where}: precision.gates.{name}.min_cosine must lie in [-1, 1]")
-        for k in ("max_nonfinite_fraction", "min_top1_agreement", "min_answer_agreement",
-                  "min_entity_f1"):
+        for k in ("max_nonfinite_fraction", "min_top1_agreement", "min_answer_agreement", "min_entity_f1"):
             v = getattr(gate, k)
             if v is not None and not 0 <= v <= 1:
                 raise SpecError(f"{where}: precision.gates.{name}.{k} is a fraction in [0, 1], got {v}")

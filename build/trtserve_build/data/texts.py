@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import trtserve_contract as contract
+from loadtest.qa_ner_workload import cloze_pairs, ner_texts
+from loadtest.workload import load_corpus
+
 from ..core.errors import CalibrationError
 from .datasets import corpus_texts, dataset_labels, load_dataset, split_holdout
 
@@ -112,10 +116,6 @@ def windowed_eval_items(task: str, samples: int | None = None) -> list:
     """The real items the question-answering / token-classification fidelity report runs on:
     the cloze (question, context) pairs and the NER texts of the exactness tests and the load
     test (``loadtest.qa_ner_workload``, from the shipped review snippets; one implementation)."""
-    import trtserve_contract as contract
-    from loadtest.qa_ner_workload import cloze_pairs, ner_texts
-    from loadtest.workload import load_corpus
-
     n = min(samples or WINDOWED_EVAL_ITEMS, WINDOWED_EVAL_ITEMS)
     corpus = load_corpus()
     if task == contract.QUESTION_ANSWERING:
