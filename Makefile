@@ -40,7 +40,7 @@ help:
 	@echo "make loadtest - Locust against a running server (make serve): reports + server-side summary"
 	@echo "make overload - 2x the measured capacity against the bounded queues; 0 lost requests"
 	@echo "make chaos    - retrying clients under steady load while stubs and tritonserver are killed (CHAOS_DURATION=300)"
-	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text, with gates (results/fidelity.*)"
+	@echo "make validate     - fidelity report: fp16/hybrid/int8 vs fp32 on real + stress text (qa/ner: answer/entity agreement), with gates (results/fidelity.*; OUTPUT=docs/results/fidelity.json: the committed one)"
 	@echo "make validate-generate - GPT-2 fidelity rows: fp16/hybrid/int8 vs fp32, real text vs random ids (docs/results/gpt2_fidelity.*)"
 	@echo "make arch-matrix  - the seven encoder architectures through every stage + served parity -> docs/results/architectures.{json,md}"
 	@echo "make bench-matrix - latency/throughput/memory matrix + plots into docs/results/ (QUICK=1: CI subset into results/)"
@@ -135,7 +135,7 @@ chaos: $(STAMP)
 	$(PY) -m loadtest.chaos --repository model_repository/cpu --duration $(CHAOS_DURATION) --out $(CHAOS_OUT) $(CHAOS_ARGS)
 
 validate: $(STAMP)
-	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION))
+	$(PY) -m trtserve_build.cli validate $(DEPLOYMENTS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(OUTPUT),--output $(OUTPUT))
 
 # GPT-2 fidelity rows (fp16/hybrid/int8 vs fp32, real text and random ids) -> docs/results/gpt2_fidelity.*
 validate-generate: $(STAMP)

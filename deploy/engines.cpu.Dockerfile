@@ -19,7 +19,7 @@ RUN if [ -n "$WHEELS_URL" ]; then h="${WHEELS_URL#*://}"; src="--no-index --find
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $src -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client:/workspace/trtserve/contract \
+    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client:/workspace/trtserve/contract:/workspace/trtserve \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
@@ -33,5 +33,7 @@ COPY build/trtserve_build/ /workspace/trtserve/build/trtserve_build/
 COPY serve/trtserve_backend/ /workspace/trtserve/serve/trtserve_backend/
 COPY client/trtserve_client/ /workspace/trtserve/client/trtserve_client/
 COPY contract/trtserve_contract/ /workspace/trtserve/contract/trtserve_contract/
+# the build's real-text fidelity items (QA pairs, NER texts) come from loadtest's workload module
+COPY loadtest/ /workspace/trtserve/loadtest/
 WORKDIR /workspace/trtserve
 CMD ["make", "engines", "VARIANT=cpu", "PY=python3", "GENERATE=0"]

@@ -7,7 +7,7 @@ FROM nvcr.io/nvidia/tensorrt:${TRITON_RELEASE}-py3
 # Ubuntu 24.04 marks the system Python as externally managed; this image is ours.
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client:/workspace/trtserve/contract \
+    PYTHONPATH=/workspace/trtserve/build:/workspace/trtserve/serve:/workspace/trtserve/client:/workspace/trtserve/contract:/workspace/trtserve \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
@@ -28,5 +28,7 @@ COPY build/trtserve_build/ /workspace/trtserve/build/trtserve_build/
 COPY serve/trtserve_backend/ /workspace/trtserve/serve/trtserve_backend/
 COPY client/trtserve_client/ /workspace/trtserve/client/trtserve_client/
 COPY contract/trtserve_contract/ /workspace/trtserve/contract/trtserve_contract/
+# the build's real-text fidelity items (QA pairs, NER texts) come from loadtest's workload module
+COPY loadtest/ /workspace/trtserve/loadtest/
 WORKDIR /workspace/trtserve
 CMD ["make", "engines", "VARIANT=gpu", "PY=python3", "GENERATE=0"]

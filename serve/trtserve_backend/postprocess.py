@@ -1,7 +1,7 @@
 """Task postprocessing (the logic behind ``<name>_postprocess``); pure numpy."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import trtserve_contract as contract
@@ -63,23 +63,3 @@ class LabelledClassifier:
     def __call__(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         names, scores, probs = self.classify(logits)
         return {contract.LABEL: names, contract.SCORE: scores, contract.PROBABILITIES: probs}
-
-
-Postprocess = Callable[[np.ndarray], "dict[str, np.ndarray]"]
-
-
-def make_postprocess(task: str, labels: Sequence[str] = ()) -> Postprocess:
-    """The postprocess of ``task``: encoder output -> {ensemble output name: array}.
-
-    One dispatch for the served ``<name>_postprocess`` model and the build's fidelity report.
-    ``classification`` needs ``labels``; ``embedding`` takes none. Unknown tasks raise ValueError.
-    """
-    if task == contract.CLASSIFICATION:
-        if len(labels) < 2:
-            raise ValueError(f"task {task!r} needs at least two labels, got {list(labels)}")
-        return LabelledClassifier(labels)
-    if task == contract.EMBEDDING_TASK:
-        if labels:
-            raise ValueError(f"task {task!r} takes no labels, got {list(labels)}")
-        return Embedder()
-    raise ValueError(f"unknown task {task!r}; known: {[contract.CLASSIFICATION, contract.EMBEDDING_TASK]}")

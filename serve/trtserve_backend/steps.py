@@ -20,7 +20,7 @@ import trtserve_contract as contract
 
 from .ner import NERPostprocess, NERSettings, TokenVocabulary
 from .parameters import PostprocessParameters, TokenizerParameters
-from .postprocess import make_postprocess
+from .postprocess import Embedder, LabelledClassifier
 from .qa import QAPostprocess, QASettings
 from .tokenize import BucketTokenizer
 from .windows import WindowSettings, WindowTokenizer
@@ -45,14 +45,30 @@ def make_tokenizer(params: TokenizerParameters, folder: str, output_names: Seque
         max_question_length=params.max_question_length, align_to_words=params.align_to_words))
 
 
-def make_step_postprocess(params: PostprocessParameters, folder: str) -> Callable:
-    """The postprocess step. Row tasks: ``f(encoder output [n, ...])``; windowed tasks:
-    ``f({encoder output and side tensors of one request's windows})``; both -> {output: [n, ...]}."""
-    if params.task == contract.QUESTION_ANSWERING:
+def make_step_postprocess(params: PostprocessParameters, folder: str = "") -> Callable:
+    """The postprocess step of ``params.task``: the one dispatch for the served
+    ``<name>_postprocess`` model, the one model (:mod:`.pipeline`) and the build's fidelity report.
+
+    Row tasks: ``f(encoder output [n, ...])``; windowed tasks: ``f({encoder output and side
+    tensors of one request's windows})``; both -> {ensemble output name: [n, ...]}.
+    ``classification`` needs at least two labels, ``embedding`` takes none; token classification
+    reads its tokenizer (``params.tokenizer_file``) from ``folder``. Unknown tasks raise ValueError.
+    """
+    task, labels = params.task, params.labels
+    if task == contract.QUESTION_ANSWERING:
         return QAPostprocess(QASettings(n_best=params.n_best, max_answer_length=params.max_answer_length,
                                         handle_impossible_answer=params.handle_impossible_answer,
                                         align_to_words=params.align_to_words))
-    if params.task == contract.TOKEN_CLASSIFICATION:
-        return NERPostprocess(NERSettings(params.labels, params.aggregation_strategy),
+    if task == contract.TOKEN_CLASSIFICATION:
+        return NERPostprocess(NERSettings(labels, params.aggregation_strategy),
                               TokenVocabulary.from_file(os.path.join(folder, params.tokenizer_file)))
-    return make_postprocess(params.task, params.labels)
+    if task == contract.CLASSIFICATION:
+        if len(labels) < 2:
+            raise ValueError(f"task {task!r} needs at least two labels, got {list(labels)}")
+        return LabelledClassifier(labels)
+    if task == contract.EMBEDDING_TASK:
+        if labels:
+            raise ValueError(f"task {task!r} takes no labels, got {list(labels)}")
+        return Embedder()
+    known = [contract.CLASSIFICATION, contract.EMBEDDING_TASK, *contract.WINDOWED_TASKS]
+    raise ValueError(f"unknown task {task!r}; known: {known}")

@@ -25,7 +25,10 @@ from trtserve_build.stages.fidelity import (  # noqa: E402
     DeploymentReport,
     GateResult,
     Row,
+    answer_agreement,
     compare,
+    compare_token_logits,
+    entity_agreement,
     evaluate_gate,
     raise_for,
     top1,
@@ -158,7 +161,8 @@ def test_fp16_default_gate_is_nan_only():
     assert evaluate_gate("m", "fp16", [row(precision="fp16", cosine_min=0.5)], gate).passed
     assert not evaluate_gate("m", "fp16", [row(precision="fp16", nonfinite_fraction=0.01)], gate).passed
     assert DEFAULT_GATES["int8"].max_accuracy_drop_points == 1.0
-    assert DEFAULT_GATES["hybrid"] == GateSpec(min_cosine=0.9998, max_nonfinite_fraction=0.0, max_accuracy_drop_points=0.5)
+    assert DEFAULT_GATES["hybrid"] == GateSpec(min_cosine=0.9998, max_nonfinite_fraction=0.0, max_accuracy_drop_points=0.5,
+                                               min_answer_agreement=0.98, min_entity_f1=0.99)
 
 
 def test_report_files(tmp_path):
@@ -256,9 +260,97 @@ def test_spec_precision_section_defaults_and_overrides():
     ({"gates": {"fp32": {"min_cosine": 1}}}, "no gates for precision"),
     ({"gates": {"hybrid": {"min_cosin": 1}}}, "unknown key"),
     ({"gates": {"int8": {"max_nonfinite_fraction": 2}}}, "fraction"),
+    ({"gates": {"int8": {"min_answer_agreement": 1.5}}}, "min_answer_agreement is a fraction"),
+    ({"gates": {"fp16": {"min_entity_f1": -0.1}}}, "min_entity_f1 is a fraction"),
     ({"int8_matmuls": "some"}, "int8_matmuls"),
     ({"calibration_dataset": "sst2"}, "calibration_dataset"),
 ])
 def test_spec_precision_section_rejects_mistakes(bad, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(spec_dict(**bad))
+
+
+# ---- the windowed tasks' task metrics (question answering, token classification) ----
+
+def test_answer_agreement_counts_spans_and_the_largest_score_difference():
+    reference = [(0, 5, 0.9), (10, 12, 0.5), (-1, -1, 0.7), (3, 4, 0.2)]
+    candidate = [(0, 5, 0.89), (10, 13, 0.5), (-1, -1, 0.7), (3, 4, 0.26)]
+    m = answer_agreement(reference, candidate)
+    assert m["task_agreement"] == 0.75  # the second answer ends one character later
+    assert m["max_score_diff"] == pytest.approx(0.06)
+    assert answer_agreement(reference, reference) == {"task_agreement": 1.0, "max_score_diff": 0.0}
+    nan = answer_agreement([(0, 1, 0.5)], [(0, 1, float("nan"))])
+    assert nan["task_agreement"] == 1.0 and nan["max_score_diff"] == float("inf")
+    with pytest.raises(ValueError, match="3 answers against 4"):
+        answer_agreement(reference, candidate[:3])
+
+
+def ent(group, start, end, score=0.9, key="entity_group"):
+    return {key: group, "score": score, "word": "w", "start": start, "end": end}
+
+
+def test_entity_agreement_compares_group_start_end_and_scores_f1():
+    reference = [[ent("PER", 0, 4), ent("LOC", 10, 15)], [], [ent("ORG", 2, 5)], [ent("MISC", 1, 2)]]
+    candidate = [[ent("PER", 0, 4, score=0.1), ent("LOC", 10, 15)],  # equal: scores are not compared
+                 [],                                                # equal: both empty
+                 [ent("ORG", 2, 6)],                                # a different end
+                 [ent("MISC", 1, 2), ent("PER", 5, 7)]]             # one extra entity
+    m = entity_agreement(reference, candidate)
+    assert m["task_agreement"] == 0.5
+    # 3 of 5 candidate entities match 3 of 4 reference entities: F1 = 2 * 3 / (5 + 4)
+    assert m["entity_f1"] == pytest.approx(6 / 9)
+    assert entity_agreement([[], []], [[], []]) == {"task_agreement": 1.0, "entity_f1": 1.0}
+    assert entity_agreement([[ent("PER", 0, 4)]], [[]])["entity_f1"] == 0.0
+    # aggregation "none" names the tag under "entity"; order matters for list equality
+    tags = [[ent("B-PER", 0, 2, key="entity"), ent("I-PER", 3, 5, key="entity")]]
+    assert entity_agreement(tags, tags)["task_agreement"] == 1.0
+    swapped = entity_agreement(tags, [list(reversed(tags[0]))])
+    assert swapped["task_agreement"] == 0.0 and swapped["entity_f1"] == 1.0
+    with pytest.raises(ValueError, match="1 entity lists against 4"):
+        entity_agreement(reference, candidate[:1])
+
+
+def test_token_logit_metrics_per_window_and_nonfinite_windows():
+    rng = np.random.default_rng(0)
+    reference = [rng.normal(size=(n, 2)).astype(np.float32) for n in (5, 9, 3)]
+    same = compare_token_logits(reference, reference)
+    assert same["cosine_min"] == pytest.approx(1.0) and same["max_abs_error"] == 0.0 and same["nonfinite_fraction"] == 0.0
+    flipped = [reference[0], -reference[1], reference[2].copy()]
+    flipped[2][0, 0] = np.nan
+    m = compare_token_logits(reference, flipped)
+    assert m["nonfinite_fraction"] == pytest.approx(1 / 3)
+    assert m["cosine_min"] == pytest.approx(-1.0) and m["cosine_mean"] == pytest.approx(0.0)
+    assert m["max_abs_error"] == pytest.approx(2 * np.abs(reference[1]).max(), rel=1e-6)
+
+
+def test_task_gates_fail_below_their_thresholds_and_carry_the_numbers():
+    gate = DEFAULT_GATES["fp16"]
+    qa = row(precision="fp16", windows=40, task_agreement=0.95, max_score_diff=0.01)
+    ner = row(precision="fp16", windows=40, task_agreement=0.5, entity_f1=0.985)
+    fails = evaluate_gate("qa", "fp16", [qa], gate)
+    assert not fails.passed and "95.00% of 100 answers equal FP32's < 98.00% (min_answer_agreement" in fails.failures[0]
+    ner_fails = evaluate_gate("ner", "fp16", [ner], gate)
+    assert ner_fails.failures == ["ner/fp16/real: entity F1 0.9850 against FP32 < 0.99 (min_entity_f1; "
+                                  "0.5000 of 100 entity lists equal FP32's)"]
+    # NER: the whole-list agreement is reported, F1 is gated
+    assert evaluate_gate("ner", "fp16", [row(precision="fp16", windows=40, task_agreement=0.5, entity_f1=0.995)],
+                         gate).passed
+    assert evaluate_gate("qa", "fp16", [row(precision="fp16", windows=40, task_agreement=0.99, max_score_diff=0.0)],
+                         gate).passed
+    # int8: reported, not gated by default
+    assert evaluate_gate("qa", "int8", [row(precision="int8", windows=40, task_agreement=0.5, max_score_diff=0.3)],
+                         DEFAULT_GATES["int8"]).passed
+    with pytest.raises(ToleranceError, match="min_answer_agreement"):
+        raise_for([fails])
+
+
+def test_report_has_the_windowed_table(tmp_path):
+    qa = [row(model="qa", precision="fp32", windows=12, task_agreement=1.0, max_score_diff=0.0),
+          row(model="qa", precision="hybrid", windows=12, task_agreement=0.75, max_score_diff=0.125)]
+    rep = DeploymentReport("qa", "question_answering", "onnxruntime-cpu", qa, {}, [GateResult("hybrid", "qa", False, ["x"])])
+    write_report([rep], tmp_path / "f.json", tmp_path / "f.md")
+    md = (tmp_path / "f.md").read_text()
+    assert "| qa | hybrid | real | 100 | 12 | 75.00% | 0.1250 | n/a |" in md and "**FAIL**" in md
+    assert md.count("| qa | hybrid | real |") == 1  # in the windowed table only
+    saved = json.loads((tmp_path / "f.json").read_text())["deployments"][0]["rows"][1]
+    assert saved["task_agreement"] == 0.75 and saved["windows"] == 12

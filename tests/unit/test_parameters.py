@@ -15,7 +15,8 @@ from trtserve_backend.parameters import (
     TokenizerParameters,
     TorchEncoderParameters,
 )
-from trtserve_backend.postprocess import Embedder, LabelledClassifier, make_postprocess
+from trtserve_backend.postprocess import Embedder, LabelledClassifier
+from trtserve_backend.steps import make_step_postprocess
 from google.protobuf import json_format
 
 from trtserve_build.core.records import ExportManifest
@@ -124,14 +125,14 @@ def test_labels_are_left_out_for_embeddings():
 # ---- the postprocess dispatch -------------------------------------------------------------------
 
 def test_postprocess_factory_dispatches_per_task():
-    classify = make_postprocess(contract.CLASSIFICATION, contract.SENTIMENT_LABELS)
+    classify = make_step_postprocess(PostprocessParameters(contract.CLASSIFICATION, tuple(contract.SENTIMENT_LABELS)))
     assert isinstance(classify, LabelledClassifier)
     out = classify(np.array([[2.0, 0.0], [-1.0, 3.0]], dtype=np.float32))
     assert set(out) == {contract.LABEL, contract.SCORE, contract.PROBABILITIES}
     assert out[contract.LABEL].ravel().tolist() == [b"negative", b"positive"]
     np.testing.assert_allclose(out[contract.PROBABILITIES].sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(out[contract.SCORE].ravel(), out[contract.PROBABILITIES].max(axis=1))
-    embed = make_postprocess(contract.EMBEDDING_TASK)
+    embed = make_step_postprocess(PostprocessParameters(contract.EMBEDDING_TASK))
     assert isinstance(embed, Embedder)
     vectors = embed(np.array([[3.0, 4.0], [0.0, 0.0]]))[contract.EMBEDDING]
     assert vectors.dtype == np.float32
@@ -143,18 +144,19 @@ def test_postprocess_factory_dispatches_per_task():
     ("classification", (), "at least two labels"),
     ("embedding", ("a", "b"), "takes no labels"),
     ("question-answering", (), "unknown task"),
+    ("classify", ("a", "b"), "unknown task"),
 ])
 def test_postprocess_factory_rejects(task, labels, message):
     with pytest.raises(ValueError, match=message):
-        make_postprocess(task, labels)
+        make_step_postprocess(PostprocessParameters(task, tuple(labels)))
 
 
 def test_fidelity_report_uses_the_served_postprocess():
     from trtserve_build.stages.fidelity import public_outputs
 
     logits = np.array([[1.0, -1.0], [0.5, 0.25]])
-    served = make_postprocess(contract.CLASSIFICATION, ("n", "p"))(logits)[contract.PROBABILITIES]
+    served = make_step_postprocess(PostprocessParameters(contract.CLASSIFICATION, ("n", "p")))(logits)[contract.PROBABILITIES]
     np.testing.assert_array_equal(public_outputs(logits, contract.CLASSIFICATION), served)
     pooled = np.array([[1.0, 2.0, 2.0]])
     np.testing.assert_array_equal(public_outputs(pooled, contract.EMBEDDING_TASK),
-                                  make_postprocess(contract.EMBEDDING_TASK)(pooled)[contract.EMBEDDING])
+                                  make_step_postprocess(PostprocessParameters(contract.EMBEDDING_TASK))(pooled)[contract.EMBEDDING])

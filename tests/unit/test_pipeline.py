@@ -25,7 +25,7 @@ from trtserve_backend.parameters import (  # noqa: E402
     TokenizerParameters,
 )
 from trtserve_backend.pipeline import Pipeline, load_engine  # noqa: E402
-from trtserve_backend.postprocess import make_postprocess  # noqa: E402
+from trtserve_backend.steps import make_step_postprocess  # noqa: E402
 from trtserve_backend.tokenize import BucketTokenizer  # noqa: E402
 
 from .fake_pb_utils import Request, Tensor, install  # noqa: E402
@@ -78,7 +78,7 @@ def _apart(cfg, folder, texts):
     engine = OrtEncoder.from_parameters(OrtEncoderParameters.from_config(cfg), folder, params.encoder_inputs,
                                         params.encoder_output)
     post = PostprocessParameters.from_config(cfg)
-    return make_postprocess(post.task, post.labels)(engine.run_requests(tok.encode_requests([texts]))[0])
+    return make_step_postprocess(post)(engine.run_requests(tok.encode_requests([texts]))[0])
 
 
 @pytest.mark.parametrize("name", ["sentiment_spec", "embed_spec"])

@@ -91,9 +91,10 @@ def test_fingerprint_tracks_content(embed_spec):
     assert embed_spec.fingerprint("model") == "d4a2d10f6a5d4b80"
     # (the whole-spec key changed deliberately with [batching] max_request_text_bytes /
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
-    # issue 13: it keys the generated repository; the "model" key above, which keys training and
+    # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
+    # 14: it keys the generated repository; the "model" key above, which keys training and
     # export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "903b59dd42817711"
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "3595f50c3d00e3c8"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

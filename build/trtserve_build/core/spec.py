@@ -119,13 +119,14 @@ class GateSpec:
     max_accuracy_drop_points: float | None = None
     #: Minimum top-1 agreement with FP32 (argmax; nearest neighbour for embeddings).
     min_top1_agreement: float | None = None
+    min_answer_agreement: float | None = None  # QA: min share of (START, END) equal to FP32's
+    min_entity_f1: float | None = None  # NER: min entity F1 (group, start, end) against FP32
 
 
-#: Defaults of issue #4: hybrid is gated on cosine, NaN and accuracy; fp16 is reported and
-#: gated on NaN only; int8 on NaN and accuracy.
+#: Issue #4: hybrid on cosine/NaN/accuracy, fp16 on NaN, int8 on NaN/accuracy; #14: qa/ner (docs/precision.md).
 DEFAULT_GATES: dict[str, GateSpec] = {
-    "fp16": GateSpec(),
-    "hybrid": GateSpec(min_cosine=0.9998, max_accuracy_drop_points=0.5),
+    "fp16": GateSpec(min_answer_agreement=0.98, min_entity_f1=0.99),
+    "hybrid": GateSpec(min_cosine=0.9998, max_accuracy_drop_points=0.5, min_answer_agreement=0.98, min_entity_f1=0.99),
     "int8": GateSpec(max_accuracy_drop_points=1.0),
 }
 
@@ -379,7 +380,7 @@ def _validate_precision(p: PrecisionSpec, where: str) -> None:
     for name, gate in p.gates.items():
         if gate.min_cosine is not None and not -1 <= gate.min_cosine <= 1:
             raise SpecError(f"{where}: precision.gates.{name}.min_cosine must lie in [-1, 1]")
-        for k in ("max_nonfinite_fraction", "min_top1_agreement"):
+        for k in ("max_nonfinite_fraction", "min_top1_agreement", "min_answer_agreement", "min_entity_f1"):
             v = getattr(gate, k)
             if v is not None and not 0 <= v <= 1:
                 raise SpecError(f"{where}: precision.gates.{name}.{k} is a fraction in [0, 1], got {v}")

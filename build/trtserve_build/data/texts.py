@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import trtserve_contract as contract
+from loadtest.qa_ner_workload import cloze_pairs, ner_texts
+from loadtest.workload import load_corpus
+
 from ..core.errors import CalibrationError
 from .datasets import corpus_texts, dataset_labels, load_dataset, split_holdout
 
@@ -101,3 +105,21 @@ def eval_sets(spec, samples: int | None = None) -> list[EvalSet]:
     labelled = tuple(spec.model.labels) == tuple(dataset_labels(dataset)) and bool(spec.model.labels)
     real = EvalSet("real", [r.text for r in rows], [r.label for r in rows] if labelled else None)
     return [real, EvalSet("stress", stress_texts([r.text for r in train]))]
+
+
+#: Items of the windowed tasks' fidelity set at most (the exactness tests use 220): a quarter of
+#: the QA contexts span 3-8 windows, each window is an engine row.
+WINDOWED_EVAL_ITEMS = 220
+
+
+def windowed_eval_items(task: str, samples: int | None = None) -> list:
+    """The real items the question-answering / token-classification fidelity report runs on:
+    the cloze (question, context) pairs and the NER texts of the exactness tests and the load
+    test (``loadtest.qa_ner_workload``, from the shipped review snippets; one implementation)."""
+    n = min(samples or WINDOWED_EVAL_ITEMS, WINDOWED_EVAL_ITEMS)
+    corpus = load_corpus()
+    if task == contract.QUESTION_ANSWERING:
+        return [(p.question, p.context) for p in cloze_pairs(corpus, WINDOWED_EVAL_ITEMS)][:n]
+    if task == contract.TOKEN_CLASSIFICATION:
+        return ner_texts(corpus, WINDOWED_EVAL_ITEMS)[:n]
+    raise ValueError(f"no windowed items for task {task!r}")

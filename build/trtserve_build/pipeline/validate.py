@@ -23,7 +23,7 @@ from ..core.lazy import lazy_import
 from ..core.paths import ONNX_FILE, export_dir, fidelity_cache_path, plan_path, precision_onnx_path
 from ..core.spec import DeploymentSpec
 from ..core.stamps import read_json
-from ..data.texts import eval_sets
+from ..data.texts import eval_sets, windowed_eval_items
 from ..data.tokenizer import spec_encoder
 from ..runtime.interpreter import TorchInterpreter
 from ..runtime.onnxruntime import OrtExecutor
@@ -41,6 +41,7 @@ from ..stages.fidelity import (
 )
 from ..stages.tensorrt import is_plan_current
 from .steps import export, precision_graph
+from .windowed import WindowedRunner, windowed_row
 
 onnx = lazy_import("onnx")
 
@@ -105,7 +106,10 @@ def run_deployment(
 ) -> DeploymentReport:
     """Export (cached), make each precision's graph (cached), run the FP32 reference and each
     variant on the real and stress texts, and evaluate each variant's gate (not raised here:
-    see :func:`~trtserve_build.stages.fidelity.raise_for`)."""
+    see :func:`~trtserve_build.stages.fidelity.raise_for`). The windowed tasks run their served
+    path instead (:func:`run_windowed_deployment`)."""
+    if spec.windows is not None:
+        return run_windowed_deployment(spec, precisions, samples=samples, force=force)
     manifest = export(spec)
     encode = spec_encoder(spec)
     sets = eval_sets(spec, samples)
@@ -141,6 +145,40 @@ def run_deployment(
         executor.close()
         rows += mine
         gates.append(evaluate_gate(spec.name, precision, mine, spec.precision.gate(precision)))
+    reference.close()
+    return DeploymentReport(spec.name, manifest.task, reference.label, rows, executors, gates)
+
+
+def run_windowed_deployment(
+    spec: DeploymentSpec,
+    precisions: Sequence[str] = VARIANT_PRECISIONS,
+    *,
+    samples: int | None = None,
+    force: bool = False,
+) -> DeploymentReport:
+    """Question answering / token classification: the real items through the served windowed
+    tokenizer and postprocess, FP32 (ONNX Runtime) against each precision's graph; one ``real``
+    row per precision with the task metric (answer / entity agreement) and the raw-logit numbers."""
+    manifest = export(spec)
+    runner = WindowedRunner(spec)
+    items = windowed_eval_items(spec.task, samples)
+    requests = runner.requests(items)
+    reference, _ = choose_executor(export_dir(spec) / ONNX_FILE, allow_tensorrt=False)
+    if not isinstance(reference, OrtExecutor):  # FP32 under ORT is exact: it must be available
+        raise ExecutorUnavailableError(f"{spec.name}: the FP32 reference must run under ONNX Runtime")
+    ref = runner.run(reference, requests)
+    rows = [windowed_row(spec, "fp32", reference.label, len(items), ref, ref)]
+    executors: dict[str, dict] = {"fp32": {"executor": reference.label, "refused": []}}
+    gates = []
+    for precision in precisions:
+        path = precision_graph(spec, precision, force=force)
+        executor, refused = choose_executor(path, plan_path(spec, precision), precision=precision)
+        executors[precision] = {"executor": executor.label, "refused": refused}
+        row = windowed_row(spec, precision, executor.label, len(items), ref, runner.run(executor, requests))
+        executor.close()
+        log.info("%s", row_line(row))
+        rows.append(row)
+        gates.append(evaluate_gate(spec.name, precision, [row], spec.precision.gate(precision)))
     reference.close()
     return DeploymentReport(spec.name, manifest.task, reference.label, rows, executors, gates)
 

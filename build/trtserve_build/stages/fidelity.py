@@ -10,6 +10,14 @@ For each deployment and precision (fp16, hybrid, int8) the FP32 export and the v
 tokenized exactly as the served tokenizer does (length buckets). Per row: cosine similarity
 of the outputs (mean, min), max absolute error, the share of outputs holding NaN/Inf, top-1
 agreement (argmax; nearest neighbour for embeddings) and, for classifiers, held-out accuracy.
+Question answering and token classification (the windowed tasks) run the served windowed path
+instead (:mod:`trtserve_build.pipeline.windowed`): the shipped QA pairs and NER texts of the
+exactness tests, one engine row per window, the served postprocess. Their task metric against
+FP32: answer agreement (share of questions whose (START, END) equals FP32's, and the largest
+|SCORE| difference) and entity agreement (share of texts whose entity list, as (group, start,
+end), equals FP32's, and entity-level F1 against FP32); beside it the raw per-token logits'
+cosine (per window, over its tokens), max abs error and NaN/Inf share.
+
 Gates per precision come from the spec (``[precision.gates.<precision>]``, defaults in
 ``spec.DEFAULT_GATES``); a failed gate raises :class:`NonFiniteOutputError` or
 :class:`ToleranceError` with the numbers.
@@ -38,13 +46,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import trtserve_contract as contract
-from trtserve_backend.postprocess import make_postprocess
+from trtserve_backend.parameters import PostprocessParameters
+from trtserve_backend.steps import make_step_postprocess
 
 from ..core.enums import TRANSFORMED_PRECISIONS
 from ..core.errors import NonFiniteOutputError, ToleranceError
@@ -79,6 +89,14 @@ class Row:
     #: min cosine of the raw encoder outputs (logits / pooled), for the record
     raw_cosine_min: float | None = None
     seconds: float = 0.0
+    #: windowed tasks: encoder rows (windows) of the ``texts`` items
+    windows: int | None = None
+    #: windowed tasks: share of items whose answer (QA) or entity list (NER) equals FP32's
+    task_agreement: float | None = None
+    #: QA: largest |SCORE - FP32 SCORE| over the questions
+    max_score_diff: float | None = None
+    #: NER: entity-level F1 against FP32's entities
+    entity_f1: float | None = None
 
 
 def top1(outputs: np.ndarray, task: str) -> np.ndarray:
@@ -94,10 +112,10 @@ def top1(outputs: np.ndarray, task: str) -> np.ndarray:
 
 def public_outputs(raw: np.ndarray, task: str, labels: Sequence[str] = ()) -> np.ndarray:
     """What clients receive from the ensemble, computed by the served postprocess itself
-    (:func:`trtserve_backend.postprocess.make_postprocess`): the probabilities for classifiers,
+    (:func:`trtserve_backend.steps.make_step_postprocess`): the probabilities for classifiers,
     the L2-normalised embedding otherwise."""
     labels = tuple(labels) or tuple(f"label{i}" for i in range(raw.shape[1]))
-    postprocess = make_postprocess(task, labels if task == contract.CLASSIFICATION else ())
+    postprocess = make_step_postprocess(PostprocessParameters(task, labels if task == contract.CLASSIFICATION else ()))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         outputs = postprocess(raw)
     name = contract.PROBABILITIES if task == contract.CLASSIFICATION else contract.EMBEDDING
@@ -130,6 +148,68 @@ def compare(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict:
     return out
 
 
+# ---- the windowed tasks' metrics -------------------------------------------------------
+
+#: A QA answer as the served outputs give it: (START, END, SCORE).
+Answer = tuple[int, int, float]
+
+
+def answer_agreement(reference: Sequence[Answer], candidate: Sequence[Answer]) -> dict:
+    """Share of questions whose (START, END) equals the reference's, and the largest |SCORE| difference
+    (non-finite scores count as infinitely far)."""
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(candidate)} answers against {len(reference)} reference answers")
+    if not reference:
+        return {"task_agreement": None, "max_score_diff": None}
+    same = [(r[0], r[1]) == (c[0], c[1]) for r, c in zip(reference, candidate)]
+    diffs = [abs(float(r[2]) - float(c[2])) for r, c in zip(reference, candidate)]
+    diffs = [d if math.isfinite(d) else math.inf for d in diffs]
+    return {"task_agreement": sum(same) / len(same), "max_score_diff": max(diffs)}
+
+
+def entity_key(entity: dict) -> tuple:
+    """What an entity is, scores aside: (group or tag, start, end)."""
+    group = entity.get("entity_group", entity.get("entity"))
+    return group, entity["start"], entity["end"]
+
+
+def entity_agreement(reference: Sequence[Sequence[dict]], candidate: Sequence[Sequence[dict]]) -> dict:
+    """Share of texts whose entity list (as :func:`entity_key`, in order) equals the reference's,
+    and entity-level F1 of all candidate entities against the reference's (micro, exact match of
+    group, start and end; 1.0 when neither side has an entity)."""
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(candidate)} entity lists against {len(reference)} reference lists")
+    if not reference:
+        return {"task_agreement": None, "entity_f1": None}
+    same = found = wanted = hit = 0
+    for ref, cand in zip(reference, candidate):
+        rk, ck = [entity_key(e) for e in ref], [entity_key(e) for e in cand]
+        same += rk == ck
+        found, wanted = found + len(ck), wanted + len(rk)
+        hit += sum((Counter(rk) & Counter(ck)).values())
+    f1 = 1.0 if found == wanted == 0 else 2 * hit / (found + wanted)
+    return {"task_agreement": same / len(reference), "entity_f1": f1}
+
+
+def compare_token_logits(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict:
+    """Raw-output metrics of the windowed tasks: each window's per-token logits ``[tokens, c]``
+    (its real tokens only) flattened to one vector; cosine per window (mean, min), max abs error
+    and the share of windows holding NaN/Inf."""
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(candidate)} windows against {len(reference)} reference windows")
+    ref = [np.asarray(r, dtype=np.float64).reshape(-1) for r in reference]
+    cand = [np.asarray(c, dtype=np.float64).reshape(-1) for c in candidate]
+    finite = np.array([np.isfinite(c).all() for c in cand], dtype=bool)
+    out: dict = {"nonfinite_fraction": float(1.0 - finite.mean()) if len(finite) else 0.0,
+                 "cosine_mean": None, "cosine_min": None, "max_abs_error": None, "raw_cosine_min": None}
+    if finite.any():
+        cos = np.array([cosine_rows(r[None, :], c[None, :])[0] for r, c, f in zip(ref, cand, finite) if f])
+        err = max(float(np.abs(r - c).max(initial=0.0)) for r, c, f in zip(ref, cand, finite) if f)
+        out.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), max_abs_error=err,
+                   raw_cosine_min=float(cos.min()))
+    return out
+
+
 @dataclass
 class GateResult:
     precision: str
@@ -153,6 +233,14 @@ def evaluate_gate(model: str, precision: str, rows: Sequence[Row], gate: GateSpe
                             f"(mean {_fmt(r.cosine_mean, 6)}, max |err| {_fmt(r.max_abs_error, 3)})")
         if gate.min_top1_agreement is not None and r.top1_agreement is not None and r.top1_agreement < gate.min_top1_agreement:
             failures.append(f"{where}: top-1 agreement {r.top1_agreement:.4f} < {gate.min_top1_agreement}")
+        if gate.min_answer_agreement is not None and r.max_score_diff is not None and r.task_agreement is not None \
+                and r.task_agreement < gate.min_answer_agreement:
+            failures.append(f"{where}: {r.task_agreement:.2%} of {r.texts} answers equal FP32's "
+                            f"< {gate.min_answer_agreement:.2%} (min_answer_agreement; max |SCORE diff| "
+                            f"{_fmt(r.max_score_diff, 4)})")
+        if gate.min_entity_f1 is not None and r.entity_f1 is not None and r.entity_f1 < gate.min_entity_f1:
+            failures.append(f"{where}: entity F1 {r.entity_f1:.4f} against FP32 < {gate.min_entity_f1} "
+                            f"(min_entity_f1; {_fmt(r.task_agreement, 4)} of {r.texts} entity lists equal FP32's)")
         if gate.max_accuracy_drop_points is not None and r.accuracy_drop_points is not None \
                 and r.accuracy_drop_points > gate.max_accuracy_drop_points:
             failures.append(f"{where}: accuracy {r.accuracy:.4f} vs FP32 {r.reference_accuracy:.4f}: drop "
@@ -193,6 +281,12 @@ def accuracy(outputs: np.ndarray, labels: list[int] | None) -> float | None:
 
 def row_line(r: Row) -> str:
     acc = "" if r.accuracy is None else f" acc {r.accuracy:.4f} (drop {r.accuracy_drop_points:.2f} pt)"
+    if r.windows is not None:
+        task = (f" entities agree {_fmt(r.task_agreement, 4)} F1 {_fmt(r.entity_f1, 4)}" if r.entity_f1 is not None
+                else f" answers agree {_fmt(r.task_agreement, 4)} max|dSCORE| {_fmt(r.max_score_diff, 4)}")
+        return (f"{r.model}/{r.precision}/{r.set}: {r.texts} items, {r.windows} windows:{task}; logits cos mean "
+                f"{_fmt(r.cosine_mean, 6)} min {_fmt(r.cosine_min, 6)} max|err| {_fmt(r.max_abs_error, 4)}"
+                f" nonfinite {r.nonfinite_fraction:.2%} [{r.executor}]")
     return (f"{r.model}/{r.precision}/{r.set}: cos mean {_fmt(r.cosine_mean, 6)} min {_fmt(r.cosine_min, 6)}"
             f" max|err| {_fmt(r.max_abs_error, 4)} nonfinite {r.nonfinite_fraction:.2%}"
             f" top1 {_fmt(r.top1_agreement, 4)}{acc} [{r.executor}]")
@@ -209,6 +303,8 @@ def to_markdown(reports: Sequence[DeploymentReport], machine: dict) -> str:
     for rep in reports:
         verdict = {g.precision: ("pass" if g.passed else "**FAIL**") for g in rep.gates}
         for r in rep.rows:
+            if r.windows is not None:
+                continue  # the windowed tasks' table below
             change = 0.0 if r.accuracy_drop_points is None else -r.accuracy_drop_points + 0.0  # no "-0.00"
             acc = "" if r.accuracy is None else f"{r.accuracy:.2%}" + (
                 "" if r.precision == "fp32" else f" ({change:+.2f} pt)")
@@ -217,6 +313,7 @@ def to_markdown(reports: Sequence[DeploymentReport], machine: dict) -> str:
                 f"{_fmt(r.cosine_min, 6)} | {_fmt(r.max_abs_error, 4)} | {r.nonfinite_fraction:.1%} | "
                 f"{_fmt(r.top1_agreement, 3)} | {acc} | {verdict.get(r.precision, 'reference')} | {r.executor} |"
             )
+    lines += windowed_table(reports)
     lines.append("")
     lines.append(f"Measured on {machine.get('processor')} ({machine.get('cpus')} CPUs"
                  f"{', ' + machine['gpu'] if machine.get('gpu') else ''}), {machine.get('created_utc', '')}.")
@@ -227,6 +324,30 @@ def to_markdown(reports: Sequence[DeploymentReport], machine: dict) -> str:
     if failures:
         lines += ["", "Gate failures:", *[f"- {f}" for f in failures]]
     return "\n".join(lines) + "\n"
+
+
+def windowed_table(reports: Sequence[DeploymentReport]) -> list[str]:
+    """The question-answering / token-classification rows: the task metric against FP32 first."""
+    rows = [(rep, r) for rep in reports for r in rep.rows if r.windows is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Question answering and token classification (served windows and postprocess; agreement with FP32):",
+        "",
+        "| model | precision | set | items | windows | answers / entity lists = FP32 | max abs SCORE diff | "
+        "entity F1 vs FP32 | logits cosine mean | logits cosine min | max abs err | NaN/Inf | gate | executor |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for rep, r in rows:
+        verdict = {g.precision: ("pass" if g.passed else "**FAIL**") for g in rep.gates}
+        lines.append(
+            f"| {r.model} | {r.precision} | {r.set} | {r.texts} | {r.windows} | "
+            f"{'n/a' if r.task_agreement is None else f'{r.task_agreement:.2%}'} | {_fmt(r.max_score_diff, 4)} | "
+            f"{_fmt(r.entity_f1, 4)} | {_fmt(r.cosine_mean, 6)} | {_fmt(r.cosine_min, 6)} | "
+            f"{_fmt(r.max_abs_error, 4)} | {r.nonfinite_fraction:.1%} | {verdict.get(r.precision, 'reference')} | "
+            f"{r.executor} |")
+    return lines
 
 
 def write_report(reports: Sequence[DeploymentReport], json_path: Path, md_path: Path | None) -> dict:

@@ -130,11 +130,12 @@ def tokenizer_config(spec: DeploymentSpec, manifest: ExportManifest, variant: st
         dynamic_batching=_dynamic_batching(spec, preferred=False, bounded=True),
         instance_group=_cpu_instances(host_sized(spec, variant, "tokenizer_instances")),
     )
-    _parameters(config, _tokenizer_parameters(spec, manifest))
+    _parameters(config, tokenizer_parameters(spec, manifest))
     return config
 
 
-def _tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> TokenizerParameters:
+def tokenizer_parameters(spec: DeploymentSpec, manifest: ExportManifest) -> TokenizerParameters:
+    """The served tokenizer's parameters (also what the fidelity report tokenizes with)."""
     return TokenizerParameters(
         tokenizer_file=TOKENIZER_FILE,
         max_sequence_length=spec.model.max_sequence_length,
@@ -231,11 +232,12 @@ def postprocess_config(spec: DeploymentSpec, manifest: ExportManifest, variant: 
         dynamic_batching=_dynamic_batching(spec, preferred=False),
         instance_group=_cpu_instances(host_sized(spec, variant, "postprocess_instances")),
     )
-    _parameters(config, _postprocess_parameters(spec))
+    _parameters(config, postprocess_parameters(spec))
     return config
 
 
-def _postprocess_parameters(spec: DeploymentSpec) -> PostprocessParameters:
+def postprocess_parameters(spec: DeploymentSpec) -> PostprocessParameters:
+    """The served postprocess's parameters (also what the fidelity report scores with)."""
     w = spec.windows
     extra: dict = {}
     if isinstance(w, QASpec):
@@ -265,9 +267,9 @@ def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str
         instance_group=[mc.ModelInstanceGroup(kind=kind, count=host_sized(spec, variant, "instance_count"))],
     )
     side = tuple(d.name for d in postprocess_input_decls(spec, manifest) if d.name != encoder_out.name)
-    for params in (_tokenizer_parameters(spec, manifest),
+    for params in (tokenizer_parameters(spec, manifest),
                    _torch_parameters(spec, variant) if gpu else _onnx_parameters(spec, variant),
-                   _postprocess_parameters(spec),
+                   postprocess_parameters(spec),
                    PipelineParameters(engine_backend=engine.backend,
                                       encoder_inputs=tuple(d.name for d in encoder_input_decls(manifest)),
                                       encoder_output=encoder_out.name, side_inputs=side)):

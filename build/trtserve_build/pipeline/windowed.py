@@ -1,0 +1,93 @@
+"""The fidelity report of the windowed tasks (question answering, token classification): each
+precision's graph against FP32 through the served path.
+
+The items (:func:`trtserve_build.data.texts.windowed_eval_items`: the exactness tests' QA pairs,
+a quarter of them several windows long, and NER texts) are tokenized by the served windowed
+tokenizer and scored by the served postprocess (``trtserve_backend.steps.make_tokenizer`` /
+``make_step_postprocess``, with the parameters the generated configs carry), requests of
+:data:`REQUEST_ITEMS` items, every window one engine row, as Triton runs them. Only the executor
+differs between FP32 and the variant.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+import trtserve_contract as contract
+from trtserve_backend.steps import make_step_postprocess, make_tokenizer
+from trtserve_backend.windows import window_lengths
+
+from ..core.paths import export_dir
+from ..core.records import ExportManifest
+from ..core.spec import DeploymentSpec
+from ..stages.fidelity import Row, answer_agreement, compare_token_logits, entity_agreement
+from ..stages.triton_config import postprocess_parameters, tokenizer_parameters
+
+#: Items per request: the rows of all their windows are one executor batch.
+REQUEST_ITEMS = 8
+
+
+@dataclass
+class WindowedOutputs:
+    """One executor's results on the items: per-window token logits and the served outputs."""
+
+    logits: list[np.ndarray]  # per window: [tokens, 2 | labels], its real tokens only
+    answers: list[tuple[int, int, float]] | None  # QA: (START, END, SCORE) per item
+    entities: list[list[dict]] | None  # NER: the ENTITIES list per item
+    seconds: float
+
+
+class WindowedRunner:
+    """The served tokenizer and postprocess of ``spec`` around an executor."""
+
+    def __init__(self, spec: DeploymentSpec):
+        folder = str(export_dir(spec))
+        manifest = ExportManifest.read(export_dir(spec))
+        self.task = spec.task
+        self.inputs = list(manifest.inputs)
+        self.output = manifest.output
+        self.tokenizer = make_tokenizer(tokenizer_parameters(spec, manifest), folder, self.inputs)
+        self.postprocess = make_step_postprocess(postprocess_parameters(spec), folder)
+
+    def requests(self, items: Sequence) -> list[dict[str, np.ndarray]]:
+        """The tokenizer's rows of each request of :data:`REQUEST_ITEMS` items (errors raised)."""
+        chunks = [list(items[i:i + REQUEST_ITEMS]) for i in range(0, len(items), REQUEST_ITEMS)]
+        out = []
+        for rows in self.tokenizer.encode_requests(chunks):
+            if isinstance(rows, Exception):
+                raise rows
+            out.append(rows)
+        return out
+
+    def run(self, executor, requests: Sequence[dict[str, np.ndarray]]) -> WindowedOutputs:
+        started = time.perf_counter()
+        logits, answers, entities = [], [], []
+        for rows in requests:
+            raw = np.asarray(executor.infer({n: rows[n] for n in self.inputs})[0], dtype=np.float32)
+            logits += [raw[k, :n] for k, n in enumerate(window_lengths(rows[contract.TOKEN_SPANS]))]
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                served = self.postprocess({**rows, self.output: raw})
+            if self.task == contract.QUESTION_ANSWERING:
+                answers += [(int(s), int(e), float(p)) for s, e, p in zip(
+                    served[contract.START].ravel(), served[contract.END].ravel(), served[contract.SCORE].ravel())]
+            else:
+                entities += [json.loads(v) for v in served[contract.ENTITIES].ravel()]
+        qa = self.task == contract.QUESTION_ANSWERING
+        return WindowedOutputs(logits, answers if qa else None, None if qa else entities,
+                               round(time.perf_counter() - started, 2))
+
+
+def windowed_row(spec: DeploymentSpec, precision: str, executor_label: str, items: int,
+                 reference: WindowedOutputs, candidate: WindowedOutputs) -> Row:
+    """The report row of ``candidate`` against the FP32 ``reference`` (set ``real``)."""
+    m = compare_token_logits(reference.logits, candidate.logits)
+    if reference.answers is not None:
+        task = answer_agreement(reference.answers, candidate.answers)
+    else:
+        task = entity_agreement(reference.entities, candidate.entities)
+    return Row(spec.name, precision, "real", executor_label, items, top1_agreement=None,
+               windows=len(candidate.logits), seconds=candidate.seconds, **m, **task)
