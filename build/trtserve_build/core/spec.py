@@ -117,8 +117,7 @@ class GateSpec:
     max_nonfinite_fraction: float | None = 0.0
     #: Largest allowed held-out accuracy drop, in percentage points (classification only).
     max_accuracy_drop_points: float | None = None
-    #: Minimum top-1 agreement with FP32 (argmax; nearest neighbour for embeddings).
-    min_top1_agreement: float | None = None
+    min_top1_agreement: float | None = None  # min top-1 agreement with FP32 (argmax; nearest neighbour: embed)
     min_answer_agreement: float | None = None  # QA: min share of (START, END) equal to FP32's
     min_entity_f1: float | None = None  # NER: min entity F1 (group, start, end) against FP32
 
