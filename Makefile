@@ -77,7 +77,7 @@ serve: $(STAMP)
 test: $(STAMP) $(REF_STAMP)
 	$(MAKE) --no-print-directory layers
 	$(PY) -m trtserve_build.cli engines $(DEPLOYMENTS) --variant cpu
-	$(PY) -m pytest -x -v --timeout=900 tests
+	$(PY) -m pytest -x -v --timeout=900 --durations=30 tests
 
 unit: $(STAMP)
 	$(MAKE) --no-print-directory layers
