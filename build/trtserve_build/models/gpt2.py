@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trtserve_contract as contract
 
-from ..core.files import make_readable, replace_dir, temp_dir_beside
+from ..core.files import building
 from ..core.lazy import lazy_import
 from ..core.paths import cache_dir
 from ..core.stamps import read_json, write_stamp
@@ -58,17 +58,11 @@ def copy_tokenizer(folder: Path, cache: Path | None = None) -> None:
 def save_checkpoint(model, target: Path, stamp_name: str, stamp: dict, cache: Path | None = None) -> Path:
     """``model`` with GPT-2's tokenizer and ``stamp`` into ``target``, swapped in atomically."""
     target = Path(target)
-    tmp = temp_dir_beside(target, prefix=f".{target.name}-")
-    try:
+    with building(target, prefix=f".{target.name}-") as tmp:
         model.generation_config.pad_token_id = GPT2_EOS_ID
         model.save_pretrained(tmp)
         copy_tokenizer(tmp, cache)
         write_stamp(tmp / stamp_name, stamp)
-        make_readable(tmp)
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

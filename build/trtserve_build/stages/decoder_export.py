@@ -24,7 +24,7 @@ import trtserve_contract as contract
 from trtserve_backend.generation.ort_executor import OrtDecoderGraph
 
 from ..core.errors import ExportError
-from ..core.files import make_readable, replace_dir, sha256_file, temp_dir_beside
+from ..core.files import building, sha256_file
 from ..core.lazy import lazy_import
 from ..core.metrics import check_tolerance
 from ..core.paths import MANIFEST_FILE, ONNX_FILE, TOKENIZER_FILE, export_dir
@@ -56,8 +56,7 @@ def export_decoder(spec: DeploymentSpec, checkpoint: Path, *, force: bool = Fals
     if not (checkpoint / TOKENIZER_FILE).is_file():
         raise ExportError(f"{checkpoint}: no {TOKENIZER_FILE} (the generate model's tokenizer)")
     started = time.perf_counter()
-    tmp = temp_dir_beside(out, prefix=f".{spec.name}-")
-    try:
+    with building(out, prefix=f".{spec.name}-") as tmp:
         onnx_path, model, errors = export_decoder_onnx(checkpoint, tmp, spec.export)
         if model.config.n_positions < spec.model.max_sequence_length:
             raise ExportError(f"{spec.name}: model.max_sequence_length {spec.model.max_sequence_length} exceeds the "
@@ -73,11 +72,6 @@ def export_decoder(spec: DeploymentSpec, checkpoint: Path, *, force: bool = Fals
             seconds=round(time.perf_counter() - started, 2), architecture=model.config.model_type,
             geometry=geometry(model.config))
         manifest.write(tmp)
-        make_readable(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: exported %s (max |diff| %.2g)", spec.name, out / ONNX_FILE, manifest.max_abs_diff)
     return manifest
 

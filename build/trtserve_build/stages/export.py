@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import trtserve_contract as contract
 
 from ..core.architectures import Architecture, UnknownArchitectureError, architecture_of
 from ..core.errors import ExportError
-from ..core.files import make_readable, replace_dir, sha256_file, temp_dir_beside
+from ..core.files import building, sha256_file
 from ..core.lazy import lazy_import
 from ..core.metrics import check_tolerance
 from ..core.paths import MANIFEST_FILE, ONNX_FILE, TOKENIZER_FILE, export_dir
@@ -85,8 +84,7 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
 
     texts = validation_texts()
     sample = _encode(tokenizer, texts[:2], 16, input_names)
-    tmp = temp_dir_beside(out, prefix=f".{spec.name}-")
-    try:
+    with building(out, prefix=f".{spec.name}-") as tmp:
         onnx_path = tmp / ONNX_FILE
         dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
         dynamic[output] = {0: "batch", 1: "sequence"} if task.windowed else {0: "batch"}
@@ -130,11 +128,6 @@ def export(spec: DeploymentSpec, checkpoint: Path, *, force: bool = False) -> Ex
             architecture=arch.name,
         )
         manifest.write(tmp)
-        make_readable(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: exported %s (max |diff| %.2g, min cosine %.7f)", spec.name, out / ONNX_FILE, diff, min_cos)
     return manifest
 

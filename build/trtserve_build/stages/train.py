@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..core.errors import TrainingError
-from ..core.files import make_readable, replace_dir
+from ..core.files import building
 from ..core.lazy import lazy_import
 from ..core.paths import TRAINING_STAMP_FILE
 from ..core.spec import DeploymentSpec, TrainingSpec
@@ -336,16 +336,10 @@ def reset_tokenizer_state(tokenizer: Any, max_length: int) -> None:
 
 def publish(model: Any, tokenizer: Any, target: Path, stamp: dict[str, Any]) -> None:
     """Save model (safetensors), tokenizer and stamp next to ``target``, then swap it in."""
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(target, prefix=f".{target.name}.tmp-") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         missing = [name for name in REQUIRED_FILES if not (tmp / name).is_file()]
         if missing:
             raise TrainingError(f"saving the checkpoint to {tmp} did not produce {missing}")
         (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-        make_readable(tmp)
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
