@@ -79,50 +79,25 @@ def engine_rows(encoder, label: str, shapes) -> list[dict]:
     return rows
 
 
-def kernel_category(name: str) -> str:
-    name = name.lower()
-    if any(k in name for k in ("fmha", "attention", "flash", "mem_eff", "efficient")):
-        return "attention"
-    if any(k in name for k in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "matmul")):
-        return "gemm"
-    if "layer_norm" in name or "layernorm" in name:
-        return "layernorm"
-    if "gelu" in name:
-        return "gelu"
-    if "memcpy" in name or "memset" in name:
-        return "memcpy"
-    return "other elementwise"
-
-
 def kernel_breakdown(module, batch: int, seq: int, iters: int = 3) -> dict:
-    """GPU time per forward by kernel category (profiled without graphs: same kernels, no gaps)."""
+    """GPU time per forward by kernel category (profiled without graphs: same kernels, no gaps;
+    the profiling and the categories are levers_micro's)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from levers_micro import kernel_breakdown as profiled
 
     feeds = random_feeds(batch, seq, "cuda")
     args = [feeds[n] for n in NAMES]
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        module(*args)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(iters):
-                module(*args)
-            torch.cuda.synchronize()
-    per_category: dict[str, float] = {}
-    kernels = 0
-    for evt in prof.key_averages():
-        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
-        if not us:
-            continue
-        cat = kernel_category(evt.key)
-        per_category[cat] = per_category.get(cat, 0.0) + us / iters / 1000.0
-        kernels += evt.count // iters
-    total = sum(per_category.values())
+
+    def forward():
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            module(*args)
+
+    result = profiled(forward, iters=iters)
     # BERT-base matmul FLOPs per token: 12 layers x (4 x 768^2 + 2 x 768 x 3072) x 2
     gemm_flops = batch * seq * 12 * (4 * 768 * 768 + 2 * 768 * 3072) * 2
-    return {"shape": f"{batch}x{seq}", "ms_per_forward": {k: round(v, 3) for k, v in sorted(per_category.items())},
-            "total_ms": round(total, 3), "kernels_per_forward": kernels,
-            "gemm_tflops": gemm_flops / (per_category.get("gemm", float("nan")) / 1000.0) / 1e12}
+    return {"shape": f"{batch}x{seq}", "ms_per_forward": result["ms"], "total_ms": result["total_ms"],
+            "kernels_per_forward": result["kernels_per_call"],
+            "gemm_tflops": gemm_flops / (result["ms"].get("gemm", float("nan")) / 1000.0) / 1e12}
 
 
 def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:

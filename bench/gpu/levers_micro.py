@@ -105,7 +105,7 @@ def run_all(store: dict, *, batch: int, seq: int, config, device, timer, log, sa
 
 def kernel_category(name: str) -> str:
     name = name.lower()
-    if any(k in name for k in ("fmha", "flash", "attention", "sdpa", "mem_eff", "cudnn")):
+    if any(k in name for k in ("fmha", "flash", "attention", "sdpa", "mem_eff", "efficient", "cudnn")):
         return "attention"
     if any(k in name for k in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "matmul", "scaled_mm")):
         return "gemm"
