@@ -87,14 +87,14 @@ def fetch_settled(url: str, settle_s: float = 0.5, max_s: float = 10.0, fetch=No
     fetch = fetch or fetch_text
     deadline = time.monotonic() + max_s
     text = fetch(url)
-    while True:
-        counts = _request_counts(parse_metrics(text))
-        if time.monotonic() >= deadline:
-            return text
+    counts = _request_counts(parse_metrics(text))
+    while time.monotonic() < deadline:
         time.sleep(settle_s)
-        text = fetch(url)
-        if _request_counts(parse_metrics(text)) == counts:
-            return text
+        text, previous = fetch(url), counts
+        counts = _request_counts(parse_metrics(text))
+        if counts == previous:
+            break
+    return text
 
 
 def _request_counts(samples: dict[str, dict[Labels, float]]) -> tuple:
