@@ -16,19 +16,23 @@ from .batching import check_merge, pad_merge, plan_batches, split_rows
 
 class OrtEncoder:
     def __init__(self, onnx_path: str, input_names: Sequence[str], output_name: str, intra_op_threads: int = 0,
-                 merge: str = "group", max_rows_per_run: int = 0):
+                 merge: str = "group", max_rows_per_run: int = 0, thread_spinning: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
-        # Worker threads spin inside a Run (each of the graph's many small parallel ops starts
-        # at once instead of waiting for a futex wake-up: -0.6 ms per request at concurrency 1
-        # on 2 cores) but stop spinning when it returns, so between batches they do not burn
-        # the cores that the tokenizer, postprocess and gRPC threads of the same server need
-        # (spinning between runs cost 20% of the served throughput).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        # thread_spinning: worker threads spin inside a Run (each of the graph's many small
+        # parallel ops starts at once instead of waiting for a futex wake-up: -0.6 ms per request
+        # at concurrency 1 on 2 cores) but stop spinning when it returns, so between batches they
+        # do not burn the cores that the tokenizer, postprocess and gRPC threads of the same
+        # server need (spinning between runs cost 20% of the served throughput). Off: workers
+        # sleep until woken, so instances whose threads share cores do not spin against each
+        # other's runs (OrtEncoderParameters.thread_spinning).
+        spin = "1" if thread_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         graph_inputs = {i.name for i in self.session.get_inputs()}
@@ -48,7 +52,7 @@ class OrtEncoder:
         """From a Python model's :class:`~.parameters.OrtEncoderParameters` and its version folder."""
         return cls(os.path.join(folder, params.onnx_file), input_names=input_names, output_name=output_name,
                    intra_op_threads=params.intra_op_threads, merge=params.merge_lengths,
-                   max_rows_per_run=params.max_rows_per_run)
+                   max_rows_per_run=params.max_rows_per_run, thread_spinning=params.thread_spinning)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         rows = int(feeds[self.input_names[0]].shape[0])

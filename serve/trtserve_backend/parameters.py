@@ -137,6 +137,9 @@ class OrtEncoderParameters(ModelParameters):
     merge_lengths: str = "group"
     #: Rows per ONNX Runtime run (0: no limit): a request of a windowed task can bring hundreds.
     max_rows_per_run: int = field(default=0, metadata={OMIT_EMPTY: True})
+    #: ONNX Runtime worker threads spin while a run is in flight (and stop when it returns);
+    #: false: they sleep until woken (ort_encoder.OrtEncoder).
+    thread_spinning: bool = True
 
 
 @dataclass(frozen=True)

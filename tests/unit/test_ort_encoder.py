@@ -92,6 +92,20 @@ def test_large_batches_run_in_slices_with_the_same_result(onnx_model):
     assert calls == [3, 3, 1]  # 7 rows of one length, at most 3 per run
 
 
+@pytest.mark.parametrize("spinning, flag", [(True, "1"), (False, "0")])
+def test_thread_spinning_reaches_the_session_and_results_do_not_change(onnx_model, spinning, flag):
+    model, path = onnx_model
+    encoder = OrtEncoder(path, NAMES, "out", intra_op_threads=2, thread_spinning=spinning)
+    options = encoder.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == flag
+    # spinning or not, threads stop spinning when a run returns
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    f = feeds(3, 16, 5)
+    np.testing.assert_allclose(encoder.run_requests([f])[0], reference(model, f), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_merge_and_missing_inputs_are_named(onnx_model):
     _, path = onnx_model
     with pytest.raises(ValueError, match="merge 'sorted'"):

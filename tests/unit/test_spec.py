@@ -54,6 +54,8 @@ def test_unknown_keys_are_rejected():
         (lambda r: r["engine"]["cpu"].update(instance_count="many"), r"instance_count must be >= 1 .* or \"auto\""),
         (lambda r: r["engine"]["cpu"].update(intra_op_threads=-1), "intra_op_threads must be >= 0"),
         (lambda r: r["engine"]["cpu"].update(topology="mesh"), "topology 'mesh'"),
+        (lambda r: r["engine"]["cpu"].update(thread_spinning="yes"), r"thread_spinning must be true, false or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(thread_spinning=1), r"thread_spinning must be true, false or \"auto\""),
         (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
     ],
 )
@@ -92,9 +94,9 @@ def test_fingerprint_tracks_content(embed_spec):
     # (the whole-spec key changed deliberately with [batching] max_request_text_bytes /
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
-    # 14: it keys the generated repository; the "model" key above, which keys training and
-    # export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "3595f50c3d00e3c8"
+    # 14, and with the engine sections' thread_spinning, issue 13: it keys the generated
+    # repository; the "model" key above, which keys training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "397546ef63968065"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

@@ -6,7 +6,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import trtserve_contract as contract
-from trtserve_build.core.instances import host_sized
+from trtserve_build.core.instances import host_sized, thread_spinning
 from trtserve_build.core.records import ExportManifest
 from trtserve_build.core.pbtxt import read_config, to_text, write_config
 from trtserve_build.stages.triton_config import deployment_configs
@@ -148,3 +148,31 @@ def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, exp
            host_sized(spec, "cpu", "intra_op_threads", cores), host_sized(spec, "gpu", "tokenizer_instances", cores))
     assert got == expected
     assert host_sized(with_engine(spec, "cpu", instance_count=3), "cpu", "instance_count", cores) == 3
+
+
+@pytest.mark.parametrize("engine, cores, spinning", [
+    # "auto" instances x "auto" threads fill the cores exactly: spin (as before this knob)
+    (dict(instance_count="auto", intra_op_threads="auto"), 2, True),
+    (dict(instance_count="auto", intra_op_threads="auto"), 16, True),
+    # every instance with all cores: their threads share cores, so they sleep between ops
+    (dict(instance_count="auto", intra_op_threads=16), 16, False),
+    (dict(instance_count=2, intra_op_threads=2), 2, False),
+    # one instance with ONNX Runtime's default threads (one per core): spin
+    (dict(instance_count=1, intra_op_threads=0), 8, True),
+    (dict(instance_count=2, intra_op_threads=0), 8, False),
+    # set explicitly: as set
+    (dict(instance_count=2, intra_op_threads=16, thread_spinning=True), 16, True),
+    (dict(instance_count=1, intra_op_threads=1, thread_spinning=False), 16, False),
+])
+def test_thread_spinning_auto_spins_only_where_the_threads_fit_the_cores(sentiment_spec, engine, cores, spinning):
+    assert thread_spinning(with_engine(sentiment_spec, "cpu", **engine), "cpu", cores) is spinning
+
+
+def test_thread_spinning_is_written_to_the_one_models_config(sentiment_spec):
+    spec = with_engine(sentiment_spec, "cpu", instance_count=2, intra_op_threads=4096)
+    single = deployment_configs(spec, manifest_for(spec), "cpu")[0]
+    p = {k: v.string_value for k, v in single.parameters.items()}
+    assert p["intra_op_threads"] == "4096" and p["thread_spinning"] == "false"
+    p = {k: v.string_value for k, v in deployment_configs(with_engine(spec, "cpu", thread_spinning=True),
+                                                          manifest_for(spec), "cpu")[0].parameters.items()}
+    assert p["thread_spinning"] == "true"

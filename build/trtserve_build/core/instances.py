@@ -26,6 +26,8 @@ def validate_serving(engine, section: str) -> None:
         value, least = getattr(engine, knob), 0 if knob == "intra_op_threads" else 1
         if value != AUTO and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             raise SpecError(f'{section} {knob} must be >= {least} (an integer) or "auto", got {value!r}')
+    if not (isinstance(engine.thread_spinning, bool) or engine.thread_spinning == AUTO):
+        raise SpecError(f'{section} thread_spinning must be true, false or "auto", got {engine.thread_spinning!r}')
     if engine.topology not in TOPOLOGIES:
         raise SpecError(f"{section} topology {engine.topology!r}; known: {TOPOLOGIES}")
     if engine.topology == "single" and engine.backend not in PYTHON_ENGINE_BACKENDS:
@@ -59,3 +61,20 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     if engine.backend == "onnxruntime":
         return max(2, min(4, cores // 8))
     return max(1, min(2, cores // 8))
+
+
+def thread_spinning(spec, variant: str, cores: int | None = None) -> bool:
+    """``thread_spinning`` of ``[engine.<variant>]``: "auto" spins while the instances' intra-op
+    threads together fit in the host's cores (0 threads: ONNX Runtime's default, one per core).
+
+    Spinning threads start each of the graph's many small parallel ops at once (-0.6 ms per
+    request at concurrency 1 on 2 cores), but where instances' threads share cores, concurrent
+    runs spin against each other: 2 instances x 2 spinning threads on the 2-vCPU VM served 37.7
+    texts/s against 68.2 with 1 thread each (bench/gpu/NOTES.md, session 4).
+    """
+    engine = spec.engine(variant)
+    if engine.thread_spinning != AUTO:
+        return bool(engine.thread_spinning)
+    cores = cores or os.cpu_count() or 1
+    threads = host_sized(spec, variant, "intra_op_threads", cores) or cores
+    return host_sized(spec, variant, "instance_count", cores) * threads <= cores

@@ -99,6 +99,10 @@ class EngineSpec:
     postprocess_instances: int | str = 1
     #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = cores / instances).
     intra_op_threads: int | str = 0
+    #: ONNX Runtime worker threads spin while a run is in flight (true) or sleep until woken
+    #: (false); "auto": spin unless the instances' threads together outnumber the host's cores
+    #: (core.instances.thread_spinning).
+    thread_spinning: bool | str = AUTO
     #: torch backend: transformers attention implementation traced into the TorchScript.
     attention: str = "sdpa"
     #: torch backend: capture one CUDA graph per (batch size, length bucket) at load time.

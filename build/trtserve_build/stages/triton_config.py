@@ -23,7 +23,7 @@ from trtserve_backend.torch_engine import default_graph_batch_sizes
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..core.errors import ConfigError
-from ..core.instances import host_sized
+from ..core.instances import host_sized, thread_spinning
 from ..core.pbtxt import tensor_config
 from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
 from ..core.records import ExportManifest
@@ -182,7 +182,7 @@ def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters
     engine = spec.engine(variant)
     # merge_lengths: the class's default, "group" (the reason is documented on the field)
     return OrtEncoderParameters(onnx_file=ONNX_FILE, intra_op_threads=host_sized(spec, variant, "intra_op_threads"),
-                                precision=engine.precision,
+                                thread_spinning=thread_spinning(spec, variant), precision=engine.precision,
                                 # windows: a request may bring max_windows rows; attention memory grows
                                 # with rows x length^2
                                 max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0)
