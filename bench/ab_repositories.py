@@ -9,20 +9,50 @@ time per request in each step of the ensemble.
     # a variant: copy the generated repository and change one thing in it
     cp -r model_repository/cpu /tmp/b && $EDITOR /tmp/b/sentiment_encoder/config.pbtxt
     python -m bench.ab_repositories model_repository/cpu /tmp/b --rounds 20 [--throughput-seconds 5]
+
+With ``--perf-analyzer`` the served numbers of each round come from perf_analyzer (the outside
+C++ client `make bench` reads the targets with): c=1, and 8 clients when ``--throughput-seconds``
+is set. Reference rows, measured in the same rounds: ``--floor`` (the first repository's models
+doing nothing, c=1: bench/ensemble_floor.py), ``--in-process`` (each one-model repository's
+``Pipeline.run`` in this process) and ``--raw-onnxruntime`` (the exported graph, as `make bench`'s
+raw row). Round values are reported with their median.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.bench_serving import add_step_times, grpc_text_caller, mean_step_times, served_throughput, step_stats
+from bench.bench_serving import (add_step_times, grpc_text_caller, mean_step_times, one_model_caller,
+                                 onnxruntime_caller, served_throughput, step_stats, time_calls)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_callers(args) -> dict:
+    """In-process subjects measured in the same rounds (latency only): name -> caller."""
+    out = {}
+    if args.raw_onnxruntime:
+        from trtserve_build.core.paths import export_dir
+        from trtserve_build.core.spec import load_spec
+
+        spec = load_spec(REPO_ROOT / "deployments" / "sentiment.toml")
+        art = export_dir(spec)
+        out["raw onnxruntime (in-process)"] = onnxruntime_caller(
+            art / "model.onnx", art / "tokenizer.json", spec.model.max_sequence_length, spec.model.labels)
+    if args.in_process:
+        for repo in args.repositories:
+            call = one_model_caller(repo)
+            if call is not None:
+                out[f"{repo} Pipeline.run (in-process)"] = call
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,48 +62,98 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="sequential requests per variant per round")
     parser.add_argument("--throughput-seconds", type=float, default=0.0,
                         help="also measure 8-client throughput for this long per variant per round")
+    parser.add_argument("--perf-analyzer", action="store_true",
+                        help="served c=1 (and 8 clients) by perf_analyzer ($PERF_ANALYZER) instead of the Python client")
+    parser.add_argument("--floor", action="store_true", help="add the first repository's do-nothing floor (c=1)")
+    parser.add_argument("--in-process", action="store_true", help="add each one model's Pipeline.run in-process")
+    parser.add_argument("--raw-onnxruntime", action="store_true", help="add raw ONNX Runtime in-process")
+    parser.add_argument("--output", type=Path, help="write the rounds and medians as JSON")
     args = parser.parse_args(argv)
 
+    from bench import perf_analyzer
+    from bench.ensemble_floor import write_floor_repository
     from trtserve_build.data.datasets import corpus_texts
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     texts = corpus_texts()[-2000:]
     logs = REPO_ROOT / "results"
     logs.mkdir(exist_ok=True)
-    servers = [EmbeddedServer(r, Ports.free(), log_path=logs / f"ab_triton_{i}.log")
-               for i, r in enumerate(args.repositories)]
+    pa = perf_analyzer.command() if args.perf_analyzer else None
+    if args.perf_analyzer and not pa:
+        print("no perf_analyzer here (set PERF_ANALYZER): the Python client measures", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="ab-pa-"))  # under /tmp: a perf_analyzer container sees it
+    data = perf_analyzer.write_input_data(texts[:1000], work / "texts.json") if pa else None
+    names = [str(r) for r in args.repositories]
+    repos = list(args.repositories)
+    if args.floor:
+        repos.append(write_floor_repository(repos[0], logs / "ab_floor_repository"))
+        names.append(f"floor of {names[0]} (models doing nothing)")
+    servers = [EmbeddedServer(r, Ports.free(), log_path=logs / f"ab_triton_{i}.log") for i, r in enumerate(repos)]
+    rows = {name: {"c1_p50_ms": [], "c1_p95_ms": [], "clients8_per_s": []} for name in names}
+    steps = {name: {} for name in names}
     with contextlib.ExitStack() as stack:
         for server in servers:
             stack.enter_context(server)
         for server in servers:
             server.wait_ready(180)
         callers = [grpc_text_caller(s.grpc_url) for s in servers]
-        latency = [[] for _ in servers]
-        throughput = [[] for _ in servers]
-        steps = [{} for _ in servers]
+        references = reference_callers(args)
+        rows.update({name: {"c1_p50_ms": [], "c1_p95_ms": []} for name in references})
+        for call in [c for c, _ in callers] + list(references.values()):
+            time_calls(call, texts[:10])  # warm-up
         for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             chunk = [texts[(r * args.requests + k) % len(texts)] for k in range(args.requests)]
-            for i, (server, (call, _)) in enumerate(zip(servers, callers)):
+            for name, server, (call, _) in zip(names, servers, callers):
+                floor = args.floor and server is servers[-1]
                 before = step_stats(server.grpc_url)
-                for text in chunk:
-                    start = time.perf_counter()
-                    call(text)
-                    latency[i].append((time.perf_counter() - start) * 1000)
-                add_step_times(steps[i], step_stats(server.grpc_url), before)
-                if args.throughput_seconds > 0:
-                    n, elapsed, _ = served_throughput(server.grpc_url, texts, 8, args.throughput_seconds)
-                    throughput[i].append(n / elapsed)
+                if pa:
+                    got = perf_analyzer.run("sentiment", server.grpc_url, 1, data, measurement_ms=1500, pa=pa,
+                                            workdir=work)
+                    lat = [got.get("p50_ms", float("nan"))], [got.get("p95_ms", float("nan"))]
+                else:
+                    samples = time_calls(call, chunk)
+                    lat = [np.percentile(samples, 50)], [np.percentile(samples, 95)]
+                rows[name]["c1_p50_ms"] += lat[0]
+                rows[name]["c1_p95_ms"] += lat[1]
+                add_step_times(steps[name], step_stats(server.grpc_url), before)
+                if args.throughput_seconds > 0 and not floor:
+                    if pa:
+                        got = perf_analyzer.run("sentiment", server.grpc_url, 8, data, pa=pa, workdir=work,
+                                                measurement_ms=int(args.throughput_seconds * 1000 / 3))
+                        rows[name]["clients8_per_s"].append(got.get("infer_per_s", float("nan")))
+                    else:
+                        n, elapsed, _ = served_throughput(server.grpc_url, texts, 8, args.throughput_seconds)
+                        rows[name]["clients8_per_s"].append(n / elapsed)
+            for name, call in references.items():
+                samples = time_calls(call, chunk)
+                rows[name]["c1_p50_ms"].append(np.percentile(samples, 50))
+                rows[name]["c1_p95_ms"].append(np.percentile(samples, 95))
         for _, client in callers:
             client.close()
+    return report(rows, steps, args, "perf_analyzer" if pa else "python client")
 
-    for repo, lat, tp, st in zip(args.repositories, latency, throughput, steps):
-        line = f"{str(repo):40} c=1 p50 {np.percentile(lat, 50):6.2f} ms  p95 {np.percentile(lat, 95):6.2f} ms"
-        if tp:
-            line += f"  8 clients {np.mean(tp):6.1f} texts/s (rounds {[round(x) for x in tp]})"
+
+def report(rows: dict, steps: dict, args, client: str) -> int:
+    medians = {name: {k: float(np.median(v)) for k, v in row.items() if v} for name, row in rows.items()}
+    print(f"{args.rounds} interleaved rounds, served by {client}; load average {os.getloadavg()}; "
+          "median of the rounds [rounds]")
+    for name, row in rows.items():
+        m = medians[name]
+        line = (f"{name:44} c=1 p50 {m['c1_p50_ms']:6.2f} ms {[round(x, 2) for x in row['c1_p50_ms']]}"
+                f"  p95 {m['c1_p95_ms']:6.2f} ms")
+        if row.get("clients8_per_s"):
+            line += f"  8 clients {m['clients8_per_s']:6.1f}/s {[round(x) for x in row['clients8_per_s']]}"
         print(line)
-        for name, v in mean_step_times(st).items():
-            print(f"    {name:22} {v['success']:6.0f} us/request: queue {v['queue']:4.0f}, input {v['compute_input']:4.0f},"
+        for step, v in mean_step_times(steps.get(name, {})).items():
+            print(f"    {step:22} {v['success']:6.0f} us/request: queue {v['queue']:4.0f}, input {v['compute_input']:4.0f},"
                   f" infer {v['compute_infer']:5.0f}, output {v['compute_output']:4.0f}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({
+            "client": client, "rounds": args.rounds, "load_average_at_end": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds_by_subject": rows, "median": medians,
+            "c1_steps_us_per_request": {n: mean_step_times(s) for n, s in steps.items()}}, indent=2) + "\n")
     return 0
 
 

@@ -185,6 +185,24 @@ def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int, labe
     return call
 
 
+def one_model_caller(repository: Path, deployment: str = "sentiment"):
+    """The served one model's own code in this process (``Pipeline.run`` built from its generated
+    config.pbtxt, as the model's ``initialize`` builds it), or None for an ensemble. Served c=1
+    minus the do-nothing floor, against this, is what the server adds beyond Triton's own hop."""
+    from google.protobuf.json_format import MessageToDict
+
+    from trtserve_backend.model_config import PythonModelConfig
+    from trtserve_backend.pipeline import Pipeline
+    from trtserve_build.core.pbtxt import read_config
+
+    config = read_config(Path(repository) / deployment / "config.pbtxt")
+    if config.backend != "python" or engine_model(Path(repository), deployment) != deployment:
+        return None
+    cfg = PythonModelConfig.from_dict(MessageToDict(config, preserving_proto_field_name=True))
+    pipeline = Pipeline.from_config(cfg, str(Path(repository) / deployment / "1"))
+    return lambda text: pipeline.run([[text]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default=str(REPO_ROOT / "model_repository" / "cpu"))
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": onnxruntime_caller(artifacts / "model.onnx", artifacts / "tokenizer.json",
                                               spec.model.max_sequence_length, spec.model.labels),
         }
+        in_process = one_model_caller(Path(args.repository))
+        if in_process is not None:
+            callers["one_model"] = in_process
         if floor is not None:
             floor.wait_ready(180)
             callers["floor"], floor_client = grpc_text_caller(floor.grpc_url)
@@ -251,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 latency[name] += time_calls(call, chunk)
                 if before is not None:
                     add_step_times(c1_steps, step_stats(server.grpc_url), before)
-                if name == "floor":  # latency only: nothing to serve at throughput
+                if name in ("floor", "one_model"):  # latency only
                     continue
                 if name == "served":
                     before = encoder_batch_stats(server.grpc_url, engine)
@@ -327,6 +348,7 @@ def outside_client(server, floor, texts: list[str], args) -> dict:
 
 def print_table(r: dict) -> None:
     rows = [("served (Triton, gRPC, Python client)", "served"), ("  same models doing nothing", "floor"),
+            ("  the one model's code in-process", "one_model"),
             ("HF pipeline (PyTorch, in-process)", "pipeline"), ("raw ONNX Runtime (in-process)", "onnxruntime")]
     print(f"\nsentiment on {r['machine']['cpus']} CPU cores ({r['machine']['processor']}), {r['date']}, "
           f"{r['rounds']} interleaved rounds")
@@ -349,6 +371,9 @@ def print_table(r: dict) -> None:
                           if name != "sentiment")
         print(f"served c=1, Triton statistics, mean ms per request: {parts or 'one model'}; whole deployment "
               f"{steps['sentiment']['success'] / 1000:.2f} (the rest of the client p50 is gRPC and the client)")
+    if "floor" in r and "one_model" in r:
+        print(f"served c=1 p50 - floor = {r['served']['p50_ms'] - r['floor']['p50_ms']:.2f} ms against the one model's "
+              f"Pipeline.run in-process {r['one_model']['p50_ms']:.2f} ms (Python client)")
     if "floor" in r:
         print(f"models doing nothing (bench/ensemble_floor.py): Triton + the topology's Python hops + gRPC at c=1 cost "
               f"{r['floor']['p50_ms']:.2f} ms p50 on this machine before any work")
