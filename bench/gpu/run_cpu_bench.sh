@@ -16,7 +16,10 @@
 #     bash bench/gpu/run_cpu_bench.sh
 # Results: $OUT/bench_serving.json, $OUT/run.log, $OUT/parts.tgz (Triton log, build output).
 # AB=1 adds step 5 (the default one-model topology against the three-step ensemble, side by
-# side); MAIN_BENCH=0 skips step 4.
+# side); ORT_AB=1 adds step 6 (ONNX Runtime threading of the one model: split cores, every
+# instance all cores without spinning, one instance; bench/ort_threads_ab.py, ORT_VARIANTS to
+# choose others); MAIN_BENCH=0 skips step 4. The threading A/B alone, about 3 minutes:
+#     MAIN_BENCH=0 ORT_AB=1 bash bench/gpu/run_cpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -58,4 +61,11 @@ if [ "${AB:-0}" = 1 ]; then
         --output "$ROOT/model_repository/cpu_ensemble"
     step ab_topology 300 "${BENCH[@]}" -m bench.ab_repositories model_repository/cpu model_repository/cpu_ensemble \
         --rounds 5 --throughput-seconds 6
+fi
+
+# 6. (ORT_AB=1) ONNX Runtime threads of the one model, side by side, read by perf_analyzer, with
+#    the floor, Pipeline.run in-process and raw ONNX Runtime in the same rounds.
+if [ "${ORT_AB:-0}" = 1 ]; then
+    step ort_threads_ab 300 "${BENCH[@]}" -m bench.ort_threads_ab --rounds "${AB_ROUNDS:-3}" \
+        ${ORT_VARIANTS:+--variants "$ORT_VARIANTS"} --output "$OUT/ort_threads_ab.json"
 fi

