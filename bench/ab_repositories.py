@@ -151,7 +151,7 @@ def report(rows: dict, steps: dict, args, client: str) -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({
-            "client": client, "rounds": args.rounds, "load_average_at_end": os.getloadavg(),
+            "client": client, "rounds": args.rounds, "load_average_at_end": os.getloadavg(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds_by_subject": rows, "median": medians,
             "c1_steps_us_per_request": {n: mean_step_times(s) for n, s in steps.items()}}, indent=2) + "\n")
     return 0

@@ -7,9 +7,10 @@ once and alternates between them in rounds, by perf_analyzer when there is one (
 on PATH), with the do-nothing floor, each one model's ``Pipeline.run`` in-process and raw ONNX
 Runtime measured in the same rounds. Default variants on C cores, I = the "auto" instance count:
 
-    split  I instances x C/I threads, spinning   ("auto" today: 2 x 8 on 16 cores, 2 x 1 on 2)
-    all    I instances x C threads, not spinning (a c=1 request uses every core; concurrent
-           runs sleep instead of spinning against each other)
+    split  I instances x C/I threads, spinning   ("auto" before issue 13's thread A/B: 2 x 8 on
+           16 cores, 2 x 1 on 2)
+    all    I instances x C threads, not spinning ("auto" now: a c=1 request uses every core;
+           concurrent runs sleep instead of spinning against each other)
     one    1 instance  x C threads, spinning
 
     python -m bench.ort_threads_ab [--variants all:2:16:false,...] [--rounds 3] [--output FILE]
@@ -17,6 +18,7 @@ Runtime measured in the same rounds. Default variants on C cores, I = the "auto"
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -71,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         repos.append(str(repo))
     from bench import perf_analyzer
 
-    return ab_repositories.main([*repos, "--rounds", str(args.rounds), "--requests", str(args.requests),
-                                 "--throughput-seconds", str(args.throughput_seconds), "--floor", "--in-process",
-                                 "--raw-onnxruntime", "--output", str(args.output),
-                                 *(["--perf-analyzer"] if perf_analyzer.command() else [])])
+    rc = ab_repositories.main([*repos, "--rounds", str(args.rounds), "--requests", str(args.requests),
+                               "--throughput-seconds", str(args.throughput_seconds), "--floor", "--in-process",
+                               "--raw-onnxruntime", "--output", str(args.output),
+                               *(["--perf-analyzer"] if perf_analyzer.command() else [])])
+    result = json.loads(args.output.read_text())
+    result["variants"] = {repo: dict(zip(("instance_count", "intra_op_threads", "thread_spinning"), v[1:]))
+                          for repo, v in zip(repos, variants)}
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return rc
 
 
 if __name__ == "__main__":

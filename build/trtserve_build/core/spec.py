@@ -97,7 +97,7 @@ class EngineSpec:
     #: more texts/s with several, because each step handles one execution at a time.
     tokenizer_instances: int | str = 1
     postprocess_instances: int | str = 1
-    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = cores / instances).
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = every core of the host).
     intra_op_threads: int | str = 0
     #: ONNX Runtime worker threads spin while a run is in flight (true) or sleep until woken
     #: (false); "auto": spin unless the instances' threads together outnumber the host's cores
