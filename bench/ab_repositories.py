@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-seconds", type=float, default=0.0,
                         help="also measure 8-client throughput for this long per variant per round")
     parser.add_argument("--perf-analyzer", action="store_true",
-                        help="served c=1 (and 8 clients) by perf_analyzer ($PERF_ANALYZER) instead of the Python client")
+                        help="served c=1 (and 8 clients) by perf_analyzer ($PERF_ANALYZER), not the Python client")
+    parser.add_argument("--pa-ms", type=int, default=1500,
+                        help="perf_analyzer c=1 measurement window (three per value)")
     parser.add_argument("--floor", action="store_true", help="add the first repository's do-nothing floor (c=1)")
     parser.add_argument("--in-process", action="store_true", help="add each one model's Pipeline.run in-process")
     parser.add_argument("--raw-onnxruntime", action="store_true", help="add raw ONNX Runtime in-process")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 floor = args.floor and server is servers[-1]
                 before = step_stats(server.grpc_url)
                 if pa:
-                    got = perf_analyzer.run("sentiment", server.grpc_url, 1, data, measurement_ms=1500, pa=pa,
+                    got = perf_analyzer.run("sentiment", server.grpc_url, 1, data, measurement_ms=args.pa_ms, pa=pa,
                                             workdir=work)
                     lat = [got.get("p50_ms", float("nan"))], [got.get("p95_ms", float("nan"))]
                 else:

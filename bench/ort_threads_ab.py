@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="name:instances:threads:spinning,... (default: split, all, one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100, help="Python-client c=1 requests per round")
-    parser.add_argument("--throughput-seconds", type=float, default=4.5)
+    parser.add_argument("--throughput-seconds", type=float, default=3.0,
+                        help="8 clients per variant per round (perf_analyzer: three windows of a third)")
+    parser.add_argument("--pa-ms", type=int, default=1000, help="perf_analyzer c=1 window (three per value)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "results" / "ort_threads_ab.json")
     args = parser.parse_args(argv)
 
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench import perf_analyzer
 
     rc = ab_repositories.main([*repos, "--rounds", str(args.rounds), "--requests", str(args.requests),
-                               "--throughput-seconds", str(args.throughput_seconds), "--floor", "--in-process",
-                               "--raw-onnxruntime", "--output", str(args.output),
+                               "--throughput-seconds", str(args.throughput_seconds), "--pa-ms", str(args.pa_ms),
+                               "--floor", "--in-process", "--raw-onnxruntime", "--output", str(args.output),
                                *(["--perf-analyzer"] if perf_analyzer.command() else [])])
     result = json.loads(args.output.read_text())
     result["variants"] = {repo: dict(zip(("instance_count", "intra_op_threads", "thread_spinning"), v[1:]))
