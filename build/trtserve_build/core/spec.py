@@ -90,18 +90,14 @@ class EngineSpec:
     #: Instances of the encoder (ensemble) or of the one model (single topology); "auto": sized
     #: from the cores of the host that generates the repository (core.instances.host_sized).
     instance_count: int | str = 1
-    #: "auto" | "ensemble" | "single" (enums.TOPOLOGIES; DeploymentSpec.topology resolves it).
-    topology: str = AUTO
-    #: Instances of the Python-backend tokenizer and postprocess models in this variant (each
-    #: its own process): one keeps a 2-core machine free for the encoder; a large host serves
-    #: more texts/s with several, because each step handles one execution at a time.
+    topology: str = AUTO  # "auto" | "ensemble" | "single" (enums.TOPOLOGIES; DeploymentSpec.topology)
+    #: Python-backend tokenizer / postprocess instances (each a process): one keeps a 2-core
+    #: machine free for the encoder; a large host serves more with several (one execution each).
     tokenizer_instances: int | str = 1
     postprocess_instances: int | str = 1
-    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = every core of the host).
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = every core of the host)
+    #: and whether they spin in a run or sleep until woken ("auto": core.instances.thread_spinning).
     intra_op_threads: int | str = 0
-    #: ONNX Runtime worker threads spin while a run is in flight (true) or sleep until woken
-    #: (false); "auto": spin unless the instances' threads together outnumber the host's cores
-    #: (core.instances.thread_spinning).
     thread_spinning: bool | str = AUTO
     #: torch backend: transformers attention implementation traced into the TorchScript.
     attention: str = "sdpa"
