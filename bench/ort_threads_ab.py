@@ -7,10 +7,9 @@ once and alternates between them in rounds, by perf_analyzer when there is one (
 on PATH), with the do-nothing floor, each one model's ``Pipeline.run`` in-process and raw ONNX
 Runtime measured in the same rounds. Default variants on C cores, I = the "auto" instance count:
 
-    split  I instances x C/I threads, spinning   ("auto" before issue 13's thread A/B: 2 x 8 on
-           16 cores, 2 x 1 on 2)
-    all    I instances x C threads, not spinning ("auto" now: a c=1 request uses every core;
-           concurrent runs sleep instead of spinning against each other)
+    split  I instances x C/I threads, spinning   ("auto": 2 x 8 on 16 cores, 2 x 1 on 2)
+    all    I instances x C threads, not spinning (a c=1 request uses every core; concurrent
+           runs sleep instead of spinning against each other)
     one    1 instance  x C threads, spinning
 
     python -m bench.ort_threads_ab [--variants all:2:16:false,...] [--rounds 3] [--output FILE]

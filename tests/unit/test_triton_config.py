@@ -138,7 +138,7 @@ def test_tensorrt_stays_an_ensemble(sentiment_spec):
 
 @pytest.mark.parametrize("cores, expected", [
     # (one model on the GPU, ONNX Runtime instances, ORT threads, tokenizer instances)
-    (2, (1, 2, 2, 1)), (16, (8, 2, 16, 4)), (64, (8, 4, 64, 8)),
+    (2, (1, 2, 1, 1)), (16, (8, 2, 8, 4)), (64, (8, 4, 16, 8)),
 ])
 def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, expected):
     spec = with_engine(with_engine(sentiment_spec, "gpu_torch", instance_count="auto"), "cpu",
@@ -151,12 +151,12 @@ def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, exp
 
 
 @pytest.mark.parametrize("engine, cores, spinning", [
-    # "auto": every instance with all cores; their threads share cores, so they sleep between ops
-    (dict(instance_count="auto", intra_op_threads="auto"), 2, False),
-    (dict(instance_count="auto", intra_op_threads="auto"), 16, False),
-    # instances x threads that fill the cores exactly: spin
-    (dict(instance_count="auto", intra_op_threads=8), 16, True),
-    (dict(instance_count=2, intra_op_threads=1), 2, True),
+    # "auto" instances x "auto" threads fill the cores exactly: spin (as before this knob)
+    (dict(instance_count="auto", intra_op_threads="auto"), 2, True),
+    (dict(instance_count="auto", intra_op_threads="auto"), 16, True),
+    # every instance with all cores: their threads share cores, so they sleep between ops
+    (dict(instance_count="auto", intra_op_threads=16), 16, False),
+    (dict(instance_count=2, intra_op_threads=2), 2, False),
     (dict(instance_count=2, intra_op_threads=2), 2, False),
     # one instance with ONNX Runtime's default threads (one per core): spin
     (dict(instance_count=1, intra_op_threads=0), 8, True),

@@ -41,14 +41,13 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     "auto": the one model (single topology) on a GPU gets cores/2 instances, up to 8
     (tokenizing and the Python-backend hop are per-request CPU work; on an H200 host 8 served
     35.9k texts/s and 12 served 24.3k); an ONNX Runtime engine one instance per 8 cores, at least
-    2 and at most 4 (one run is parallel inside: few wide instances; two, so that one request
-    tokenizes while another runs the graph: with one, a 2-deep queue under 24 retrying clients
-    on the 2-vCPU VM turned requests away 50 times in a row, with two it did not), each with
-    intra-op threads on every core, so that a request alone uses them all; their threads then
-    outnumber the cores, so "auto" thread_spinning turns spinning off (:func:`thread_spinning`).
-    On the 2-vCPU VM (bench/ort_threads_ab.py, load 5-7) 2 x 2 sleeping threads against 2 x 1:
-    c=1 p50 14.7 vs 17.7, 16.7 vs 17.1, 17.7 vs 22.0 ms and 87 vs 86, 96 vs 65, 82 vs 67
-    texts/s at 8 clients in three runs; 2 x 2 spinning threads: 26.3 ms and 45 texts/s;
+    2 and at most 4, with cores/instances intra-op threads (one run is parallel inside: few wide
+    instances; two, so that one request tokenizes while another runs the graph: with one, a
+    2-deep queue under 24 retrying clients on the 2-vCPU VM turned requests away 50 times in a
+    row, with two it did not). Every instance with threads on all cores, sleeping instead of
+    spinning (intra_op_threads = cores, thread_spinning "auto"), won c=1 in 4 of 5 A/Bs on the
+    2-vCPU VM but not 8-client throughput on a quiet one (bench/gpu/NOTES.md, session 6): not
+    the default until the 16-core A/B (bench/ort_threads_ab.py) says so;
     tokenizer and postprocess steps of an ensemble one instance per 4 cores, up to 8.
     """
     engine = spec.engine(variant)
@@ -57,7 +56,7 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
         return int(value)
     cores = cores or os.cpu_count() or 1
     if knob == "intra_op_threads":
-        return cores
+        return max(1, cores // host_sized(spec, variant, "instance_count", cores))
     if knob in ("tokenizer_instances", "postprocess_instances"):
         return max(1, min(8, cores // 4))
     if engine.backend == "torch" and resolve_topology(engine) == "single":

@@ -95,7 +95,7 @@ class EngineSpec:
     #: machine free for the encoder; a large host serves more with several (one execution each).
     tokenizer_instances: int | str = 1
     postprocess_instances: int | str = 1
-    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = every core of the host)
+    #: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, "auto" = cores / instances)
     #: and whether they spin in a run or sleep until woken ("auto": core.instances.thread_spinning).
     intra_op_threads: int | str = 0
     thread_spinning: bool | str = AUTO
