@@ -26,6 +26,7 @@ Every event is logged with its cause; the counts are in :class:`~.status.Supervi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.error
 
@@ -299,12 +300,14 @@ class Supervisor:
         try:
             started = time.monotonic()
             for model in suspects:
-                self.server.unload_model(model, timeout=self.settings.reload_timeout_s)
+                while_alive(self.server.process, f"the unload of {model}", self.server.unload_model, model,
+                            timeout=self.settings.reload_timeout_s)
             for st in reap(old, wait_s=0.5):
                 log.warning("killed stub %s (pid %d): still running after its model was unloaded", st.instance, st.pid)
             unloaded = time.monotonic()
             for model in suspects:
-                self.server.load_model(model, timeout=self.settings.reload_timeout_s)
+                while_alive(self.server.process, f"the load of {model}", self.server.load_model, model,
+                            timeout=self.settings.reload_timeout_s)
                 self.stats.add("reloads", model)
             log.info("unload %.2fs, load %.2fs", unloaded - started, time.monotonic() - unloaded)
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -357,3 +360,27 @@ class Supervisor:
             self.stats.recovered("all", "restart", took)
             log.warning("tritonserver restarted, %s answering, %.2fs after detection", ", ".join(names), took)
             return
+
+
+def while_alive(process, what: str, call, *args, poll_s: float = 0.1, **kwargs):
+    """``call(*args, **kwargs)`` (a blocking repository request), given up as soon as ``process``
+    (tritonserver) exits meanwhile: OSError naming ``what``, so the caller restarts the server now
+    instead of waiting out the request's timeout (Triton 2.51 can crash while it unloads a model
+    whose stub died; measured: the reload then waited its whole 30 s)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = call(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="trtserve-repository-call", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll_s)
+        if worker.is_alive() and process is not None and process.poll() is not None:
+            raise OSError(f"tritonserver exited ({describe_exit(process.returncode)}) during {what}")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
