@@ -8,8 +8,11 @@
 #      cores) and with one: perf_analyzer's p50 beside Triton's queue/execution statistics, and
 #      each stub's own seconds per phase (read, tokenize, engine, postprocess, respond; logged by
 #      the model at shutdown into the Triton log);
-#   4. the phase lines and the c=1 rows into $OUT/latency_probe.md.
-# Prepare: `make gpu-pack`; device tool, carry .device:  bash bench/gpu/run_latency_probe.sh
+#   4. MPS_AB=1: the same with CUDA MPS (one GPU context shared by the stubs: no time-slicing
+#      between 8 contexts), started as a user-space daemon (nvidia-cuda-mps-control, if the
+#      machine has it; GPU settings untouched) and quit at the end; plus c=256,512 with and without;
+#   5. the phase lines and the rows into $OUT/latency_probe.md.
+# Prepare: `make gpu-pack`; device tool, carry .device:  [MPS_AB=1] bash bench/gpu/run_latency_probe.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -27,23 +30,41 @@ step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" -
 step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \
     --texts "$DEV/data/texts.txt" --out "$PARTS/inprocess.json"
 export TRTSERVE_PHASE_TIMES=1
-for n in $INSTANCES; do
-    step "c1_x$n" 70 "$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository "$WORK/repository" \
-        --label "c1_x$n" --no-check --instances "$n" --deployments sentiment --concurrency 1 --measurement-ms 4000 \
-        --out "$PARTS/c1_x$n.json" --log "$PARTS/triton_c1_x$n.log"
-done
+PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository "$WORK/repository" --no-check
+    --deployments sentiment --measurement-ms 4000)
+LABELS=()
+probe() {  # probe LABEL INSTANCES CONCURRENCY
+    LABELS+=("$1")
+    step "$1" 70 "${PA[@]}" --label "$1" --instances "$2" --concurrency "$3" --out "$PARTS/$1.json" --log "$PARTS/triton_$1.log"
+}
+for n in $INSTANCES; do probe "c1_x$n" "$n" 1; done
+if [ "${MPS_AB:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    probe peak_x8 8 256,512
+    export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps/pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d && log "MPS daemon started"
+    trap 'echo quit | nvidia-cuda-mps-control; pack' EXIT
+    for n in $INSTANCES; do probe "mps_c1_x$n" "$n" 1; done
+    probe mps_peak_x8 8 256,512
+    echo quit | nvidia-cuda-mps-control && log "MPS daemon stopped"
+    trap pack EXIT
+elif [ "${MPS_AB:-0}" = 1 ]; then
+    log "no nvidia-cuda-mps-control on this machine: MPS A/B skipped"
+fi
 {
     echo "# served concurrency 1: where the time goes ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"
-    for n in $INSTANCES; do
-        echo; echo "## $n instance(s)"; echo '```'
+    for label in "${LABELS[@]}"; do
+        echo; echo "## $label"; echo '```'
         "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
 for row in r["deployments"]["sentiment"]["sweep"]:
-    print({k: row.get(k) for k in ("concurrency", "infer_per_s", "p50_ms", "p99_ms")}, row.get("stages"))' "$PARTS/c1_x$n.json"
-        grep -h "phase times" "$PARTS/triton_c1_x$n.log" | sed 's/^.*\] //'
+    print({k: row.get(k) for k in ("concurrency", "infer_per_s", "p50_ms", "p99_ms")}, row.get("stages"),
+          {k: row.get("load", {}).get(k) for k in ("cores_busy", "gpu_util_mean_pct")})' "$PARTS/$label.json"
+        grep -h "phase times" "$PARTS/triton_$label.log" | sed 's/^.*\] //'
         echo '```'
     done
     echo; echo "## in-process (the same Pipeline, one text)"; echo '```'
-    "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps(r.get("sentiment", r), indent=1)[:3000])' "$PARTS/inprocess.json"
+    "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))["deployments"]["sentiment"]
+print(json.dumps({k: r.get(k) for k in ("pipeline_one_text", "pipeline_stages_p50_ms")}, indent=1))' "$PARTS/inprocess.json"
     echo '```'
 } > "$OUT/latency_probe.md" 2>&1
 cat "$OUT/latency_probe.md"
