@@ -8,7 +8,8 @@
 #      cores) and with one: perf_analyzer's p50 beside Triton's queue/execution statistics, and
 #      each stub's own seconds per phase (read, tokenize, engine, postprocess, respond; logged by
 #      the model at shutdown into the Triton log);
-#   4. MPS_AB=1: the same with CUDA MPS (one GPU context shared by the stubs: no time-slicing
+#   4. PEAK=1: sentiment and embed at 256 and 512 clients with "auto" (8) instances;
+#      MPS_AB=1: the same with CUDA MPS (one GPU context shared by the stubs: no time-slicing
 #      between 8 contexts), started as a user-space daemon (nvidia-cuda-mps-control, if the
 #      machine has it; GPU settings untouched) and quit at the end; plus c=256,512 with and without;
 #   5. the phase lines and the rows into $OUT/latency_probe.md.
@@ -31,13 +32,16 @@ step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/re
     --texts "$DEV/data/texts.txt" --out "$PARTS/inprocess.json"
 export TRTSERVE_PHASE_TIMES=1
 PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository "$WORK/repository" --no-check
-    --deployments sentiment --measurement-ms 4000)
+    --measurement-ms 4000)
 LABELS=()
-probe() {  # probe LABEL INSTANCES CONCURRENCY
+probe() {  # probe LABEL INSTANCES CONCURRENCY [DEPLOYMENTS]
     LABELS+=("$1")
-    step "$1" 70 "${PA[@]}" --label "$1" --instances "$2" --concurrency "$3" --out "$PARTS/$1.json" --log "$PARTS/triton_$1.log"
+    step "$1" 90 "${PA[@]}" --label "$1" --instances "$2" --concurrency "$3" --deployments "${4:-sentiment}" \
+        --out "$PARTS/$1.json" --log "$PARTS/triton_$1.log"
 }
 for n in $INSTANCES; do probe "c1_x$n" "$n" 1; done
+# PEAK=1: both deployments' peak with "auto" (8) instances, as `make gpu-bench` measures it
+[ "${PEAK:-0}" = 1 ] && probe peak 8 256,512 sentiment,embed
 if [ "${MPS_AB:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
     probe peak_x8 8 256,512
     export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps/pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps/log
@@ -56,9 +60,10 @@ fi
     for label in "${LABELS[@]}"; do
         echo; echo "## $label"; echo '```'
         "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
-for row in r["deployments"]["sentiment"]["sweep"]:
-    print({k: row.get(k) for k in ("concurrency", "infer_per_s", "p50_ms", "p99_ms")}, row.get("stages"),
-          {k: row.get("load", {}).get(k) for k in ("cores_busy", "gpu_util_mean_pct")})' "$PARTS/$label.json"
+for name, d in r["deployments"].items():
+    for row in d["sweep"]:
+        print(name, {k: row.get(k) for k in ("concurrency", "infer_per_s", "p50_ms", "p99_ms")}, row.get("stages"),
+              {k: row.get("load", {}).get(k) for k in ("cores_busy", "gpu_util_mean_pct")})' "$PARTS/$label.json"
         grep -h "phase times" "$PARTS/triton_$label.log" | sed 's/^.*\] //'
         echo '```'
     done
