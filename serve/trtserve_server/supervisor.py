@@ -26,7 +26,6 @@ Every event is logged with its cause; the counts are in :class:`~.status.Supervi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.error
 
@@ -34,7 +33,7 @@ from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .policy import Backoff, SupervisorSettings, describe_exit
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of
+from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of, while_alive
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -87,6 +86,24 @@ class Supervisor:
         self._down_since = None
         self.stats.set(server_up=True)
         return [d.name for d in self.deployments]
+
+    def start_first(self, attempts: int = 3) -> list[str]:
+        """The first start: a tritonserver killed by a signal while loading (seen: SIGABRT from
+        the Python backend's shared-memory lock when loads took over 30 s on an overloaded
+        machine) is started again, up to ``attempts`` times; an error exit (a broken repository)
+        is not retried, so `make serve` fails fast and says why."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.start()
+            except ServerError as e:
+                code = self.server.process.returncode if self.server.process else None
+                if code is None or code >= 0 or attempt == attempts or self._stopping:
+                    raise
+                log.warning("tritonserver %s while loading (start %d of %d); starting it again: %s",
+                            describe_exit(code), attempt, attempts, e)
+                self.server.kill()
+                release_regions(self._regions)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         self._stopping = True
@@ -361,26 +378,3 @@ class Supervisor:
             log.warning("tritonserver restarted, %s answering, %.2fs after detection", ", ".join(names), took)
             return
 
-
-def while_alive(process, what: str, call, *args, poll_s: float = 0.1, **kwargs):
-    """``call(*args, **kwargs)`` (a blocking repository request), given up as soon as ``process``
-    (tritonserver) exits meanwhile: OSError naming ``what``, so the caller restarts the server now
-    instead of waiting out the request's timeout (Triton 2.51 can crash while it unloads a model
-    whose stub died; measured: the reload then waited its whole 30 s)."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = call(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=run, name="trtserve-repository-call", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(poll_s)
-        if worker.is_alive() and process is not None and process.poll() is not None:
-            raise OSError(f"tritonserver exited ({describe_exit(process.returncode)}) during {what}")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
