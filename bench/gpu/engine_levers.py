@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,8 +40,8 @@ sys.path[:0] = [str(HERE), *(str(HERE.parents[1] / d) for d in ("build", "serve"
 import torch  # noqa: E402
 
 import levers_models as lm  # noqa: E402
-from levers_util import (TARGET_1X128_MS, TARGET_SEQ_PER_S, StepTimeout, agreement, graphed,  # noqa: E402,F401
-                         make_feeds, table, time_cap, time_cpu)
+from levers_util import (TARGET_1X128_MS, TARGET_SEQ_PER_S, StepTimeout, agreement, cuda_usable,  # noqa: E402,F401
+                         graphed, make_feeds, table, time_cap, time_cpu)
 from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 from trtserve_build.stages.torchscript import SANITY_MIN_COSINE  # noqa: E402
 
@@ -55,6 +56,7 @@ TRACED = ("nomask", "lean_nomask_lt_sdpa")
 #: Rough cost of one (lever, shape) step, to skip what cannot finish inside the budget.
 STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0, "aoti": 45.0}
 DEFERRED = "deferred"
+RESTART_EXIT = 75  # the exit status of a run that lost its CUDA context (the shell script resumes it)
 
 
 def log(msg: str) -> None:
@@ -160,6 +162,12 @@ class Run:
             self.result["errors"][key] = f"{type(e).__name__}: {str(e)[:500]}"
             log(f"{key} failed after {time.perf_counter() - started:.0f}s: {self.result['errors'][key]}")
             row = None
+            if self.cuda and not cuda_usable():  # a kernel fault: every later step would fail in this process
+                self.result["errors"][key] += " (CUDA context lost: the process ends, run_engine_levers.sh resumes)"
+                self.result.pop("running", None)
+                self.save()
+                log("CUDA context lost; exiting for a resumed run")
+                os._exit(RESTART_EXIT)
         finally:
             self.result.pop("running", None)
             if self.cuda:

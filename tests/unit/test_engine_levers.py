@@ -158,6 +158,12 @@ def test_inductor_settings_restore_and_refuse_unknown_names():
     assert cfg.freezing == before
 
 
+def test_cuda_usable_is_false_without_a_working_context():
+    # the run exits for a resumed one only when this is False after a failed step
+    assert el.cuda_usable() is bool(torch.cuda.is_available())
+    assert el.RESTART_EXIT not in (0, 1, 124, 137)  # distinct from success, Python errors and timeouts
+
+
 def test_time_cap_interrupts_a_long_step():
     started = time.perf_counter()
     with pytest.raises(el.StepTimeout):
