@@ -220,6 +220,16 @@ class Fp8Linear(torch.nn.Module):
 
 # ---- attention with one fused QKV projection ---------------------------------------------------
 
+def attend(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """Attention from a packed [b, s, 3*H] projection: [b, heads, s, d] views of it into SDPA
+    (scale 1/sqrt(d), BERT's) -> [b, s, H]."""
+    b, s, three_h = qkv.shape
+    hidden = three_h // 3
+    q, k, v = qkv.view(b, s, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # looked up at call time: the tests' spy sees it
+    return out.transpose(1, 2).reshape(b, s, hidden)
+
+
 class FusedSelfAttention(torch.nn.Module):
     """BertSelfAttention (SDPA) with Q, K and V from one projection; same call and outputs."""
 
@@ -227,15 +237,9 @@ class FusedSelfAttention(torch.nn.Module):
         super().__init__()
         self.qkv = projection
         self.heads = sa.num_attention_heads
-        self.head_dim = sa.attention_head_size
-        self.scaling = sa.scaling
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        b, s, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
-        return out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim), None
+        return attend(self.qkv(hidden_states), attention_mask, self.heads), None
 
 
 def _qkv(sa):
