@@ -22,7 +22,6 @@ Position ids are 0..s-1 (BERT's absolute positions); dropout is off (eval), as i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import levers_models as lm
 
