@@ -268,6 +268,8 @@ class Run:
         feeds = make_feeds(2, self.args.seq, self.config.vocab_size, self.device, seed=1, padded=False)
         for name in TRACED:
             lever = lm.LEVERS_BY_NAME[name]
+            store[name] = {"error": "did not finish (the process died in it)"}  # what a resumed run finds
+            self.save()
             try:
                 with time_cap(min(self.args.micro_cap_s, max(self.left() - 60, 1.0))), lm.attention_backend(lever):
                     store[name] = levers_micro.sdpa_trace(lm.build(self.fp32, lever, self.amax).to(self.device), feeds)
