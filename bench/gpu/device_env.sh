@@ -56,3 +56,11 @@ export IMAGE_PYTHONPATH=$WORK/imagesite
 log "stub python: $("$STUB_PY" -c 'import sys, numpy, torch, tokenizers, grpc, tritonclient.grpc; print(sys.version.split()[0], "numpy", numpy.__version__, "torch", torch.__version__, "cuda", torch.cuda.is_available(), "tokenizers", tokenizers.__version__, "grpc", grpc.__version__)' 2>&1 | tail -1)"
 log "image python: $(PYTHONPATH=$IMAGE_PYTHONPATH "$IMAGE_PY" -c 'import sys, numpy, torch, transformers, google.protobuf as pb; print(sys.version.split()[0], "numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "protobuf", pb.__version__)' 2>&1 | tail -1)"
 
+
+# perf_analyzer from its wheel: the binary runs natively on the GPU machine (glibc >= 2.38)
+setup_perf_analyzer() {
+    "$IMAGE_PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/pa" "$DEV"/wheels/perf_analyzer-*.whl
+    chmod +x "$WORK/pa/perf_analyzer/bin/perf_analyzer"
+    export PERF_ANALYZER=$WORK/pa/perf_analyzer/bin/perf_analyzer
+    log "perf_analyzer: $("$PERF_ANALYZER" --version 2>&1 | head -1)"
+}

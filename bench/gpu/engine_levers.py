@@ -10,11 +10,13 @@ same lever run eagerly at 32 rows; both must reach the build's fp16 gate
 (``trtserve_build.stages.torchscript.SANITY_MIN_COSINE``). Every step has its own time cap
 (SIGALRM), a failure is a result, and the JSON is rewritten after each step.
 
-Order (the run must fit one device call): microbenchmarks (attention backends with/without a
-mask, the FFN GEMM with GELU after it or in the cuBLASLt epilogue, FP8 GEMMs: a GEMM-only bound);
-every lever at 256x128; 512x128 for the baseline and the best passing levers; 1x128 for the
-baseline and the best; then, in the time left, the long autotune lever and 1024x128 for the best;
-the baseline re-timed at the end (the spread between two timings of one engine).
+Order (the run must fit one device call): microbenchmarks (attention backends and mask forms,
+the FFN GEMM with GELU after it or in the cuBLASLt epilogue, FP8 GEMMs: a GEMM-only bound); which
+attention ops torch.compile ends up with for the HF model without a mask and the lean encoder
+tracing SDPA itself (levers_micro.sdpa_trace); every lever at 256x128, the most promising first;
+512x128 for the baseline and the best passing levers; 1x128 for the baseline and the best; then,
+in the time left, the late levers and 1024x128 for the best; the baseline re-timed at the end (the
+spread between two timings of one engine).
 
 GPU: ``python3 bench/gpu/engine_levers.py --out $OUT/engine_levers.json`` (bench/gpu/run_engine_levers.sh).
 CPU rehearsal (tiny BERT, eager, no graphs): ``python bench/gpu/engine_levers.py --dry-run --out x.json``.
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,18 +40,23 @@ sys.path[:0] = [str(HERE), *(str(HERE.parents[1] / d) for d in ("build", "serve"
 import torch  # noqa: E402
 
 import levers_models as lm  # noqa: E402
-from levers_util import (TARGET_1X128_MS, TARGET_SEQ_PER_S, StepTimeout, agreement, graphed,  # noqa: E402,F401
-                         make_feeds, table, time_cap, time_cpu)
+from levers_util import (TARGET_1X128_MS, TARGET_SEQ_PER_S, StepTimeout, agreement, cuda_usable,  # noqa: E402,F401
+                         graphed, make_feeds, table, time_cap, time_cpu)
 from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 from trtserve_build.stages.torchscript import SANITY_MIN_COSINE  # noqa: E402
 
 #: Levers run when --levers is not given (the rest: name them, or --levers all).
-DEFAULT_LEVERS = ("baseline", "lt_gelu", "nomask", "nomask_lt_gelu", "fp8_mask", "eager_mask", "eager_lt_gelu",
-                  "mask_cudnn", "bf16_nomask_lt_gelu", "fp8_nomask", "nomask_cudnn", "nomask_lt_gelu_cdt")
-LATE_LEVERS = ("aoti_baseline", "autotune_triton_nomask")  # only with the time left at the end
+#: Session 6: the lean encoder (levers_lean.py) beside the baseline and session 5's best (lt_gelu).
+DEFAULT_LEVERS = ("baseline", "lean_nomask_lt", "lt_gelu", "lean_kpad_lt", "lean_nomask_fp8ffn", "lean_mask_lt",
+                  "lean_nomask_erf", "eager_lean_nomask_lt", "lean_nomask_lt_sdpa", "lean_nomask_fp8")
+LATE_LEVERS = ("nomask_lt_gelu",)  # only with the time left at the end
+#: Models whose compiled attention ops sdpa_trace reports (the session-5 no-mask slowdown, and the lean
+#: encoder letting Inductor trace SDPA).
+TRACED = ("nomask", "lean_nomask_lt_sdpa")
 #: Rough cost of one (lever, shape) step, to skip what cannot finish inside the budget.
 STEP_ESTIMATE_S = {None: 6.0, "default": 18.0, "max-autotune-no-cudagraphs": 150.0, "aoti": 45.0}
 DEFERRED = "deferred"
+RESTART_EXIT = 75  # the exit status of a run that lost its CUDA context (the shell script resumes it)
 
 
 def log(msg: str) -> None:
@@ -138,10 +146,11 @@ class Run:
             log(self.result["errors"][key] + f" ({key})")
             self.save()
             return None
-        self.result["levers"].setdefault(lever.name, {"what": lever.what, "dtype": lever.dtype, "mask": lever.mask,
-                                                       "gelu": lever.gelu, "gemm": lever.gemm,
-                                                       "attention": lever.attention, "compile": lever.compile,
-                                                       "inductor": lever.inductor, "note": lever.precision_note})
+        self.result["levers"].setdefault(lever.name, {
+            "what": lever.what, "encoder": lever.encoder, "dtype": lever.dtype, "mask": lever.mask,
+            "mask_form": lever.mask_form if lever.mask else None, "gelu": lever.gelu, "gemm": lever.gemm,
+            "attention": lever.attention, "attention_op": lever.attention_op if lever.encoder == "lean" else None,
+            "compile": lever.compile, "inductor": lever.inductor, "note": lever.precision_note})
         self.result["running"] = key
         self.save()
         started = time.perf_counter()
@@ -153,6 +162,12 @@ class Run:
             self.result["errors"][key] = f"{type(e).__name__}: {str(e)[:500]}"
             log(f"{key} failed after {time.perf_counter() - started:.0f}s: {self.result['errors'][key]}")
             row = None
+            if self.cuda and not cuda_usable():  # a kernel fault: every later step would fail in this process
+                self.result["errors"][key] += " (CUDA context lost: the process ends, run_engine_levers.sh resumes)"
+                self.result.pop("running", None)
+                self.save()
+                log("CUDA context lost; exiting for a resumed run")
+                os._exit(RESTART_EXIT)
         finally:
             self.result.pop("running", None)
             if self.cuda:
@@ -245,11 +260,29 @@ class Run:
                         f"{default['back_to_back_ms']:.3f} ms ({kind})")
         return None
 
+    def trace_attention(self) -> None:
+        """levers_micro.sdpa_trace for the TRACED levers (no timing; a failure is recorded)."""
+        import levers_micro
+
+        store = self.result["micro"].setdefault("sdpa_trace", {})
+        feeds = make_feeds(2, self.args.seq, self.config.vocab_size, self.device, seed=1, padded=False)
+        for name in TRACED:
+            lever = lm.LEVERS_BY_NAME[name]
+            store[name] = {"error": "did not finish (the process died in it)"}  # what a resumed run finds
+            self.save()
+            try:
+                with time_cap(min(self.args.micro_cap_s, max(self.left() - 60, 1.0))), lm.attention_backend(lever):
+                    store[name] = levers_micro.sdpa_trace(lm.build(self.fp32, lever, self.amax).to(self.device), feeds)
+            except Exception as e:  # noqa: BLE001 - a diagnostic, not the measurement
+                store[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            log(f"sdpa_trace {name}: {store[name]}")
+            self.save()
+
     # -- phases ----------------------------------------------------------------------------------
-    def best(self, batch: int, count: int, gemm: str = "fp16") -> list[str]:
-        """The fastest levers within tolerance at ``batch`` (fp16/bf16 GEMMs, or fp8), baseline aside."""
+    def best(self, batch: int, count: int, fp8: bool = False) -> list[str]:
+        """The fastest levers within tolerance at ``batch`` (fp16/bf16 GEMMs, or any fp8), baseline aside."""
         rows = [r for r in self.result["rows"] if r["batch"] == batch and r["within_tolerance"]
-                and r["lever"] != lm.BASELINE and self.result["levers"][r["lever"]]["gemm"] == gemm]
+                and r["lever"] != lm.BASELINE and lm.LEVERS_BY_NAME[r["lever"]].fp8 == fp8]
         rows.sort(key=lambda r: -r["throughput_per_s"])
         return [r["lever"] for r in rows[:count]]
 
@@ -263,10 +296,12 @@ class Run:
                                      device=self.device, timer=self.micro_timer, log=log, save=self.save)
             self.result["micro"]["done"] = True
             self.save()
+        if not a.skip_micro and "sdpa_trace" not in self.result["micro"]:
+            self.trace_attention()
         deferred = [lv for lv in levers
                     if self.step(lv, a.batch, keep=lv.name == lm.BASELINE, reserve=a.reserve_s) is DEFERRED]
         by_name = {lv.name: lv for lv in levers + late}
-        for name in [lm.BASELINE, *self.best(a.batch, a.top), *self.best(a.batch, 1, "fp8")]:
+        for name in [lm.BASELINE, *self.best(a.batch, a.top), *self.best(a.batch, 1, fp8=True)]:
             if name in by_name:
                 for batch in a.more_batches:
                     self.step(by_name[name], batch)

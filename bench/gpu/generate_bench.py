@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # loadtest/ (the build's text data)
 for sub in ("contract", "serve", "client", "tools", "build"):
     sys.path.insert(0, str(ROOT / sub))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,7 +124,8 @@ def baseline(args) -> dict:
     if gpu:
         torch.cuda.empty_cache()
     executor = TorchExecutor.from_checkpoint(str(ckpt), max_batch=64, dtype="fp16" if gpu else "fp32", device=args.device,
-                                             graph_batch_sizes=[1, 2, 4, 8, 16, 32, 64], max_length=1024)
+                                             graph_batch_sizes=[1, 2, 4, 8, 16, 32, 64], max_length=1024,
+                                             max_prompt=512)  # as served: limits.max_prompt_tokens
     token_bytes = TokenBytes.from_tokenizer_json(str(ckpt / "tokenizer.json"))
     result["engine_step_ms"] = _step_times(torch, executor, prompts, sync)
     print(f"engine step alone (ms): {result['engine_step_ms']}", flush=True)
@@ -167,6 +169,17 @@ def _step_times(torch, executor, prompts, sync, steps=20):
         out[str(b)] = row
         for slot in slots:
             executor.release(slot)
+    for k in (1, 8):  # a prompt step: k prompts joining at one boundary, one prefill_batch
+        times = []
+        for _ in range(steps):
+            sync()
+            t = time.perf_counter()
+            executor.prefill_batch(list(range(k)), [prompts[i % len(prompts)] for i in range(k)])
+            sync()
+            times.append((time.perf_counter() - t) * 1000)
+            for slot in range(k):
+                executor.release(slot)
+        out[f"prefill_{k}"] = {"prefill_batch_ms": round(sorted(times)[len(times) // 2], 3)}
     return out
 
 
@@ -316,6 +329,9 @@ def report(args) -> dict:
                         f"{r['inter_token_ms_p95']} | {r['tokens_per_s']} | {r.get('pieces_per_token', '')} |")
     steps = ["| batch | decode_step ms (greedy, all rows live) | CUDA graph replay ms | graph batch |", "|---:|---:|---:|---:|"]
     for b, r in (base.get("engine_step_ms") or {}).items():
+        if "prefill_batch_ms" in r:
+            steps.append(f"| {b.replace('_', ' ')} prompts | prompt step {r['prefill_batch_ms']} ms | | |")
+            continue
         steps.append(f"| {b} | {r['decode_step_ms']} | {r.get('graph_replay_ms', '')} | {r.get('graph_batch', '')} |")
     md = [f"GPT-2 124M (random weights), {base['prompt_tokens']}-token prompts, {base['new_tokens']} new tokens, "
           f"{base['gpu']}, torch {base['torch']}; served clients in {srv.get('client_procs', 1)} processes", "", *rows, "",

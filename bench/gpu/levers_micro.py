@@ -1,10 +1,14 @@
 """Microbenchmarks for engine_levers.py: the pieces of one BERT layer at the benchmark's shape.
 
 ``attention``: SDPA per backend (PyTorch's choice, flash, efficient, cuDNN) with no mask, an
-all-true boolean mask and a padded one, [batch, heads, seq, head_dim] fp16. ``gemm``: the
+all-true boolean mask, a padded one ([b, 1, s, s], as Hugging Face builds it), the padded one as a
+boolean [b, 1, 1, s] and as an additive fp16 [b, 1, 1, s] key-padding bias, and no mask on q/k/v
+viewed from one packed [b, s, 3*H] projection (the lean encoder's layout), fp16. ``gemm``: the
 layer's four projections in fp16 (TFLOP/s), the FFN-up GEMM followed by GELU (erf, tanh) or with
 bias + GELU in the cuBLASLt epilogue (``torch._addmm_activation``), and the same four shapes as
-FP8 e4m3 GEMMs (``torch._scaled_mm``, per-tensor scales; with and without fast accumulation).
+FP8 e4m3 GEMMs (``torch._scaled_mm``, per-tensor scales; with and without fast accumulation;
+rowwise scales, fp16 out). ``sdpa_trace``: what torch.compile hands SDPA and which attention ops
+the traced ATen graph ends up with (the backend is chosen at trace time).
 ``bound``: the sum of one layer's GEMMs x layers -> seq/s if nothing but the GEMMs ran (fp16, fp8).
 Every item is tried on its own; a failure is recorded as the item's error.
 """
@@ -37,13 +41,18 @@ def attention(store: dict, batch: int, seq: int, heads: int, head_dim: int, devi
     q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g, device=device, dtype=dtype) for _ in range(3))
     lengths = torch.randint(seq // 4, seq + 1, (batch,), generator=g, device=device)
     padded = (torch.arange(seq, device=device)[None, :] < lengths[:, None])[:, None, None, :].expand(batch, 1, seq, seq)
+    keys = padded[:, :, :1, :]  # [b, 1, 1, s]
     masks = {"no mask": None, "all-true mask": torch.ones(batch, 1, seq, seq, dtype=torch.bool, device=device),
-             "padded mask": padded.contiguous()}
+             "padded mask": padded.contiguous(), "padded bool [b,1,1,s]": keys.contiguous(),
+             "padded additive fp16 [b,1,1,s]": ((~keys).to(dtype) * torch.finfo(dtype).min).contiguous()}
+    packed = torch.randn(batch, seq, 3, heads, head_dim, generator=g, device=device, dtype=dtype)
     backends = {"default": None, **({k: v for k, v in _BACKENDS.items()} if device.type == "cuda" else {})}
     for bname, backend in backends.items():
-        for mname, mask in masks.items():
-            def call(mask=mask):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        for mname, mask in [*masks.items(), ("no mask, packed qkv", None)]:
+            qkv = packed.permute(2, 0, 3, 1, 4).unbind(0) if "packed" in mname else (q, k, v)
+
+            def call(mask=mask, qkv=qkv):
+                return F.scaled_dot_product_attention(*qkv, attn_mask=mask)
 
             def run(call=call, backend=backend):
                 if backend is None:
@@ -81,6 +90,10 @@ def gemms(store: dict, tokens: int, hidden: int, inner: int, device, timer, log)
                  lambda xq=xq, wq=wq, b=b, fast=fast: torch._scaled_mm(xq, wq.t(), scale_a=one, scale_b=one, bias=b,
                                                                        out_dtype=dtype, use_fast_accum=fast),
                  timer, tokens, log, flops)
+        rows, cols = torch.ones(tokens, 1, device=device), torch.ones(1, n, device=device)
+        _try(store, f"fp8 rowwise {name} [{tokens}x{k}]x[{k}x{n}]",
+             lambda xq=xq, wq=wq, b=b, cols=cols: torch._scaled_mm(xq, wq.t(), scale_a=rows, scale_b=cols, bias=b,
+                                                                   out_dtype=dtype), timer, tokens, log, flops)
     for label, prefix in (("fp16", "fp16 linear "), ("fp8", "fp8 ")):
         times = [store.get(f"{prefix}{n} [{tokens}x{k}]x[{k}x{n2}]", {}).get("back_to_back_ms")
                  for n, (k, n2) in shapes.items()]
@@ -101,6 +114,38 @@ def run_all(store: dict, *, batch: int, seq: int, config, device, timer, log, sa
                 g[f"bound {label}"].update({"ms_per_batch": ms, "seq_per_s": batch * 1000.0 / ms})
                 log(f"micro GEMM-only bound {label}: {ms:.2f} ms per {batch}x{seq} -> {batch * 1000.0 / ms:.0f} seq/s")
         save()
+
+
+def sdpa_trace(module, feeds) -> dict:
+    """What ``torch.compile`` hands SDPA in ``module`` (the Dynamo graph's attn_mask: dtype, shape,
+    stride) and the attention ops of the ATen graph traced from it (SDPA's backend is chosen there,
+    on fake tensors: ``_scaled_dot_product_cudnn_attention``, ``..._flash_...``, or the math
+    backend's bmm + ``_safe_softmax``), counted by name."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    seen: dict = {"masks": [], "aten": {}}
+
+    def backend(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if "scaled_dot_product" in str(node.target):
+                mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+                val = mask.meta.get("example_value") if isinstance(mask, torch.fx.Node) else None
+                seen["masks"].append("none" if mask is None else str(mask) if val is None else
+                                     f"{str(val.dtype).replace('torch.', '')} {list(val.shape)} stride {list(val.stride())}")
+        for node in make_fx(gm, tracing_mode="fake")(*example_inputs).graph.nodes:
+            name = str(node.target)
+            if any(k in name for k in ("scaled_dot_product", "softmax", "bmm", "self_attention")):
+                seen["aten"][name] = seen["aten"].get(name, 0) + 1
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            torch.compile(module, backend=backend, dynamic=False)(*feeds)
+    finally:
+        torch._dynamo.reset()
+    seen["masks"] = sorted(set(seen["masks"]))
+    return seen
 
 
 def kernel_category(name: str) -> str:

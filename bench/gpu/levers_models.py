@@ -13,7 +13,16 @@ SDPA attention, ``torch.compile`` + Inductor freezing, replayed in our own CUDA 
 ``gemm``       ``fp16`` or ``fp8``: e4m3 GEMMs (``torch._scaled_mm``) with per-tensor scales, the
                activation scales calibrated once on random tokens (static, so the quantizing
                multiply + cast is a pointwise op Inductor fuses into the LayerNorm/GELU before it).
-               Not the issue's fp16 precision: reported, flagged.
+               ``fp8_rowwise`` (all four GEMMs) / ``fp8_ffn`` (the two FFN GEMMs only): rowwise
+               scales, per output channel for the weight, per token and computed at run time for
+               the activation (no calibration; lean encoder only). Not the issue's fp16 precision:
+               reported, flagged.
+``encoder``    ``hf`` (the Hugging Face modules, patched) or ``lean`` (levers_lean.py: the same
+               function written as the kernels wanted: one QKV GEMM, attention as one opaque op,
+               the residual adds and LayerNorms as plain ops for Inductor to fuse);
+               ``mask_form`` (lean, with a mask): ``bool4d`` (SDPA gets a boolean [b, 1, s, s]
+               mask, as Hugging Face builds it) or ``kpad_add`` (an additive fp16 [b, 1, 1, s]
+               key-padding bias); ``attention_op`` (lean): False lets Inductor trace SDPA itself.
 ``fused_qkv``  one [3*768, 768] projection instead of three (Inductor's freezing already
                concatenates fp16 Q/K/V; FP8 needs it done by hand).
 ``attention``  the SDPA backend (None = PyTorch's choice; flash / efficient / cudnn / math).
@@ -52,16 +61,28 @@ class Lever:
     inductor: dict = field(default_factory=dict)
     cap_s: float = 75.0  # per (lever, shape): compile + check + capture + timing
     precision_note: str = ""
+    encoder: str = "hf"
+    mask_form: str = "bool4d"
+    attention_op: bool = True
 
     def __post_init__(self):
-        checks = {"dtype": ("fp16", "bf16"), "gelu": ("erf", "tanh", "lt"), "gemm": ("fp16", "fp8"),
+        checks = {"dtype": ("fp16", "bf16"), "gelu": ("erf", "tanh", "lt"),
+                  "gemm": ("fp16", "fp8", "fp8_rowwise", "fp8_ffn"),
                   "attention": (None, "flash", "efficient", "cudnn", "math"),
-                  "compile": (None, "default", "max-autotune-no-cudagraphs", "aoti")}
+                  "compile": (None, "default", "max-autotune-no-cudagraphs", "aoti"),
+                  "encoder": ("hf", "lean"), "mask_form": ("bool4d", "kpad_add")}
         for attr, allowed in checks.items():
             if getattr(self, attr) not in allowed:
                 raise ValueError(f"lever {self.name}: {attr}={getattr(self, attr)!r}, allowed {allowed}")
-        if self.gemm == "fp8" and self.gelu == "lt":
+        if self.gemm != "fp16" and self.gelu == "lt":
             raise ValueError(f"lever {self.name}: the cuBLASLt GELU epilogue is for fp16/bf16 GEMMs")
+        if (self.gemm in ("fp8_rowwise", "fp8_ffn")) != (self.gemm != "fp16" and self.encoder == "lean"):
+            raise ValueError(f"lever {self.name}: gemm {self.gemm} with encoder {self.encoder} (rowwise FP8 is "
+                             "the lean encoder's, per-tensor FP8 the Hugging Face one's)")
+
+    @property
+    def fp8(self) -> bool:
+        return self.gemm != "fp16"
 
     @property
     def torch_dtype(self):
@@ -72,6 +93,23 @@ BASELINE = "baseline"
 #: The candidates, in run order (baseline first; the long autotune last).
 LEVERS: list[Lever] = [
     Lever(BASELINE, "served best so far: HF fp16 SDPA + mask, torch.compile + freezing, own CUDA graph"),
+    Lever("lean_nomask_lt", "lean encoder: one QKV GEMM, attention op (no mask: cuDNN/flash), Lt bias+GELU "
+          "epilogue, add+LayerNorm fused by Inductor", encoder="lean", mask=False, gelu="lt"),
+    Lever("lean_kpad_lt", "lean encoder, additive [b,1,1,s] key-padding mask, Lt GELU", encoder="lean",
+          gelu="lt", mask_form="kpad_add"),
+    Lever("lean_mask_lt", "lean encoder, boolean [b,1,s,s] mask (as HF builds it), Lt GELU", encoder="lean",
+          gelu="lt"),
+    Lever("lean_nomask_fp8ffn", "lean encoder, no mask, FFN GEMMs in FP8 e4m3 with rowwise scales (dynamic "
+          "per token, per channel weight), exact GELU", encoder="lean", mask=False, gemm="fp8_ffn",
+          precision_note="fp8 FFN GEMMs: not the fp16 target's precision"),
+    Lever("lean_nomask_erf", "lean encoder, no mask, exact (erf) GELU as an Inductor pointwise op",
+          encoder="lean", mask=False),
+    Lever("lean_nomask_lt_sdpa", "lean_nomask_lt with SDPA traced by Inductor (no opaque attention op): "
+          "does Inductor keep the fused backend?", encoder="lean", mask=False, gelu="lt", attention_op=False),
+    Lever("lean_nomask_fp8", "lean encoder, no mask, all four GEMMs FP8 e4m3 rowwise (dynamic per token)",
+          encoder="lean", mask=False, gemm="fp8_rowwise", precision_note="fp8 GEMMs: not the fp16 target's precision"),
+    Lever("eager_lean_nomask_lt", "lean_nomask_lt without torch.compile, CUDA graph (TorchScript-able: "
+          "the served engine's kind)", encoder="lean", mask=False, gelu="lt", compile=None),
     Lever("nomask", "no attention mask (full-length rows): SDPA free to use flash", mask=False),
     Lever("lt_gelu", "bias+GELU in the cuBLASLt epilogue (tanh GELU), mask", gelu="lt"),
     Lever("nomask_lt_gelu", "no mask + cuBLASLt bias+GELU epilogue (tanh GELU)", mask=False, gelu="lt"),
@@ -136,39 +174,61 @@ class TanhGelu(torch.nn.Module):
 # ---- FP8 GEMMs --------------------------------------------------------------------------------
 
 class Fp8Linear(torch.nn.Module):
-    """y = x @ W.T + b with x and W in float8_e4m3fn, per-tensor scales, output in x's dtype.
+    """y = x @ W.T + b with x and W in float8_e4m3fn, output in x's dtype.
 
-    ``in_amax``: the largest |x| seen in calibration (static scale: quantizing is one multiply,
-    clamp and cast). On CUDA one ``torch._scaled_mm``; elsewhere the same quantized values
-    multiplied in FP32 (the CPU tests' emulation).
+    Per-tensor (``in_amax`` given): the largest |x| seen in calibration is the static activation
+    scale (quantizing is one multiply, clamp and cast), one scale for the weight. Rowwise
+    (``in_amax=None``): one scale per weight row (output channel) and one per token, computed from
+    the token's own largest |x| at run time (a row reduction Inductor fuses into the kernel that
+    produces x). On CUDA one ``torch._scaled_mm``; elsewhere the same quantized values multiplied
+    in FP32 (the CPU tests' emulation).
     """
 
-    def __init__(self, weight, bias, in_amax: float):
+    def __init__(self, weight, bias, in_amax: float | None):
         super().__init__()
+        self.rowwise = in_amax is None
         w = weight.detach().float()
-        w_scale = w.abs().max().clamp(min=1e-12) / FP8_MAX
-        x_scale = max(float(in_amax), 1e-6) / FP8_MAX
+        w_amax = w.abs().amax(dim=1, keepdim=True) if self.rowwise else w.abs().max()
+        w_scale = w_amax.clamp(min=1e-12) / FP8_MAX
         # [in, out] column-major (the transposed view of the [out, in] quantized weight), the layout
         # _scaled_mm wants for its second operand: a buffer as is, nothing for freezing to fold.
         self.register_buffer("wq_t", (w / w_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).t())
-        self.register_buffer("w_scale", w_scale.reshape(()).float())
-        self.register_buffer("x_scale", torch.tensor(x_scale, dtype=torch.float32))
-        self.register_buffer("x_inv", torch.tensor(1.0 / x_scale, dtype=torch.float32))
+        # rowwise: [1, out] contiguous, as _scaled_mm wants scale_b
+        self.register_buffer("w_scale", w_scale.t().contiguous() if self.rowwise else w_scale.reshape(()))
+        if not self.rowwise:
+            x_scale = max(float(in_amax), 1e-6) / FP8_MAX
+            self.register_buffer("x_scale", torch.tensor(x_scale, dtype=torch.float32))
+            self.register_buffer("x_inv", torch.tensor(1.0 / x_scale, dtype=torch.float32))
         self.register_buffer("bias", bias.detach().clone())
 
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        xq = (x2.float() * self.x_inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        if self.rowwise:  # [tokens, 1] fp32, contiguous
+            x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+            xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        else:
+            x_scale = self.x_scale
+            xq = (x2.float() * self.x_inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         if x.device.type == "cpu":
-            y = ((xq.float() * self.x_scale) @ (self.wq_t.float() * self.w_scale) + self.bias.float()).to(x.dtype)
+            y = ((xq.float() * x_scale) @ (self.wq_t.float() * self.w_scale) + self.bias.float()).to(x.dtype)
         else:  # CUDA (and "meta", whose checks of the arguments the unit tests run)
-            y = torch._scaled_mm(xq, self.wq_t, scale_a=self.x_scale, scale_b=self.w_scale,
+            y = torch._scaled_mm(xq, self.wq_t, scale_a=x_scale, scale_b=self.w_scale,
                                  bias=self.bias.to(x.dtype), out_dtype=x.dtype)
         return y.view(*shape[:-1], y.shape[-1])
 
 
 # ---- attention with one fused QKV projection ---------------------------------------------------
+
+def attend(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """Attention from a packed [b, s, 3*H] projection: [b, heads, s, d] views of it into SDPA
+    (scale 1/sqrt(d), BERT's) -> [b, s, H]."""
+    b, s, three_h = qkv.shape
+    hidden = three_h // 3
+    q, k, v = qkv.view(b, s, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # looked up at call time: the tests' spy sees it
+    return out.transpose(1, 2).reshape(b, s, hidden)
+
 
 class FusedSelfAttention(torch.nn.Module):
     """BertSelfAttention (SDPA) with Q, K and V from one projection; same call and outputs."""
@@ -177,15 +237,9 @@ class FusedSelfAttention(torch.nn.Module):
         super().__init__()
         self.qkv = projection
         self.heads = sa.num_attention_heads
-        self.head_dim = sa.attention_head_size
-        self.scaling = sa.scaling
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        b, s, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
-        return out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim), None
+        return attend(self.qkv(hidden_states), attention_mask, self.heads), None
 
 
 def _qkv(sa):
@@ -287,6 +341,10 @@ class LeverModule(torch.nn.Module):
 
 def build(fp32_model, lever: Lever, amax: dict[str, float] | None = None, *, pooled: bool = False):
     """The lever's module; eager levers with a mask get the ready-made 4-D mask (capturable)."""
+    if lever.encoder == "lean":
+        import levers_lean  # it builds on this module's ops (a top-level import would be circular)
+
+        return levers_lean.LeanBert(fp32_model, lever, pooled=pooled).eval()
     return LeverModule(convert(fp32_model, lever, amax), lever.mask, pooled,
                        mask4d=lever.mask and lever.compile is None).eval()
 

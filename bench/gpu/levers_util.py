@@ -49,6 +49,15 @@ def time_cpu(fn, rows: int, iters: int = 3) -> dict:
     return out
 
 
+def cuda_usable() -> bool:
+    """False once a kernel fault has poisoned this process's CUDA context (every later call would fail)."""
+    try:
+        torch.cuda.synchronize()
+        return torch.ones(1, device="cuda").add_(1).item() == 2.0
+    except Exception:  # noqa: BLE001 - any failure here means the context is gone
+        return False
+
+
 def make_feeds(batch: int, seq: int, vocab: int, device, seed: int, padded: bool) -> list:
     """[input_ids, attention_mask, token_type_ids]; padded: random lengths 2..seq (row 0 full)."""
     g = torch.Generator().manual_seed(seed * 7919 + batch * 131 + seq)

@@ -3,16 +3,17 @@
 # bench/gpu/engine_levers.py under the image's python (torch + transformers there; no Triton tree,
 # no .device, nothing to carry). Results: $OUT/engine_levers.{json,md}, $OUT/run.log.
 #
-#     bash bench/gpu/run_engine_levers.sh            (device tool, timeout_s 330)
+#     BUDGET_S=300 bash bench/gpu/run_engine_levers.sh     (device tool, timeout_s 400)
 #
-# BUDGET_S (default 270) bounds the whole script; the Python run gets what is left. If the
-# process dies mid-step (a CUDA error that poisons the context, a crash in a compiler), it is
-# started again with --resume: the step it died in is recorded as crashed, the rest continue.
+# BUDGET_S (default 300) bounds the whole script; the Python run gets what is left. If the
+# process dies mid-step (a crash in a compiler or a kernel) it is started again with --resume:
+# the step it died in is recorded as crashed, the rest continue. A step that fails and leaves the
+# CUDA context unusable is recorded and the process exits (status 75) for the same resume.
 # Extra arguments go to engine_levers.py (e.g. --levers all, --more-batches 512,1024).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/.device/out}
-BUDGET_S=${BUDGET_S:-270}
+BUDGET_S=${BUDGET_S:-300}
 PY=${IMAGE_PY:-$(command -v python3)}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

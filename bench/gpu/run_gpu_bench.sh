@@ -32,11 +32,7 @@ CONCURRENCY=${CONCURRENCY:-1,16,64,128,256,512}
 COMPILE_VARIANTS=${COMPILE_VARIANTS-compile + freezing + own CUDA graph,compile max-autotune-no-cudagraphs + freezing + own CUDA graph}
 source bench/gpu/device_env.sh
 
-# perf_analyzer: the wheel's binary runs natively here (glibc >= 2.38)
-"$IMAGE_PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/pa" "$DEV"/wheels/perf_analyzer-*.whl
-chmod +x "$WORK/pa/perf_analyzer/bin/perf_analyzer"
-export PERF_ANALYZER=$WORK/pa/perf_analyzer/bin/perf_analyzer
-log "perf_analyzer: $("$PERF_ANALYZER" --version 2>&1 | head -1)"
+setup_perf_analyzer
 IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")   # an array, not a function: `timeout` runs it
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 

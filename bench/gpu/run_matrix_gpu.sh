@@ -17,5 +17,5 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 cp docs/results/bench_matrix.csv "$OUT/bench_matrix.csv"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/matrix_gpu.log"
-PYTHONPATH=$PWD/build:$PWD/contract:$PWD timeout 540 python3 -m bench.bench_matrix --models "$MODELS" \
+PYTHONPATH=$PWD/build:$PWD/serve:$PWD/contract:$PWD timeout 540 python3 -m bench.bench_matrix --models "$MODELS" \
     --executors torch-cuda --out-dir "$OUT" --no-plots --budget-min "${BUDGET_MIN:-8}" 2>&1 | tee -a "$OUT/matrix_gpu.log"

@@ -20,6 +20,8 @@ The model config of the one model carries the three steps' typed parameters
 """
 from __future__ import annotations
 
+import collections
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,6 +47,37 @@ def load_engine(backend: str, cfg, folder: str, input_names: Sequence[str], outp
     raise ValueError(f"engine_backend {backend!r}; known: {ENGINE_BACKENDS}")
 
 
+class PhaseClock:
+    """Where an execution's time goes inside the model: seconds per phase, summed over executions
+    (the served model keeps one when ``TRTSERVE_PHASE_TIMES`` is set and logs :meth:`summary`)."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter = collections.Counter()
+        self.executions = 0
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._last
+        self._last = now
+
+    def summary(self) -> str:
+        n = max(1, self.executions)
+        return f"{self.executions} executions, us per execution: " + " ".join(
+            f"{k}={v / n * 1e6:.0f}" for k, v in self.seconds.items())
+
+
+class _NoClock(PhaseClock):
+    def start(self) -> None:
+        pass
+
+    def lap(self, phase: str) -> None:
+        pass
+
+
 class Pipeline:
     """Items of the requests of one execution -> each request's public outputs."""
 
@@ -57,6 +90,7 @@ class Pipeline:
         self.encoder_output = encoder_output
         self.side_inputs = tuple(side_inputs)
         self.windows = windows
+        self.clock: PhaseClock = _NoClock()
 
     @classmethod
     def from_config(cls, cfg, folder: str, device: str = "cpu") -> "Pipeline":
@@ -80,14 +114,19 @@ class Pipeline:
         if getattr(self.engine, "merge", "group") == "pad":
             # The engine pads an execution to its longest request anyway (one CUDA graph replay):
             # tokenize every text of the execution into that one batch directly.
-            values = np.asarray(self.engine.run_requests(
-                [self.tokenizer.encode([t for i in live for t in requests[i]])], to_host=True)[0])
+            encoded = [self.tokenizer.encode([t for i in live for t in requests[i]])]
+            self.clock.lap("tokenize")
+            values = np.asarray(self.engine.run_requests(encoded, to_host=True)[0])
         else:
             # One engine batch per length bucket: each request padded to its own bucket, grouped.
-            outputs = self.engine.run_requests(self.tokenizer.encode_requests([requests[i] for i in live]), to_host=True)
+            encoded = self.tokenizer.encode_requests([requests[i] for i in live])
+            self.clock.lap("tokenize")
+            outputs = self.engine.run_requests(encoded, to_host=True)
             values = np.asarray(outputs[0]) if len(outputs) == 1 else np.concatenate([np.asarray(o) for o in outputs])
+        self.clock.lap("engine")
         # One postprocess call for the whole execution, then each request takes its rows.
         merged = self.postprocess(values)
+        self.clock.lap("postprocess")
         start = 0
         for i in live:
             rows = len(requests[i])

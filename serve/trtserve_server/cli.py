@@ -107,7 +107,7 @@ def _serve_supervised(server: EmbeddedServer, args: argparse.Namespace) -> int:
     _stop_on_signals(supervisor.stop)
     try:
         status = StatusServer(stats, args.status_port, host=args.host).start()
-        models = supervisor.start()
+        models = supervisor.start_first()
         print(_usage(server, models), flush=True)
         print(f"Supervisor: probes every {settings.probe_interval_s:g}s; counts on "
               f"http://127.0.0.1:{status.port}/metrics and /status", flush=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .policy import describe_exit
 
 __all__ = ["Stub", "stubs_of", "state_of", "cpu_seconds", "kill_stub", "reap", "release_regions", "STUB_NAME",
            "SHM_DIR"]
@@ -139,3 +142,27 @@ def release_regions(regions: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
         except FileNotFoundError:
             pass
     return removed
+
+
+def while_alive(process, what: str, call, *args, poll_s: float = 0.1, **kwargs):
+    """``call(*args, **kwargs)`` (a blocking repository request), given up as soon as ``process``
+    (tritonserver) exits meanwhile: OSError naming ``what``, so the caller restarts the server now
+    instead of waiting out the request's timeout (Triton 2.51 can crash while it unloads a model
+    whose stub died; measured: the reload then waited its whole 30 s)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = call(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="trtserve-repository-call", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll_s)
+        if worker.is_alive() and process is not None and process.poll() is not None:
+            raise OSError(f"tritonserver exited ({describe_exit(process.returncode)}) during {what}")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

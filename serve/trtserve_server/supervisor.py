@@ -33,7 +33,7 @@ from .deployments import Deployment, model_of_instance
 from .embedded import EmbeddedServer, ServerError
 from .policy import Backoff, SupervisorSettings, describe_exit
 from .probes import Outcome, Prober, ProbeResult
-from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of
+from .processes import Stub, cpu_seconds, kill_stub, reap, release_regions, state_of, stubs_of, while_alive
 from .status import SupervisorStats
 
 log = logging.getLogger("trtserve.supervisor")
@@ -86,6 +86,24 @@ class Supervisor:
         self._down_since = None
         self.stats.set(server_up=True)
         return [d.name for d in self.deployments]
+
+    def start_first(self, attempts: int = 3) -> list[str]:
+        """The first start: a tritonserver killed by a signal while loading (seen: SIGABRT from
+        the Python backend's shared-memory lock when loads took over 30 s on an overloaded
+        machine) is started again, up to ``attempts`` times; an error exit (a broken repository)
+        is not retried, so `make serve` fails fast and says why."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.start()
+            except ServerError as e:
+                code = self.server.process.returncode if self.server.process else None
+                if code is None or code >= 0 or attempt == attempts or self._stopping:
+                    raise
+                log.warning("tritonserver %s while loading (start %d of %d); starting it again: %s",
+                            describe_exit(code), attempt, attempts, e)
+                self.server.kill()
+                release_regions(self._regions)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         self._stopping = True
@@ -299,12 +317,14 @@ class Supervisor:
         try:
             started = time.monotonic()
             for model in suspects:
-                self.server.unload_model(model, timeout=self.settings.reload_timeout_s)
+                while_alive(self.server.process, f"the unload of {model}", self.server.unload_model, model,
+                            timeout=self.settings.reload_timeout_s)
             for st in reap(old, wait_s=0.5):
                 log.warning("killed stub %s (pid %d): still running after its model was unloaded", st.instance, st.pid)
             unloaded = time.monotonic()
             for model in suspects:
-                self.server.load_model(model, timeout=self.settings.reload_timeout_s)
+                while_alive(self.server.process, f"the load of {model}", self.server.load_model, model,
+                            timeout=self.settings.reload_timeout_s)
                 self.stats.add("reloads", model)
             log.info("unload %.2fs, load %.2fs", unloaded - started, time.monotonic() - unloaded)
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -357,3 +377,4 @@ class Supervisor:
             self.stats.recovered("all", "restart", took)
             log.warning("tritonserver restarted, %s answering, %.2fs after detection", ", ".join(names), took)
             return
+

@@ -21,6 +21,7 @@ GPU_BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu"
 sys.path.insert(0, str(GPU_BENCH))
 
 import engine_levers as el  # noqa: E402
+import levers_lean  # noqa: E402
 import levers_micro  # noqa: E402
 import levers_models as lm  # noqa: E402
 
@@ -70,7 +71,8 @@ def test_every_lever_passes_the_gpu_paths_argument_checks_on_meta_tensors(tiny, 
     model, amax = tiny
     lever = lm.LEVERS_BY_NAME[name]
     # transformers' 2-D mask path asks mask.all() (no value on meta): the ready-made 4-D mask
-    module = lm.LeverModule(lm.convert(model, lever, amax), lever.mask, mask4d=True).to("meta")
+    module = (lm.build(model, lever, amax) if lever.encoder == "lean" else
+              lm.LeverModule(lm.convert(model, lever, amax), lever.mask, mask4d=True)).to("meta")
     feeds = [t.to("meta") for t in el.make_feeds(4, SEQ, 1000, "cpu", seed=1, padded=lever.mask)]
     with torch.no_grad():
         out = module(*feeds)
@@ -156,6 +158,12 @@ def test_inductor_settings_restore_and_refuse_unknown_names():
     assert cfg.freezing == before
 
 
+def test_cuda_usable_is_false_without_a_working_context():
+    # the run exits for a resumed one only when this is False after a failed step
+    assert el.cuda_usable() is bool(torch.cuda.is_available())
+    assert el.RESTART_EXIT not in (0, 1, 124, 137)  # distinct from success, Python errors and timeouts
+
+
 def test_time_cap_interrupts_a_long_step():
     started = time.perf_counter()
     with pytest.raises(el.StepTimeout):
@@ -181,19 +189,20 @@ def test_micro_runs_on_the_cpu(tiny):
 
 def test_dry_run_end_to_end_and_resume(tmp_path):
     out = tmp_path / "levers.json"
-    args = ["--dry-run", "--out", str(out), "--levers", "baseline,nomask_lt_gelu,fp8_nomask,nomask_cudnn",
+    args = ["--dry-run", "--out", str(out), "--levers", "baseline,lean_nomask_lt,fp8_nomask,nomask_cudnn",
             "--late-levers", "", "--skip-micro", "--big-batch", "0"]
     assert el.main(args) == 0
     result = json.loads(out.read_text())
     assert result["finished"] is True
     done = {(r["lever"], r["batch"]) for r in result["rows"]}
-    assert {("baseline", 4), ("nomask_lt_gelu", 4), ("fp8_nomask", 4)} <= done
+    assert {("baseline", 4), ("lean_nomask_lt", 4), ("fp8_nomask", 4)} <= done
     assert ("baseline", 8) in done and ("baseline", 1) in done  # more batches, one row
-    assert ("nomask_lt_gelu", 1) in done  # the best fp16 lever gets the 1-row batch too
+    assert ("lean_nomask_lt", 1) in done  # the best fp16 lever gets the 1-row batch too
     assert "nomask_cudnn 4x16" in result["errors"]  # no cuDNN on a CPU: recorded, the run went on
     for r in result["rows"]:
         assert r["within_tolerance"] and r["replay_vs_call"]["min_cosine"] > 0.99999
-    assert result["levers"]["nomask_lt_gelu"]["pooled_vs_fp32"]["sdpa_masks"] == ["none"]
+    assert result["levers"]["lean_nomask_lt"]["pooled_vs_fp32"]["sdpa_masks"] == ["none"]
+    assert result["levers"]["lean_nomask_lt"]["encoder"] == "lean"
     table = out.with_suffix(".md").read_text()
     assert "| baseline | 2" in table.replace(",", "") or "| baseline |" in table
     assert "fp8 GEMMs: not the fp16 target's precision" in table
@@ -228,3 +237,80 @@ def test_table_marks_the_target_and_tolerance():
     assert "(1.19x)" in fast and fast.endswith("| yes | yes |")
     assert wrong.endswith("| NO | no |")
     assert "- x 256x128: skipped" in lines
+
+
+def test_lean_encoder_is_the_kernels_it_names(tiny):
+    model, _ = tiny
+    lean = lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_lt"])
+    layer = lean.layers[0]
+    assert isinstance(layer.qkv, torch.nn.Linear) and tuple(layer.qkv.weight.shape) == (3 * 64, 64)
+    assert isinstance(layer.up, lm.LtGeluIntermediate) and layer.qkv.weight.dtype == torch.float16
+    ffn = lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_fp8ffn"]).layers[1]
+    assert isinstance(ffn.qkv, torch.nn.Linear) and isinstance(ffn.out, torch.nn.Linear)  # attention stays fp16
+    assert isinstance(ffn.up[0], lm.Fp8Linear) and isinstance(ffn.down, lm.Fp8Linear) and ffn.down.rowwise
+    fp8 = lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_fp8"]).layers[0]
+    assert all(isinstance(m, lm.Fp8Linear) and m.rowwise for m in (fp8.qkv, fp8.out, fp8.up[0], fp8.down))
+    with pytest.raises(ValueError, match="rowwise FP8"):
+        lm.Lever("x", "bad", gemm="fp8_ffn")  # the HF encoder has per-tensor FP8 only
+    with pytest.raises(ValueError, match="epilogue"):
+        lm.Lever("x", "bad", encoder="lean", gemm="fp8_ffn", gelu="lt")
+
+
+def test_lean_masks_are_what_sdpa_gets(tiny):
+    model, _ = tiny
+    feeds = el.make_feeds(3, SEQ, 1000, "cpu", seed=2, padded=True)
+    kpad = lm.build(model, lm.LEVERS_BY_NAME["lean_kpad_lt"]).attention_mask(feeds[1])
+    assert kpad.shape == (3, 1, 1, SEQ) and kpad.dtype == torch.float16
+    assert bool((kpad[:, 0, 0] == 0).eq(feeds[1].bool()).all()) and float(kpad.min()) == torch.finfo(torch.float16).min
+    full = lm.build(model, lm.LEVERS_BY_NAME["lean_mask_lt"]).attention_mask(feeds[1])
+    assert full.shape == (3, 1, SEQ, SEQ) and full.dtype == torch.bool
+    assert lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_lt"]).attention_mask(feeds[1]) is None
+
+
+def test_compiled_attention_ops(tiny):
+    """What torch.compile keeps of the attention: the lean encoder's one opaque op (no math-backend
+    softmax or batched GEMMs around it), or SDPA traced as one fused op when the op is off."""
+    model, amax = tiny
+    feeds = el.make_feeds(2, SEQ, 1000, "cpu", seed=1, padded=False)
+    op = levers_micro.sdpa_trace(lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_lt"]), feeds)
+    assert op["aten"] == {"trtserve_levers.self_attention.default": 2}, op  # one per layer, nothing else
+    traced = levers_micro.sdpa_trace(lm.build(model, lm.LEVERS_BY_NAME["lean_nomask_lt_sdpa"]), feeds)
+    assert traced["masks"] == ["none"] and any("scaled_dot_product" in k for k in traced["aten"]), traced
+    assert not any("softmax" in k for k in traced["aten"]), traced
+    hf = levers_micro.sdpa_trace(lm.build(model, lm.LEVERS_BY_NAME["nomask"], amax), feeds)
+    assert hf["masks"] and hf["aten"], hf  # recorded (what it holds depends on the transformers version)
+
+
+def test_self_attention_op_is_sdpa():
+    torch.manual_seed(3)
+    qkv = torch.randn(2, 5, 3 * 8)
+    mask = torch.rand(2, 1, 1, 5) > 0.3
+    mask[..., 0] = True
+    q, k, v = qkv.view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 5, 8)
+    out = levers_lean.self_attention(qkv, mask, 2)
+    assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
+    torch.library.opcheck(levers_lean.self_attention, (qkv, mask, 2))
+    torch.library.opcheck(levers_lean.self_attention, (qkv, None, 2))
+
+
+def test_fp8_rowwise_scales_per_token_and_channel():
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(64, 48)
+    x = torch.randn(10, 64)
+    # one token 1e5 times louder: with one scale for the tensor the others fall into e4m3's subnormals
+    # (below 2^-6 of the scale); per token they keep their own range. (e4m3's 3-bit mantissa costs
+    # a few % per row either way: rowwise scaling does not buy precision, only range.)
+    x[3] *= 1e5
+    rowwise = lm.Fp8Linear(lin.weight, lin.bias, None)
+    tensorwise = lm.Fp8Linear(lin.weight, lin.bias, float(x.abs().max()))
+    assert rowwise.w_scale.shape == (1, 48) and rowwise.w_scale.is_contiguous() and rowwise.wq_t.stride() == (1, 64)
+    with torch.no_grad():
+        exact = lin(x)
+        quiet = [0, 1, 2, 4, 5]  # the other tokens' relative error
+        err = {name: float(((m(x) - exact).norm(dim=1) / exact.norm(dim=1))[quiet].max())
+               for name, m in (("rowwise", rowwise), ("tensorwise", tensorwise))}
+    assert 1e-3 < err["rowwise"] < 0.08 and err["tensorwise"] > 4 * err["rowwise"], err
+    # the GPU path's argument checks (meta): [tokens, 1] and [1, out] fp32 scales, fp16 bias and out
+    out = rowwise.to("meta")(torch.empty(10, 64, dtype=torch.float16, device="meta"))
+    assert out.shape == (10, 48) and out.dtype == torch.float16

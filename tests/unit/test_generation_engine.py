@@ -117,6 +117,72 @@ def test_batched_decode_logits_equal_each_sequence_alone(make_executor, prompt_i
         np.testing.assert_allclose(together[row], alone.decode([0], [tokens[slot]])[0], atol=2e-4)
 
 
+def test_prompts_batched_together_equal_each_prompt_alone(make_executor, prompt_ids):
+    """Prompts of different lengths in one prefill_batch (right-padded for torch) give each prompt's
+    own last logits, and the caches they leave decode as a prompt run alone does."""
+    picked = sorted(prompt_ids[:5], key=len)[::2] + [prompt_ids[0][:1]]  # different lengths, one 1-token
+    assert len({len(p) for p in picked}) == len(picked)
+    batched = make_executor(8)
+    slots = [5, 1, 3, 0][:len(picked)]
+    together = batched.prefill_batch(slots, picked)
+    steps = batched.decode(slots, [7] * len(slots))
+    for i, ids in enumerate(picked):
+        alone = make_executor(1)
+        np.testing.assert_allclose(together[i], alone.prefill(0, ids), atol=2e-4)
+        np.testing.assert_allclose(steps[i], alone.decode([0], [7])[0], atol=2e-4)
+
+
+class _EagerGraph:
+    """A CUDA graph's stand-in on the CPU: replay() recomputes the captured call into the same
+    static tensors, so the executor's bucket choice, padding and scratch-cache copy run as on a GPU."""
+
+    def __init__(self, executor, b, s):
+        import torch
+
+        self.ex, self.s = executor, s
+        self.io = torch.ones(b, s + 1, dtype=torch.long)
+        self.logits = torch.zeros(b, executor.w["wte.weight"].shape[0])
+
+    def replay(self):
+        s, ex = self.s, self.ex
+        b = self.io.shape[0]
+        self.logits.copy_(ex._prefill_rows(ex._prefill_k[:, :b, :, :s], ex._prefill_v[:, :b, :, :s],
+                                           self.io[:, :s], self.io[:, s]))
+
+
+def test_prompt_graph_buckets_give_each_prompt_alone(gpt2_tiny_checkpoint, prompt_ids):
+    """The GPU path of prefill_batch (bucketed graphs writing a scratch cache that is copied into
+    the rows), replayed eagerly: 11 prompts -> chunks of <= 4 rows, padded to 16 or 32 tokens or
+    eager beyond the largest bucket; every prompt's logits and next decode step as alone."""
+    import torch
+
+    ex = torch_executor(gpt2_tiny_checkpoint, 16)
+    shape = (ex.layers, 4, ex.heads, 32, ex.head_dim)
+    ex._prefill_k, ex._prefill_v = torch.zeros(shape), torch.zeros(shape)
+    for b in (1, 2, 4):
+        for s in (16, 32):
+            g = _EagerGraph(ex, b, s)
+            ex._prefill_graphs[(b, s)] = (g, g.io, g.logits)
+    picked = prompt_ids[:11]
+    assert max(map(len, picked)) > 32 and min(map(len, picked)) <= 16  # every path: 16, 32 and eager
+    slots = list(range(10, -1, -1))
+    together = ex.prefill_batch(slots, picked)
+    steps = ex.decode(slots, [7] * len(slots))
+    for i, ids in enumerate(picked):
+        alone = torch_executor(gpt2_tiny_checkpoint, 1)
+        np.testing.assert_allclose(together[i], alone.prefill(0, ids), atol=2e-4)
+        np.testing.assert_allclose(steps[i], alone.decode([0], [7])[0], atol=2e-4)
+
+
+def test_prefill_buckets_cover_the_prompt_limit():
+    from trtserve_backend.generation.torch_executor import prefill_buckets
+
+    assert prefill_buckets(64, 512, 1024) == ((1, 2, 4, 8), (16, 32, 64, 128, 256, 512))
+    assert prefill_buckets(4, 100, 1024) == ((1, 2, 4), (16, 32, 64, 128))
+    assert prefill_buckets(2, 512, 96) == ((1, 2), (16, 32, 64, 96))  # never past the positions
+    assert prefill_buckets(8, 10, 1024) == ((1, 2, 4, 8), (16,))
+
+
 def test_a_reused_slot_starts_from_a_fresh_cache(make_executor, prompt_ids):
     """A sequence that ends frees its slot; the next one in that slot must not see the old cache."""
     executor = make_executor(2)
@@ -149,6 +215,7 @@ def test_greedy_equals_hf_generate_with_joins_and_leaves(make_executor, hf, toke
         assert (sink.text, sink.final[1], sink.final[2]) == (text, reason, tokens)
     stats = scheduler.stats
     assert stats.prefills == 20
+    assert stats.prefill_calls < stats.prefills  # prompts that joined together ran together
     assert stats.max_rows == 8  # sequences shared decode steps ...
     assert stats.decode_calls < stats.decode_rows / 3  # ... not one engine call per sequence
 

@@ -112,8 +112,8 @@ class _StubExecutor:
 
     max_batch = 4
 
-    def prefill(self, slot, ids):
-        return np.eye(8, dtype=np.float32)[0]
+    def prefill_batch(self, slots, prompts):
+        return np.eye(8, dtype=np.float32)[[0] * len(slots)]
 
     def decode_step(self, slots, tokens, want):
         return np.zeros(len(slots), np.int64), np.zeros((sum(want), 8), np.float32)

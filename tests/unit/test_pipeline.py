@@ -124,6 +124,28 @@ def test_a_failing_engine_fails_every_request_and_the_model_stays_up(fake_pb_uti
     assert served.execute([text_request(["a"])])[0].error is None
 
 
+def test_phase_times_account_for_every_execution(fake_pb_utils, tmp_path, sentiment_spec, monkeypatch):
+    """TRTSERVE_PHASE_TIMES: the model sums seconds per phase of its executions (benchmarks read
+    where a request's time goes inside the stub); without it nothing is timed."""
+    args, _, _ = _deployment(sentiment_spec, tmp_path)
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    quiet = TritonPythonModel()
+    quiet.initialize(args)
+    quiet.execute([text_request(["a"])])
+    assert not quiet.pipeline.clock.seconds
+    monkeypatch.setenv("TRTSERVE_PHASE_TIMES", "1")
+    timed = TritonPythonModel()
+    timed.initialize(args)
+    for _ in range(3):
+        timed.execute([text_request([TEXTS[0]]), text_request(TEXTS[:2])])
+    clock = timed.pipeline.clock
+    assert clock.executions == 3
+    assert set(clock.seconds) == {"read", "tokenize", "engine", "postprocess", "respond"}
+    assert all(v > 0 for v in clock.seconds.values())
+    assert clock.summary().startswith("3 executions, us per execution: read=")
+
+
 def test_pipeline_composes_the_steps_typed_parameters(tmp_path, sentiment_spec):
     _, cfg, folder = _deployment(sentiment_spec, tmp_path)
     pipeline = Pipeline.from_config(cfg, folder)

@@ -363,3 +363,63 @@ def test_probe_timeouts_count_as_a_hang_only_when_the_stubs_compute_nothing(work
         stand_in.kill()
         stand_in.wait()
     assert cpu_seconds(stand_in.pid) is None  # gone
+
+
+def test_a_repository_call_is_given_up_when_the_server_dies_meanwhile():
+    """A real child process stands in for tritonserver: it is killed while a 'load' blocks; the
+    supervisor's call returns at once with the cause instead of waiting out the load's timeout."""
+    from trtserve_server.processes import while_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def load():  # blocks like a load whose server crashed
+            time.sleep(30)
+
+        killer = subprocess.Popen([sys.executable, "-c", f"import os, signal, time; time.sleep(0.3); os.kill({child.pid}, signal.SIGSEGV)"])
+        started = time.monotonic()
+        with pytest.raises(OSError, match="tritonserver exited \\(killed by SIGSEGV\\) during the load of sentiment"):
+            while_alive(child, "the load of sentiment", load)
+        assert time.monotonic() - started < 5
+        killer.wait()
+    finally:
+        child.kill()
+        child.wait()
+    # a live server: the call's own value and errors come through unchanged
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert while_alive(live, "x", lambda a, b=0: a + b, 2, b=3) == 5
+        with pytest.raises(ValueError, match="bad model"):
+            while_alive(live, "x", lambda: (_ for _ in ()).throw(ValueError("bad model")))
+    finally:
+        live.kill()
+        live.wait()
+
+
+class _CrashingServer(_FakeServer):
+    """The first start crashes (killed by SIGABRT) ``crashes`` times, then comes up."""
+
+    def __init__(self, crashes: int, code: int = -6) -> None:
+        super().__init__(failures=0)
+        self.crashes, self.code = crashes, code
+
+    def wait_ready(self, timeout_s, abort_if=None):
+        from trtserve_server.embedded import ServerError
+
+        if self.starts <= self.crashes:
+            self.process.returncode = self.code
+            raise ServerError(f"tritonserver exited with code {self.code} before it was ready")
+        return []
+
+
+def test_a_crash_while_loading_is_started_again_but_an_error_exit_is_not():
+    from trtserve_server.embedded import ServerError
+    from trtserve_server.supervisor import Supervisor
+
+    crashing = _CrashingServer(crashes=2)
+    assert Supervisor(crashing).start_first(attempts=3) == [] and crashing.starts == 3 and crashing.kills == 2
+    with pytest.raises(ServerError):
+        Supervisor(_CrashingServer(crashes=3)).start_first(attempts=3)
+    broken = _CrashingServer(crashes=1, code=1)  # e.g. a model config error with --exit-on-error
+    with pytest.raises(ServerError):
+        Supervisor(broken).start_first(attempts=3)
+    assert broken.starts == 1

@@ -33,7 +33,7 @@ from trtserve_backend.parameters import GenerateParameters
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..core.errors import RepositoryError
-from ..core.files import make_readable, replace_dir, sha256_file
+from ..core.files import building, sha256_file
 from ..core.pbtxt import write_config
 from ..core.paths import (
     ONNX_FILE,
@@ -134,17 +134,10 @@ def generate_repository(
         raise RepositoryError(f"deployment names must be unique, got {names}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(out_dir) as tmp:
         for spec in specs:
             _write_deployment(spec, variant, tmp, configs[spec.name], plans.get(spec.name))
         write_stamp(tmp / STAMP_FILE, repository_fingerprint(specs, variant, plans))
-        make_readable(tmp)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -108,6 +108,10 @@ class OrtExecutor:
         self._lengths[slot] = n
         return logits[0, -1]
 
+    def prefill_batch(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """One prompt after another (each yields the cache its sequence keeps until the next restack)."""
+        return np.stack([self.prefill(slot, ids) for slot, ids in zip(slots, prompts)])
+
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         slots = list(slots)
         if len(slots) > self.max_batch:

@@ -1,9 +1,9 @@
 """Step-level batching: every decoding sequence shares one engine call per decode step.
 
 One thread owns the engine. Each iteration of its loop is a step boundary: sequences whose
-client went away are dropped, waiting requests are admitted into free slots (their prompt runs
-alone, which yields their first token), then one decode step runs all decoding sequences as
-one batch. A sequence that finishes leaves at once; the others do not wait for it, nor it for
+client went away are dropped, waiting requests are admitted into free slots (their prompts run
+together, as few engine calls as the engine's prompt batches allow, which yields their first
+tokens), then one decode step runs all decoding sequences as one batch. A sequence that finishes leaves at once; the others do not wait for it, nor it for
 them. The engine keeps each slot's KV cache between steps (:class:`DecoderExecutor`).
 
 Greedy rows take the engine's own argmax (on the device for the torch engine: only the token ids
@@ -36,8 +36,9 @@ class DecoderExecutor(Protocol):
 
     max_batch: int
 
-    def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
-        """Run a prompt into ``slot``'s (new) cache; the logits [vocab] of its last position."""
+    def prefill_batch(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """Run each prompt into its slot's (new) cache; the logits [len(slots), vocab] of each
+        prompt's last position."""
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """Append one token to each slot's cache in one batched call; logits [len(slots), vocab]."""
@@ -80,6 +81,7 @@ class SchedulerStats:
     """Counts that show batching at work (and that the tests check)."""
 
     prefills: int = 0
+    prefill_calls: int = 0
     decode_calls: int = 0
     decode_rows: int = 0
     max_rows: int = 0
@@ -92,7 +94,7 @@ class SchedulerStats:
     def summary(self) -> str:
         rows = self.decode_rows / self.decode_calls if self.decode_calls else 0.0
         phases = " ".join(f"{k}={v:.3f}s" for k, v in sorted(self.seconds.items()))
-        return (f"prefills={self.prefills} decode_calls={self.decode_calls} rows/call={rows:.1f} "
+        return (f"prefills={self.prefills} prefill_calls={self.prefill_calls} decode_calls={self.decode_calls} rows/call={rows:.1f} "
                 f"max_rows={self.max_rows} cancelled={self.cancelled} {phases}")
 
 
@@ -202,10 +204,10 @@ class StepScheduler:
             seconds["advance"] += time.perf_counter() - t1
 
     def _admit(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting or not self._free_slots:
-                    return
+        """Every waiting sequence that has a free slot joins now, their prompts in one batch."""
+        joining: list[_Sequence] = []
+        with self._lock:
+            while self._waiting and self._free_slots:
                 seq = self._waiting.popleft()
                 if seq.sink.cancelled():
                     self.stats.cancelled += 1
@@ -213,9 +215,14 @@ class StepScheduler:
                     continue
                 seq.slot = self._free_slots.pop()
                 self._active.append(seq)
-            logits = self.executor.prefill(seq.slot, seq.request.prompt_ids)
-            self.stats.prefills += 1
-            self._advance(seq, seq.sampler(logits))
+                joining.append(seq)
+        if not joining:
+            return
+        logits = self.executor.prefill_batch([s.slot for s in joining], [s.request.prompt_ids for s in joining])
+        self.stats.prefills += len(joining)
+        self.stats.prefill_calls += 1
+        for seq, row in zip(joining, logits):
+            self._advance(seq, seq.sampler(row))
 
     def _advance(self, seq: _Sequence, token: int) -> None:
         """Take ``token`` as the next of ``seq``, stream its text, finish it when it is done."""

@@ -5,8 +5,16 @@ once, so a decode step has the same shapes every time and can be captured as a C
 configured batch size (a step of n sequences replays the smallest graph of >= n rows; the extra
 rows are free cache rows and their outputs are ignored). Live sequences occupy rows 0..n-1: a
 sequence that leaves has its row filled by the last one (one row copied on the device), so a
-step never gathers. Prompts run eagerly (their length varies). Attention covers all max_length
-positions with a mask of each row's own length, so shapes stay static.
+step never gathers. Attention covers all max_length positions with a mask of each row's own
+length, so shapes stay static.
+
+Prompts that join at the same step boundary run as one batch, right-padded to the longest: a
+row's real positions only attend to earlier positions (causal), so the padding changes nothing
+they compute; what the padded positions write past a row's end is overwritten by its decode
+steps before anything attends to it. On a GPU the prompt batches replay CUDA graphs too, one
+per (rows, padded length) bucket, writing into a scratch cache that is then copied into the
+sequences' rows (a prompt step eager is ~180 kernel launches: milliseconds, during which every
+decoding stream waits). Prompts longer than the largest bucket run eagerly.
 
 The weights are those of a Hugging Face ``GPT2LMHeadModel``; the forward is GPT-2's (pre-LN
 blocks, GELU-tanh MLP, tied LM head). On the CPU (no graphs) it runs eagerly: the unit tests
@@ -29,8 +37,10 @@ class TorchExecutor:
     """:class:`~.scheduler.DecoderExecutor` over a static-cache GPT-2."""
 
     def __init__(self, config: dict, weights: dict, max_batch: int, max_length: int | None = None, dtype: str = "fp32",
-                 device: str | None = None, graph_batch_sizes: Sequence[int] = ()):
-        """``config``: a GPT-2 config.json as a dict; ``weights``: the ``transformer.*`` tensors (prefix optional)."""
+                 device: str | None = None, graph_batch_sizes: Sequence[int] = (), max_prompt: int | None = None):
+        """``config``: a GPT-2 config.json as a dict; ``weights``: the ``transformer.*`` tensors (prefix optional).
+        ``graph_batch_sizes``: decode steps captured as CUDA graphs (on a GPU; none: all eager);
+        with them, prompt batches are captured for :func:`prefill_buckets` (``max_prompt``)."""
         import torch
 
         self.torch = torch
@@ -54,9 +64,12 @@ class TorchExecutor:
         self._row_of: dict[int, int] = {}  # slot -> cache row
         self._length: dict[int, int] = {}
         self._graphs: dict[int, tuple] = {}
+        self._prefill_graphs: dict[tuple[int, int], tuple] = {}  # (rows, padded length) -> graph
         self._key_index = torch.arange(self.max_length, device=self.device)
         if graph_batch_sizes and self.device.type == "cuda":
-            self._capture(sorted({min(b, max_batch) for b in graph_batch_sizes}))
+            pool = self._capture(sorted({min(b, max_batch) for b in graph_batch_sizes}))
+            rows, lengths = prefill_buckets(max_batch, max_prompt or self.max_length, self.max_length)
+            self._capture_prefill(rows, lengths, pool)
 
     @classmethod
     def from_checkpoint(cls, folder: str, **kwargs) -> "TorchExecutor":
@@ -86,9 +99,10 @@ class TorchExecutor:
     def _linear(self, x, prefix):  # GPT-2's Conv1D: weight [in, out]
         return self.torch.addmm(self.w[prefix + ".bias"], x.reshape(-1, x.shape[-1]), self.w[prefix + ".weight"]).reshape(*x.shape[:-1], -1)
 
-    def _forward(self, row0: int, tokens, positions, attend):
-        """Rows row0..row0+b-1 of the cache; tokens/positions [b, s]; attend [b, s, max_length] bool.
-        Writes the new keys/values into the cache; returns logits [b, s, V]."""
+    def _forward(self, keys_out, values_out, tokens, positions, attend):
+        """``keys_out``/``values_out``: the caches [layers, b, H, L, D] of these rows (views);
+        tokens/positions [b, s]; attend [b | 1, s, L] bool. Writes the new keys/values into the
+        caches; returns the last hidden states [b, s, E] (before the final LayerNorm)."""
         torch = self.torch
         b, s = tokens.shape
         batch_index = torch.arange(b, device=self.device)[:, None].expand(b, s)
@@ -100,7 +114,7 @@ class TorchExecutor:
             qkv = self._linear(self._ln(x, p + ".ln_1"), p + ".attn.c_attn")
             q, k, v = qkv.split(self.heads * self.head_dim, dim=-1)
             q, k, v = (t.view(b, s, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-            keys, values = self.k_cache[i, row0:row0 + b], self.v_cache[i, row0:row0 + b]  # views [b, H, L, D]
+            keys, values = keys_out[i], values_out[i]  # views [b, H, L, D]
             keys[batch_index, :, positions] = k.transpose(1, 2)
             values[batch_index, :, positions] = v.transpose(1, 2)
             scores = torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias
@@ -109,13 +123,27 @@ class TorchExecutor:
             x = x + self._linear(attn, p + ".attn.c_proj")
             h = self._linear(self._ln(x, p + ".ln_2"), p + ".mlp.c_fc")
             x = x + self._linear(torch.nn.functional.gelu(h, approximate="tanh"), p + ".mlp.c_proj")
-        x = self._ln(x, "ln_f")
-        return torch.matmul(x, self.w["wte.weight"].t())
+        return x
+
+    def _logits(self, x):
+        return self.torch.matmul(self._ln(x, "ln_f"), self.w["wte.weight"].t())
 
     def _decode_rows(self, tokens, positions):
         """One decode step for rows 0..b-1 (tokens/positions [b]); logits [b, V]."""
+        b = tokens.shape[0]
         attend = (self._key_index[None, :] <= positions[:, None])[:, None, :]
-        return self._forward(0, tokens[:, None], positions[:, None], attend)[:, 0]
+        return self._logits(self._forward(self.k_cache[:, :b], self.v_cache[:, :b], tokens[:, None],
+                                          positions[:, None], attend)[:, 0])
+
+    def _prefill_rows(self, keys_out, values_out, tokens, lengths):
+        """Prompts right-padded into tokens [b, s], each ``lengths`` [b] long, into caches
+        [layers, b, H, >= s, D]; the logits [b, V] of each prompt's last token."""
+        torch = self.torch
+        b, s = tokens.shape
+        positions = torch.arange(s, device=self.device)
+        attend = (self._key_index[None, :keys_out.shape[3]] <= positions[:, None])[None]  # causal [1, s, L]
+        x = self._forward(keys_out, values_out, tokens, positions[None].expand(b, s), attend)
+        return self._logits(x[torch.arange(b, device=self.device), lengths - 1])
 
     # ---- CUDA graphs ----------------------------------------------------------------------
 
@@ -140,24 +168,94 @@ class TorchExecutor:
             pool = graph.pool()
             self._graphs[b] = (graph, io, logits, best)
         log.info("captured decode CUDA graphs for batch sizes %s", sorted(self._graphs))
+        return pool
+
+    def _capture_prefill(self, rows: Sequence[int], lengths: Sequence[int], pool) -> None:
+        """One graph per (rows, padded length): tokens and lengths in (one [b, s + 1] tensor: the
+        last column is each row's length), last-token logits out; keys/values go to one scratch
+        cache shared by all of them, copied into the sequences' rows after a replay."""
+        torch = self.torch
+        if not rows or not lengths:
+            return
+        shape = (self.layers, max(rows), self.heads, max(lengths), self.head_dim)
+        self._prefill_k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self._prefill_v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        for s in sorted(lengths, reverse=True):
+            for b in sorted(rows, reverse=True):
+                io = torch.ones(b, s + 1, dtype=torch.long, device=self.device)
+                keys, values = self._prefill_k[:, :b, :, :s], self._prefill_v[:, :b, :, :s]
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    self._prefill_rows(keys, values, io[:, :s], io[:, s])  # warm-up outside the graph
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._prefill_rows(keys, values, io[:, :s], io[:, s])
+                pool = graph.pool()
+                self._prefill_graphs[(b, s)] = (graph, io, logits)
+        log.info("captured prompt CUDA graphs for %s rows x %s tokens", sorted(rows), sorted(lengths))
 
     # ---- DecoderExecutor ------------------------------------------------------------------
 
     def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
+        return self.prefill_batch([slot], [ids])[0]
+
+    def prefill_batch(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """The prompts into new caches for ``slots``, as few batched calls as the buckets allow;
+        the logits [len(slots), V] of each prompt's last token."""
+        for slot in slots:
+            self.release(slot)
+        if len(self._row_of) + len(slots) > self.max_batch:
+            raise RuntimeError(f"no free cache row for {len(slots)} prompts (max_batch {self.max_batch}, "
+                               f"{len(self._row_of)} live)")
+        for slot, ids in zip(slots, prompts):
+            if not 0 < len(ids) <= self.max_length:
+                raise ValueError(f"a prompt of {len(ids)} tokens: 1 to max_length {self.max_length} are possible")
+        out = [None] * len(slots)
+        order = sorted(range(len(slots)), key=lambda i: len(prompts[i]))  # similar lengths pad together
+        with self.torch.inference_mode():
+            for chunk in self._prefill_chunks([len(prompts[i]) for i in order]):
+                picked = [order[j] for j in chunk]
+                logits = self._prefill_chunk([slots[i] for i in picked], [prompts[i] for i in picked])
+                for i, row in zip(picked, logits):
+                    out[i] = row
+        return np.stack(out)
+
+    def _prefill_chunks(self, lengths: list[int]) -> list[list[int]]:
+        """Indices into ``lengths`` (ascending) grouped into one call each, of at most the largest
+        graph's rows (8 without graphs); neighbours in length share a call."""
+        most = max((b for b, _ in self._prefill_graphs), default=8)
+        chunks: list[list[int]] = []
+        for i, _ in enumerate(lengths):
+            if chunks and len(chunks[-1]) < most:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        return chunks
+
+    def _prefill_chunk(self, slots: list[int], prompts: list[Sequence[int]]) -> np.ndarray:
         torch = self.torch
-        self.release(slot)
-        row = len(self._row_of)
-        if row >= self.max_batch:
-            raise RuntimeError(f"no free cache row (max_batch {self.max_batch})")
-        n = len(ids)
-        if n > self.max_length:
-            raise ValueError(f"prompt of {n} tokens exceeds max_length {self.max_length}")
-        self._row_of[slot], self._length[slot] = row, n
-        positions = torch.arange(n, device=self.device)[None]
-        attend = (self._key_index[None, None, :] <= positions[..., None])
-        with torch.inference_mode():
-            logits = self._forward(row, torch.tensor([list(ids)], device=self.device), positions, attend)
-        return logits[0, -1].float().cpu().numpy()
+        row0, k, longest = len(self._row_of), len(slots), max(len(p) for p in prompts)
+        bucket = min(((b, s) for b, s in self._prefill_graphs if b >= k and s >= longest), default=None,
+                     key=lambda bs: (bs[1], bs[0]))
+        b, s = bucket or (k, longest)
+        io = np.ones((b, s + 1), np.int64)  # padding: token 1, length 1 (extra rows: ignored)
+        for r, ids in enumerate(prompts):
+            io[r, :len(ids)], io[r, s] = ids, len(ids)
+        for r, slot in enumerate(slots):
+            self._row_of[slot], self._length[slot] = row0 + r, len(prompts[r])
+        if bucket is None:
+            io_dev = torch.from_numpy(io).to(self.device)
+            logits = self._prefill_rows(self.k_cache[:, row0:row0 + k], self.v_cache[:, row0:row0 + k],
+                                        io_dev[:, :s], io_dev[:, s])
+        else:
+            graph, static_io, logits = self._prefill_graphs[bucket]
+            static_io.copy_(torch.from_numpy(io))
+            graph.replay()
+            self.k_cache[:, row0:row0 + k, :, :s].copy_(self._prefill_k[:, :k, :, :s])
+            self.v_cache[:, row0:row0 + k, :, :s].copy_(self._prefill_v[:, :k, :, :s])
+        return np.array(logits[:k].float().cpu())  # a copy: the graph's output is reused by the next replay
 
     def _step(self, slots: Sequence[int], tokens: Sequence[int]):
         """One decode step of all live rows: (logits [n, V] and their argmax [n] on the device, by
@@ -214,3 +312,15 @@ class TorchExecutor:
             self.k_cache[:, row].copy_(self.k_cache[:, last])
             self.v_cache[:, row].copy_(self.v_cache[:, last])
             self._row_of[moved] = row
+
+
+def prefill_buckets(max_batch: int, max_prompt: int, max_length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The prompt batches captured as CUDA graphs: rows 1, 2, 4, 8 (up to ``max_batch``) x padded
+    lengths 16, 32, 64, ... up to the first that holds ``max_prompt`` tokens (at most ``max_length``)."""
+    rows = tuple(b for b in (1, 2, 4, 8) if b <= max_batch)
+    lengths, s = [], 16
+    while True:
+        lengths.append(min(s, max_length))
+        if s >= min(max_prompt, max_length):
+            return rows, tuple(lengths)
+        s *= 2

@@ -35,7 +35,8 @@ def _executor(params: GenerateParameters, folder: str, model: str, args):
         device = "cpu" if args.get("model_instance_kind") == "CPU" else f"cuda:{args.get('model_instance_device_id', 0)}"
         return TorchExecutor.from_checkpoint(
             os.path.join(folder, params.checkpoint_dir), max_batch=params.max_decode_batch, device=device,
-            dtype=params.precision, graph_batch_sizes=params.graph_batch_sizes, max_length=params.context_length)
+            dtype=params.precision, graph_batch_sizes=params.graph_batch_sizes, max_length=params.context_length,
+            max_prompt=params.max_prompt_tokens)
     raise ValueError(f"{model}: unknown engine {params.engine!r} (onnxruntime | torch)")
 
 

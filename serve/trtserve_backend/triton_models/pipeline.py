@@ -5,12 +5,14 @@ Same name, inputs and outputs as the ensemble it replaces; used where the engine
 """
 from __future__ import annotations
 
+import os
+
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import PipelineParameters, TokenizerParameters
-from trtserve_backend.pipeline import Pipeline
+from trtserve_backend.pipeline import PhaseClock, Pipeline
 from trtserve_backend.tokenize import InvalidTextError
 from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_items,
                                                     version_dir)
@@ -25,9 +27,23 @@ class TritonPythonModel:
         self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
         tokenizer = TokenizerParameters.from_config(cfg)
         self.limits = RequestLimits(tokenizer.max_request_text_bytes, tokenizer.max_request_texts)
+        self.name = cfg.name
+        if os.environ.get("TRTSERVE_PHASE_TIMES"):  # where an execution's time goes (benchmarks)
+            self.pipeline.clock = PhaseClock()
 
     def execute(self, requests):
+        clock = self.pipeline.clock
+        clock.start()
         items, errors = read_items(requests, self.input_names, self.limits)
+        clock.lap("read")
+        try:
+            responses = self._respond(requests, items, errors)
+        finally:
+            clock.lap("respond")
+            clock.executions += 1
+        return responses
+
+    def _respond(self, requests, items, errors):
         try:
             results = self.pipeline.run(items)
         except Exception as e:  # noqa: BLE001 - every request gets the error, the model stays up
@@ -42,3 +58,7 @@ class TritonPythonModel:
             else:
                 responses.append(pb_utils.InferenceResponse(output_tensors(self.outputs, values)))
         return responses
+
+    def finalize(self):
+        if self.pipeline.clock.executions:
+            pb_utils.Logger.log_info(f"{self.name} phase times: {self.pipeline.clock.summary()}")
