@@ -31,9 +31,7 @@ IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 REQUESTS=${REQUESTS:-1000}
 BENCH_SECONDS=${BENCH_SECONDS:-40}
 source bench/gpu/device_env.sh
-"$IMAGE_PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/pa" "$DEV"/wheels/perf_analyzer-*.whl
-chmod +x "$WORK/pa/perf_analyzer/bin/perf_analyzer"
-export PERF_ANALYZER=$WORK/pa/perf_analyzer/bin/perf_analyzer
+setup_perf_analyzer
 log "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 # The spec's checkpoint folder is .cache/checkpoints/sentiment under the repository (not carried).
