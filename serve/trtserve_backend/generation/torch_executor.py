@@ -214,25 +214,14 @@ class TorchExecutor:
                 raise ValueError(f"a prompt of {len(ids)} tokens: 1 to max_length {self.max_length} are possible")
         out = [None] * len(slots)
         order = sorted(range(len(slots)), key=lambda i: len(prompts[i]))  # similar lengths pad together
+        per_call = max((b for b, _ in self._prefill_graphs), default=8)  # the largest graph's rows
         with self.torch.inference_mode():
-            for chunk in self._prefill_chunks([len(prompts[i]) for i in order]):
-                picked = [order[j] for j in chunk]
+            for start in range(0, len(order), per_call):
+                picked = order[start:start + per_call]
                 logits = self._prefill_chunk([slots[i] for i in picked], [prompts[i] for i in picked])
                 for i, row in zip(picked, logits):
                     out[i] = row
         return np.stack(out)
-
-    def _prefill_chunks(self, lengths: list[int]) -> list[list[int]]:
-        """Indices into ``lengths`` (ascending) grouped into one call each, of at most the largest
-        graph's rows (8 without graphs); neighbours in length share a call."""
-        most = max((b for b, _ in self._prefill_graphs), default=8)
-        chunks: list[list[int]] = []
-        for i, _ in enumerate(lengths):
-            if chunks and len(chunks[-1]) < most:
-                chunks[-1].append(i)
-            else:
-                chunks.append([i])
-        return chunks
 
     def _prefill_chunk(self, slots: list[int], prompts: list[Sequence[int]]) -> np.ndarray:
         torch = self.torch
