@@ -1,10 +1,18 @@
 # Shared by the scripts that run on the GPU machine (sourced by bash): logging, steps, results
-# packing, and the Python environments there. Expects ROOT, OUT, DEV, WORK, PARTS, IMAGE_PY.
+# packing, and the Python environments there. Sourced from the repository root after the
+# script sets WORK (its scratch folder); ROOT, OUT, DEV, IMAGE_PY have defaults here, PARTS is
+# $WORK/parts, and $IMG runs the image's python with IMAGE_PYTHONPATH.
 #
 #   * the slimmed Triton 2.51 server tree from $DEV/triton-server.tar.xz (bench/gpu/pack_device.sh);
 #   * $STUB_PY: a venv for the Python-backend stubs (numpy 1.26 + a .pth to the image's torch,
 #     tokenizers, onnxruntime) that also holds the gRPC client;
 #   * $IMAGE_PYTHONPATH: tritonclient for the image's python (the build stages).
+ROOT=$PWD   # the scripts cd to the repository root first
+OUT=${OUT:-$ROOT/.device/out}
+DEV=${DEV:-$ROOT/.device}
+: "${WORK:?the script sets WORK (its scratch folder) before sourcing device_env.sh}"
+PARTS=$WORK/parts
+IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$OUT"
@@ -53,6 +61,7 @@ if ! PYTHONPATH=$WORK/imagesite "$IMAGE_PY" -c 'import tritonclient.grpc.model_c
     "$IMAGE_PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/imagesite" "$DEV"/wheels/protobuf-*.whl
 fi
 export IMAGE_PYTHONPATH=$WORK/imagesite
+IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")   # an array, not a function: `timeout` runs it
 log "stub python: $("$STUB_PY" -c 'import sys, numpy, torch, tokenizers, grpc, tritonclient.grpc; print(sys.version.split()[0], "numpy", numpy.__version__, "torch", torch.__version__, "cuda", torch.cuda.is_available(), "tokenizers", tokenizers.__version__, "grpc", grpc.__version__)' 2>&1 | tail -1)"
 log "image python: $(PYTHONPATH=$IMAGE_PYTHONPATH "$IMAGE_PY" -c 'import sys, numpy, torch, transformers, google.protobuf as pb; print(sys.version.split()[0], "numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "protobuf", pb.__version__)' 2>&1 | tail -1)"
 

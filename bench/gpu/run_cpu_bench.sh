@@ -22,12 +22,7 @@
 #     MAIN_BENCH=0 ORT_AB=1 bash bench/gpu/run_cpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device/out}
-DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-cpu}
-PARTS=$WORK/parts
-IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 REQUESTS=${REQUESTS:-1000}
 BENCH_SECONDS=${BENCH_SECONDS:-40}
 source bench/gpu/device_env.sh

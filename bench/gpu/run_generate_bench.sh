@@ -18,17 +18,11 @@
 #   python bench/gpu/generate_bench.py served --force-cpu ... ; python bench/gpu/generate_bench.py report ...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device/out}
-DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-generate}
-PARTS=$WORK/parts
-IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-10}
 CLIENT_PROCS=${CLIENT_PROCS:-8}
 source bench/gpu/device_env.sh
 [ -d "$DEV/data/gpt2-tokenizer" ] || { log "missing $DEV/data/gpt2-tokenizer: run bench/gpu/pack_generate.sh"; exit 2; }
-IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")
 step baseline 240 "${IMG[@]}" bench/gpu/generate_bench.py baseline --tokenizer "$DEV/data/gpt2-tokenizer" \
     --checkpoint-out "$WORK/gpt2" --out "$PARTS/generate_baseline.json" || exit 1
 SERVED=(--seconds "$SECONDS_PER_POINT" --client-procs "$CLIENT_PROCS" --ab)

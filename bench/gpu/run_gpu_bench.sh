@@ -21,19 +21,13 @@
 # Results: $OUT/gpu_bench.{json,csv,md}, $OUT/run.log, $OUT/parts.tgz (parts + Triton logs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device/out}
-DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-gpu}
-PARTS=$WORK/parts
-IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 BUDGET_S=${BUDGET_S:-560}   # the device tool stops a command at 600 s
 CONCURRENCY=${CONCURRENCY:-1,16,64,128,256,512}
 COMPILE_VARIANTS=${COMPILE_VARIANTS-compile + freezing + own CUDA graph,compile max-autotune-no-cudagraphs + freezing + own CUDA graph}
 source bench/gpu/device_env.sh
 
 setup_perf_analyzer
-IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")   # an array, not a function: `timeout` runs it
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 
 # Served first (the issue's main numbers), then the engine measurements in the time left.

@@ -16,16 +16,10 @@
 # Prepare: `make gpu-pack`; device tool, carry .device:  [MPS_AB=1] bash bench/gpu/run_latency_probe.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device/out}
-DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-gpu}
-PARTS=$WORK/parts
-IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 INSTANCES=${INSTANCES:-8 1}
 source bench/gpu/device_env.sh
 setup_perf_analyzer
-IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")
 step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
     --out "$PARTS/build_served.json" --skip-cpu-trace || exit 1
 step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \

@@ -15,15 +15,9 @@
 # Results: $OUT/qa_ner_gpu.json, $OUT/run.log, $OUT/parts.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device/out}
-DEV=${DEV:-$ROOT/.device}
 WORK=${WORK:-/tmp/trtserve-qa-ner}
-PARTS=$WORK/parts
-IMAGE_PY=${IMAGE_PY:-$(command -v python3)}
 DEVICE=${DEVICE:-cuda}
 source bench/gpu/device_env.sh
-IMG=(env "PYTHONPATH=$IMAGE_PYTHONPATH" "$IMAGE_PY")
 
 for precision in fp32 default; do
     extra=()
