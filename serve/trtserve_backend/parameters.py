@@ -146,9 +146,12 @@ class OrtEncoderParameters(ModelParameters):
 class TorchEncoderParameters(ModelParameters):
     model_role: ClassVar[str] = "torch encoder"
 
+    #: the engine file: TorchScript (``.pt``) or an AOTInductor package (``.pt2``, the fused encoder)
     torchscript_file: str
     precision: str
     attention: str
+    #: AOTInductor only: the same encoder compiled without a mask, run for batches with no padding
+    full_rows_file: str = field(default="", metadata={OMIT_EMPTY: True})
     cuda_graphs: bool = True
     #: One CUDA graph per (batch size, tokenizer length bucket): every shape the tokenizer sends.
     cuda_graph_batch_sizes: tuple[int, ...] = ()

@@ -104,6 +104,17 @@ def read_metadata(path: str) -> dict:
     return json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
 
 
+def load_package(path: str, device):
+    """An AOTInductor package (the fused encoder, trtserve_build.stages.compiled) as a callable on
+    ``device``; a single-threaded runner on CUDA, which CUDA graph capture needs."""
+    import torch
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    index = (dev.index if dev.index is not None else torch.cuda.current_device()) if cuda else -1
+    return torch._inductor.aoti_load_package(str(path), run_single_threaded=cuda, device_index=index)
+
+
 # ---- execution ----------------------------------------------------------------------------
 
 class _Captured:
@@ -143,6 +154,10 @@ class TorchEncoder:
         self.warmup_runs = warmup_runs
         self._graph_factory = graph_factory
         self._graphs: dict[tuple[int, int], _Captured] = {}
+        #: the same encoder without a mask (AOTInductor's full-rows package): run, and captured,
+        #: for batches whose rows are all full length
+        self.full_module = None
+        self._full_graphs: dict[tuple[int, int], _Captured] = {}
         self._staging = None  # pinned host buffer for one H2D copy of all inputs
         self._staging_free = None  # event: the last copy out of _staging has finished
         self.capture_seconds = 0.0
@@ -156,6 +171,10 @@ class TorchEncoder:
         """Load a TorchScript file made by trtserve_build.stages.torchscript and check it fits ``device``."""
         import torch
 
+        if str(path).endswith(".pt2"):
+            engine = cls(load_package(path, device), input_names, device, plan, **kwargs)
+            engine.metadata = {"engine_format": "aoti"}
+            return engine
         extra = {METADATA_FILE: ""}
         # Load on the CPU, then move parameters and buffers: the graph's tensor constants are the
         # scalars of shape arithmetic (``int(seq_len + 0)``) and must stay in host memory. Moved
@@ -186,6 +205,8 @@ class TorchEncoder:
             plan = GraphPlan(tuple(params.cuda_graph_batch_sizes), tuple(params.cuda_graph_sequence_lengths))
         engine = cls.from_file(os.path.join(folder, params.torchscript_file), input_names=input_names,
                                device=device, plan=plan)
+        if params.full_rows_file:
+            engine.full_module = load_package(os.path.join(folder, params.full_rows_file), device)
         engine.merge = check_merge(params.merge_lengths)
         engine.capture()
         return engine
@@ -203,10 +224,22 @@ class TorchEncoder:
             static[self.input_names.index("attention_mask")].fill_(1)
         return static
 
-    def _call(self, inputs):
+    def _call(self, inputs, full: bool = False):
         torch = self.torch
         with torch.no_grad(), torch.jit.optimized_execution(False):
-            return self.module(*inputs)
+            return (self.full_module if full else self.module)(*inputs)
+
+    def _programs(self) -> tuple[bool, ...]:
+        """Which programs get graphs: the masked one, and the full-rows one where there is one."""
+        return (False, True) if self.full_module is not None else (False,)
+
+    def _uses_full(self, feeds: Mapping[str, object]) -> bool:
+        """Whether this batch may run the no-mask program: one exists and no row is padded (known
+        from the host copy of the mask; inputs already on the GPU take the masked one, no sync)."""
+        if self.full_module is None or "attention_mask" not in feeds:
+            return False
+        mask = feeds["attention_mask"]
+        return mask.device.type == "cpu" and bool(mask.all())
 
     def capture(self) -> float:
         """Warm up and capture every shape of the plan; returns the seconds it took."""
@@ -215,9 +248,12 @@ class TorchEncoder:
         torch = self.torch
         started = time.perf_counter()
         if self._graph_factory is not None:
-            for batch, seq in self.plan.keys():
-                static = self._static_inputs(batch, seq)
-                self._graphs[(batch, seq)] = self._graph_factory(self, static)
+            for full in self._programs():
+                for batch, seq in self.plan.keys():
+                    static = self._static_inputs(batch, seq)
+                    graphs = self._full_graphs if full else self._graphs
+                    graphs[(batch, seq)] = (self._graph_factory(self, static, full=True) if full
+                                            else self._graph_factory(self, static))
         else:
             if self.device.type != "cuda":
                 raise TorchEngineError(f"CUDA graphs need a CUDA device, engine is on {self.device}")
@@ -226,20 +262,23 @@ class TorchEncoder:
             side.wait_stream(torch.cuda.current_stream(self.device))
             statics = {key: self._static_inputs(*key) for key in self.plan.keys()}
             with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-                for static in statics.values():
-                    for _ in range(self.warmup_runs):
-                        self._call(list(static))
+                for full in self._programs():
+                    for static in statics.values():
+                        for _ in range(self.warmup_runs):
+                            self._call(list(static), full)
             torch.cuda.current_stream(self.device).wait_stream(side)
             torch.cuda.synchronize(self.device)
-            for key in self.plan.keys():  # largest first: the shared pool is sized once
-                static = statics[key]
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    output = self._call(list(static))
-                self._graphs[key] = _Captured(static, output, graph.replay)
+            for full in self._programs():
+                graphs = self._full_graphs if full else self._graphs
+                for key in self.plan.keys():  # largest first: the shared pool is sized once
+                    static = statics[key] if not full else self._static_inputs(*key)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        output = self._call(list(static), full)
+                    graphs[key] = _Captured(static, output, graph.replay)
             torch.cuda.synchronize(self.device)
         self.capture_seconds = time.perf_counter() - started
-        log.info("captured %d CUDA graphs in %.1fs", len(self._graphs), self.capture_seconds)
+        log.info("captured %d CUDA graphs in %.1fs", len(self._graphs) + len(self._full_graphs), self.capture_seconds)
         return self.capture_seconds
 
     # -- running ----------------------------------------------------------------------------
@@ -265,20 +304,22 @@ class TorchEncoder:
             self._staging_free = self.torch.cuda.Event()
             self._staging_free.record()
 
-    def run_eager(self, feeds: Mapping[str, object]):
+    def run_eager(self, feeds: Mapping[str, object], full: bool = False):
         torch = self.torch
-        return self._call([torch.as_tensor(feeds[n]).to(self.device, torch.int64) for n in self.input_names])
+        return self._call([torch.as_tensor(feeds[n]).to(self.device, torch.int64) for n in self.input_names], full)
 
     def run(self, feeds: Mapping[str, object]):
         """One batch ({name: [batch, seq] int64 tensor}) -> output tensor on the engine's device."""
         torch = self.torch
         feeds = {n: torch.as_tensor(feeds[n]) for n in self.input_names}
         rows, seq = feeds[self.input_names[0]].shape
+        full = self._uses_full(feeds)
         if not self._graphs or not self.plan.covers(seq):
-            return self.run_eager(feeds)
+            return self.run_eager(feeds, full)
+        graphs = self._full_graphs if full else self._graphs
         outputs, start = [], 0
         for count, padded in self.plan.chunks(rows):
-            captured = self._graphs[(padded, seq)]
+            captured = graphs[(padded, seq)]
             captured.static_inputs[:, :count].copy_(self._stack_inputs(feeds, start, count), non_blocking=True)
             self._after_copy()
             captured.replay()
@@ -311,16 +352,16 @@ class TorchEncoder:
                          zeros=lambda shape, like: torch.zeros(shape, dtype=torch.int64, device=like.device))
 
 
-def eager_graph_factory(engine: TorchEncoder, static) -> _Captured:
+def eager_graph_factory(engine: TorchEncoder, static, full: bool = False) -> _Captured:
     """A stand-in for CUDA graph capture: 'replay' runs the module on the static buffers.
 
     It gives the CPU the same static-buffer semantics as a captured graph (inputs copied into a
     fixed buffer, output written into a fixed tensor), so the padding and chunking logic is
     testable without a GPU.
     """
-    output = engine._call(list(static))
+    output = engine._call(list(static), full)
 
     def replay() -> None:
-        output.copy_(engine._call(list(static)))
+        output.copy_(engine._call(list(static), full))
 
     return _Captured(static, output, replay)

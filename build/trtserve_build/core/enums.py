@@ -11,6 +11,9 @@ TRANSFORMED_PRECISIONS = ("fp16", "hybrid", "int8")
 TORCH_PRECISIONS = ("fp32", "fp16", "hybrid")
 #: transformers attention implementations the torch backend traces.
 TORCH_ATTENTION = ("sdpa", "eager")
+#: What the torch backend serves: "torchscript" (the Hugging Face modules traced) or "aoti" (the
+#: fused BERT-family encoder, models/fused.py, compiled ahead of time by AOTInductor on the GPU host).
+TORCH_ENGINE_FORMATS = ("torchscript", "aoti")
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 #: Engine backends that run inside a Python-backend model (served as one model per deployment).

@@ -19,6 +19,9 @@ MANIFEST_FILE = "export.json"
 #: Files inside a Triton model version folder.
 PLAN_FILE = "model.plan"
 TORCHSCRIPT_FILE = "model.pt"
+#: engine_format "aoti": the masked package, and the full-rows one (stages/compiled.py)
+AOTI_FILE = "model.pt2"
+AOTI_FULL_ROWS_FILE = "model-full.pt2"
 PYTHON_MODEL_FILE = "model.py"
 #: The stamp a generated model repository carries.
 REPOSITORY_STAMP_FILE = "trtserve_repository.json"
@@ -57,6 +60,17 @@ def plan_path(spec, precision: str) -> Path:
 
 def torchscript_path(spec, precision: str, attention: str) -> Path:
     return export_dir(spec) / "torchscript" / f"{precision}-{attention}.pt"
+
+
+def aoti_path(spec, precision: str) -> Path:
+    """The masked AOTInductor package (stages/compiled.py; its full-rows twin lies beside it)."""
+    return export_dir(spec) / "aoti" / f"{precision}.pt2"
+
+
+def full_rows_path(package: str | os.PathLike[str]) -> Path:
+    """``<name>-full.pt2`` beside the masked AOTInductor package ``<name>.pt2``."""
+    package = Path(package)
+    return package.with_name(f"{package.stem}-full{package.suffix}")
 
 
 def calibration_path(export_folder: Path, method: str) -> Path:

@@ -128,6 +128,10 @@ class TorchScriptRecord:
     fingerprint: str = ""
     sha256: str = ""
     format: int = TORCHSCRIPT_FORMAT_VERSION
+    #: "torchscript" (traced Hugging Face modules) or "aoti" (the fused encoder, AOTInductor)
+    engine_format: str = "torchscript"
+    #: aoti: the no-mask program (batches without padding) against the masked one, row by row
+    full_rows_vs_masked: dict[str, float] = field(default_factory=dict)
     created_utc: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def metadata(self) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .enums import (AUTO, CALIBRATION_METHODS, DATASET_LABELS, ENGINE_BACKENDS, INT8_MATMUL_MODES, PRECISIONS,
-                    TORCH_ATTENTION, TORCH_PRECISIONS, VARIANTS)
+                    TORCH_ATTENTION, TORCH_ENGINE_FORMATS, TORCH_PRECISIONS, VARIANTS)
 from .errors import SpecError
 from .instances import resolve_topology, validate_serving
 from .lazy import lazy_import
@@ -101,6 +101,8 @@ class EngineSpec:
     thread_spinning: bool | str = AUTO
     #: torch backend: transformers attention implementation traced into the TorchScript.
     attention: str = "sdpa"
+    #: torch backend: "torchscript" or "aoti" (enums.TORCH_ENGINE_FORMATS).
+    engine_format: str = "torchscript"
     #: torch backend: capture one CUDA graph per (batch size, length bucket) at load time.
     cuda_graphs: bool = True
     #: torch backend: captured batch sizes (empty = powers of two up to max_batch_size).
@@ -345,7 +347,7 @@ def _validate_torch_engine(spec: DeploymentSpec, variant: str, engine: EngineSpe
     section = f"{where}: [engine.{variant}]"
     if engine.backend != "torch":
         defaults = EngineSpec(backend=engine.backend)
-        set_keys = [k for k in ("attention", "cuda_graphs", "cuda_graph_batch_sizes")
+        set_keys = [k for k in ("attention", "engine_format", "cuda_graphs", "cuda_graph_batch_sizes")
                     if getattr(engine, k) != getattr(defaults, k)]
         if set_keys:
             raise SpecError(f"{section} {set_keys} only apply to backend \"torch\" (this one is {engine.backend!r})")
@@ -355,6 +357,8 @@ def _validate_torch_engine(spec: DeploymentSpec, variant: str, engine: EngineSpe
                         f"choose one of {TORCH_PRECISIONS}")
     if engine.attention not in TORCH_ATTENTION:
         raise SpecError(f"{section} attention {engine.attention!r}; known: {TORCH_ATTENTION}")
+    if engine.engine_format not in TORCH_ENGINE_FORMATS:
+        raise SpecError(f"{section} engine_format {engine.engine_format!r}; known: {TORCH_ENGINE_FORMATS}")
     sizes = list(engine.cuda_graph_batch_sizes)
     if sizes and (sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] > spec.batching.max_batch_size):
         raise SpecError(f"{section} cuda_graph_batch_sizes must be strictly increasing within "

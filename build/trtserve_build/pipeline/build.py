@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
 from ..core.enums import PRECISIONS
 from ..core.errors import EngineBuildError, ExecutorUnavailableError, PrecisionError, SpecError, ToleranceError
-from ..core.paths import TOKENIZER_FILE, export_dir, plan_path, torchscript_path
+from ..core.paths import TOKENIZER_FILE, aoti_path, export_dir, plan_path, torchscript_path
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
+from ..core.task_spec import encoder_max_batch_size
 from ..data.texts import validation_texts
 from ..data.tokenizer import bucket_tokenizer
 from ..models.loader import load_task_model
 from ..runtime.tensorrt import detect_tensorrt
+from ..stages import compiled as compiled_stage
 from ..stages import repository as repository_stage
 from ..stages import tensorrt as tensorrt_stage
 from ..stages import torchscript as torchscript_stage
@@ -97,10 +100,18 @@ def _build_torchscript(spec: DeploymentSpec, variant: str, force: bool) -> Path:
                                manifest.pad_token_id, manifest.inputs)
         return tok.encode(validation_texts())
 
+    def load_model():
+        return load_task_model(manifest.checkpoint, spec.task, labels=spec.model.labels)
+
+    if engine.engine_format == "aoti":
+        # TRTSERVE_AOTI_DEVICE=cpu: a CPU package (the tests; a GPU host compiles for its GPU)
+        return compiled_stage.build_compiled(
+            spec, variant, manifest, aoti_path(spec, engine.precision), load_model=load_model,
+            check_feeds=check_feeds, max_batch=encoder_max_batch_size(spec), force=force,
+            device=os.environ.get("TRTSERVE_AOTI_DEVICE", "cuda"))
     return torchscript_stage.build_torchscript(
         spec, variant, manifest, torchscript_path(spec, engine.precision, engine.attention),
-        load_model=lambda: load_task_model(manifest.checkpoint, spec.task, labels=spec.model.labels),
-        check_feeds=check_feeds, force=force)
+        load_model=load_model, check_feeds=check_feeds, force=force)
 
 
 def generate_repository(specs: Sequence[DeploymentSpec], variant: str, out_dir: Path,

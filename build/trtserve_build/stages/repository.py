@@ -36,6 +36,8 @@ from ..core.errors import RepositoryError
 from ..core.files import building, sha256_file
 from ..core.pbtxt import write_config
 from ..core.paths import (
+    AOTI_FILE,
+    AOTI_FULL_ROWS_FILE,
     ONNX_FILE,
     PLAN_FILE,
     PYTHON_MODEL_FILE,
@@ -43,6 +45,7 @@ from ..core.paths import (
     TOKENIZER_FILE,
     TORCHSCRIPT_FILE,
     export_dir,
+    full_rows_path,
     precision_onnx_path,
     record_path,
 )
@@ -206,6 +209,11 @@ def _install_engine_file(spec: DeploymentSpec, variant: str, version: Path, plan
         return
     what, filename = {"tensorrt": ("a TensorRT plan", PLAN_FILE), "torch": ("a TorchScript file", TORCHSCRIPT_FILE)}[
         engine.backend]
-    if plan is None or not plan.exists():
+    aoti = engine.backend == "torch" and engine.engine_format == "aoti"
+    if aoti:
+        what, filename = "AOTInductor packages", AOTI_FILE
+    if plan is None or not plan.exists() or (aoti and not full_rows_path(plan).exists()):
         raise RepositoryError(f"{spec.name}: variant {variant!r} needs {what}; run `make engines VARIANT={variant}`")
     _link_or_copy(plan, version / filename)
+    if aoti:
+        _link_or_copy(full_rows_path(plan), version / AOTI_FULL_ROWS_FILE)

@@ -25,7 +25,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ..core.errors import ConfigError
 from ..core.instances import host_sized, thread_spinning
 from ..core.pbtxt import tensor_config
-from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
+from ..core.paths import AOTI_FILE, AOTI_FULL_ROWS_FILE, ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
 from ..core.task_spec import NERSpec, QASpec, encoder_max_batch_size, window_stride
@@ -194,8 +194,10 @@ def _torch_parameters(spec: DeploymentSpec, variant: str) -> TorchEncoderParamet
         encoder_max_batch_size(spec), spec.batching.preferred_batch_sizes)
     # output_device, FORCE_CPU_ONLY_INPUT_TENSORS and merge_lengths: the class's defaults
     # (what the GPU engine wants; the reasons are documented on the fields).
+    aoti = engine.engine_format == "aoti"
     return TorchEncoderParameters(
-        torchscript_file=TORCHSCRIPT_FILE,
+        torchscript_file=AOTI_FILE if aoti else TORCHSCRIPT_FILE,
+        full_rows_file=AOTI_FULL_ROWS_FILE if aoti else "",
         precision=engine.precision,
         attention=engine.attention,
         cuda_graphs=engine.cuda_graphs,
