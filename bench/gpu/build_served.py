@@ -41,6 +41,14 @@ def with_topology(spec, topology: str):
     return dataclasses.replace(spec, engines=engines)
 
 
+def with_engine_format(spec, engine_format: str):
+    import dataclasses
+
+    engines = dict(spec.engines)
+    engines[VARIANT] = dataclasses.replace(spec.engine(VARIANT), engine_format=engine_format)
+    return dataclasses.replace(spec, engines=engines)
+
+
 def log(msg: str) -> None:
     print(f"[build_served {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cpu-trace", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script on a machine without a GPU")
     parser.add_argument("--precision", help="override the spec's gpu_torch precision (fp32 for a fast CPU dry run)")
+    parser.add_argument("--engine-format", choices=("torchscript", "aoti"), help="override the spec's gpu_torch "
+                        "engine_format (the A/B of the fused AOTInductor engine against TorchScript)")
     args = parser.parse_args(argv)
 
     data, work = Path(args.data), Path(args.work)
@@ -82,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.ensemble_floor import write_floor_repository
     from trtserve_backend.postprocess import l2_normalize, softmax
     from trtserve_build.core.metrics import Agreement
-    from trtserve_build.core.paths import TOKENIZER_FILE, export_dir, torchscript_path
+    from trtserve_build.core.paths import TOKENIZER_FILE, aoti_path, export_dir, torchscript_path
+    from trtserve_build.core.task_spec import encoder_max_batch_size
+    from trtserve_build.stages import compiled
     from trtserve_build.core.records import ExportManifest
     from trtserve_build.core.spec import load_spec
     from trtserve_build.data.tokenizer import bucket_tokenizer
@@ -100,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(ROOT / "deployments" / f"{name}.toml")
         if args.precision:
             spec = with_precision(spec, VARIANT, args.precision)
+        if args.engine_format:
+            spec = with_engine_format(spec, args.engine_format)
         engine = spec.engine(VARIANT)
         manifest = ExportManifest.read(export_dir(spec))
         model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed,
@@ -107,16 +121,27 @@ def main(argv: list[str] | None = None) -> int:
         feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
                                  spec.model.length_buckets, manifest.pad_token_id,
                                  manifest.inputs).encode(texts[:args.reference_texts])
-        traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
-                                             feeds, ts.gate_for(spec, engine.precision), device=device,
-                                             target_device_type=torch.device(device).type,
-                                             pad_token_id=manifest.pad_token_id)
+        if engine.engine_format == "aoti":  # the fused encoder, compiled by AOTInductor (two packages)
+            traced, started = None, time.perf_counter()
+            record = compiled.make_compiled(model, spec.task, engine.precision, manifest.inputs, feeds,
+                                            ts.gate_for(spec, engine.precision), aoti_path(spec, engine.precision),
+                                            output=manifest.output, max_batch=encoder_max_batch_size(spec),
+                                            max_seq=spec.model.max_sequence_length, device=device)
+            log(f"{name}: AOTInductor packages in {time.perf_counter() - started:.0f}s")
+        else:
+            traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
+                                                 feeds, ts.gate_for(spec, engine.precision), device=device,
+                                                 target_device_type=torch.device(device).type,
+                                                 pad_token_id=manifest.pad_token_id)
         record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
         record.fingerprint = f"random-{args.seed}"
-        path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
-        summary["deployments"][name] = {"torchscript": {"path": str(path), "bytes": path.stat().st_size,
-                                                        **record.metadata()}}
-        log(f"{name}: TorchScript {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
+        if traced is None:
+            path = compiled.save_record(record, aoti_path(spec, engine.precision))
+        else:
+            path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
+        summary["deployments"][name] = {engine.engine_format: {"path": str(path), "bytes": path.stat().st_size,
+                                                               **record.metadata()}}
+        log(f"{name}: {engine.engine_format} {path} ({path.stat().st_size / 1e6:.1f} MB): vs fp32 {record.vs_fp32}")
         specs.append(spec)
         plans[name] = path
         if name == "sentiment":
@@ -148,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"repository {label} {repo}: {sorted(p.name for p in repo.iterdir())}")
     (work / "reference.json").write_text(json.dumps(references))
 
-    if not args.skip_cpu_trace and device != "cpu" and "sentiment" in {s.name for s in specs}:
+    if (not args.skip_cpu_trace and device != "cpu" and "sentiment" in {s.name for s in specs}
+            and sentiment[-1] is not None):  # a TorchScript build (aoti has no CPU build path)
         spec, engine, model, feeds, manifest, traced = sentiment
         # The CPU build path (no GPU on the build host): trace + check on the CPU, retarget to cuda.
         started = time.perf_counter()

@@ -69,11 +69,12 @@ def hf_rows(model, label: str, shapes) -> list[dict]:
     return rows
 
 
-def engine_rows(encoder, label: str, shapes) -> list[dict]:
+def engine_rows(encoder, label: str, shapes, padded: bool = False) -> list[dict]:
+    """``padded``: rows of random lengths (an AOTInductor engine runs its masked program)."""
     rows = []
     for batch, seq in shapes:
-        feeds = random_feeds(batch, seq, "cuda")
-        r = time_gpu(lambda: encoder.run(feeds), batch)
+        feeds = random_feeds(batch, seq, "cuda", padded=padded)
+        r = time_gpu(lambda: encoder.run(feeds, full_rows=not padded), batch)
         rows.append({"engine": label, "batch": batch, "seq": seq, **r})
         log(f"{label:28s} {batch:4d}x{seq:<4d} p50 {r['p50_ms']:8.3f} ms  {r['throughput_per_s']:9.0f} seq/s")
     return rows
@@ -103,6 +104,48 @@ def kernel_breakdown(module, batch: int, seq: int, iters: int = 3) -> dict:
 def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:
     feeds = random_feeds(rows, seq, "cpu", seed=7, padded=True)
     return {n: v.numpy() for n, v in feeds.items()}
+
+
+def aoti_rows(model, result: dict, shapes, best, precisions) -> list[dict]:
+    """engine_format "aoti": the fused encoder compiled by AOTInductor (trtserve_build.stages.compiled),
+    as served: full rows run the no-mask package, padded rows the masked one (both graph-captured)."""
+    import tempfile
+
+    import torch
+
+    from trtserve_build.core.paths import full_rows_path
+    from trtserve_build.stages import compiled
+    from trtserve_backend.torch_engine import load_package
+
+    rows = []
+    for precision in precisions:
+        label = f"engine {precision} aoti"
+        path = Path(tempfile.mkdtemp(prefix="engine_aoti_")) / f"{precision}.pt2"
+        started = time.perf_counter()
+        try:
+            record = compiled.make_compiled(model, contract.CLASSIFICATION, precision, NAMES, check_feeds(),
+                                            ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), path,
+                                            output=contract.LOGITS, max_batch=max(b for b, _ in shapes + best),
+                                            max_seq=512, device="cuda")
+        except Exception as e:  # noqa: BLE001 - one failed variant must not lose the rest of the run
+            result["fidelity"][f"{precision}/aoti logits"] = {"error": str(e)[:500]}
+            log(f"{label}: build failed: {e}")
+            continue
+        result["fidelity"][f"{precision}/aoti logits"] = {"compiled_vs_eager": record.trace_vs_eager,
+                                                         "vs_fp32": record.vs_fp32,
+                                                         "full_rows_vs_masked": record.full_rows_vs_masked,
+                                                         "build_seconds": round(time.perf_counter() - started, 1)}
+        log(f"{label}: built in {time.perf_counter() - started:.0f}s, vs fp32 {record.vs_fp32}")
+        plan = GraphPlan(tuple(sorted({b for b, _ in shapes + best})), tuple(sorted({s for _, s in shapes})))
+        encoder = TorchEncoder.from_file(str(path), NAMES, "cuda", plan)
+        encoder.full_module = load_package(str(full_rows_path(path)), "cuda")
+        result["capture"][label] = {"graphs": 2 * len(plan.keys()), "seconds": round(encoder.capture(), 2)}
+        rows += engine_rows(encoder, f"{label} + CUDA graphs", shapes + best)
+        rows += engine_rows(encoder, f"{label} + CUDA graphs, padded rows", [(256, 128)], padded=True)
+        del encoder
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             del encoder, traced
             gc.collect()
             torch.cuda.empty_cache()
+
+        if not args.quick:
+            result["rows"] += aoti_rows(model, result, shapes, best, ["fp16"] if args.lean else ["fp16", "hybrid"])
 
         # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.
         for precision in (["fp16"] if args.quick or args.lean else ["fp16", "hybrid"]):

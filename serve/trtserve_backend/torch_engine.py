@@ -308,12 +308,13 @@ class TorchEncoder:
         torch = self.torch
         return self._call([torch.as_tensor(feeds[n]).to(self.device, torch.int64) for n in self.input_names], full)
 
-    def run(self, feeds: Mapping[str, object]):
-        """One batch ({name: [batch, seq] int64 tensor}) -> output tensor on the engine's device."""
+    def run(self, feeds: Mapping[str, object], full_rows: bool | None = None):
+        """One batch ({name: [batch, seq] int64 tensor}) -> output tensor on the engine's device.
+        ``full_rows``: the caller knows whether any row is padded (None: look at a host mask)."""
         torch = self.torch
         feeds = {n: torch.as_tensor(feeds[n]) for n in self.input_names}
         rows, seq = feeds[self.input_names[0]].shape
-        full = self._uses_full(feeds)
+        full = self._uses_full(feeds) if full_rows is None else (full_rows and self.full_module is not None)
         if not self._graphs or not self.plan.covers(seq):
             return self.run_eager(feeds, full)
         graphs = self._full_graphs if full else self._graphs

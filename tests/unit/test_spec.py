@@ -94,9 +94,9 @@ def test_fingerprint_tracks_content(embed_spec):
     # (the whole-spec key changed deliberately with [batching] max_request_text_bytes /
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
-    # 14, and with the engine sections' thread_spinning, issue 13: it keys the generated
-    # repository; the "model" key above, which keys training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "397546ef63968065"
+    # 14, and with the engine sections' thread_spinning and engine_format, issue 13: it keys the
+    # generated repository; the "model" key above, which keys training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "a7c6ee7d97259111"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

@@ -219,9 +219,11 @@ def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp
     from trtserve_build.core.paths import TORCHSCRIPT_FILE
     from trtserve_build.stages.triton_config import encoder_config
 
-    from .test_triton_config import manifest_for
+    from .test_triton_config import manifest_for, with_engine
 
-    config = encoder_config(embed_spec, manifest_for(embed_spec, hidden=4), "gpu_torch")  # pooled [4] FP32
+    # the TorchScript engine (embed's own gpu_torch engine is AOTInductor's: test_fused_engine.py)
+    spec = with_engine(embed_spec, "gpu_torch", engine_format="torchscript")
+    config = encoder_config(spec, manifest_for(spec, hidden=4), "gpu_torch")  # pooled [4] FP32
     (tmp_path / "1").mkdir()
     _save_traced(model, tmp_path / "1" / TORCHSCRIPT_FILE)
     args = {"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),

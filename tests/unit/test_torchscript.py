@@ -230,20 +230,26 @@ def test_spec_validates_torch_keys(engine, message):
         parse_spec(_spec_dict("/nonexistent", engine))
 
 
-def test_pipeline_builds_a_gpu_torch_repository(tiny_model, tokenizer_file, tmp_path, monkeypatch):
-    """Checkpoint -> ONNX export -> TorchScript (traced on the CPU, retargeted) -> repository."""
+def checkpoint_and_cache(model, tokenizer_file: Path, tmp_path: Path, monkeypatch) -> Path:
+    """``model`` saved as a checkpoint folder with the MiniLM tokenizer, and a cache whose corpus
+    is a small real-format file: the export checks on it in place of the 10,605 snippets (the
+    build reads it as it is; nothing is patched)."""
     import shutil
 
     checkpoint = tmp_path / "checkpoint"
-    tiny_model.save_pretrained(checkpoint)
+    model.save_pretrained(checkpoint)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(tokenizer_file.parent / name, checkpoint / name)
     monkeypatch.setenv("TRTSERVE_CACHE", str(tmp_path / "cache"))
-    # the export checks on the corpus: a small real-format file in the cache stands in for the
-    # 10,605 snippets (the build reads it as it is; nothing is patched)
     data = tmp_path / "cache" / "data"
     data.mkdir(parents=True)
     (data / MOVIE_REVIEWS_FILE).write_text("".join(f"{i}\t1.5\t{t}\n" for i, t in enumerate(TEXTS) if t))
+    return checkpoint
+
+
+def test_pipeline_builds_a_gpu_torch_repository(tiny_model, tokenizer_file, tmp_path, monkeypatch):
+    """Checkpoint -> ONNX export -> TorchScript (traced on the CPU, retargeted) -> repository."""
+    checkpoint = checkpoint_and_cache(tiny_model, tokenizer_file, tmp_path, monkeypatch)
     spec = parse_spec(_spec_dict(str(checkpoint), {"backend": "torch", "precision": "hybrid", "attention": "eager",
                                                    "cuda_graph_batch_sizes": [1, 8]}))
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from .enums import AUTO, INSTANCE_KNOBS, PYTHON_ENGINE_BACKENDS, TOPOLOGIES
+from .enums import (AUTO, INSTANCE_KNOBS, PYTHON_ENGINE_BACKENDS, TOPOLOGIES, TORCH_ATTENTION, TORCH_ENGINE_FORMATS,
+                    TORCH_PRECISIONS)
 from .errors import SpecError
 
 
@@ -33,6 +34,27 @@ def validate_serving(engine, section: str) -> None:
     if engine.topology == "single" and engine.backend not in PYTHON_ENGINE_BACKENDS:
         raise SpecError(f'{section} topology "single" needs an engine that runs in a Python model '
                         f"({PYTHON_ENGINE_BACKENDS}); backend {engine.backend!r} is served as an ensemble")
+
+
+def validate_torch_engine(engine, defaults, max_batch_size: int, section: str) -> None:
+    """The torch-only keys of an ``EngineSpec``: allowed (and checked) for backend "torch", rejected
+    elsewhere (``defaults``: an ``EngineSpec`` of the same backend with nothing set)."""
+    if engine.backend != "torch":
+        set_keys = [k for k in ("attention", "engine_format", "cuda_graphs", "cuda_graph_batch_sizes")
+                    if getattr(engine, k) != getattr(defaults, k)]
+        if set_keys:
+            raise SpecError(f"{section} {set_keys} only apply to backend \"torch\" (this one is {engine.backend!r})")
+        return
+    if engine.precision not in TORCH_PRECISIONS:
+        raise SpecError(f"{section} precision {engine.precision!r} is not available for backend \"torch\"; "
+                        f"choose one of {TORCH_PRECISIONS}")
+    for key, known in (("attention", TORCH_ATTENTION), ("engine_format", TORCH_ENGINE_FORMATS)):
+        if getattr(engine, key) not in known:
+            raise SpecError(f"{section} {key} {getattr(engine, key)!r}; known: {known}")
+    sizes = list(engine.cuda_graph_batch_sizes)
+    if sizes and (sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] > max_batch_size):
+        raise SpecError(f"{section} cuda_graph_batch_sizes must be strictly increasing within "
+                        f"1..max_batch_size ({max_batch_size}), got {sizes}")
 
 
 def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:

@@ -66,3 +66,33 @@ def check_tolerance(reference: np.ndarray, candidate: np.ndarray, what: str, *, 
     if problems:
         raise ToleranceError(f"{what}: " + ", ".join(problems) + f" over {agreement.rows} texts")
     return agreement
+
+
+# ---- the gates of a converted engine against FP32 ---------------------------------------------
+
+#: Compiled or traced vs the same module run eagerly at the same precision: the same kernels run,
+#: so anything below this is a tracing/compilation error (e.g. a data-dependent branch frozen with
+#: the example inputs).
+TRACE_MIN_COSINE = 0.99999
+#: fp16/hybrid vs fp32 when the spec gates no cosine for that precision: loose enough for FP16
+#: rounding (measured >= 0.9999 on MiniLM), tight enough to catch a broken conversion.
+SANITY_MIN_COSINE = 0.999
+
+
+@dataclass(frozen=True)
+class PrecisionGate:
+    """Bounds of the converted module against the FP32 reference."""
+
+    min_cosine: float
+    max_nonfinite_fraction: float = 0.0
+    atol: float | None = None
+
+
+def gate_for(spec, precision: str) -> PrecisionGate:
+    """The spec's gate for ``precision`` (fp32: the export tolerances; others: [precision.gates])."""
+    if precision == "fp32":
+        return PrecisionGate(min_cosine=spec.export.min_cosine, atol=spec.export.atol)
+    gate = spec.precision.gate(precision)
+    nonfinite = gate.max_nonfinite_fraction if gate.max_nonfinite_fraction is not None else 0.0
+    return PrecisionGate(min_cosine=gate.min_cosine if gate.min_cosine is not None else SANITY_MIN_COSINE,
+                         max_nonfinite_fraction=nonfinite)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .enums import (AUTO, CALIBRATION_METHODS, DATASET_LABELS, ENGINE_BACKENDS, INT8_MATMUL_MODES, PRECISIONS,
-                    TORCH_ATTENTION, TORCH_ENGINE_FORMATS, TORCH_PRECISIONS, VARIANTS)
+                    VARIANTS)
 from .errors import SpecError
-from .instances import resolve_topology, validate_serving
+from .instances import resolve_topology, validate_serving, validate_torch_engine
 from .lazy import lazy_import
 from .paths import REPO_ROOT
 from .stamps import digest
@@ -99,9 +99,9 @@ class EngineSpec:
     #: and whether they spin in a run or sleep until woken ("auto": core.instances.thread_spinning).
     intra_op_threads: int | str = 0
     thread_spinning: bool | str = AUTO
-    #: torch backend: transformers attention implementation traced into the TorchScript.
+    #: torch backend: transformers attention implementation traced into the TorchScript, and
+    #: what is served: "torchscript" or "aoti" (enums.TORCH_ENGINE_FORMATS).
     attention: str = "sdpa"
-    #: torch backend: "torchscript" or "aoti" (enums.TORCH_ENGINE_FORMATS).
     engine_format: str = "torchscript"
     #: torch backend: capture one CUDA graph per (batch size, length bucket) at load time.
     cuda_graphs: bool = True
@@ -339,30 +339,8 @@ def validate(spec: DeploymentSpec) -> None:
         if engine.precision not in PRECISIONS:
             raise SpecError(f"{where}: [engine.{variant}] precision {engine.precision!r}; known: {PRECISIONS}")
         validate_serving(engine, f"{where}: [engine.{variant}]")
-        _validate_torch_engine(spec, variant, engine, where)
-
-
-def _validate_torch_engine(spec: DeploymentSpec, variant: str, engine: EngineSpec, where: str) -> None:
-    """The torch-only keys: allowed (and checked) for backend "torch", rejected elsewhere."""
-    section = f"{where}: [engine.{variant}]"
-    if engine.backend != "torch":
-        defaults = EngineSpec(backend=engine.backend)
-        set_keys = [k for k in ("attention", "engine_format", "cuda_graphs", "cuda_graph_batch_sizes")
-                    if getattr(engine, k) != getattr(defaults, k)]
-        if set_keys:
-            raise SpecError(f"{section} {set_keys} only apply to backend \"torch\" (this one is {engine.backend!r})")
-        return
-    if engine.precision not in TORCH_PRECISIONS:
-        raise SpecError(f"{section} precision {engine.precision!r} is not available for backend \"torch\"; "
-                        f"choose one of {TORCH_PRECISIONS}")
-    if engine.attention not in TORCH_ATTENTION:
-        raise SpecError(f"{section} attention {engine.attention!r}; known: {TORCH_ATTENTION}")
-    if engine.engine_format not in TORCH_ENGINE_FORMATS:
-        raise SpecError(f"{section} engine_format {engine.engine_format!r}; known: {TORCH_ENGINE_FORMATS}")
-    sizes = list(engine.cuda_graph_batch_sizes)
-    if sizes and (sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] > spec.batching.max_batch_size):
-        raise SpecError(f"{section} cuda_graph_batch_sizes must be strictly increasing within "
-                        f"1..max_batch_size ({spec.batching.max_batch_size}), got {sizes}")
+        validate_torch_engine(engine, EngineSpec(backend=engine.backend), spec.batching.max_batch_size,
+                              f"{where}: [engine.{variant}]")
 
 
 def _validate_precision(p: PrecisionSpec, where: str) -> None:

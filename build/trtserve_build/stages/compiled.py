@@ -32,13 +32,12 @@ from trtserve_backend.torch_engine import load_package
 from ..core.errors import TorchScriptError
 from ..core.files import sha256_file
 from ..core.lazy import lazy_import
-from ..core.metrics import check_tolerance
+from ..core.metrics import TRACE_MIN_COSINE, PrecisionGate, check_tolerance, gate_for
 from ..core.paths import full_rows_path, record_path
 from ..core.records import TorchScriptRecord
 from ..core.stamps import digest
 from ..models.fused import fused_encoder
 from ..models.heads import task_module
-from .torchscript import TRACE_MIN_COSINE, PrecisionGate, _as_numpy, gate_for, torchscript_fingerprint
 
 torch = lazy_import("torch")
 transformers = lazy_import("transformers")
@@ -62,6 +61,10 @@ def compile_package(module, example: tuple, max_batch: int, max_seq: int, path: 
     torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     tmp.replace(path)
     return path
+
+
+def _as_numpy(tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
 
 
 def _rows(module, feeds: tuple, chunk: int = 16) -> np.ndarray:
@@ -132,8 +135,10 @@ def save_record(record: TorchScriptRecord, path: Path) -> Path:
 # ---- the pipeline stage ---------------------------------------------------------------------
 
 def compiled_fingerprint(spec, variant: str, export_fingerprint: str, max_batch: int, device: str) -> str:
-    return digest({"torchscript": torchscript_fingerprint(spec, variant, export_fingerprint), "format": "aoti-1",
-                   "max_batch": max_batch, "max_seq": spec.model.max_sequence_length, "device": device})
+    precision = spec.engine(variant).precision
+    return digest({"export": export_fingerprint, "precision": precision, "gate": asdict(gate_for(spec, precision)),
+                   "torch": torch.__version__, "format": "aoti-1", "max_batch": max_batch,
+                   "max_seq": spec.model.max_sequence_length, "device": device})
 
 
 def build_compiled(spec, variant: str, manifest, path: Path, *, load_model: Callable[[], object],

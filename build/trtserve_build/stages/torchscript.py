@@ -44,7 +44,7 @@ from trtserve_backend.torch_engine import METADATA_FILE
 from ..core.errors import TorchScriptError
 from ..core.files import sha256_file
 from ..core.lazy import lazy_import
-from ..core.metrics import check_tolerance
+from ..core.metrics import SANITY_MIN_COSINE, TRACE_MIN_COSINE, PrecisionGate, check_tolerance, gate_for  # noqa: F401 - re-exported
 from ..core.paths import record_path
 from ..core.records import TORCHSCRIPT_FORMAT_VERSION, TorchScriptRecord
 from ..core.stamps import digest
@@ -56,12 +56,6 @@ transformers = lazy_import("transformers")
 
 log = logging.getLogger(__name__)
 
-#: Traced vs eager at the same precision: the same kernels run, so anything below this is a
-#: tracing error (e.g. a data-dependent branch frozen with the example inputs).
-TRACE_MIN_COSINE = 0.99999
-#: fp16/hybrid vs fp32 when the spec gates no cosine for that precision: loose enough for FP16
-#: rounding (measured >= 0.9999 on MiniLM), tight enough to catch a broken conversion.
-SANITY_MIN_COSINE = 0.999
 
 
 # ---- tracing --------------------------------------------------------------------------------
@@ -133,25 +127,6 @@ def device_constants(script_module) -> set[str]:
 
 
 # ---- checks ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PrecisionGate:
-    """Bounds of the converted module against the FP32 reference."""
-
-    min_cosine: float
-    max_nonfinite_fraction: float = 0.0
-    atol: float | None = None
-
-
-def gate_for(spec, precision: str) -> PrecisionGate:
-    """The spec's gate for ``precision`` (fp32: the export tolerances; others: [precision.gates])."""
-    if precision == "fp32":
-        return PrecisionGate(min_cosine=spec.export.min_cosine, atol=spec.export.atol)
-    gate = spec.precision.gate(precision)
-    nonfinite = gate.max_nonfinite_fraction if gate.max_nonfinite_fraction is not None else 0.0
-    return PrecisionGate(min_cosine=gate.min_cosine if gate.min_cosine is not None else SANITY_MIN_COSINE,
-                         max_nonfinite_fraction=nonfinite)
-
 
 # ---- one build ------------------------------------------------------------------------------
 
