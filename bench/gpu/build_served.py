@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cpu-trace", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script on a machine without a GPU")
     parser.add_argument("--precision", help="override the spec's gpu_torch precision (fp32 for a fast CPU dry run)")
-    parser.add_argument("--engine-format", choices=("torchscript", "aoti"), help="override the spec's gpu_torch "
-                        "engine_format (the A/B of the fused AOTInductor engine against TorchScript)")
+    parser.add_argument("--engine-format", choices=("torchscript", "fused", "aoti"), help="override the spec's "
+                        "gpu_torch engine_format (the A/B of the fused encoder against the traced HF modules)")
     args = parser.parse_args(argv)
 
     data, work = Path(args.data), Path(args.work)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.ensemble_floor import write_floor_repository
     from trtserve_backend.postprocess import l2_normalize, softmax
     from trtserve_build.core.metrics import Agreement
-    from trtserve_build.core.paths import TOKENIZER_FILE, aoti_path, export_dir, torchscript_path
+    from trtserve_build.core.paths import TOKENIZER_FILE, export_dir, fused_path, torchscript_path
     from trtserve_build.core.task_spec import encoder_max_batch_size
     from trtserve_build.stages import compiled
     from trtserve_build.core.records import ExportManifest
@@ -121,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         feeds = bucket_tokenizer(export_dir(spec) / TOKENIZER_FILE, spec.model.max_sequence_length,
                                  spec.model.length_buckets, manifest.pad_token_id,
                                  manifest.inputs).encode(texts[:args.reference_texts])
-        if engine.engine_format == "aoti":  # the fused encoder, compiled by AOTInductor (two packages)
+        if engine.engine_format != "torchscript":  # the fused encoder's two programs
             traced, started = None, time.perf_counter()
+            program = fused_path(spec, engine.precision, engine.engine_format)
             record = compiled.make_compiled(model, spec.task, engine.precision, manifest.inputs, feeds,
-                                            ts.gate_for(spec, engine.precision), aoti_path(spec, engine.precision),
+                                            ts.gate_for(spec, engine.precision), program,
                                             output=manifest.output, max_batch=encoder_max_batch_size(spec),
-                                            max_seq=spec.model.max_sequence_length, device=device)
-            log(f"{name}: AOTInductor packages in {time.perf_counter() - started:.0f}s")
+                                            max_seq=spec.model.max_sequence_length, device=device,
+                                            engine_format=engine.engine_format)
+            log(f"{name}: {engine.engine_format} programs in {time.perf_counter() - started:.0f}s")
         else:
             traced, record = ts.make_torchscript(model, spec.task, engine.precision, engine.attention, manifest.inputs,
                                                  feeds, ts.gate_for(spec, engine.precision), device=device,
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         record.source = f"random weights (seed {args.seed}) in the architecture of {data / 'sentiment_config.json'}"
         record.fingerprint = f"random-{args.seed}"
         if traced is None:
-            path = compiled.save_record(record, aoti_path(spec, engine.precision))
+            path = compiled.save_record(record, program)
         else:
             path = ts.save(traced, record, torchscript_path(spec, engine.precision, engine.attention))
         summary["deployments"][name] = {engine.engine_format: {"path": str(path), "bytes": path.stat().st_size,

@@ -106,42 +106,47 @@ def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:
     return {n: v.numpy() for n, v in feeds.items()}
 
 
-def aoti_rows(model, result: dict, shapes, best, precisions) -> list[dict]:
-    """engine_format "aoti": the fused encoder compiled by AOTInductor (trtserve_build.stages.compiled),
-    as served: full rows run the no-mask package, padded rows the masked one (both graph-captured)."""
+def fused_rows(model, result: dict, shapes, best, precisions, engine_format: str = "fused") -> list[dict]:
+    """engine_format "fused" (traced) or "aoti": the fused encoder (trtserve_build.stages.compiled), as
+    served: full rows run the no-mask program, padded rows the masked one (both graph-captured)."""
     import tempfile
 
     import torch
 
     from trtserve_build.core.paths import full_rows_path
     from trtserve_build.stages import compiled
-    from trtserve_backend.torch_engine import load_package
+    from trtserve_backend.torch_engine import load_program
 
     rows = []
     for precision in precisions:
-        label = f"engine {precision} aoti"
-        path = Path(tempfile.mkdtemp(prefix="engine_aoti_")) / f"{precision}.pt2"
+        label = f"engine {precision} {engine_format}"
+        path = Path(tempfile.mkdtemp(prefix="engine_fused_")) / f"{precision}.{'pt2' if engine_format == 'aoti' else 'pt'}"
         started = time.perf_counter()
         try:
             record = compiled.make_compiled(model, contract.CLASSIFICATION, precision, NAMES, check_feeds(),
                                             ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), path,
                                             output=contract.LOGITS, max_batch=max(b for b, _ in shapes + best),
-                                            max_seq=512, device="cuda")
+                                            max_seq=512, device="cuda", engine_format=engine_format)
         except Exception as e:  # noqa: BLE001 - one failed variant must not lose the rest of the run
-            result["fidelity"][f"{precision}/aoti logits"] = {"error": str(e)[:500]}
+            result["fidelity"][f"{precision}/{engine_format} logits"] = {"error": str(e)[:500]}
             log(f"{label}: build failed: {e}")
             continue
-        result["fidelity"][f"{precision}/aoti logits"] = {"compiled_vs_eager": record.trace_vs_eager,
+        result["fidelity"][f"{precision}/{engine_format} logits"] = {"compiled_vs_eager": record.trace_vs_eager,
                                                          "vs_fp32": record.vs_fp32,
                                                          "full_rows_vs_masked": record.full_rows_vs_masked,
                                                          "build_seconds": round(time.perf_counter() - started, 1)}
         log(f"{label}: built in {time.perf_counter() - started:.0f}s, vs fp32 {record.vs_fp32}")
         plan = GraphPlan(tuple(sorted({b for b, _ in shapes + best})), tuple(sorted({s for _, s in shapes})))
-        encoder = TorchEncoder.from_file(str(path), NAMES, "cuda", plan)
-        encoder.full_module = load_package(str(full_rows_path(path)), "cuda")
-        result["capture"][label] = {"graphs": 2 * len(plan.keys()), "seconds": round(encoder.capture(), 2)}
-        rows += engine_rows(encoder, f"{label} + CUDA graphs", shapes + best)
-        rows += engine_rows(encoder, f"{label} + CUDA graphs, padded rows", [(256, 128)], padded=True)
+        encoder = None
+        try:
+            encoder = TorchEncoder.from_file(str(path), NAMES, "cuda", plan)
+            encoder.full_module = load_program(full_rows_path(path), "cuda")
+            result["capture"][label] = {"graphs": 2 * len(plan.keys()), "seconds": round(encoder.capture(), 2)}
+            rows += engine_rows(encoder, f"{label} + CUDA graphs", shapes + best)
+            rows += engine_rows(encoder, f"{label} + CUDA graphs, padded rows", [(256, 128)], padded=True)
+        except Exception as e:  # noqa: BLE001 - report, keep the other rows
+            result["capture"][label] = {"error": str(e)[:500]}
+            log(f"{label}: load/capture/run failed: {e}")
         del encoder
         gc.collect()
         torch.cuda.empty_cache()
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         if not args.quick:
-            result["rows"] += aoti_rows(model, result, shapes, best, ["fp16"] if args.lean else ["fp16", "hybrid"])
+            result["rows"] += fused_rows(model, result, shapes, best, ["fp16"] if args.lean else ["fp16", "hybrid"])
 
         # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.
         for precision in (["fp16"] if args.quick or args.lean else ["fp16", "hybrid"]):

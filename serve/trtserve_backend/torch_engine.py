@@ -104,6 +104,16 @@ def read_metadata(path: str) -> dict:
     return json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
 
 
+def load_program(path, device):
+    """A second program of a fused-encoder engine (its full-rows twin): TorchScript (``.pt``) or an
+    AOTInductor package (``.pt2``), on ``device``."""
+    import torch
+
+    if str(path).endswith(".pt2"):
+        return load_package(path, device)
+    return torch.jit.load(str(path), map_location="cpu").to(device).eval()
+
+
 def load_package(path: str, device):
     """An AOTInductor package (the fused encoder, trtserve_build.stages.compiled) as a callable on
     ``device``; a single-threaded runner on CUDA, which CUDA graph capture needs."""
@@ -206,7 +216,7 @@ class TorchEncoder:
         engine = cls.from_file(os.path.join(folder, params.torchscript_file), input_names=input_names,
                                device=device, plan=plan)
         if params.full_rows_file:
-            engine.full_module = load_package(os.path.join(folder, params.full_rows_file), device)
+            engine.full_module = load_program(os.path.join(folder, params.full_rows_file), device)
         engine.merge = check_merge(params.merge_lengths)
         engine.capture()
         return engine

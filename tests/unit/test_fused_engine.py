@@ -1,7 +1,8 @@
-"""engine_format "aoti": the fused BERT-family encoder (models/fused.py), its AOTInductor packages
-(stages/compiled.py) and the torch engine running them (masked program, and the no-mask program
-for batches without padding), all on the CPU: a CPU package is the same code path as a GPU one,
-compiled for another device."""
+"""engine_format "fused" and "aoti": the fused BERT-family encoder (models/fused.py), its two
+programs (stages/compiled.py: traced TorchScript, or AOTInductor packages) and the torch engine
+running them (masked program, and the no-mask program for batches without padding), all on the
+CPU: a fused trace has no device constants and runs on the GPU as it is; a CPU AOTInductor package
+is the same code path as a GPU one, compiled for another device."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.parameters import TorchEncoderParameters  # noqa: E402
-from trtserve_backend.torch_engine import GraphPlan, TorchEncoder, eager_graph_factory, load_package  # noqa: E402
+from trtserve_backend.torch_engine import GraphPlan, TorchEncoder, eager_graph_factory, load_program  # noqa: E402
 from trtserve_build.core.errors import TorchScriptError  # noqa: E402
-from trtserve_build.core.paths import AOTI_FILE, AOTI_FULL_ROWS_FILE, full_rows_path  # noqa: E402
+from trtserve_build.core.paths import AOTI_FILE, TORCHSCRIPT_FILE, full_rows_path  # noqa: E402
 from trtserve_build.core.pbtxt import read_config  # noqa: E402
 from trtserve_build.core.spec import SpecError, parse_spec  # noqa: E402
 from trtserve_build.models.fused import fused_encoder, unsupported  # noqa: E402
@@ -120,24 +121,26 @@ def test_engine_format_is_validated():
         parse_spec(_spec_dict("/nonexistent", {"backend": "onnxruntime", "engine_format": "aoti"}))
 
 
-def test_pipeline_compiles_serves_and_caches_aoti_packages(tiny_model, tokenizer_file, check_feeds, tmp_path,
-                                                           monkeypatch):
-    """Checkpoint -> export -> two AOTInductor packages (CPU) -> repository; the engine the served
-    model builds from that config runs the no-mask program only for unpadded batches, and both
-    programs give the Hugging Face model's logits."""
+@pytest.mark.parametrize("engine_format, engine_file", [("fused", TORCHSCRIPT_FILE), ("aoti", AOTI_FILE)])
+def test_pipeline_builds_serves_and_caches_fused_programs(engine_format, engine_file, tiny_model, tokenizer_file,
+                                                          check_feeds, tmp_path, monkeypatch):
+    """Checkpoint -> export -> two programs (traced, or AOTInductor packages for the CPU) ->
+    repository; the engine the served model builds from that config runs the no-mask program only
+    for unpadded batches, and both programs give the Hugging Face model's logits."""
     checkpoint = checkpoint_and_cache(tiny_model, tokenizer_file, tmp_path, monkeypatch)
     monkeypatch.setenv("TRTSERVE_AOTI_DEVICE", "cpu")
-    spec = parse_spec(_spec_dict(str(checkpoint), {"backend": "torch", "precision": "fp32", "engine_format": "aoti",
-                                                   "cuda_graph_batch_sizes": [1, 8]}))
+    spec = parse_spec(_spec_dict(str(checkpoint), {"backend": "torch", "precision": "fp32",
+                                                   "engine_format": engine_format, "cuda_graph_batch_sizes": [1, 8]}))
 
     repo = build_variant([spec], "gpu_torch", tmp_path / "repo")
     version = repo / spec.name / "1"
-    assert (version / AOTI_FILE).exists() and (version / AOTI_FULL_ROWS_FILE).exists()
+    full_file = full_rows_path(engine_file).name
+    assert (version / engine_file).exists() and (version / full_file).exists()
     config = read_config(repo / spec.name / "config.pbtxt")
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert (params["torchscript_file"], params["full_rows_file"]) == (AOTI_FILE, AOTI_FULL_ROWS_FILE)
+    assert (params["torchscript_file"], params["full_rows_file"]) == (engine_file, full_file)
     record = json.loads((repo / spec.name / "engine_record.json").read_text())
-    assert record["engine_format"] == "aoti" and record["vs_fp32"]["min_cosine"] > 0.99999
+    assert record["engine_format"] == engine_format and record["vs_fp32"]["min_cosine"] > 0.99999
     assert record["full_rows_vs_masked"]["min_cosine"] > 0.9999 and record["sha256"]
 
     # the engine as the served model makes it, with an eager stand-in for CUDA graph capture
@@ -145,7 +148,7 @@ def test_pipeline_compiles_serves_and_caches_aoti_packages(tiny_model, tokenizer
                                full_rows_file=params["full_rows_file"])
     engine = TorchEncoder.from_file(str(version / p.torchscript_file), NAMES, "cpu", GraphPlan((1, 8), (8, 16, 32)),
                                     graph_factory=eager_graph_factory)
-    engine.full_module = load_package(str(version / p.full_rows_file), "cpu")
+    engine.full_module = load_program(version / p.full_rows_file, "cpu")
     engine.capture()
     assert sorted(engine._full_graphs) == sorted(engine._graphs) == engine.graph_shapes
     reference = task_module(tiny_model, contract.CLASSIFICATION, NAMES)
@@ -159,7 +162,7 @@ def test_pipeline_compiles_serves_and_caches_aoti_packages(tiny_model, tokenizer
     np.testing.assert_allclose(engine.run(feeds).numpy(), _run(reference, full), atol=1e-5)
 
     # cached: a second build compiles nothing
-    package = full_rows_path(version / AOTI_FILE)
+    package = full_rows_path(version / engine_file)
     before = package.stat().st_mtime_ns
     build_variant([spec], "gpu_torch", tmp_path / "repo")
     assert package.stat().st_mtime_ns == before

@@ -221,7 +221,7 @@ def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp
 
     from .test_triton_config import manifest_for, with_engine
 
-    # the TorchScript engine (embed's own gpu_torch engine is AOTInductor's: test_fused_engine.py)
+    # the traced HF modules (embed's own gpu_torch engine is the fused encoder: test_fused_engine.py)
     spec = with_engine(embed_spec, "gpu_torch", engine_format="torchscript")
     config = encoder_config(spec, manifest_for(spec, hidden=4), "gpu_torch")  # pooled [4] FP32
     (tmp_path / "1").mkdir()

@@ -110,8 +110,8 @@ def test_step_instances_come_from_the_variant(sentiment_spec):
 
 @pytest.mark.parametrize("variant, kind, engine_file", [
     ("cpu", mc.ModelInstanceGroup.KIND_CPU, ("onnx_file", "model.onnx")),
-    # sentiment's gpu_torch engine is the fused encoder compiled by AOTInductor (engine_format "aoti")
-    ("gpu_torch", mc.ModelInstanceGroup.KIND_GPU, ("torchscript_file", "model.pt2")),
+    # sentiment's gpu_torch engine is the fused encoder, traced (engine_format "fused")
+    ("gpu_torch", mc.ModelInstanceGroup.KIND_GPU, ("torchscript_file", "model.pt")),
 ])
 def test_python_engines_are_served_as_one_model_with_the_same_contract(sentiment_spec, variant, kind, engine_file):
     """Topology "auto": where the engine runs in Python, the deployment is one Python model with
@@ -128,7 +128,7 @@ def test_python_engines_are_served_as_one_model_with_the_same_contract(sentiment
     assert json.loads(p["encoder_inputs"]) == list(contract.ENCODER_INPUTS) and p["encoder_output"] == "logits"
     assert p["task"] == "classification" and json.loads(p["labels"]) == ["negative", "positive"]
     assert p["engine_backend"] == sentiment_spec.engine(variant).backend
-    assert p.get("full_rows_file", "") == ("model-full.pt2" if variant == "gpu_torch" else "")
+    assert p.get("full_rows_file", "") == ("model-full.pt" if variant == "gpu_torch" else "")
     # the door of the deployment keeps the bounded queue
     assert single.dynamic_batching.default_queue_policy.max_queue_size == sentiment_spec.batching.max_queue_size
 

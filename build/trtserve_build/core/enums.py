@@ -11,9 +11,12 @@ TRANSFORMED_PRECISIONS = ("fp16", "hybrid", "int8")
 TORCH_PRECISIONS = ("fp32", "fp16", "hybrid")
 #: transformers attention implementations the torch backend traces.
 TORCH_ATTENTION = ("sdpa", "eager")
-#: What the torch backend serves: "torchscript" (the Hugging Face modules traced) or "aoti" (the
-#: fused BERT-family encoder, models/fused.py, compiled ahead of time by AOTInductor on the GPU host).
-TORCH_ENGINE_FORMATS = ("torchscript", "aoti")
+#: What the torch backend serves: "torchscript" (the Hugging Face modules traced), "fused" (the
+#: fused BERT-family encoder, models/fused.py, traced) or "aoti" (the fused encoder compiled ahead of
+#: time by AOTInductor; its CUDA packages crash at load on torch 2.11+cu130, bench/gpu/NOTES.md).
+TORCH_ENGINE_FORMATS = ("torchscript", "fused", "aoti")
+#: the formats made of the fused encoder: two programs (masked, and full rows without a mask)
+FUSED_FORMATS = ("fused", "aoti")
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 #: Engine backends that run inside a Python-backend model (served as one model per deployment).

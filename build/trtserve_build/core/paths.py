@@ -19,9 +19,8 @@ MANIFEST_FILE = "export.json"
 #: Files inside a Triton model version folder.
 PLAN_FILE = "model.plan"
 TORCHSCRIPT_FILE = "model.pt"
-#: engine_format "aoti": the masked package, and the full-rows one (stages/compiled.py)
+#: engine_format "aoti": the masked package (the full-rows one: paths.full_rows_path)
 AOTI_FILE = "model.pt2"
-AOTI_FULL_ROWS_FILE = "model-full.pt2"
 PYTHON_MODEL_FILE = "model.py"
 #: The stamp a generated model repository carries.
 REPOSITORY_STAMP_FILE = "trtserve_repository.json"
@@ -62,15 +61,20 @@ def torchscript_path(spec, precision: str, attention: str) -> Path:
     return export_dir(spec) / "torchscript" / f"{precision}-{attention}.pt"
 
 
-def aoti_path(spec, precision: str) -> Path:
-    """The masked AOTInductor package (stages/compiled.py; its full-rows twin lies beside it)."""
-    return export_dir(spec) / "aoti" / f"{precision}.pt2"
+def fused_engine_name(engine_format: str) -> str:
+    """The served file of a fused-encoder engine: TorchScript, or an AOTInductor package."""
+    return AOTI_FILE if engine_format == "aoti" else TORCHSCRIPT_FILE
 
 
-def full_rows_path(package: str | os.PathLike[str]) -> Path:
-    """``<name>-full.pt2`` beside the masked AOTInductor package ``<name>.pt2``."""
-    package = Path(package)
-    return package.with_name(f"{package.stem}-full{package.suffix}")
+def fused_path(spec, precision: str, engine_format: str) -> Path:
+    """The masked program of a fused-encoder engine (stages/compiled.py; its full-rows twin lies beside it)."""
+    return export_dir(spec) / engine_format / f"{precision}{Path(fused_engine_name(engine_format)).suffix}"
+
+
+def full_rows_path(program: str | os.PathLike[str]) -> Path:
+    """``<name>-full.<suffix>`` beside the masked program ``<name>.<suffix>``."""
+    program = Path(program)
+    return program.with_name(f"{program.stem}-full{program.suffix}")
 
 
 def calibration_path(export_folder: Path, method: str) -> Path:

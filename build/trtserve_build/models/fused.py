@@ -15,8 +15,9 @@ softmax (measured on an H200: 13.6k seq/s against 22.2k; bench/gpu/NOTES.md, ses
 - residual add + LayerNorm as plain ops, which Inductor fuses into one kernel each; for
   ``hybrid`` the LayerNorm runs in FP32 (cast up, normalise, cast down: one fused kernel too).
 
-Compiled ahead of time by stages/compiled.py (torch.export + AOTInductor); the module itself runs
-eagerly anywhere, which is how the tests check it against the Hugging Face model on the CPU.
+Made into an engine by stages/compiled.py: traced to TorchScript (``engine_format = "fused"``) or
+compiled ahead of time by AOTInductor (``"aoti"``); the module itself runs eagerly anywhere, which
+is how the tests check it against the Hugging Face model on the CPU.
 """
 from __future__ import annotations
 
@@ -61,14 +62,18 @@ def _classes():
         return nn.Parameter(tensor.detach().to(dtype).clone(), requires_grad=False)
 
     class Dense(nn.Module):
-        def __init__(self, weight, bias, dtype, gelu: bool = False):
+        """``gelu``: "" (none), "epilogue" (bias + GELU inside the cuBLASLt GEMM) or "tanh"/"none"
+        (F.gelu's approximation, a pointwise pass after the GEMM that Inductor fuses with the bias)."""
+
+        def __init__(self, weight, bias, dtype, gelu: str = ""):
             super().__init__()
             self.weight, self.bias, self.gelu = frozen(weight, dtype), frozen(bias, dtype), gelu
 
         def forward(self, x):  # x: [n, in]
-            if self.gelu:
+            if self.gelu == "epilogue":
                 return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
-            return F.linear(x, self.weight, self.bias)
+            y = F.linear(x, self.weight, self.bias)
+            return F.gelu(y, approximate=self.gelu) if self.gelu else y
 
     class Norm(nn.Module):
         def __init__(self, ln, compute_dtype):
@@ -81,7 +86,7 @@ def _classes():
             return y.to(x.dtype)
 
     class Layer(nn.Module):
-        def __init__(self, layer, dtype, ln_dtype):
+        def __init__(self, layer, dtype, ln_dtype, gelu: str):
             super().__init__()
             sa = layer.attention.self
             self.heads = sa.num_attention_heads
@@ -90,14 +95,14 @@ def _classes():
             out = layer.attention.output
             self.out, self.ln1 = Dense(out.dense.weight, out.dense.bias, dtype), Norm(out.LayerNorm, ln_dtype)
             up = layer.intermediate.dense
-            self.up = Dense(up.weight, up.bias, dtype, gelu=True)
+            self.up = Dense(up.weight, up.bias, dtype, gelu=gelu)
             down = layer.output
             self.down, self.ln2 = Dense(down.dense.weight, down.dense.bias, dtype), Norm(down.LayerNorm, ln_dtype)
 
     class Encoder(nn.Module):
         """forward(*inputs in ``input_names`` order) -> the task output in FP32 (TaskModule's)."""
 
-        def __init__(self, hf_model, task: str, input_names, dtype, ln_dtype, full_rows: bool):
+        def __init__(self, hf_model, task: str, input_names, dtype, ln_dtype, full_rows: bool, gelu: str):
             super().__init__()
             why = unsupported(hf_model, task)
             if why:
@@ -109,7 +114,7 @@ def _classes():
             self.position = frozen(emb.position_embeddings.weight, dtype)
             self.token_type = frozen(emb.token_type_embeddings.weight, dtype)
             self.ln = Norm(emb.LayerNorm, ln_dtype)
-            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype) for layer in bert.encoder.layer)
+            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu) for layer in bert.encoder.layer)
             self.heads = bert.config.num_attention_heads
             self.head = None
             if task == contract.CLASSIFICATION:
@@ -130,7 +135,7 @@ def _classes():
             feeds = dict(zip(self.input_names, inputs))
             ids, mask = feeds[contract.INPUT_IDS], feeds[contract.ATTENTION_MASK]
             b, s = ids.shape
-            x = F.embedding(ids, self.word) + F.embedding(torch.arange(s, device=ids.device), self.position)[None]
+            x = F.embedding(ids, self.word) + self.position[:s][None]  # positions 0..s-1, no device constant
             types = feeds.get(contract.TOKEN_TYPE_IDS)
             x = x + (F.embedding(types, self.token_type) if types is not None else self.token_type[0])
             x = self.ln(x).reshape(b * s, -1)
@@ -153,8 +158,10 @@ def _classes():
     return Encoder
 
 
-def fused_encoder(hf_model, task: str, input_names, precision: str, *, full_rows: bool = False):
-    """The fused module for ``hf_model`` (FP32, left unchanged) at ``precision`` (fp32/fp16/hybrid)."""
+def fused_encoder(hf_model, task: str, input_names, precision: str, *, full_rows: bool = False,
+                  gelu: str = "epilogue"):
+    """The fused module for ``hf_model`` (FP32, left unchanged) at ``precision`` (fp32/fp16/hybrid).
+    ``gelu``: "epilogue" (cuBLASLt bias + GELU), "tanh" or "none" (exact erf GELU after the GEMM)."""
     dtype = torch.float32 if precision == "fp32" else torch.float16
     ln_dtype = torch.float16 if precision == "fp16" else torch.float32
-    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows).eval()
+    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows, gelu).eval()

@@ -11,7 +11,8 @@ from typing import Sequence
 
 from ..core.enums import PRECISIONS
 from ..core.errors import EngineBuildError, ExecutorUnavailableError, PrecisionError, SpecError, ToleranceError
-from ..core.paths import TOKENIZER_FILE, aoti_path, export_dir, plan_path, torchscript_path
+from ..core.enums import FUSED_FORMATS
+from ..core.paths import TOKENIZER_FILE, export_dir, fused_path, plan_path, torchscript_path
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
 from ..core.task_spec import encoder_max_batch_size
@@ -103,12 +104,14 @@ def _build_torchscript(spec: DeploymentSpec, variant: str, force: bool) -> Path:
     def load_model():
         return load_task_model(manifest.checkpoint, spec.task, labels=spec.model.labels)
 
-    if engine.engine_format == "aoti":
-        # TRTSERVE_AOTI_DEVICE=cpu: a CPU package (the tests; a GPU host compiles for its GPU)
+    if engine.engine_format in FUSED_FORMATS:
+        # "fused" traces where it builds (the GPU if there is one); "aoti" compiles for the GPU
+        # (TRTSERVE_AOTI_DEVICE=cpu: a CPU package, for the tests)
+        device = (os.environ.get("TRTSERVE_AOTI_DEVICE", "cuda") if engine.engine_format == "aoti"
+                  else "cuda" if compiled_stage.cuda_available() else "cpu")
         return compiled_stage.build_compiled(
-            spec, variant, manifest, aoti_path(spec, engine.precision), load_model=load_model,
-            check_feeds=check_feeds, max_batch=encoder_max_batch_size(spec), force=force,
-            device=os.environ.get("TRTSERVE_AOTI_DEVICE", "cuda"))
+            spec, variant, manifest, fused_path(spec, engine.precision, engine.engine_format), load_model=load_model,
+            check_feeds=check_feeds, max_batch=encoder_max_batch_size(spec), force=force, device=device)
     return torchscript_stage.build_torchscript(
         spec, variant, manifest, torchscript_path(spec, engine.precision, engine.attention),
         load_model=load_model, check_feeds=check_feeds, force=force)

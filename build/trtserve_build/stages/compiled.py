@@ -1,24 +1,25 @@
-"""Engine stage of the ``torch`` backend, ``engine_format = "aoti"``: the fused encoder
-(models/fused.py) compiled ahead of time by AOTInductor (torch.export with a dynamic batch and
-sequence length), as two packages:
+"""Engine stage of the ``torch`` backend for the fused BERT-family encoder (models/fused.py), as
+two programs of the same function:
 
-``<precision>.pt2``       the masked program: any batch (rows right-padded, additive key bias);
-``<precision>-full.pt2``  the same encoder with no mask at all, which the serving engine runs for
-                          batches whose rows are all full length (it knows that on the host).
+``<precision>.<ext>``       the masked program: any batch (rows right-padded, additive key bias);
+``<precision>-full.<ext>``  no mask at all, which the serving engine runs for batches whose rows are
+                            all full length (it knows that on the host, before the copy).
 
-Compiling is Inductor's work at build time (about 45 s per package for MiniLM on a 2-core CPU),
-so a serving instance only loads the shared libraries and captures its CUDA graphs. Every build
-is checked on real text, as the TorchScript stage checks its trace: the masked package against
-the fused module run eagerly (compilation must not change the function) and against the FP32
-Hugging Face model (the spec's precision gate), and the full-rows package against the masked one
-on every check row cut to its own length.
+``engine_format = "fused"``: both traced to TorchScript (``.pt``; no device constants, so a trace
+made on a CPU build host runs on the GPU). ``"aoti"``: both compiled ahead of time by AOTInductor
+(torch.export with a dynamic batch and length; ``.pt2``), which adds Inductor's fusions (add +
+LayerNorm in one kernel) but is compiled for the device it is built on; on torch 2.11+cu130 (the
+GPU image) loading a CUDA package crashes (bench/gpu/NOTES.md, session 7), CPU packages work.
 
-A package holds kernels for the device it was compiled on: a CUDA package is compiled on a GPU
-host (there is no cross-compilation); ``device="cpu"`` makes a CPU package (the tests).
+Every build is checked on real text: the masked program against the fused module run eagerly
+(tracing/compiling must not change the function), against the FP32 Hugging Face model (the spec's
+precision gate), and the full-rows program against the masked one on every check row cut to its
+own length.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -27,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import trtserve_contract as contract
-from trtserve_backend.torch_engine import load_package
+from trtserve_backend.torch_engine import METADATA_FILE, load_program
 
 from ..core.errors import TorchScriptError
 from ..core.files import sha256_file
@@ -63,6 +64,21 @@ def compile_package(module, example: tuple, max_batch: int, max_seq: int, path: 
     return path
 
 
+def trace_program(module, example: tuple, path: Path, metadata: dict) -> Path:
+    """TorchScript of ``module`` traced on ``example``, with ``metadata`` inside (trtserve.json)."""
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.jit.save(traced, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    tmp.replace(path)
+    return path
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
 def _as_numpy(tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
@@ -85,12 +101,12 @@ def _each_row_full(module, feeds: tuple, mask_index: int) -> np.ndarray:
 
 def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str],
                   check_feeds: dict[str, np.ndarray], gate: PrecisionGate, path: Path, *, output: str,
-                  max_batch: int, max_seq: int, device: str = "cuda") -> TorchScriptRecord:
-    """Compile, load back and check both packages (``path`` and its full-rows twin); returns the record
+                  max_batch: int, max_seq: int, device: str = "cuda", engine_format: str = "aoti") -> TorchScriptRecord:
+    """Make, load back and check both programs (``path`` and its full-rows twin); returns the record
     (``output``: the export's output name, which the engine's output stands for)."""
     started = time.perf_counter()
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if engine_format == "aoti" and dev.type == "cuda" and not torch.cuda.is_available():
         raise TorchScriptError(
             "engine_format \"aoti\" compiles CUDA kernels on a GPU host (torch.cuda is unavailable here); run "
             "`make engines VARIANT=gpu_torch` there, or set engine_format = \"torchscript\" for this variant")
@@ -101,29 +117,38 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
     full = fused_encoder(hf_model, task, input_names, precision, full_rows=True).to(dev)
     expected, eager = _rows(reference, feeds), _rows(masked, feeds)
 
-    example = tuple(t[:2] for t in feeds)
-    compile_package(masked, example, max_batch, max_seq, Path(path))
-    compile_package(full, example, max_batch, max_seq, full_rows_path(path))
-    compiled = load_package(path, dev)
+    lengths = feeds[input_names.index(contract.ATTENTION_MASK)].sum(1)
+    rows = [int(lengths.argmax()), int(lengths.argmin())]  # a trace example with real padding
+    example = tuple(t[rows] for t in feeds)
+    if engine_format == "aoti":
+        compile_package(masked, example, max_batch, max_seq, Path(path))
+        compile_package(full, example, max_batch, max_seq, full_rows_path(path))
+    else:
+        meta = {"inputs": list(input_names), "precision": precision, "engine_format": engine_format}
+        trace_program(masked, example, Path(path), meta)
+        trace_program(full, example, full_rows_path(path), {**meta, "full_rows": True})
+    compiled = load_program(path, dev)
     compiled_out = _rows(compiled, feeds)
-    what = f"AOTInductor {precision} fused encoder"
+    what = f"{'AOTInductor' if engine_format == 'aoti' else 'traced'} {precision} fused encoder"
     compile_check = check_tolerance(eager, compiled_out, f"{what} vs the same module run eagerly",
                                     min_cosine=TRACE_MIN_COSINE)
     fp32_check = check_tolerance(expected, compiled_out, f"{what} vs FP32", min_cosine=gate.min_cosine,
                                  max_nonfinite_fraction=gate.max_nonfinite_fraction, atol=gate.atol)
     mask_index = input_names.index(contract.ATTENTION_MASK)
     full_check = check_tolerance(_each_row_full(compiled, feeds, mask_index),
-                                 _each_row_full(load_package(full_rows_path(path), dev), feeds, mask_index),
+                                 _each_row_full(load_program(full_rows_path(path), dev), feeds, mask_index),
                                  f"{what}, full-rows program vs masked program", min_cosine=FULL_ROWS_MIN_COSINE)
     log.info("compiled %s on %s: vs eager cos %.7f, vs fp32 cos %.6f, full rows vs masked cos %.6f", what,
              dev.type, compile_check.min_cosine, fp32_check.min_cosine, full_check.min_cosine)
     return TorchScriptRecord(
         task=task, precision=precision, attention="fused", inputs=input_names, output=output,
-        trace_device_type=dev.type, target_device_type=dev.type, retargeted_constants=0,
+        # a fused trace has no device constants: it runs on any device
+        trace_device_type=dev.type, target_device_type=dev.type if engine_format == "aoti" else "",
+        retargeted_constants=0,
         torch_version=torch.__version__, transformers_version=transformers.__version__,
         trace_vs_eager=asdict(compile_check), vs_fp32=asdict(fp32_check), gate=asdict(gate),
         checked_rows=len(expected), seconds=round(time.perf_counter() - started, 2),
-        engine_format="aoti", full_rows_vs_masked=asdict(full_check))
+        engine_format=engine_format, full_rows_vs_masked=asdict(full_check))
 
 
 def save_record(record: TorchScriptRecord, path: Path) -> Path:
@@ -137,27 +162,27 @@ def save_record(record: TorchScriptRecord, path: Path) -> Path:
 def compiled_fingerprint(spec, variant: str, export_fingerprint: str, max_batch: int, device: str) -> str:
     precision = spec.engine(variant).precision
     return digest({"export": export_fingerprint, "precision": precision, "gate": asdict(gate_for(spec, precision)),
-                   "torch": torch.__version__, "format": "aoti-1", "max_batch": max_batch,
+                   "torch": torch.__version__, "format": f"{spec.engine(variant).engine_format}-1", "max_batch": max_batch,
                    "max_seq": spec.model.max_sequence_length, "device": device})
 
 
 def build_compiled(spec, variant: str, manifest, path: Path, *, load_model: Callable[[], object],
                    check_feeds: Callable[[], dict[str, np.ndarray]], max_batch: int, force: bool = False,
                    device: str = "cuda") -> Path:
-    """The variant's two AOTInductor packages at ``path`` (and its full-rows twin), unless current ones
-    are there; ``load_model()`` and ``check_feeds()`` run only when a build is needed."""
+    """The variant's two fused-encoder programs at ``path`` (and its full-rows twin), unless current
+    ones are there; ``load_model()`` and ``check_feeds()`` run only when a build is needed."""
     engine = spec.engine(variant)
     fingerprint = compiled_fingerprint(spec, variant, manifest.fingerprint, max_batch, device)
     record = record_path(path)
     if (not force and path.exists() and full_rows_path(path).exists() and record.exists()
             and TorchScriptRecord.read(record).fingerprint == fingerprint):
-        log.info("%s: AOTInductor packages %s are current", spec.name, path)
+        log.info("%s: fused-encoder programs %s are current", spec.name, path)
         return path
     made = make_compiled(load_model(), spec.task, engine.precision, manifest.inputs, check_feeds(),
                          gate_for(spec, engine.precision), Path(path), output=manifest.output, max_batch=max_batch,
-                         max_seq=spec.model.max_sequence_length, device=device)
+                         max_seq=spec.model.max_sequence_length, device=device, engine_format=engine.engine_format)
     made.source, made.fingerprint = manifest.checkpoint, fingerprint
     save_record(made, Path(path))
-    log.info("%s: wrote %s and %s (%s, fused encoder, compiled on %s)", spec.name, path, full_rows_path(path).name,
-             engine.precision, device)
+    log.info("%s: wrote %s and %s (%s, fused encoder, %s, made on %s)", spec.name, path, full_rows_path(path).name,
+             engine.precision, engine.engine_format, device)
     return Path(path)

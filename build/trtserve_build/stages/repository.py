@@ -32,12 +32,11 @@ import trtserve_contract
 from trtserve_backend.parameters import GenerateParameters
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..core.enums import FUSED_FORMATS
 from ..core.errors import RepositoryError
 from ..core.files import building, sha256_file
 from ..core.pbtxt import write_config
 from ..core.paths import (
-    AOTI_FILE,
-    AOTI_FULL_ROWS_FILE,
     ONNX_FILE,
     PLAN_FILE,
     PYTHON_MODEL_FILE,
@@ -46,6 +45,7 @@ from ..core.paths import (
     TORCHSCRIPT_FILE,
     export_dir,
     full_rows_path,
+    fused_engine_name,
     precision_onnx_path,
     record_path,
 )
@@ -209,11 +209,11 @@ def _install_engine_file(spec: DeploymentSpec, variant: str, version: Path, plan
         return
     what, filename = {"tensorrt": ("a TensorRT plan", PLAN_FILE), "torch": ("a TorchScript file", TORCHSCRIPT_FILE)}[
         engine.backend]
-    aoti = engine.backend == "torch" and engine.engine_format == "aoti"
-    if aoti:
-        what, filename = "AOTInductor packages", AOTI_FILE
-    if plan is None or not plan.exists() or (aoti and not full_rows_path(plan).exists()):
+    fused = engine.backend == "torch" and engine.engine_format in FUSED_FORMATS
+    if fused:  # two programs: masked, and full rows (no mask)
+        what, filename = f"the fused encoder's two {engine.engine_format} programs", fused_engine_name(engine.engine_format)
+    if plan is None or not plan.exists() or (fused and not full_rows_path(plan).exists()):
         raise RepositoryError(f"{spec.name}: variant {variant!r} needs {what}; run `make engines VARIANT={variant}`")
     _link_or_copy(plan, version / filename)
-    if aoti:
-        _link_or_copy(full_rows_path(plan), version / AOTI_FULL_ROWS_FILE)
+    if fused:
+        _link_or_copy(full_rows_path(plan), full_rows_path(version / filename))

@@ -22,10 +22,11 @@ from trtserve_backend.parameters import (
 from trtserve_backend.torch_engine import default_graph_batch_sizes
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..core.enums import FUSED_FORMATS
 from ..core.errors import ConfigError
 from ..core.instances import host_sized, thread_spinning
 from ..core.pbtxt import tensor_config
-from ..core.paths import AOTI_FILE, AOTI_FULL_ROWS_FILE, ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE
+from ..core.paths import ONNX_FILE, PLAN_FILE, TOKENIZER_FILE, TORCHSCRIPT_FILE, full_rows_path, fused_engine_name
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
 from ..core.task_spec import NERSpec, QASpec, encoder_max_batch_size, window_stride
@@ -194,10 +195,11 @@ def _torch_parameters(spec: DeploymentSpec, variant: str) -> TorchEncoderParamet
         encoder_max_batch_size(spec), spec.batching.preferred_batch_sizes)
     # output_device, FORCE_CPU_ONLY_INPUT_TENSORS and merge_lengths: the class's defaults
     # (what the GPU engine wants; the reasons are documented on the fields).
-    aoti = engine.engine_format == "aoti"
+    fused = engine.engine_format in FUSED_FORMATS
+    name = fused_engine_name(engine.engine_format) if fused else TORCHSCRIPT_FILE
     return TorchEncoderParameters(
-        torchscript_file=AOTI_FILE if aoti else TORCHSCRIPT_FILE,
-        full_rows_file=AOTI_FULL_ROWS_FILE if aoti else "",
+        torchscript_file=name,
+        full_rows_file=full_rows_path(name).name if fused else "",
         precision=engine.precision,
         attention=engine.attention,
         cuda_graphs=engine.cuda_graphs,
