@@ -8,7 +8,8 @@
 #      cores) and with one: perf_analyzer's p50 beside Triton's queue/execution statistics, and
 #      each stub's own seconds per phase (read, tokenize, engine, postprocess, respond; logged by
 #      the model at shutdown into the Triton log);
-#   4. PEAK=1: sentiment and embed at 256 and 512 clients with "auto" (8) instances;
+#   4. PEAK=1: sentiment and embed at 256 and 512 clients with "auto" (8) instances (PEAK_INSTANCES,
+#      PEAK_DEPLOYMENTS choose others);
 #      MPS_AB=1: the same with CUDA MPS (one GPU context shared by the stubs: no time-slicing
 #      between 8 contexts), started as a user-space daemon (nvidia-cuda-mps-control, if the
 #      machine has it; GPU settings untouched) and quit at the end; plus c=256,512 with and without;
@@ -34,8 +35,11 @@ probe() {  # probe LABEL INSTANCES CONCURRENCY [DEPLOYMENTS]
         --out "$PARTS/$1.json" --log "$PARTS/triton_$1.log"
 }
 for n in $INSTANCES; do probe "c1_x$n" "$n" 1; done
-# PEAK=1: both deployments' peak with "auto" (8) instances, as `make gpu-bench` measures it
-[ "${PEAK:-0}" = 1 ] && probe peak 8 256,512 sentiment,embed
+# PEAK=1: the peak (256 and 512 clients) of PEAK_DEPLOYMENTS (default both) with each of
+# PEAK_INSTANCES instances (default 8: "auto" on 16 cores, as `make gpu-bench` measures it)
+if [ "${PEAK:-0}" = 1 ]; then
+    for n in ${PEAK_INSTANCES:-8}; do probe "peak_x$n" "$n" 256,512 "${PEAK_DEPLOYMENTS:-sentiment,embed}"; done
+fi
 if [ "${MPS_AB:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
     probe peak_x8 8 256,512
     export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps/pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps/log
