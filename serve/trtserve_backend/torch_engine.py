@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -174,6 +175,12 @@ class TorchEncoder:
         self.metadata: dict = {}
         #: how run_requests merges the requests of one execution (batching.MERGE_MODES)
         self.merge = "pad"
+        #: TRTSERVE_CUDA_SYNC=blocking: wait for the GPU on a blocking event (the thread sleeps)
+        #: before copying results to the host, instead of the copy's spin-wait. Measured on an H200
+        #: (bench/gpu/run_sync_ab.sh, session 7): blocking served 5% less at the peak and added
+        #: ~0.2 ms at one client, so spinning stays the default; the knob is the A/B's other arm.
+        self.blocking_sync = os.environ.get("TRTSERVE_CUDA_SYNC", "spin") == "blocking"
+        self._done = None  # the blocking event, made on first use
 
     @classmethod
     def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
@@ -353,8 +360,21 @@ class TorchEncoder:
         results: list = [None] * len(requests)
         for length, members in plan_batches(requests, key, merge or self.merge).items():
             out = self.run(self._merge([requests[i] for i in members], length))
-            split_rows(out.cpu() if to_host else out, requests, members, key, results)
+            if to_host:
+                self._wait_for_gpu()
+                out = out.cpu()
+            split_rows(out, requests, members, key, results)
         return results
+
+    def _wait_for_gpu(self) -> None:
+        """Sleep until the device's queued work is done (``blocking_sync``), so the copy after it
+        does not spin a core while the GPU runs."""
+        if not self.blocking_sync or self.device.type != "cuda":
+            return
+        if self._done is None:
+            self._done = self.torch.cuda.Event(blocking=True)
+        self._done.record()
+        self._done.synchronize()
 
     def _merge(self, requests: Sequence[Mapping[str, object]], length: int) -> Mapping[str, object]:
         """Concatenate requests' rows, right-padding each to ``length`` with zeros (mask 0 = ignored)."""

@@ -242,3 +242,16 @@ def test_triton_model_serves_from_the_generated_config(fake_pb_utils, model, tmp
         np.testing.assert_allclose(tensor.as_numpy(), reference(model, f), rtol=1e-6)
     broken = served.execute([Request([Tensor(contract.INPUT_IDS, feeds(1, 16)[contract.INPUT_IDS])])])
     assert "lacks input 'attention_mask'" in broken[0].error.message
+
+
+def test_the_gpu_wait_spins_by_default_and_blocks_for_the_ab(model, monkeypatch):
+    """The device-to-host copy's own spin-wait is the default (it measured faster on an H200 than a
+    blocking CUDA event); TRTSERVE_CUDA_SYNC=blocking is the A/B's other arm. On the CPU there is
+    nothing to wait for and no event is made."""
+    monkeypatch.delenv("TRTSERVE_CUDA_SYNC", raising=False)
+    assert not TorchEncoder(model, NAMES, "cpu").blocking_sync
+    monkeypatch.setenv("TRTSERVE_CUDA_SYNC", "blocking")
+    engine = TorchEncoder(model, NAMES, "cpu")
+    assert engine.blocking_sync
+    engine.run_requests([feeds(2, 16, 1)], to_host=True)
+    assert engine._done is None
