@@ -32,20 +32,13 @@ from timing import gpu_info, write_json  # noqa: E402
 VARIANT = "gpu_torch"
 
 
-def with_topology(spec, topology: str):
-    """``spec`` with the gpu_torch variant served as ``topology`` (for the A/B against the default)."""
+def with_engine(spec, **changes):
+    """``spec`` with its gpu_torch engine section changed (``topology``, ``engine_format``: the A/Bs
+    against the default)."""
     import dataclasses
 
     engines = dict(spec.engines)
-    engines[VARIANT] = dataclasses.replace(spec.engine(VARIANT), topology=topology)
-    return dataclasses.replace(spec, engines=engines)
-
-
-def with_engine_format(spec, engine_format: str):
-    import dataclasses
-
-    engines = dict(spec.engines)
-    engines[VARIANT] = dataclasses.replace(spec.engine(VARIANT), engine_format=engine_format)
+    engines[VARIANT] = dataclasses.replace(spec.engine(VARIANT), **changes)
     return dataclasses.replace(spec, engines=engines)
 
 
@@ -113,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.precision:
             spec = with_precision(spec, VARIANT, args.precision)
         if args.engine_format:
-            spec = with_engine_format(spec, args.engine_format)
+            spec = with_engine(spec, engine_format=args.engine_format)
         engine = spec.engine(VARIANT)
         manifest = ExportManifest.read(export_dir(spec))
         model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed,
@@ -163,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "single": work / "repository", "ensemble": work / "repository_ensemble"}
     generate_repository(specs, VARIANT, repos["single"], plans=plans)
     if not args.no_floors:
-        generate_repository([with_topology(s, "ensemble") for s in specs], VARIANT, repos["ensemble"], plans=plans)
+        generate_repository([with_engine(s, topology="ensemble") for s in specs], VARIANT, repos["ensemble"], plans=plans)
     if device == "cpu":  # a dry run without a GPU: the same repositories with KIND_CPU instances
         _force_cpu(repos.values())
     if not args.no_floors:

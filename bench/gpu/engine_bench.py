@@ -113,14 +113,14 @@ def fused_rows(model, result: dict, shapes, best, precisions, engine_format: str
 
     import torch
 
-    from trtserve_build.core.paths import full_rows_path
+    from trtserve_build.core.paths import full_rows_path, fused_engine_name
     from trtserve_build.stages import compiled
     from trtserve_backend.torch_engine import load_program
 
     rows = []
     for precision in precisions:
         label = f"engine {precision} {engine_format}"
-        path = Path(tempfile.mkdtemp(prefix="engine_fused_")) / f"{precision}.{'pt2' if engine_format == 'aoti' else 'pt'}"
+        path = Path(tempfile.mkdtemp(prefix="engine_fused_")) / f"{precision}{Path(fused_engine_name(engine_format)).suffix}"
         started = time.perf_counter()
         try:
             record = compiled.make_compiled(model, contract.CLASSIFICATION, precision, NAMES, check_feeds(),

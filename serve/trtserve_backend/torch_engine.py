@@ -165,8 +165,8 @@ class TorchEncoder:
         self.warmup_runs = warmup_runs
         self._graph_factory = graph_factory
         self._graphs: dict[tuple[int, int], _Captured] = {}
-        #: the same encoder without a mask (AOTInductor's full-rows package): run, and captured,
-        #: for batches whose rows are all full length
+        #: the same encoder without a mask (a fused engine's full-rows program, TorchScript or
+        #: AOTInductor): run, and captured, for batches whose rows are all full length
         self.full_module = None
         self._full_graphs: dict[tuple[int, int], _Captured] = {}
         self._staging = None  # pinned host buffer for one H2D copy of all inputs
@@ -185,7 +185,8 @@ class TorchEncoder:
     @classmethod
     def from_file(cls, path: str, input_names: Sequence[str], device: str = "cuda",
                   plan: GraphPlan | None = None, **kwargs) -> "TorchEncoder":
-        """Load a TorchScript file made by trtserve_build.stages.torchscript and check it fits ``device``."""
+        """Load a TorchScript file made by trtserve_build.stages.torchscript or .compiled (checked
+        against ``device``), or an AOTInductor package (``.pt2``, .compiled)."""
         import torch
 
         if str(path).endswith(".pt2"):
@@ -264,20 +265,20 @@ class TorchEncoder:
             return 0.0
         torch = self.torch
         started = time.perf_counter()
+        # One input buffer per shape, shared by both programs' graphs: run() fills the chosen
+        # graph's buffer before each replay, and replays are sequential.
+        statics = {key: self._static_inputs(*key) for key in self.plan.keys()}
         if self._graph_factory is not None:
             for full in self._programs():
-                for batch, seq in self.plan.keys():
-                    static = self._static_inputs(batch, seq)
-                    graphs = self._full_graphs if full else self._graphs
-                    graphs[(batch, seq)] = (self._graph_factory(self, static, full=True) if full
-                                            else self._graph_factory(self, static))
+                graphs = self._full_graphs if full else self._graphs
+                for key in self.plan.keys():
+                    graphs[key] = self._graph_factory(self, statics[key], full=full)
         else:
             if self.device.type != "cuda":
                 raise TorchEngineError(f"CUDA graphs need a CUDA device, engine is on {self.device}")
             pool = torch.cuda.graph_pool_handle()
             side = torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            statics = {key: self._static_inputs(*key) for key in self.plan.keys()}
             with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
                 for full in self._programs():
                     for static in statics.values():
@@ -288,7 +289,7 @@ class TorchEncoder:
             for full in self._programs():
                 graphs = self._full_graphs if full else self._graphs
                 for key in self.plan.keys():  # largest first: the shared pool is sized once
-                    static = statics[key] if not full else self._static_inputs(*key)
+                    static = statics[key]
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool):
                         output = self._call(list(static), full)

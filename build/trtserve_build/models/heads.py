@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import numpy as np
 import trtserve_contract as contract
 
 from ..core.architectures import architecture_of
@@ -68,3 +69,16 @@ def task_module(hf_model, task: str, input_names: Sequence[str] | None = None):
     of the model's architecture, core/architectures.py)."""
     names = tuple(input_names) if input_names is not None else architecture_of(hf_model.config.model_type).inputs
     return _task_module_class()(hf_model, task, names).eval()
+
+
+def run_rows(module, feeds: tuple, chunk: int = 16):
+    """``module`` over check rows (a tuple of [n, seq] tensors) in chunks -> FP32 numpy [n, ...].
+
+    Chunks keep CPU FP16 runs small; optimized_execution(False) runs a TorchScript module in the
+    plain interpreter, as the serving engine does (no TorchScript fusion, whose different rounding
+    would blur a trace check)."""
+    outs = []
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        for start in range(0, len(feeds[0]), chunk):
+            outs.append(module(*(t[start:start + chunk] for t in feeds)).detach().float().cpu().numpy())
+    return np.concatenate(outs)

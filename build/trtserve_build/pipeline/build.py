@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..core.enums import PRECISIONS
+from ..core.enums import FUSED_FORMATS, PRECISIONS
 from ..core.errors import EngineBuildError, ExecutorUnavailableError, PrecisionError, SpecError, ToleranceError
-from ..core.enums import FUSED_FORMATS
 from ..core.paths import TOKENIZER_FILE, export_dir, fused_path, plan_path, torchscript_path
 from ..core.records import ExportManifest
 from ..core.spec import DeploymentSpec
@@ -105,10 +104,8 @@ def _build_torchscript(spec: DeploymentSpec, variant: str, force: bool) -> Path:
         return load_task_model(manifest.checkpoint, spec.task, labels=spec.model.labels)
 
     if engine.engine_format in FUSED_FORMATS:
-        # "fused" traces where it builds (the GPU if there is one); "aoti" compiles for the GPU
-        # (TRTSERVE_AOTI_DEVICE=cpu: a CPU package, for the tests)
-        device = (os.environ.get("TRTSERVE_AOTI_DEVICE", "cuda") if engine.engine_format == "aoti"
-                  else "cuda" if compiled_stage.cuda_available() else "cpu")
+        # TRTSERVE_AOTI_DEVICE=cpu: a CPU AOTInductor package, for the tests (default: the stage's choice)
+        device = os.environ.get("TRTSERVE_AOTI_DEVICE") if engine.engine_format == "aoti" else None
         return compiled_stage.build_compiled(
             spec, variant, manifest, fused_path(spec, engine.precision, engine.engine_format), load_model=load_model,
             check_feeds=check_feeds, max_batch=encoder_max_batch_size(spec), force=force, device=device)

@@ -38,7 +38,7 @@ from ..core.paths import full_rows_path, record_path
 from ..core.records import TorchScriptRecord
 from ..core.stamps import digest
 from ..models.fused import fused_encoder
-from ..models.heads import task_module
+from ..models.heads import run_rows, task_module
 
 torch = lazy_import("torch")
 transformers = lazy_import("transformers")
@@ -75,28 +75,10 @@ def trace_program(module, example: tuple, path: Path, metadata: dict) -> Path:
     return path
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
-def _as_numpy(tensor) -> np.ndarray:
-    return tensor.detach().float().cpu().numpy()
-
-
-def _rows(module, feeds: tuple, chunk: int = 16) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate([_as_numpy(module(*(t[i:i + chunk] for t in feeds)))
-                               for i in range(0, len(feeds[0]), chunk)])
-
-
-def _each_row_full(module, feeds: tuple, mask_index: int) -> np.ndarray:
+def _each_row_full(module, feeds: tuple, lengths) -> np.ndarray:
     """``module`` on every row alone, cut to its own length (no padding left)."""
-    outs = []
-    with torch.no_grad():
-        for row in range(len(feeds[0])):
-            length = max(2, int(feeds[mask_index][row].sum()))
-            outs.append(_as_numpy(module(*(t[row:row + 1, :length] for t in feeds))))
-    return np.concatenate(outs)
+    return np.concatenate([run_rows(module, tuple(t[row:row + 1, :max(2, int(lengths[row]))] for t in feeds))
+                           for row in range(len(feeds[0]))])
 
 
 def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str],
@@ -115,7 +97,7 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])).to(dev, torch.int64) for n in input_names)
     masked = fused_encoder(hf_model, task, input_names, precision).to(dev)
     full = fused_encoder(hf_model, task, input_names, precision, full_rows=True).to(dev)
-    expected, eager = _rows(reference, feeds), _rows(masked, feeds)
+    expected, eager = run_rows(reference, feeds), run_rows(masked, feeds)
 
     lengths = feeds[input_names.index(contract.ATTENTION_MASK)].sum(1)
     rows = [int(lengths.argmax()), int(lengths.argmin())]  # a trace example with real padding
@@ -128,15 +110,14 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
         trace_program(masked, example, Path(path), meta)
         trace_program(full, example, full_rows_path(path), {**meta, "full_rows": True})
     compiled = load_program(path, dev)
-    compiled_out = _rows(compiled, feeds)
+    compiled_out = run_rows(compiled, feeds)
     what = f"{'AOTInductor' if engine_format == 'aoti' else 'traced'} {precision} fused encoder"
     compile_check = check_tolerance(eager, compiled_out, f"{what} vs the same module run eagerly",
                                     min_cosine=TRACE_MIN_COSINE)
     fp32_check = check_tolerance(expected, compiled_out, f"{what} vs FP32", min_cosine=gate.min_cosine,
                                  max_nonfinite_fraction=gate.max_nonfinite_fraction, atol=gate.atol)
-    mask_index = input_names.index(contract.ATTENTION_MASK)
-    full_check = check_tolerance(_each_row_full(compiled, feeds, mask_index),
-                                 _each_row_full(load_program(full_rows_path(path), dev), feeds, mask_index),
+    full_check = check_tolerance(_each_row_full(compiled, feeds, lengths),
+                                 _each_row_full(load_program(full_rows_path(path), dev), feeds, lengths),
                                  f"{what}, full-rows program vs masked program", min_cosine=FULL_ROWS_MIN_COSINE)
     log.info("compiled %s on %s: vs eager cos %.7f, vs fp32 cos %.6f, full rows vs masked cos %.6f", what,
              dev.type, compile_check.min_cosine, fp32_check.min_cosine, full_check.min_cosine)
@@ -168,10 +149,14 @@ def compiled_fingerprint(spec, variant: str, export_fingerprint: str, max_batch:
 
 def build_compiled(spec, variant: str, manifest, path: Path, *, load_model: Callable[[], object],
                    check_feeds: Callable[[], dict[str, np.ndarray]], max_batch: int, force: bool = False,
-                   device: str = "cuda") -> Path:
+                   device: str | None = None) -> Path:
     """The variant's two fused-encoder programs at ``path`` (and its full-rows twin), unless current
-    ones are there; ``load_model()`` and ``check_feeds()`` run only when a build is needed."""
+    ones are there; ``load_model()`` and ``check_feeds()`` run only when a build is needed.
+    ``device`` (default): "fused" traces on the GPU if there is one, else on the CPU (the trace runs
+    anywhere); "aoti" compiles for the GPU."""
     engine = spec.engine(variant)
+    if device is None:
+        device = "cuda" if engine.engine_format == "aoti" or torch.cuda.is_available() else "cpu"
     fingerprint = compiled_fingerprint(spec, variant, manifest.fingerprint, max_batch, device)
     record = record_path(path)
     if (not force and path.exists() and full_rows_path(path).exists() and record.exists()

@@ -49,7 +49,7 @@ from ..core.paths import record_path
 from ..core.records import TORCHSCRIPT_FORMAT_VERSION, TorchScriptRecord
 from ..core.stamps import digest
 from ..models.convert import convert
-from ..models.heads import task_module
+from ..models.heads import run_rows, task_module
 
 torch = lazy_import("torch")
 transformers = lazy_import("transformers")
@@ -130,21 +130,6 @@ def device_constants(script_module) -> set[str]:
 
 # ---- one build ------------------------------------------------------------------------------
 
-def _as_numpy(tensor) -> np.ndarray:
-    return tensor.detach().float().cpu().numpy()
-
-
-def _run_rows(module, feeds: tuple, chunk: int = 16) -> np.ndarray:
-    """Run ``module`` over the check rows in chunks (keeps CPU FP16 runs small)."""
-    outs = []
-    # optimized_execution(False): the plain interpreter, as the serving engine runs the module
-    # (no TorchScript fusion, whose different rounding would blur the trace check).
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        for start in range(0, len(feeds[0]), chunk):
-            outs.append(_as_numpy(module(*(t[start:start + chunk] for t in feeds))))
-    return np.concatenate(outs)
-
-
 def make_torchscript(hf_model, task: str, precision: str, attention: str, input_names: Sequence[str],
                      check_feeds: dict[str, np.ndarray], gate: PrecisionGate, *, device: str | None = None,
                      target_device_type: str = "cuda", pad_token_id: int = 0):
@@ -162,11 +147,11 @@ def make_torchscript(hf_model, task: str, precision: str, attention: str, input_
     candidate = task_module(convert(hf_model, precision, attention), task, input_names).to(dev)
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])).to(dev, torch.int64) for n in input_names)
 
-    expected = _run_rows(reference, feeds)
-    eager = _run_rows(candidate, feeds)
+    expected = run_rows(reference, feeds)
+    eager = run_rows(candidate, feeds)
     example = example_inputs(input_names, dev, int(hf_model.config.vocab_size), pad_token_id)
     traced = trace(candidate, example)
-    traced_out = _run_rows(traced, feeds)
+    traced_out = run_rows(traced, feeds)
 
     trace_check = check_tolerance(eager, traced_out, f"traced {precision} module vs the same module run eagerly",
                                   min_cosine=TRACE_MIN_COSINE)
