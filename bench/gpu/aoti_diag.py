@@ -9,7 +9,7 @@ import torch
 from trtserve_build.models.fused import fused_encoder
 from trtserve_build.models.loader import random_task_model
 from trtserve_build.stages.compiled import compile_package
-from trtserve_backend.torch_engine import load_package
+from trtserve_backend.programs import load_package
 
 gelu, full, stage_load, single = sys.argv[1], sys.argv[2] == "full", sys.argv[3], sys.argv[4] == "1"
 out = Path(sys.argv[5])

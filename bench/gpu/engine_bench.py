@@ -106,32 +106,34 @@ def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:
     return {n: v.numpy() for n, v in feeds.items()}
 
 
-def fused_rows(model, result: dict, shapes, best, precisions, engine_format: str = "fused") -> list[dict]:
+def fused_rows(model, result: dict, shapes, best, variants, engine_format: str = "fused") -> list[dict]:
     """engine_format "fused" (traced) or "aoti": the fused encoder (trtserve_build.stages.compiled), as
-    served: full rows run the no-mask program, padded rows the masked one (both graph-captured)."""
+    served: full rows run the no-mask program, padded rows the masked one (both graph-captured).
+    ``variants``: (precision, norm) pairs; norm "kernel" (the engine's add + LayerNorm operator, a
+    Triton kernel) or "ops" (plain add and LayerNorm), measured side by side."""
     import tempfile
 
     import torch
 
     from trtserve_build.core.paths import full_rows_path, fused_engine_name
     from trtserve_build.stages import compiled
-    from trtserve_backend.torch_engine import load_program
+    from trtserve_backend.programs import load_program
 
     rows = []
-    for precision in precisions:
-        label = f"engine {precision} {engine_format}"
+    for precision, norm in variants:
+        label = f"engine {precision} {engine_format}, add+LN {norm}"
         path = Path(tempfile.mkdtemp(prefix="engine_fused_")) / f"{precision}{Path(fused_engine_name(engine_format)).suffix}"
         started = time.perf_counter()
         try:
             record = compiled.make_compiled(model, contract.CLASSIFICATION, precision, NAMES, check_feeds(),
                                             ts.PrecisionGate(min_cosine=ts.SANITY_MIN_COSINE), path,
                                             output=contract.LOGITS, max_batch=max(b for b, _ in shapes + best),
-                                            max_seq=512, device="cuda", engine_format=engine_format)
+                                            max_seq=512, device="cuda", engine_format=engine_format, norm=norm)
         except Exception as e:  # noqa: BLE001 - one failed variant must not lose the rest of the run
-            result["fidelity"][f"{precision}/{engine_format} logits"] = {"error": str(e)[:500]}
+            result["fidelity"][f"{precision}/{engine_format}/{norm} logits"] = {"error": str(e)[:500]}
             log(f"{label}: build failed: {e}")
             continue
-        result["fidelity"][f"{precision}/{engine_format} logits"] = {"compiled_vs_eager": record.trace_vs_eager,
+        result["fidelity"][f"{precision}/{engine_format}/{norm} logits"] = {"compiled_vs_eager": record.trace_vs_eager,
                                                          "vs_fp32": record.vs_fp32,
                                                          "full_rows_vs_masked": record.full_rows_vs_masked,
                                                          "build_seconds": round(time.perf_counter() - started, 1)}
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         if not args.quick:
-            result["rows"] += fused_rows(model, result, shapes, best, ["fp16"] if args.lean else ["fp16", "hybrid"])
+            pairs = [(p, n) for p in (["fp16"] if args.lean else ["fp16", "hybrid"]) for n in ("kernel", "ops")]
+            result["rows"] += fused_rows(model, result, shapes, best, pairs)
 
         # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.
         for precision in (["fp16"] if args.quick or args.lean else ["fp16", "hybrid"]):

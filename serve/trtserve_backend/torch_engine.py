@@ -18,7 +18,6 @@ the planning helpers import anywhere.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import time
@@ -26,11 +25,10 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from .batching import MERGE_MODES, check_merge, group_by_length, pad_merge, plan_batches, split_rows  # noqa: F401 - re-exported
+from .programs import load_package, load_program, load_traced, read_metadata  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-#: Name of the JSON metadata file stored inside the TorchScript archive (``_extra_files``).
-METADATA_FILE = "trtserve.json"
 
 
 class TorchEngineError(RuntimeError):
@@ -94,36 +92,6 @@ class GraphPlan:
         if rest:
             pieces.append((rest, self.padded_batch(rest)))
         return pieces
-
-
-def read_metadata(path: str) -> dict:
-    """The build metadata stored inside a TorchScript file by trtserve_build.stages.torchscript."""
-    import torch
-
-    extra = {METADATA_FILE: ""}
-    torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    return json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
-
-
-def load_program(path, device):
-    """A second program of a fused-encoder engine (its full-rows twin): TorchScript (``.pt``) or an
-    AOTInductor package (``.pt2``), on ``device``."""
-    import torch
-
-    if str(path).endswith(".pt2"):
-        return load_package(path, device)
-    return torch.jit.load(str(path), map_location="cpu").to(device).eval()
-
-
-def load_package(path: str, device):
-    """An AOTInductor package (the fused encoder, trtserve_build.stages.compiled) as a callable on
-    ``device``; a single-threaded runner on CUDA, which CUDA graph capture needs."""
-    import torch
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    index = (dev.index if dev.index is not None else torch.cuda.current_device()) if cuda else -1
-    return torch._inductor.aoti_load_package(str(path), run_single_threaded=cuda, device_index=index)
 
 
 # ---- execution ----------------------------------------------------------------------------
@@ -193,13 +161,12 @@ class TorchEncoder:
             engine = cls(load_package(path, device), input_names, device, plan, **kwargs)
             engine.metadata = {"engine_format": "aoti"}
             return engine
-        extra = {METADATA_FILE: ""}
         # Load on the CPU, then move parameters and buffers: the graph's tensor constants are the
         # scalars of shape arithmetic (``int(seq_len + 0)``) and must stay in host memory. Moved
         # to the GPU by map_location, each int() becomes a device sync, which CUDA graph capture
         # refuses (seen on an H200: cudaErrorStreamCaptureUnsupported).
-        module = torch.jit.load(path, map_location="cpu", _extra_files=extra).to(device)
-        meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+        module, meta = load_traced(path)
+        module = module.to(device)
         target = meta.get("target_device_type")
         if target and target != torch.device(device).type:
             raise TorchEngineError(

@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 import trtserve_contract as contract  # noqa: E402
 from trtserve_backend.parameters import TorchEncoderParameters  # noqa: E402
-from trtserve_backend.torch_engine import GraphPlan, TorchEncoder, eager_graph_factory, load_program  # noqa: E402
+from trtserve_backend.programs import load_program  # noqa: E402
+from trtserve_backend.torch_engine import GraphPlan, TorchEncoder, eager_graph_factory  # noqa: E402
 from trtserve_build.core.errors import TorchScriptError  # noqa: E402
 from trtserve_build.core.paths import AOTI_FILE, TORCHSCRIPT_FILE, full_rows_path  # noqa: E402
 from trtserve_build.core.pbtxt import read_config  # noqa: E402
@@ -89,6 +90,24 @@ def test_hybrid_keeps_layernorm_in_fp32_and_stays_close_to_fp32(check_feeds):
     assert fused_encoder(model, contract.EMBEDDING_TASK, NAMES, "fp16").ln.weight.dtype == torch.float16
     got = _run(hybrid, check_feeds)
     assert _cosines(got, _run(task_module(model, contract.EMBEDDING_TASK, NAMES), check_feeds)).min() > 0.999
+
+
+def test_residual_add_and_layer_norm_is_one_operator_in_a_trace_unless_norm_is_ops(check_feeds):
+    """norm="kernel" (the "fused" format): every layer's two add + LayerNorm are one call of
+    ``trtserve::add_layer_norm`` in the trace; norm="ops" (AOTInductor) writes plain ops; same function."""
+    model, task = _model(contract.CLASSIFICATION), contract.CLASSIFICATION
+    feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])) for n in NAMES)
+    graphs, outputs = {}, {}
+    for norm in ("kernel", "ops"):
+        module = fused_encoder(model, task, NAMES, "hybrid", norm=norm)
+        with torch.no_grad():
+            traced = torch.jit.trace(module, feeds, check_trace=False)
+            graphs[norm], outputs[norm] = str(traced.inlined_graph), traced(*feeds).numpy()
+    assert graphs["kernel"].count("trtserve::add_layer_norm") == 2 * model.config.num_hidden_layers
+    assert "trtserve::add_layer_norm" not in graphs["ops"]
+    assert _cosines(outputs["kernel"], outputs["ops"]).min() > 0.9999
+    with pytest.raises(ValueError, match="norm"):
+        fused_encoder(model, task, NAMES, "hybrid", norm="triton")
 
 
 @pytest.mark.parametrize("change, reason", [

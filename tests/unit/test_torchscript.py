@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import trtserve_contract as contract  # noqa: E402
-from trtserve_backend.torch_engine import TorchEncoder, read_metadata  # noqa: E402
+from trtserve_backend.programs import read_metadata  # noqa: E402
+from trtserve_backend.torch_engine import TorchEncoder  # noqa: E402
 from trtserve_build.core.errors import NonFiniteOutputError, ToleranceError, TorchScriptError  # noqa: E402
 from trtserve_build.core.files import sha256_file  # noqa: E402
 from trtserve_build.core.metrics import Agreement, check_tolerance  # noqa: E402

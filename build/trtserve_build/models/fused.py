@@ -12,8 +12,10 @@ softmax (measured on an H200: 13.6k seq/s against 22.2k; bench/gpu/NOTES.md, ses
   an additive [b, 1, 1, s] key-padding bias built from the 2-D mask on the device (no host sync);
 - the FFN's first GEMM with its bias and GELU in the cuBLASLt epilogue (``_addmm_activation``;
   on CUDA the tanh approximation of BERT's erf GELU, within the precision gates; on the CPU erf);
-- residual add + LayerNorm as plain ops, which Inductor fuses into one kernel each; for
-  ``hybrid`` the LayerNorm runs in FP32 (cast up, normalise, cast down: one fused kernel too).
+- residual add + LayerNorm: ``norm="kernel"`` calls ``trtserve::add_layer_norm``
+  (trtserve_backend/kernels.py: one Triton pass on CUDA, add and normalise in FP32); ``norm="ops"``
+  writes them as plain ops (the add in the engine's dtype, the LayerNorm in FP32 for ``hybrid``),
+  which Inductor fuses itself (the AOTInductor format, which cannot call a Python-defined op).
 
 Made into an engine by stages/compiled.py: traced to TorchScript (``engine_format = "fused"``) or
 compiled ahead of time by AOTInductor (``"aoti"``); the module itself runs eagerly anywhere, which
@@ -30,12 +32,15 @@ from ..core.lazy import lazy_import
 
 torch = lazy_import("torch")
 F = lazy_import("torch.nn.functional")
+kernels = lazy_import("trtserve_backend.kernels")
 
 #: model types whose encoder this module reproduces (BERT's layer layout and absolute positions)
 FUSED_MODEL_TYPES = ("bert",)
 FUSED_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK, contract.QUESTION_ANSWERING,
                contract.TOKEN_CLASSIFICATION)
 FUSED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+#: how residual add + LayerNorm run: the engine's own operator, or plain ops (for Inductor)
+NORM_MODES = ("kernel", "ops")
 
 
 def unsupported(hf_model, task: str) -> str | None:
@@ -76,33 +81,42 @@ def _classes():
             return F.gelu(y, approximate=self.gelu) if self.gelu else y
 
     class Norm(nn.Module):
-        def __init__(self, ln, compute_dtype):
+        """LayerNorm(x + residual) (``residual`` optional) with weights in ``compute_dtype``."""
+
+        def __init__(self, ln, compute_dtype, kernel: bool = False):
             super().__init__()
             self.weight, self.bias = frozen(ln.weight, compute_dtype), frozen(ln.bias, compute_dtype)
-            self.eps, self.compute_dtype = float(ln.eps), compute_dtype
+            self.eps, self.compute_dtype, self.kernel = float(ln.eps), compute_dtype, kernel
 
-        def forward(self, x):
+        def forward(self, x, residual=None):
+            if residual is not None and self.kernel:
+                return kernels.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+            if residual is not None:
+                x = x + residual
             y = F.layer_norm(x.to(self.compute_dtype), self.weight.shape, self.weight, self.bias, self.eps)
             return y.to(x.dtype)
 
     class Layer(nn.Module):
-        def __init__(self, layer, dtype, ln_dtype, gelu: str):
+        def __init__(self, layer, dtype, ln_dtype, gelu: str, kernel: bool):
             super().__init__()
             sa = layer.attention.self
             self.heads = sa.num_attention_heads
             self.qkv = Dense(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]),
                              torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]), dtype)
             out = layer.attention.output
-            self.out, self.ln1 = Dense(out.dense.weight, out.dense.bias, dtype), Norm(out.LayerNorm, ln_dtype)
+            self.out = Dense(out.dense.weight, out.dense.bias, dtype)
+            self.ln1 = Norm(out.LayerNorm, ln_dtype, kernel)
             up = layer.intermediate.dense
             self.up = Dense(up.weight, up.bias, dtype, gelu=gelu)
             down = layer.output
-            self.down, self.ln2 = Dense(down.dense.weight, down.dense.bias, dtype), Norm(down.LayerNorm, ln_dtype)
+            self.down = Dense(down.dense.weight, down.dense.bias, dtype)
+            self.ln2 = Norm(down.LayerNorm, ln_dtype, kernel)
 
     class Encoder(nn.Module):
         """forward(*inputs in ``input_names`` order) -> the task output in FP32 (TaskModule's)."""
 
-        def __init__(self, hf_model, task: str, input_names, dtype, ln_dtype, full_rows: bool, gelu: str):
+        def __init__(self, hf_model, task: str, input_names, dtype, ln_dtype, full_rows: bool, gelu: str,
+                     kernel: bool):
             super().__init__()
             why = unsupported(hf_model, task)
             if why:
@@ -114,7 +128,7 @@ def _classes():
             self.position = frozen(emb.position_embeddings.weight, dtype)
             self.token_type = frozen(emb.token_type_embeddings.weight, dtype)
             self.ln = Norm(emb.LayerNorm, ln_dtype)
-            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu) for layer in bert.encoder.layer)
+            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu, kernel) for layer in bert.encoder.layer)
             self.heads = bert.config.num_attention_heads
             self.head = None
             if task == contract.CLASSIFICATION:
@@ -144,8 +158,8 @@ def _classes():
                 keep = mask[:, None, None, :].to(self.dtype)
                 bias = (1.0 - keep) * torch.finfo(self.dtype).min
             for layer in self.layers:
-                h = layer.ln1(layer.out(self.attention(layer.qkv(x), bias, b, s)) + x)
-                x = layer.ln2(layer.down(layer.up(h)) + h)
+                h = layer.ln1(layer.out(self.attention(layer.qkv(x), bias, b, s)), x)
+                x = layer.ln2(layer.down(layer.up(h)), h)
             hidden = x.view(b, s, -1)
             if self.task == contract.CLASSIFICATION:
                 return self.head(torch.tanh(self.pooler(hidden[:, 0]))).float()
@@ -159,9 +173,12 @@ def _classes():
 
 
 def fused_encoder(hf_model, task: str, input_names, precision: str, *, full_rows: bool = False,
-                  gelu: str = "epilogue"):
+                  gelu: str = "epilogue", norm: str = "kernel"):
     """The fused module for ``hf_model`` (FP32, left unchanged) at ``precision`` (fp32/fp16/hybrid).
-    ``gelu``: "epilogue" (cuBLASLt bias + GELU), "tanh" or "none" (exact erf GELU after the GEMM)."""
+    ``gelu``: "epilogue" (cuBLASLt bias + GELU), "tanh" or "none" (exact erf GELU after the GEMM).
+    ``norm``: one of :data:`NORM_MODES`."""
+    if norm not in NORM_MODES:
+        raise ValueError(f"norm {norm!r}; known: {NORM_MODES}")
     dtype = torch.float32 if precision == "fp32" else torch.float16
     ln_dtype = torch.float16 if precision == "fp16" else torch.float32
-    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows, gelu).eval()
+    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows, gelu, norm == "kernel").eval()

@@ -6,10 +6,12 @@ two programs of the same function:
                             all full length (it knows that on the host, before the copy).
 
 ``engine_format = "fused"``: both traced to TorchScript (``.pt``; no device constants, so a trace
-made on a CPU build host runs on the GPU). ``"aoti"``: both compiled ahead of time by AOTInductor
-(torch.export with a dynamic batch and length; ``.pt2``), which adds Inductor's fusions (add +
-LayerNorm in one kernel) but is compiled for the device it is built on; on torch 2.11+cu130 (the
-GPU image) loading a CUDA package crashes (bench/gpu/NOTES.md, session 7), CPU packages work.
+made on a CPU build host runs on the GPU); residual add + LayerNorm is the engine's own operator
+(``trtserve::add_layer_norm``, a Triton kernel on CUDA). ``"aoti"``: both compiled ahead of time
+by AOTInductor (torch.export with a dynamic batch and length; ``.pt2``), which makes Inductor's own
+fusions (add + LayerNorm among them) but is compiled for the device it is built on; on torch
+2.11+cu130 (the GPU image) loading a CUDA package crashes (bench/gpu/NOTES.md, session 7), CPU
+packages work.
 
 Every build is checked on real text: the masked program against the fused module run eagerly
 (tracing/compiling must not change the function), against the FP32 Hugging Face model (the spec's
@@ -28,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import trtserve_contract as contract
-from trtserve_backend.torch_engine import METADATA_FILE, load_program
+from trtserve_backend.programs import METADATA_FILE, load_program
 
 from ..core.errors import TorchScriptError
 from ..core.files import sha256_file
@@ -83,9 +85,13 @@ def _each_row_full(module, feeds: tuple, lengths) -> np.ndarray:
 
 def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str],
                   check_feeds: dict[str, np.ndarray], gate: PrecisionGate, path: Path, *, output: str,
-                  max_batch: int, max_seq: int, device: str = "cuda", engine_format: str = "aoti") -> TorchScriptRecord:
+                  max_batch: int, max_seq: int, device: str = "cuda", engine_format: str = "aoti",
+                  norm: str | None = None) -> TorchScriptRecord:
     """Make, load back and check both programs (``path`` and its full-rows twin); returns the record
-    (``output``: the export's output name, which the engine's output stands for)."""
+    (``output``: the export's output name, which the engine's output stands for). ``norm``
+    (models/fused.NORM_MODES): by default the engine's add + LayerNorm operator for a trace, plain
+    ops for AOTInductor (which fuses them itself and cannot call a Python-defined operator)."""
+    norm = norm or ("ops" if engine_format == "aoti" else "kernel")
     started = time.perf_counter()
     dev = torch.device(device)
     if engine_format == "aoti" and dev.type == "cuda" and not torch.cuda.is_available():
@@ -95,8 +101,8 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
     input_names = tuple(input_names)
     reference = task_module(copy.deepcopy(hf_model).float(), task, input_names).to(dev)
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])).to(dev, torch.int64) for n in input_names)
-    masked = fused_encoder(hf_model, task, input_names, precision).to(dev)
-    full = fused_encoder(hf_model, task, input_names, precision, full_rows=True).to(dev)
+    masked = fused_encoder(hf_model, task, input_names, precision, norm=norm).to(dev)
+    full = fused_encoder(hf_model, task, input_names, precision, full_rows=True, norm=norm).to(dev)
     expected, eager = run_rows(reference, feeds), run_rows(masked, feeds)
 
     lengths = feeds[input_names.index(contract.ATTENTION_MASK)].sum(1)
@@ -106,12 +112,12 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
         compile_package(masked, example, max_batch, max_seq, Path(path))
         compile_package(full, example, max_batch, max_seq, full_rows_path(path))
     else:
-        meta = {"inputs": list(input_names), "precision": precision, "engine_format": engine_format}
+        meta = {"inputs": list(input_names), "precision": precision, "engine_format": engine_format, "norm": norm}
         trace_program(masked, example, Path(path), meta)
         trace_program(full, example, full_rows_path(path), {**meta, "full_rows": True})
     compiled = load_program(path, dev)
     compiled_out = run_rows(compiled, feeds)
-    what = f"{'AOTInductor' if engine_format == 'aoti' else 'traced'} {precision} fused encoder"
+    what = f"{'AOTInductor' if engine_format == 'aoti' else 'traced'} {precision} fused encoder (norm: {norm})"
     compile_check = check_tolerance(eager, compiled_out, f"{what} vs the same module run eagerly",
                                     min_cosine=TRACE_MIN_COSINE)
     fp32_check = check_tolerance(expected, compiled_out, f"{what} vs FP32", min_cosine=gate.min_cosine,
@@ -143,8 +149,8 @@ def save_record(record: TorchScriptRecord, path: Path) -> Path:
 def compiled_fingerprint(spec, variant: str, export_fingerprint: str, max_batch: int, device: str) -> str:
     precision = spec.engine(variant).precision
     return digest({"export": export_fingerprint, "precision": precision, "gate": asdict(gate_for(spec, precision)),
-                   "torch": torch.__version__, "format": f"{spec.engine(variant).engine_format}-1", "max_batch": max_batch,
-                   "max_seq": spec.model.max_sequence_length, "device": device})
+                   "torch": torch.__version__, "format": f"{spec.engine(variant).engine_format}-2",
+                   "max_batch": max_batch, "max_seq": spec.model.max_sequence_length, "device": device})
 
 
 def build_compiled(spec, variant: str, manifest, path: Path, *, load_model: Callable[[], object],

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import trtserve_contract as contract
-from trtserve_backend.torch_engine import METADATA_FILE
+from trtserve_backend.programs import METADATA_FILE
 
 from ..core.errors import TorchScriptError
 from ..core.files import sha256_file
