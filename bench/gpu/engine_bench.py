@@ -97,7 +97,7 @@ def kernel_breakdown(module, batch: int, seq: int, iters: int = 3) -> dict:
     # BERT-base matmul FLOPs per token: 12 layers x (4 x 768^2 + 2 x 768 x 3072) x 2
     gemm_flops = batch * seq * 12 * (4 * 768 * 768 + 2 * 768 * 3072) * 2
     return {"shape": f"{batch}x{seq}", "ms_per_forward": result["ms"], "total_ms": result["total_ms"],
-            "kernels_per_forward": result["kernels_per_call"],
+            "kernels_per_forward": result["kernels_per_call"], "top": result["top"],
             "gemm_tflops": gemm_flops / (result["ms"].get("gemm", float("nan")) / 1000.0) / 1e12}
 
 
@@ -146,6 +146,9 @@ def fused_rows(model, result: dict, shapes, best, variants, engine_format: str =
             result["capture"][label] = {"graphs": 2 * len(plan.keys()), "seconds": round(encoder.capture(), 2)}
             rows += engine_rows(encoder, f"{label} + CUDA graphs", shapes + best)
             rows += engine_rows(encoder, f"{label} + CUDA graphs, padded rows", [(256, 128)], padded=True)
+            breakdown = kernel_breakdown(encoder.full_module, 256, 128)  # the no-mask program, full rows
+            result.setdefault("kernel_breakdown", {})[label] = breakdown
+            log(f"{label} kernels at 256x128: {breakdown}")
         except Exception as e:  # noqa: BLE001 - report, keep the other rows
             result["capture"][label] = {"error": str(e)[:500]}
             log(f"{label}: load/capture/run failed: {e}")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                               "back to back (CUDA events)",
                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "rows": [], "fidelity": {}, "capture": {}}
     shapes = SHAPES[:2] if args.quick else [(1, 128), (32, 128)] if args.lean else SHAPES
-    best = [] if args.quick else [(b, 128) for b in ((128, 256) if args.lean else BEST_BATCHES)]
+    best = [] if args.quick else [(b, 128) for b in ((128, 256, 512) if args.lean else BEST_BATCHES)]
     torch.manual_seed(0)
     config = BertConfig(num_labels=2)
     model = BertForSequenceClassification(config).eval().cuda()

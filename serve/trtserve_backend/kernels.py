@@ -9,6 +9,9 @@ paper's hybrid policy (LayerNorm in FP32) at the cost of one memory pass.
 
 - On CUDA with the ``triton`` package (it ships with the CUDA wheels of torch): one Triton program
   per row. Launched on the current stream, so CUDA graph capture records it like any kernel.
+  Measured on an H200 (``bench/gpu/kernel_bench.py``, [32768, 768] fp16): 39 us with 2 warps per
+  768-wide row (3.9 TB/s), 43 us with 4, 57 with 8; fp16 add + LayerNorm as torch ops 111 us, the
+  FP32 torch ops 349 us.
 - Anywhere else (the CPU, or CUDA without triton): the same arithmetic as torch ops.
 
 It is a registered dispatcher op (``torch.library.custom_op``), so ``torch.jit.trace`` records it
@@ -77,7 +80,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     if rows:
         block = triton.next_power_of_2(width)
         _add_layer_norm_rows[(rows,)](x, residual, weight.contiguous(), bias.contiguous(), out, width, eps,
-                                      BLOCK=block, num_warps=min(max(block // 256, 1), 8))
+                                      BLOCK=block, num_warps=min(max(block // 512, 1), 8))
     return out
 
 

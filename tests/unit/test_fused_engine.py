@@ -94,7 +94,8 @@ def test_hybrid_keeps_layernorm_in_fp32_and_stays_close_to_fp32(check_feeds):
 
 def test_residual_add_and_layer_norm_is_one_operator_in_a_trace_unless_norm_is_ops(check_feeds):
     """norm="kernel" (the "fused" format): every layer's two add + LayerNorm are one call of
-    ``trtserve::add_layer_norm`` in the trace; norm="ops" (AOTInductor) writes plain ops; same function."""
+    ``trtserve::add_layer_norm`` in the trace, and so is the embeddings'; norm="ops" (AOTInductor) writes
+    plain ops; same function."""
     model, task = _model(contract.CLASSIFICATION), contract.CLASSIFICATION
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])) for n in NAMES)
     graphs, outputs = {}, {}
@@ -103,7 +104,7 @@ def test_residual_add_and_layer_norm_is_one_operator_in_a_trace_unless_norm_is_o
         with torch.no_grad():
             traced = torch.jit.trace(module, feeds, check_trace=False)
             graphs[norm], outputs[norm] = str(traced.inlined_graph), traced(*feeds).numpy()
-    assert graphs["kernel"].count("trtserve::add_layer_norm") == 2 * model.config.num_hidden_layers
+    assert graphs["kernel"].count("trtserve::add_layer_norm") == 2 * model.config.num_hidden_layers + 1  # + embeddings
     assert "trtserve::add_layer_norm" not in graphs["ops"]
     assert _cosines(outputs["kernel"], outputs["ops"]).min() > 0.9999
     with pytest.raises(ValueError, match="norm"):

@@ -127,7 +127,7 @@ def _classes():
             self.word = frozen(emb.word_embeddings.weight, dtype)
             self.position = frozen(emb.position_embeddings.weight, dtype)
             self.token_type = frozen(emb.token_type_embeddings.weight, dtype)
-            self.ln = Norm(emb.LayerNorm, ln_dtype)
+            self.ln = Norm(emb.LayerNorm, ln_dtype, kernel)
             self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu, kernel) for layer in bert.encoder.layer)
             self.heads = bert.config.num_attention_heads
             self.head = None
@@ -149,10 +149,11 @@ def _classes():
             feeds = dict(zip(self.input_names, inputs))
             ids, mask = feeds[contract.INPUT_IDS], feeds[contract.ATTENTION_MASK]
             b, s = ids.shape
-            x = F.embedding(ids, self.word) + self.position[:s][None]  # positions 0..s-1, no device constant
             types = feeds.get(contract.TOKEN_TYPE_IDS)
-            x = x + (F.embedding(types, self.token_type) if types is not None else self.token_type[0])
-            x = self.ln(x).reshape(b * s, -1)
+            # positions 0..s-1 sliced from the table (no device constant), plus the token types
+            extra = self.position[:s][None] + (F.embedding(types, self.token_type) if types is not None
+                                               else self.token_type[0])
+            x = self.ln(F.embedding(ids, self.word), extra.expand(b, s, -1)).reshape(b * s, -1)
             bias = None
             if not self.full_rows:
                 keep = mask[:, None, None, :].to(self.dtype)
