@@ -19,11 +19,13 @@ EXPOSE 8000 8001 8002
 # memory between Triton and each Python-backend stub, one region per model instance: 16 MiB
 # holds the largest request of the specs (qa: 128 windows x 384 tokens x 3 int64 tensors plus
 # token spans = 1.5 MiB) ten times over (compose: shm_size 3gb; Kubernetes: a 3 GiB memory
-# emptyDir on /dev/shm).
+# emptyDir on /dev/shm). --rate-limit=execution_count: instance groups' priorities choose the
+# instance (a one-model deployment keeps one preferred instance warm; triton_config.py).
 CMD ["tritonserver", \
      "--model-repository=/models/gpu", \
      "--model-control-mode=none", \
      "--strict-readiness=true", \
+     "--rate-limit=execution_count", \
      "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", \
      "--metrics-config=summary_latencies=true", \
      "--backend-config=python,shm-default-byte-size=16777216", \

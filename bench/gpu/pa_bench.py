@@ -83,18 +83,29 @@ def check(url: str, name: str, reference: dict) -> dict:
             "argmax_agreement": float((batched.argmax(-1) == ref.argmax(-1)).mean())}
 
 
-def with_instances(repository: Path, count: int, out: Path) -> Path:
-    """A copy of ``repository`` whose models all run ``count`` instances (configs through protobuf)."""
+def with_instances(repository: Path, count: int | None, out: Path, rotate: bool = False) -> Path:
+    """A copy of ``repository`` whose models run ``count`` instances each (default: as many as now),
+    grouped as the build groups them (one-model deployments: a preferred instance and a pool,
+    triton_config.preferred_instances) or, ``rotate``, as one group without priorities (what
+    Triton's default --rate-limit=off does with them: idle instances take requests in turn).
+    Configs through protobuf."""
     import shutil
 
     sys.path.insert(0, str(ROOT / "build"))
     from trtserve_build.core.pbtxt import read_config, write_config
+    from trtserve_build.stages.triton_config import preferred_instances
 
     shutil.copytree(repository, out)
     for path in out.glob("*/config.pbtxt"):
         config = read_config(path)
-        for group in config.instance_group:
-            group.count = count
+        groups = list(config.instance_group)
+        total = count or sum(g.count for g in groups)
+        preferred = len(groups) > 1 or any(g.HasField("rate_limiter") for g in groups)
+        del config.instance_group[:]
+        if preferred and not rotate:
+            config.instance_group.extend(preferred_instances(config.name, groups[0].kind, total))
+        else:
+            config.instance_group.add(kind=groups[0].kind, count=total)
         write_config(config, path)
     return out
 
@@ -110,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64,128,256")
     parser.add_argument("--measurement-ms", type=int, default=2000)
     parser.add_argument("--instances", type=int, help="experiment: every model's instance count (a copy of the repository)")
+    parser.add_argument("--rotate", action="store_true",
+                        help="experiment: instances in one group, --rate-limit=off (idle instances in turn)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
@@ -124,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                     "client": "perf_analyzer (C++), async gRPC, closed loop at each concurrency, one review "
                               "snippet per request", "deployments": {}}
     repository = Path(args.repository)
-    if args.instances:
-        repository = with_instances(repository, args.instances, work / "repository")
-        result["instances"] = args.instances
-    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log))
+    if args.instances or args.rotate:
+        repository = with_instances(repository, args.instances, work / "repository", rotate=args.rotate)
+        result["instances"], result["rotate"] = args.instances, args.rotate
+    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log),
+                            rate_limit="off" if args.rotate else "execution_count")
     started = time.perf_counter()
     try:
         with server:

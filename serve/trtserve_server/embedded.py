@@ -166,6 +166,9 @@ class EmbeddedServer:
     ports: Ports = field(default_factory=Ports)
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
+    #: Triton's --rate-limit: "execution_count" honours instance priorities; "off" (Triton's
+    #: default) lets idle instances take requests in turn
+    rate_limit: str = "execution_count"
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
     admin_key: str | None = field(default=None, repr=False)
@@ -191,6 +194,9 @@ class EmbeddedServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--exit-timeout-secs=10",  # idle keep-alive clients must not stall shutdown for 30 s
+            # instance groups' rate_limiter priorities pick the instance (one-model deployments:
+            # one preferred instance, trtserve_build.stages.triton_config.preferred_instances)
+            f"--rate-limit={self.rate_limit}",
             *control,
             *self.extra_args,
         ]

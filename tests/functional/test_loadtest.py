@@ -92,7 +92,7 @@ def _compose_triton_flags() -> list[str]:
     from ..compose_tools import dockerfile_cmd
 
     command = dockerfile_cmd(REPO_ROOT / "deploy" / "triton.gpu.Dockerfile")
-    keep = ("--metrics-config", "--backend-config", "--model-control-mode", "--strict-readiness")
+    keep = ("--metrics-config", "--backend-config", "--model-control-mode", "--strict-readiness", "--rate-limit")
     return [arg for arg in command if arg.startswith(keep)]
 
 

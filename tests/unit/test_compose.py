@@ -196,6 +196,7 @@ def test_gpu_server_flags():
     assert cmd[0] == "tritonserver"
     assert "--model-control-mode=none" in cmd, "no remote model loads"
     assert "--strict-readiness=true" in cmd and "--metrics-config=summary_latencies=true" in cmd
+    assert "--rate-limit=execution_count" in cmd, "one-model deployments' preferred instance"
     assert not any(a.startswith("--load-model") for a in cmd)
 
 

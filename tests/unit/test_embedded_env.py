@@ -71,6 +71,9 @@ def test_supervised_command_line_restricts_the_repository_api(tmp_path):
     install = install_at(tmp_path)
     plain = EmbeddedServer(tmp_path).command(install)
     assert not [a for a in plain if "model-control" in a or "restricted" in a]
+    # instance groups' priorities choose the instance (triton_config.preferred_instances)
+    assert "--rate-limit=execution_count" in plain
+    assert "--rate-limit=off" in EmbeddedServer(tmp_path, rate_limit="off").command(install)
     server = EmbeddedServer(tmp_path, admin_key="k" * 32)
     args = server.command(install)
     assert "--model-control-mode=explicit" in args and "--load-model=*" in args

@@ -108,6 +108,23 @@ def test_step_instances_come_from_the_variant(sentiment_spec):
     assert tokenizer.instance_group[0].count == 1 and post.instance_group[0].count == 1
 
 
+@pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
+@pytest.mark.parametrize("count", [1, 2, 8])
+def test_one_model_deployments_keep_one_preferred_instance(sentiment_spec, variant, count):
+    """The one model's instances: one of rate-limiter priority 1 and a pool of the rest at 1e6
+    (Triton under --rate-limit=execution_count then keeps an idle server on the warm instance);
+    a single instance needs no priority."""
+    (single,) = deployment_configs(with_engine(sentiment_spec, variant, instance_count=count),
+                                   manifest_for(sentiment_spec), variant)
+    groups = [(g.name, g.count, g.rate_limiter.priority) for g in single.instance_group]
+    if count == 1:
+        assert groups == [("", 1, 0)] and not single.instance_group[0].HasField("rate_limiter")
+    else:
+        assert groups == [("sentiment_hot", 1, 1), ("sentiment_pool", count - 1, 1_000_000)]
+    assert sum(g.count for g in single.instance_group) == count
+    assert len({g.kind for g in single.instance_group}) == 1
+
+
 @pytest.mark.parametrize("variant, kind, engine_file", [
     ("cpu", mc.ModelInstanceGroup.KIND_CPU, ("onnx_file", "model.onnx")),
     # sentiment's gpu_torch engine is the fused encoder, traced (engine_format "fused")
@@ -122,7 +139,7 @@ def test_python_engines_are_served_as_one_model_with_the_same_contract(sentiment
     assert single.name == ensemble.name == "sentiment" and single.backend == "python" and not single.platform
     assert list(single.input) == list(ensemble.input) and list(single.output) == list(ensemble.output)
     assert single.max_batch_size == ensemble.max_batch_size
-    assert [g.kind for g in single.instance_group] == [kind]
+    assert {g.kind for g in single.instance_group} == {kind}
     p = {k: v.string_value for k, v in single.parameters.items()}
     assert p[engine_file[0]] == engine_file[1] and p["tokenizer_file"] == "tokenizer.json"
     assert json.loads(p["encoder_inputs"]) == list(contract.ENCODER_INPUTS) and p["encoder_output"] == "logits"

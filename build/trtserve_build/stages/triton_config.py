@@ -84,6 +84,28 @@ def _cpu_instances(count: int = 1) -> list[mc.ModelInstanceGroup]:
     return [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)]
 
 
+#: rate-limiter priorities of a one-model deployment's preferred instance and of the rest
+HOT_PRIORITY, POOL_PRIORITY = 1, 1_000_000
+
+
+def preferred_instances(name: str, kind, count: int) -> list[mc.ModelInstanceGroup]:
+    """``count`` instances as one preferred instance (``<name>_hot``) and a pool of the rest.
+
+    Triton started with ``--rate-limit=execution_count`` (the embedded server and the images do)
+    hands a batch to the ready instance of least executions x priority (core r24.10,
+    rate_limiter.cc), so an idle server keeps one warm process, CUDA context and cache, and the
+    pool takes what arrives while it is busy. Without it idle instances wake in turn and single
+    requests rotate over every process: measured on an H200 (bench/gpu/run_hot_ab.sh, 8
+    instances, two rounds), c=1 p50 2.13 / 2.11 ms rotating against 1.67 / 1.40 ms, the same
+    peak within noise. A server without the flag ignores the priorities."""
+    if count <= 1:
+        return [mc.ModelInstanceGroup(kind=kind, count=count)]
+    return [mc.ModelInstanceGroup(name=f"{name}_hot", kind=kind, count=1,
+                                  rate_limiter=mc.ModelRateLimiter(priority=HOT_PRIORITY)),
+            mc.ModelInstanceGroup(name=f"{name}_pool", kind=kind, count=count - 1,
+                                  rate_limiter=mc.ModelRateLimiter(priority=POOL_PRIORITY))]
+
+
 def encoder_input_decls(manifest: ExportManifest) -> tuple[TensorDecl, ...]:
     return tuple(d for d in ENCODER_INPUT_DECLS if d.name in manifest.inputs)
 
@@ -268,7 +290,7 @@ def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str
         input=_inputs(get_task(spec.task).ensemble_inputs),
         output=_outputs(ensemble_output_decls(spec, manifest)),
         dynamic_batching=_dynamic_batching(spec, preferred=True, bounded=True),
-        instance_group=[mc.ModelInstanceGroup(kind=kind, count=host_sized(spec, variant, "instance_count"))],
+        instance_group=preferred_instances(spec.name, kind, host_sized(spec, variant, "instance_count")),
     )
     side = tuple(d.name for d in postprocess_input_decls(spec, manifest) if d.name != encoder_out.name)
     for params in (tokenizer_parameters(spec, manifest),
