@@ -59,6 +59,8 @@ class LabelledClassifier:
 
     def __init__(self, labels: Sequence[str]):
         self.classify = Classifier(labels)
+        #: the values LABEL can take (a Python model makes each one's response tensor once)
+        self.fixed_values = {contract.LABEL: tuple(self.classify.labels)}
 
     def __call__(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         names, scores, probs = self.classify(logits)

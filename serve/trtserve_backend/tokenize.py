@@ -24,8 +24,13 @@ class InvalidTextError(ValueError):
 
 def decode_texts(tensor: np.ndarray, input_name: str = contract.TEXT) -> list[str]:
     """Flatten a [batch, 1] BYTES tensor into Python strings; reject invalid UTF-8 clearly."""
+    items = tensor.reshape(-1).tolist()
+    try:  # what Triton hands a model: bytes items, valid UTF-8 (one call per item, nothing checked twice)
+        return [item.decode("utf-8") for item in items]
+    except (AttributeError, UnicodeDecodeError):
+        pass  # str items, other types or invalid UTF-8: item by item, naming what is wrong
     texts = []
-    for i, item in enumerate(tensor.reshape(-1)):
+    for i, item in enumerate(items):
         if isinstance(item, str):
             texts.append(item)
             continue

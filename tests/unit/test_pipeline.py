@@ -124,6 +124,54 @@ def test_a_failing_engine_fails_every_request_and_the_model_stays_up(fake_pb_uti
     assert served.execute([text_request(["a"])])[0].error is None
 
 
+def test_one_text_responses_share_each_labels_tensor(fake_pb_utils, tmp_path, sentiment_spec):
+    """A one-text response's LABEL is the tensor made once for its label, in every execution; a
+    request of several texts gets its own; the values are the three steps' either way."""
+    args, cfg, folder = _deployment(sentiment_spec, tmp_path)
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    served = TritonPythonModel()
+    served.initialize(args)
+    singles = [[t] for t in TEXTS]
+    sent = [served.execute([text_request(r) for r in singles + [TEXTS[:2]]]) for _ in range(2)]
+    by_label = {}
+    for responses in sent:
+        for texts, response in zip(singles, responses):
+            label = response.output_tensors[0]
+            assert label.name() == contract.LABEL
+            assert label.as_numpy().tolist() == _apart(cfg, folder, texts)[contract.LABEL].tolist()
+            assert by_label.setdefault(label.as_numpy()[0, 0], label) is label
+        pair = responses[-1].output_tensors[0]
+        assert pair.as_numpy().tolist() == _apart(cfg, folder, TEXTS[:2])[contract.LABEL].tolist()
+        assert all(pair is not t for t in by_label.values())
+    assert 1 <= len(by_label) <= len(PostprocessParameters.from_config(cfg).labels)
+
+
+def test_ensemble_postprocess_model_reuses_label_tensors(fake_pb_utils, monkeypatch, tmp_path, sentiment_spec):
+    """The ensemble's ``<name>_postprocess`` model sends the same outputs through the same builder."""
+    from google.protobuf import json_format
+
+    from trtserve_build.stages.triton_config import postprocess_config
+
+    install(monkeypatch, "trtserve_backend.triton_models.postprocess")
+    from trtserve_backend.triton_models.postprocess import TritonPythonModel
+
+    config = postprocess_config(sentiment_spec, manifest_for(sentiment_spec, hidden=2), "cpu")
+    (tmp_path / "1").mkdir()
+    served = TritonPythonModel()
+    served.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+                       "model_repository": str(tmp_path), "model_version": "1"})
+    name = served.input_name
+    logits = [np.array([[0.0, 2.0]], np.float32), np.array([[1.0, 0.0]], np.float32),
+              np.array([[0.0, 3.0]], np.float32), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)]
+    responses = served.execute([Request([Tensor(name, x)]) for x in logits])
+    labels = [r.output_tensors[0] for r in responses]
+    assert [t.as_numpy().tolist() for t in labels] == [[[b"positive"]], [[b"negative"]], [[b"positive"]],
+                                                        [[b"positive"], [b"negative"]]]
+    assert labels[0] is labels[2] and labels[1] is not labels[0] and labels[3] not in labels[:3]
+    np.testing.assert_allclose(responses[2].output_tensors[2].as_numpy().sum(), 1.0, rtol=1e-6)
+
+
 def test_phase_times_account_for_every_execution(fake_pb_utils, tmp_path, sentiment_spec, monkeypatch):
     """TRTSERVE_PHASE_TIMES: the model sums seconds per phase of its executions (benchmarks read
     where a request's time goes inside the stub); without it nothing is timed."""

@@ -14,17 +14,17 @@ from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import PipelineParameters, TokenizerParameters
 from trtserve_backend.pipeline import PhaseClock, Pipeline
 from trtserve_backend.tokenize import InvalidTextError
-from trtserve_backend.triton_models._common import (error_response, instance_device, output_tensors, read_items,
-                                                    version_dir)
+from trtserve_backend.triton_models._common import (OutputTensors, error_response, fixed_output_values,
+                                                    instance_device, read_items, version_dir)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
         self.input_names = [t.name for t in cfg.inputs]
-        self.outputs = cfg.outputs
         device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
         self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
+        self.output_tensors = OutputTensors(cfg.outputs, fixed_output_values(self.pipeline.postprocess))
         tokenizer = TokenizerParameters.from_config(cfg)
         self.limits = RequestLimits(tokenizer.max_request_text_bytes, tokenizer.max_request_texts)
         self.name = cfg.name
@@ -56,7 +56,7 @@ class TritonPythonModel:
             elif isinstance(values, Exception):  # what is wrong with this request alone
                 responses.append(error_response(str(values), invalid_argument=isinstance(values, InvalidTextError)))
             else:
-                responses.append(pb_utils.InferenceResponse(output_tensors(self.outputs, values)))
+                responses.append(pb_utils.InferenceResponse(self.output_tensors(values)))
         return responses
 
     def finalize(self):

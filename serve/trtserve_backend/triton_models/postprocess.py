@@ -12,8 +12,8 @@ import triton_python_backend_utils as pb_utils
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import PostprocessParameters
 from trtserve_backend.steps import make_step_postprocess, windowed
-from trtserve_backend.triton_models._common import (error_response, input_array, input_arrays, output_tensors,
-                                                    version_dir)
+from trtserve_backend.triton_models._common import (OutputTensors, error_response, fixed_output_values, input_array,
+                                                    input_arrays, version_dir)
 
 
 class TritonPythonModel:
@@ -25,14 +25,14 @@ class TritonPythonModel:
         if not self.windowed:
             self.input_name = cfg.single_input().name
         self.postprocess = make_step_postprocess(params, version_dir(args))
-        self.outputs = cfg.outputs
+        self.output_tensors = OutputTensors(cfg.outputs, fixed_output_values(self.postprocess))
 
     def _respond(self, request):
         if self.windowed:
             values = self.postprocess(input_arrays(request, self.input_names))
         else:
             values = self.postprocess(input_array(request, self.input_name))
-        return pb_utils.InferenceResponse(output_tensors(self.outputs, values))
+        return pb_utils.InferenceResponse(self.output_tensors(values))
 
     def execute(self, requests):
         responses = []

@@ -13,7 +13,7 @@ from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import TokenizerParameters
 from trtserve_backend.steps import make_tokenizer
-from trtserve_backend.triton_models._common import error_response, output_tensors, read_items, version_dir
+from trtserve_backend.triton_models._common import OutputTensors, error_response, read_items, version_dir
 
 
 class TritonPythonModel:
@@ -21,7 +21,7 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         params = TokenizerParameters.from_config(cfg)
         self.input_names = [t.name for t in cfg.inputs]
-        self.outputs = cfg.outputs
+        self.output_tensors = OutputTensors(cfg.outputs)
         self.tokenizer = make_tokenizer(params, version_dir(args), [t.name for t in cfg.outputs])
         self.limits = RequestLimits(params.max_request_text_bytes, params.max_request_texts)
 
@@ -33,5 +33,5 @@ class TritonPythonModel:
             if i in errors or isinstance(arrays, Exception):
                 responses.append(error_response(errors.get(i) or str(arrays), invalid_argument=True))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors(self.outputs, arrays)))
+            responses.append(pb_utils.InferenceResponse(self.output_tensors(arrays)))
         return responses
