@@ -4,7 +4,9 @@ repositories under many concurrent single-text requests.
 Each round serves every repository in turn (a fresh embedded Triton with
 ``TRTSERVE_PHASE_TIMES=1``), drives it with ``--concurrency`` requests in flight from one asyncio
 gRPC client for ``--seconds``, stops it and reads the model's phase line from the Triton log;
-requests per execution come from Triton's statistics. Rounds alternate the variants, so the
+requests per execution come from Triton's statistics. Every classification answer is checked
+against itself (LABEL is the label of the largest of PROBABILITIES, SCORE that value): ``wrong``
+counts the answers that are not. Rounds alternate the variants, so the
 drift of a shared machine hits them alike; medians over rounds are printed (µs per execution,
 and respond/read per request) and written as JSON with ``--out``.
 
@@ -32,29 +34,39 @@ from trtserve_server.embedded import EmbeddedServer, Ports
 PHASE_LINE = re.compile(r"(\w+) phase times: (\d+) executions, us per execution: ([^\"\n]*)")
 
 
-async def drive(url: str, model: str, texts: list[str], concurrency: int, seconds: float) -> tuple[int, int]:
-    """``concurrency`` requests always in flight for ``seconds``: (answered, failed)."""
+def consistent(result, labels: list[bytes]) -> bool:
+    """A classification answer agrees with itself: LABEL = labels[argmax PROBABILITIES], SCORE = max."""
+    probs = result.as_numpy("PROBABILITIES")
+    return (result.as_numpy("LABEL").tolist() == [[labels[int(probs.argmax())]]]
+            and float(result.as_numpy("SCORE")[0, 0]) == float(probs.max()))
+
+
+async def drive(url: str, model: str, texts: list[str], concurrency: int, seconds: float) -> tuple[int, int, int]:
+    """``concurrency`` requests always in flight for ``seconds``: (answered, failed, wrong)."""
     import tritonclient.grpc.aio as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
-    done = failed = 0
+    config = (await client.get_model_config(model, as_json=True))["config"]
+    labels = [n.encode() for n in json.loads(config.get("parameters", {}).get("labels", {}).get("string_value", "[]"))]
+    done = failed = wrong = 0
     deadline = time.perf_counter() + seconds
 
     async def worker(k: int) -> None:
-        nonlocal done, failed
+        nonlocal done, failed, wrong
         while time.perf_counter() < deadline:
             inp = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
             inp.set_data_from_numpy(np.array([[texts[k % len(texts)].encode()]], dtype=np.object_))
             try:
-                await client.infer(model, [inp])
+                result = await client.infer(model, [inp])
                 done += 1
+                wrong += bool(labels) and not consistent(result, labels)
             except Exception:  # noqa: BLE001 - counted, reported
                 failed += 1
             k += concurrency
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     await client.close()
-    return done, failed
+    return done, failed, wrong
 
 
 def statistics_of(server: EmbeddedServer, model: str) -> tuple[int, int]:
@@ -72,7 +84,7 @@ def one_run(repository: Path, model: str, texts: list[str], args, log: Path) -> 
     with EmbeddedServer(repository, ports=Ports.free(), log_path=log) as server:
         server.wait_ready(120)
         start = time.perf_counter()
-        done, failed = asyncio.run(drive(server.grpc_url, model, texts, args.concurrency, args.seconds))
+        done, failed, wrong = asyncio.run(drive(server.grpc_url, model, texts, args.concurrency, args.seconds))
         elapsed = time.perf_counter() - start
         inferences, executions = statistics_of(server, model)
     lines = [m for m in PHASE_LINE.finditer(log.read_text(errors="replace")) if m.group(1) == model]
@@ -80,7 +92,7 @@ def one_run(repository: Path, model: str, texts: list[str], args, log: Path) -> 
         raise RuntimeError(f"{len(lines)} phase lines for {model} in {log}, expected one")
     phases = {k: float(v) for k, v in (kv.split("=") for kv in lines[0].group(3).split())}
     per_execution = inferences / max(1, executions)
-    return {"requests_per_s": done / elapsed, "failed": failed, "requests_per_execution": per_execution,
+    return {"requests_per_s": done / elapsed, "failed": failed, "wrong": wrong, "requests_per_execution": per_execution,
             **{f"{k}_us": v for k, v in phases.items()},
             **{f"{k}_us_per_request": phases[k] / per_execution for k in ("read", "respond") if k in phases}}
 
