@@ -109,8 +109,9 @@ def check_feeds(seq: int = 128, rows: int = 32) -> dict[str, np.ndarray]:
 def fused_rows(model, result: dict, shapes, best, variants, engine_format: str = "fused") -> list[dict]:
     """engine_format "fused" (traced) or "aoti": the fused encoder (trtserve_build.stages.compiled), as
     served: full rows run the no-mask program, padded rows the masked one (both graph-captured).
-    ``variants``: (precision, norm) pairs; norm "kernel" (the engine's add + LayerNorm operator, a
-    Triton kernel) or "ops" (plain add and LayerNorm), measured side by side."""
+    ``variants``: (precision, norm) pairs; norm "epilogue" (the served default: residual added in the
+    GEMM's epilogue, then the engine's bias + LayerNorm operator, a Triton kernel), "kernel" (the
+    operator adds the residual) or "ops" (plain add and LayerNorm), measured side by side."""
     import tempfile
 
     import torch
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         if not args.quick:
-            pairs = [(p, n) for p in (["fp16"] if args.lean else ["fp16", "hybrid"]) for n in ("kernel", "ops")]
+            norms = ("epilogue", "kernel") if args.lean else ("epilogue", "kernel", "ops")
+            pairs = [(p, n) for p in (["fp16"] if args.lean else ["fp16", "hybrid"]) for n in norms]
             result["rows"] += fused_rows(model, result, shapes, best, pairs)
 
         # Fidelity on a richer output than two logits: mean-pooled 768-d embeddings.

@@ -38,12 +38,14 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 if triton is not None:
     @triton.jit
-    def _add_layer_norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, width, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64) * width
+    def _add_layer_norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, width, r_stride, eps, BLOCK: tl.constexpr):
+        """``r_stride``: ``width`` for a residual row per row, 0 for one vector added to every row."""
+        program = tl.program_id(0).to(tl.int64)
+        row = program * width
         cols = tl.arange(0, BLOCK)
         keep = cols < width
         x = tl.load(x_ptr + row + cols, mask=keep, other=0.0).to(tl.float32)
-        x += tl.load(r_ptr + row + cols, mask=keep, other=0.0).to(tl.float32)
+        x += tl.load(r_ptr + program * r_stride + cols, mask=keep, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=0) / width
         centred = tl.where(keep, x - mean, 0.0)
         var = tl.sum(centred * centred, axis=0) / width
@@ -67,8 +69,12 @@ def reference(x, residual, weight, bias, eps: float):
 @torch.library.custom_op("trtserve::add_layer_norm", mutates_args=())
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> torch.Tensor:
-    """``LayerNorm(x + residual)`` over the last dimension, computed in FP32, in ``x``'s dtype."""
-    if x.shape != residual.shape or weight.shape != x.shape[-1:] or bias.shape != weight.shape:
+    """``LayerNorm(x + residual)`` over the last dimension, computed in FP32, in ``x``'s dtype.
+
+    ``residual``: the shape of ``x``, or one row (``x.shape[-1:]``, e.g. a GEMM's bias) added to
+    every row."""
+    if (residual.shape not in (x.shape, x.shape[-1:]) or weight.shape != x.shape[-1:]
+            or bias.shape != weight.shape):
         raise ValueError(f"add_layer_norm: x {tuple(x.shape)}, residual {tuple(residual.shape)}, "
                          f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
     if not uses_triton(x):
@@ -79,8 +85,9 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     rows = x.numel() // width if width else 0
     if rows:
         block = triton.next_power_of_2(width)
-        _add_layer_norm_rows[(rows,)](x, residual, weight.contiguous(), bias.contiguous(), out, width, eps,
-                                      BLOCK=block, num_warps=min(max(block // 512, 1), 8))
+        r_stride = width if residual.shape == x.shape else 0
+        _add_layer_norm_rows[(rows,)](x, residual, weight.contiguous(), bias.contiguous(), out, width, r_stride,
+                                      eps, BLOCK=block, num_warps=min(max(block // 512, 1), 8))
     return out
 
 

@@ -93,20 +93,25 @@ def test_hybrid_keeps_layernorm_in_fp32_and_stays_close_to_fp32(check_feeds):
 
 
 def test_residual_add_and_layer_norm_is_one_operator_in_a_trace_unless_norm_is_ops(check_feeds):
-    """norm="kernel" (the "fused" format): every layer's two add + LayerNorm are one call of
-    ``trtserve::add_layer_norm`` in the trace, and so is the embeddings'; norm="ops" (AOTInductor) writes
-    plain ops; same function."""
+    """norm="kernel" and "epilogue" (the "fused" format): every layer's two add + LayerNorm are one
+    call of ``trtserve::add_layer_norm`` in the trace, and so is the embeddings'; "epilogue" adds each
+    in-layer residual in the GEMM before (``addmm_`` over the residual); norm="ops" (AOTInductor)
+    writes plain ops; the same function all three ways."""
     model, task = _model(contract.CLASSIFICATION), contract.CLASSIFICATION
     feeds = tuple(torch.from_numpy(np.ascontiguousarray(check_feeds[n])) for n in NAMES)
     graphs, outputs = {}, {}
-    for norm in ("kernel", "ops"):
+    for norm in ("kernel", "epilogue", "ops"):
         module = fused_encoder(model, task, NAMES, "hybrid", norm=norm)
         with torch.no_grad():
             traced = torch.jit.trace(module, feeds, check_trace=False)
             graphs[norm], outputs[norm] = str(traced.inlined_graph), traced(*feeds).numpy()
     assert graphs["kernel"].count("trtserve::add_layer_norm") == 2 * model.config.num_hidden_layers + 1  # + embeddings
+    assert graphs["epilogue"].count("trtserve::add_layer_norm") == 2 * model.config.num_hidden_layers + 1
+    assert graphs["epilogue"].count("aten::addmm_") == 2 * model.config.num_hidden_layers
+    assert "aten::addmm_" not in graphs["kernel"]
     assert "trtserve::add_layer_norm" not in graphs["ops"]
     assert _cosines(outputs["kernel"], outputs["ops"]).min() > 0.9999
+    assert _cosines(outputs["epilogue"], outputs["ops"]).min() > 0.9999
     with pytest.raises(ValueError, match="norm"):
         fused_encoder(model, task, NAMES, "hybrid", norm="triton")
 
@@ -169,6 +174,8 @@ def test_pipeline_builds_serves_and_caches_fused_programs(engine_format, engine_
     engine = TorchEncoder.from_file(str(version / p.torchscript_file), NAMES, "cpu", GraphPlan((1, 8), (8, 16, 32)),
                                     graph_factory=eager_graph_factory)
     engine.full_module = load_program(version / p.full_rows_file, "cpu")
+    if engine_format == "fused":  # a trace records how its add + LayerNorm run: the default
+        assert engine.metadata["norm"] == "epilogue"
     engine.capture()
     assert sorted(engine._full_graphs) == sorted(engine._graphs) == engine.graph_shapes
     reference = task_module(tiny_model, contract.CLASSIFICATION, NAMES)

@@ -40,10 +40,22 @@ def test_operator_is_layer_norm_of_the_sum_in_fp32(dtype, weight_dtype):
     torch.testing.assert_close(got.double(), expected, atol=tol * 4, rtol=tol)
 
 
+def test_a_row_vector_residual_is_added_to_every_row():
+    """The "epilogue" engine's use: the GEMM already added the residual, the operator adds its bias."""
+    x, r, w, b = _inputs((4, 6, 48), torch.float16, torch.float32)
+    row = r[0, 0].clone()
+    got = kernels.add_layer_norm(x, row, w, b, 1e-12)
+    expected = torch.nn.functional.layer_norm(x.double() + row.double(), (48,), w.double(), b.double(), 1e-12)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got.double(), expected, atol=2e-2, rtol=4e-3)
+
+
 def test_operator_rejects_mismatched_shapes():
     x, r, w, b = _inputs((2, 8), torch.float32, torch.float32)
     with pytest.raises(ValueError, match="residual"):
         kernels.add_layer_norm(x, r[:, :4], w, b, 1e-5)
+    with pytest.raises(ValueError, match="residual"):
+        kernels.add_layer_norm(x, r[0, :4], w, b, 1e-5)
     with pytest.raises(ValueError, match="weight"):
         kernels.add_layer_norm(x, r, w[:4], b[:4], 1e-5)
 
@@ -83,7 +95,8 @@ def test_a_trace_records_the_operator_and_loads_back_through_load_traced(tmp_pat
 
 def test_triton_program_equals_the_torch_ops_interpreted_on_the_cpu():
     """The Triton program itself (the CUDA path), run by Triton's interpreter on CPU tensors:
-    widths that are and are not powers of two, FP16 and FP32, FP32 and FP16 LayerNorm weights."""
+    widths that are and are not powers of two, FP16 and FP32, FP32 and FP16 LayerNorm weights, a
+    residual per row and one row vector for all."""
     script = textwrap.dedent(f"""
         import json, torch
         from trtserve_backend import kernels
@@ -93,16 +106,18 @@ def test_triton_program_equals_the_torch_ops_interpreted_on_the_cpu():
                               (torch.float16, torch.float16)]:
             for shape in {SHAPES!r}:
                 g = torch.Generator().manual_seed(len(out))
-                x, r = (torch.randn(shape, generator=g).mul(3).to(dtype) for _ in range(2))
+                x, full = (torch.randn(shape, generator=g).mul(3).to(dtype) for _ in range(2))
                 w, b = (torch.randn(shape[-1], generator=g).to(wdtype) for _ in range(2))
                 assert kernels.uses_triton(x)
-                got = kernels.add_layer_norm(x, r, w, b, 1e-12)
-                ref = kernels.reference(x, r, w, b, 1e-12)
-                exact = torch.nn.functional.layer_norm(x.double() + r.double(), shape[-1:], w.double(),
-                                                       b.double(), 1e-12)
-                out.append(dict(dtype=str(dtype), weights=str(wdtype), shape=shape, out_dtype=str(got.dtype),
-                                vs_ops=(got.double() - ref.double()).abs().max().item(),
-                                vs_exact=((got.double() - exact).abs() / (1 + exact.abs())).max().item()))
+                for residual, r in (("full", full), ("row", full.reshape(-1, shape[-1])[-1].clone())):
+                    got = kernels.add_layer_norm(x, r, w, b, 1e-12)
+                    ref = kernels.reference(x, r, w, b, 1e-12)
+                    exact = torch.nn.functional.layer_norm(x.double() + r.double(), shape[-1:], w.double(),
+                                                           b.double(), 1e-12)
+                    out.append(dict(dtype=str(dtype), weights=str(wdtype), shape=shape, residual=residual,
+                                    out_dtype=str(got.dtype),
+                                    vs_ops=(got.double() - ref.double()).abs().max().item(),
+                                    vs_exact=((got.double() - exact).abs() / (1 + exact.abs())).max().item()))
         print(json.dumps(out))
     """)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONNOUSERSITE="1", PYTHONPATH=str(REPO_ROOT / "serve"))
@@ -110,7 +125,7 @@ def test_triton_program_equals_the_torch_ops_interpreted_on_the_cpu():
                           env=env, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(rows) == 3 * len(SHAPES)
+    assert len(rows) == 2 * 3 * len(SHAPES)
     for row in rows:
         half = row["dtype"] == "torch.float16"
         assert row["out_dtype"] == row["dtype"], row

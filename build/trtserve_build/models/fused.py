@@ -15,7 +15,11 @@ softmax (measured on an H200: 13.6k seq/s against 22.2k; bench/gpu/NOTES.md, ses
 - residual add + LayerNorm: ``norm="kernel"`` calls ``trtserve::add_layer_norm``
   (trtserve_backend/kernels.py: one Triton pass on CUDA, add and normalise in FP32); ``norm="ops"``
   writes them as plain ops (the add in the engine's dtype, the LayerNorm in FP32 for ``hybrid``),
-  which Inductor fuses itself (the AOTInductor format, which cannot call a Python-defined op).
+  which Inductor fuses itself (the AOTInductor format, which cannot call a Python-defined op);
+  ``norm="epilogue"``: the GEMM before each in-layer LayerNorm adds the residual in its own
+  epilogue (``residual.addmm_(x, W^T)``: beta = 1, written over the residual, which nothing reads
+  after), and the operator adds the GEMM's bias as a row vector and normalises: one full-size
+  read less per LayerNorm, the GEMM's extra read of the residual overlapped with its math.
 
 Made into an engine by stages/compiled.py: traced to TorchScript (``engine_format = "fused"``) or
 compiled ahead of time by AOTInductor (``"aoti"``); the module itself runs eagerly anywhere, which
@@ -39,8 +43,9 @@ FUSED_MODEL_TYPES = ("bert",)
 FUSED_TASKS = (contract.CLASSIFICATION, contract.EMBEDDING_TASK, contract.QUESTION_ANSWERING,
                contract.TOKEN_CLASSIFICATION)
 FUSED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
-#: how residual add + LayerNorm run: the engine's own operator, or plain ops (for Inductor)
-NORM_MODES = ("kernel", "ops")
+#: how residual add + LayerNorm run: the engine's own operator (after the GEMM, or with the residual
+#: added in the GEMM's epilogue), or plain ops (for Inductor)
+NORM_MODES = ("kernel", "epilogue", "ops")
 
 
 def unsupported(hf_model, task: str) -> str | None:
@@ -96,8 +101,15 @@ def _classes():
             y = F.layer_norm(x.to(self.compute_dtype), self.weight.shape, self.weight, self.bias, self.eps)
             return y.to(x.dtype)
 
+    def close(dense, norm, x, residual, epilogue: bool):
+        """``LayerNorm(dense(x) + residual)``; ``epilogue``: the residual added by the GEMM itself."""
+        if epilogue:
+            summed = residual.addmm_(x, dense.weight.t())
+            return kernels.add_layer_norm(summed, dense.bias, norm.weight, norm.bias, norm.eps)
+        return norm(dense(x), residual)
+
     class Layer(nn.Module):
-        def __init__(self, layer, dtype, ln_dtype, gelu: str, kernel: bool):
+        def __init__(self, layer, dtype, ln_dtype, gelu: str, kernel: bool, epilogue: bool):
             super().__init__()
             sa = layer.attention.self
             self.heads = sa.num_attention_heads
@@ -111,12 +123,13 @@ def _classes():
             down = layer.output
             self.down = Dense(down.dense.weight, down.dense.bias, dtype)
             self.ln2 = Norm(down.LayerNorm, ln_dtype, kernel)
+            self.epilogue = epilogue
 
     class Encoder(nn.Module):
         """forward(*inputs in ``input_names`` order) -> the task output in FP32 (TaskModule's)."""
 
         def __init__(self, hf_model, task: str, input_names, dtype, ln_dtype, full_rows: bool, gelu: str,
-                     kernel: bool):
+                     norm: str):
             super().__init__()
             why = unsupported(hf_model, task)
             if why:
@@ -127,8 +140,10 @@ def _classes():
             self.word = frozen(emb.word_embeddings.weight, dtype)
             self.position = frozen(emb.position_embeddings.weight, dtype)
             self.token_type = frozen(emb.token_type_embeddings.weight, dtype)
+            kernel = norm != "ops"
             self.ln = Norm(emb.LayerNorm, ln_dtype, kernel)
-            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu, kernel) for layer in bert.encoder.layer)
+            self.layers = nn.ModuleList(Layer(layer, dtype, ln_dtype, gelu, kernel, norm == "epilogue")
+                                        for layer in bert.encoder.layer)
             self.heads = bert.config.num_attention_heads
             self.head = None
             if task == contract.CLASSIFICATION:
@@ -159,8 +174,8 @@ def _classes():
                 keep = mask[:, None, None, :].to(self.dtype)
                 bias = (1.0 - keep) * torch.finfo(self.dtype).min
             for layer in self.layers:
-                h = layer.ln1(layer.out(self.attention(layer.qkv(x), bias, b, s)), x)
-                x = layer.ln2(layer.down(layer.up(h)), h)
+                h = close(layer.out, layer.ln1, self.attention(layer.qkv(x), bias, b, s), x, layer.epilogue)
+                x = close(layer.down, layer.ln2, layer.up(h), h, layer.epilogue)
             hidden = x.view(b, s, -1)
             if self.task == contract.CLASSIFICATION:
                 return self.head(torch.tanh(self.pooler(hidden[:, 0]))).float()
@@ -182,4 +197,4 @@ def fused_encoder(hf_model, task: str, input_names, precision: str, *, full_rows
         raise ValueError(f"norm {norm!r}; known: {NORM_MODES}")
     dtype = torch.float32 if precision == "fp32" else torch.float16
     ln_dtype = torch.float16 if precision == "fp16" else torch.float32
-    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows, gelu, norm == "kernel").eval()
+    return _classes()(hf_model, task, input_names, dtype, ln_dtype, full_rows, gelu, norm).eval()

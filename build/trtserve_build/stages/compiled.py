@@ -7,7 +7,8 @@ two programs of the same function:
 
 ``engine_format = "fused"``: both traced to TorchScript (``.pt``; no device constants, so a trace
 made on a CPU build host runs on the GPU); residual add + LayerNorm is the engine's own operator
-(``trtserve::add_layer_norm``, a Triton kernel on CUDA). ``"aoti"``: both compiled ahead of time
+(``trtserve::add_layer_norm``, a Triton kernel on CUDA), each in-layer residual added by the GEMM
+before it (``norm="epilogue"``). ``"aoti"``: both compiled ahead of time
 by AOTInductor (torch.export with a dynamic batch and length; ``.pt2``), which makes Inductor's own
 fusions (add + LayerNorm among them) but is compiled for the device it is built on; on torch
 2.11+cu130 (the GPU image) loading a CUDA package crashes (bench/gpu/NOTES.md, session 7), CPU
@@ -89,9 +90,11 @@ def make_compiled(hf_model, task: str, precision: str, input_names: Sequence[str
                   norm: str | None = None) -> TorchScriptRecord:
     """Make, load back and check both programs (``path`` and its full-rows twin); returns the record
     (``output``: the export's output name, which the engine's output stands for). ``norm``
-    (models/fused.NORM_MODES): by default the engine's add + LayerNorm operator for a trace, plain
-    ops for AOTInductor (which fuses them itself and cannot call a Python-defined operator)."""
-    norm = norm or ("ops" if engine_format == "aoti" else "kernel")
+    (models/fused.NORM_MODES): by default, for a trace, the residual added in the GEMM's epilogue
+    and the engine's bias + LayerNorm operator after it (H200, 256x128: 0.17 ms less GPU time per
+    forward than the operator adding the residual, bench/gpu/gemm_levers.py); plain ops for
+    AOTInductor (which fuses them itself and cannot call a Python-defined operator)."""
+    norm = norm or ("ops" if engine_format == "aoti" else "epilogue")
     started = time.perf_counter()
     dev = torch.device(device)
     if engine_format == "aoti" and dev.type == "cuda" and not torch.cuda.is_available():
@@ -149,7 +152,7 @@ def save_record(record: TorchScriptRecord, path: Path) -> Path:
 def compiled_fingerprint(spec, variant: str, export_fingerprint: str, max_batch: int, device: str) -> str:
     precision = spec.engine(variant).precision
     return digest({"export": export_fingerprint, "precision": precision, "gate": asdict(gate_for(spec, precision)),
-                   "torch": torch.__version__, "format": f"{spec.engine(variant).engine_format}-2",
+                   "torch": torch.__version__, "format": f"{spec.engine(variant).engine_format}-3",
                    "max_batch": max_batch, "max_seq": spec.model.max_sequence_length, "device": device})
 
 
