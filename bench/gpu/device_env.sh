@@ -73,3 +73,21 @@ setup_perf_analyzer() {
     export PERF_ANALYZER=$WORK/pa/perf_analyzer/bin/perf_analyzer
     log "perf_analyzer: $("$PERF_ANALYZER" --version 2>&1 | head -1)"
 }
+
+# ab_rows ARM...: the table of an interleaved A/B script (run_hot_ab, run_sync_ab, run_respond_ab):
+# one line per perf_analyzer sweep row of each $PARTS/<arm>_<round>.json (pa_bench.py --out), for
+# the first deployment in it.
+ab_rows() {
+    local arm f
+    echo "arm concurrency infer_per_s p50_ms p99_ms server_cores gpu_util_pct"
+    for arm in "$@"; do
+        for f in "$PARTS/$arm"_[0-9]*.json; do
+            [ -f "$f" ] || continue
+            "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
+for row in next(iter(r["deployments"].values()))["sweep"]:
+    load = row.get("load", {})
+    print(sys.argv[1].rsplit("/", 1)[-1][:-5], row["concurrency"], row.get("infer_per_s"), row.get("p50_ms"),
+          row.get("p99_ms"), load.get("cores_busy"), load.get("gpu_util_mean_pct"))' "$f"
+        done
+    done
+}

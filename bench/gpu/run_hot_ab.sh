@@ -22,14 +22,7 @@ PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository 
 export TRTSERVE_PHASE_TIMES=1
 summary() {
     echo "# instance choice A/B, sentiment gpu_torch, 8 instances ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"
-    echo "arm concurrency infer_per_s p50_ms p99_ms server_cores gpu_util_pct"
-    for f in "$PARTS"/rotate_*.json "$PARTS"/hot_*.json; do
-        [ -f "$f" ] || continue
-        "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
-for row in r["deployments"]["sentiment"]["sweep"]:
-    print(sys.argv[1].rsplit("/", 1)[-1][:-5], row["concurrency"], row.get("infer_per_s"), row.get("p50_ms"), row.get("p99_ms"),
-          row.get("load", {}).get("cores_busy"), row.get("load", {}).get("gpu_util_mean_pct"))' "$f"
-    done
+    ab_rows rotate hot
     echo "executions per instance (phase-time lines at shutdown):"
     for f in "$PARTS"/triton_rotate_*.log "$PARTS"/triton_hot_*.log; do
         [ -f "$f" ] && echo "$(basename "$f"): $(grep -o 'phase times: [0-9]* executions' "$f" | awk '{print $3}' | tr '\n' ' ')"

@@ -29,14 +29,7 @@ PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --no-check --
     --concurrency 1,512 --measurement-ms 3000)
 summary() {
     echo "# Python-code A/B, sentiment gpu_torch ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"
-    echo "arm concurrency infer_per_s p50_ms p99_ms server_cores"
-    for f in "$PARTS"/old_*.json "$PARTS"/new_*.json; do
-        [ -f "$f" ] || continue
-        "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
-for row in r["deployments"]["sentiment"]["sweep"]:
-    print(sys.argv[1].rsplit("/", 1)[-1][:-5], row["concurrency"], row.get("infer_per_s"), row.get("p50_ms"), row.get("p99_ms"),
-          row.get("load", {}).get("cores_busy"))' "$f"
-    done
+    ab_rows old new
 }
 for round in 1 2; do
     for arm in old new; do

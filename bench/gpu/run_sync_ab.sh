@@ -17,13 +17,7 @@ PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository 
     --deployments sentiment --concurrency 1,512 --measurement-ms 3000)
 summary() {
     echo "# CUDA sync A/B, sentiment gpu_torch, 8 instances ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"
-    for f in "$PARTS"/spin_*.json "$PARTS"/blocking_*.json; do
-        [ -f "$f" ] || continue
-        "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
-for row in r["deployments"]["sentiment"]["sweep"]:
-    print(sys.argv[1].rsplit("/", 1)[-1][:-5], row["concurrency"], row.get("infer_per_s"), row.get("p50_ms"), row.get("p99_ms"),
-          row.get("load", {}).get("cores_busy"), row.get("load", {}).get("gpu_util_mean_pct"))' "$f"
-    done
+    ab_rows spin blocking
 }
 for round in 1 2; do
     for mode in spin blocking; do
