@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     got = perf_analyzer.run("sentiment", server.grpc_url, 1, data, measurement_ms=args.pa_ms, pa=pa,
                                             workdir=work)
                     lat = [got.get("p50_ms", float("nan"))], [got.get("p95_ms", float("nan"))]
+                    if "error" in got:
+                        print(f"{name} c=1: {got['error']}", file=sys.stderr)
                 else:
                     samples = time_calls(call, chunk)
                     lat = [np.percentile(samples, 50)], [np.percentile(samples, 95)]
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         got = perf_analyzer.run("sentiment", server.grpc_url, 8, data, pa=pa, workdir=work,
                                                 measurement_ms=int(args.throughput_seconds * 1000 / 3))
                         rows[name]["clients8_per_s"].append(got.get("infer_per_s", float("nan")))
+                        if "error" in got:
+                            print(f"{name} 8 clients: {got['error']}", file=sys.stderr)
                     else:
                         n, elapsed, _ = served_throughput(server.grpc_url, texts, 8, args.throughput_seconds)
                         rows[name]["clients8_per_s"].append(n / elapsed)
@@ -136,16 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     return report(rows, steps, args, "perf_analyzer" if pa else "python client")
 
 
+def _median(values) -> float:
+    """The median of the rounds that measured something (a perf_analyzer run that failed is NaN)."""
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmedian(values)) if not np.isnan(values).all() else float("nan")
+
+
+def _round(x: float, digits: int | None = None):
+    return x if np.isnan(x) else round(x, digits)
+
+
 def report(rows: dict, steps: dict, args, client: str) -> int:
-    medians = {name: {k: float(np.median(v)) for k, v in row.items() if v} for name, row in rows.items()}
+    # a perf_analyzer run that failed is NaN in its round and no measurement in the median
+    medians = {name: {k: _median(v) for k, v in row.items() if v} for name, row in rows.items()}
     print(f"{args.rounds} interleaved rounds, served by {client}; load average {os.getloadavg()}; "
           "median of the rounds [rounds]")
     for name, row in rows.items():
         m = medians[name]
-        line = (f"{name:44} c=1 p50 {m['c1_p50_ms']:6.2f} ms {[round(x, 2) for x in row['c1_p50_ms']]}"
+        line = (f"{name:44} c=1 p50 {m['c1_p50_ms']:6.2f} ms {[_round(x, 2) for x in row['c1_p50_ms']]}"
                 f"  p95 {m['c1_p95_ms']:6.2f} ms")
         if row.get("clients8_per_s"):
-            line += f"  8 clients {m['clients8_per_s']:6.1f}/s {[round(x) for x in row['clients8_per_s']]}"
+            line += f"  8 clients {m['clients8_per_s']:6.1f}/s {[_round(x) for x in row['clients8_per_s']]}"
         print(line)
         for step, v in mean_step_times(steps.get(name, {})).items():
             print(f"    {step:22} {v['success']:6.0f} us/request: queue {v['queue']:4.0f}, input {v['compute_input']:4.0f},"

@@ -1,18 +1,24 @@
 """A/B of the cpu one model's ONNX Runtime threading on this host, side by side in one run.
 
 Each variant is the `sentiment` cpu repository generated from deployments/sentiment.toml with
-``[engine.cpu]`` instance_count / intra_op_threads / thread_spinning set (the build's own
-stages, into model_repository/cpu_ab_<name>); bench/ab_repositories.py then serves them all at
-once and alternates between them in rounds, by perf_analyzer when there is one ($PERF_ANALYZER or
-on PATH), with the do-nothing floor, each one model's ``Pipeline.run`` in-process and raw ONNX
-Runtime measured in the same rounds. Default variants on C cores, I = the "auto" instance count:
+``[engine.cpu]`` instance_count / intra_op_threads / thread_spinning (and, where given,
+hot_intra_op_threads / hot_thread_spinning: the preferred ``sentiment_hot`` instance's) set (the
+build's own stages, into model_repository/cpu_ab_<name>); bench/ab_repositories.py then serves
+them all at once and alternates between them in rounds, by perf_analyzer when there is one
+($PERF_ANALYZER or on PATH), with the do-nothing floor, each one model's ``Pipeline.run``
+in-process and raw ONNX Runtime measured in the same rounds. Default variants on C cores, I =
+the "auto" instance count:
 
-    split  I instances x C/I threads, spinning   ("auto": 2 x 8 on 16 cores, 2 x 1 on 2)
-    all    I instances x C threads, not spinning (a c=1 request uses every core; concurrent
-           runs sleep instead of spinning against each other)
+    split  I instances x C/I threads, spinning, the hot instance too ("auto" before the hot
+           instance had threads of its own: 2 x 8 on 16 cores, 2 x 1 on 2)
+    auto   every key "auto" (core.instances): today's default, where the hot instance (the one
+           a lone request runs on) may get more threads than the pool
     one    1 instance  x C threads, spinning
 
-    python -m bench.ort_threads_ab [--variants all:2:16:false,...] [--rounds 3] [--output FILE]
+A variant is name:instances:threads:spinning[:hot_threads[:hot_spinning]]; the hot keys left
+out stay "auto" (core.instances).
+
+    python -m bench.ort_threads_ab [--variants hot:2:1:true:2:true,...] [--rounds 3] [--output FILE]
 """
 from __future__ import annotations
 
@@ -35,22 +41,43 @@ def default_variants(cores: int) -> str:
 
     spec = load_spec(SPEC)
     n = host_sized(spec, "cpu", "instance_count", cores)
-    return f"split:{n}:{max(1, cores // n)}:true,all:{n}:{cores}:false,one:1:{cores}:true"
+    threads = max(1, cores // n)
+    return f"split:{n}:{threads}:true:{threads}:true,auto:auto:auto:auto,one:1:{cores}:true"
 
 
-def variant_spec(text: str, instances: str, threads: str, spinning: str) -> str:
-    """deployments/sentiment.toml's text with these three keys of ``[engine.cpu]`` replaced."""
+#: ``[engine.cpu]`` keys a variant sets, in the order its fields name them (after its name)
+VARIANT_KEYS = ("instance_count", "intra_op_threads", "thread_spinning", "hot_intra_op_threads",
+                "hot_thread_spinning")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``name:instances:threads:spinning[:hot_threads[:hot_spinning]]`` -> (name, {key: value})."""
+    name, *values = text.split(":")
+    if not 3 <= len(values) <= len(VARIANT_KEYS):
+        raise ValueError(f"variant {text!r}: expected name:instances:threads:spinning[:hot_threads[:hot_spinning]]")
+    return name, dict(zip(VARIANT_KEYS, values))
+
+
+def _toml_value(value: str) -> str:
+    """A variant field as TOML: integers and true/false as they are, anything else ("auto") quoted."""
+    return value if value.isdigit() or value in ("true", "false") else f'"{value}"'
+
+
+def variant_spec(text: str, keys: dict[str, str]) -> str:
+    """deployments/sentiment.toml's text with these keys of ``[engine.cpu]`` (VARIANT_KEYS)
+    replaced; the threading keys not given are left out (their defaults)."""
     head, section, rest = re.split(r"(?m)^(\[engine\.cpu\]\n)", text, maxsplit=1)
     body, _, tail = rest.partition("\n[")
     body = "\n".join(line for line in body.splitlines()
-                     if not re.match(r"\s*(instance_count|intra_op_threads|thread_spinning)\s*=", line))
-    keys = f"instance_count = {instances}\nintra_op_threads = {threads}\nthread_spinning = {spinning}\n"
-    return head + section + keys + body + ("\n[" + tail if tail else "\n")
+                     if not re.match(rf"\s*({'|'.join(VARIANT_KEYS)})\s*=", line))
+    lines = "".join(f"{key} = {_toml_value(value)}\n" for key, value in keys.items())
+    return head + section + lines + body + ("\n[" + tail if tail else "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", help="name:instances:threads:spinning,... (default: split, all, one)")
+    parser.add_argument("--variants", help="name:instances:threads:spinning[:hot_threads[:hot_spinning]],... "
+                                           "(default: split, auto, one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100, help="Python-client c=1 requests per round")
     parser.add_argument("--throughput-seconds", type=float, default=3.0,
@@ -62,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench import ab_repositories
 
     cores = os.cpu_count() or 1
-    variants = [v.split(":") for v in (args.variants or default_variants(cores)).split(",")]
-    print(f"{cores} cores; variants name:instances:threads:spinning {variants}", file=sys.stderr)
+    variants = [parse_variant(v) for v in (args.variants or default_variants(cores)).split(",")]
+    print(f"{cores} cores; variants {variants}", file=sys.stderr)
     text, work, repos = SPEC.read_text(), Path(tempfile.mkdtemp(prefix="ort-ab-")), []
-    for name, instances, threads, spinning in variants:
+    for name, keys in variants:
         toml = work / f"sentiment_{name}.toml"
-        toml.write_text(variant_spec(text, instances, threads, spinning))
+        toml.write_text(variant_spec(text, keys))
         repo = REPO_ROOT / "model_repository" / f"cpu_ab_{name}"
         subprocess.run([sys.executable, "-m", "trtserve_build.cli", "engines", str(toml), "--variant", "cpu",
                         "--output", str(repo)], check=True, cwd=REPO_ROOT)
@@ -79,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--floor", "--in-process", "--raw-onnxruntime", "--output", str(args.output),
                                *(["--perf-analyzer"] if perf_analyzer.command() else [])])
     result = json.loads(args.output.read_text())
-    result["variants"] = {repo: dict(zip(("instance_count", "intra_op_threads", "thread_spinning"), v[1:]))
-                          for repo, v in zip(repos, variants)}
+    result["variants"] = {repo: keys for repo, (_, keys) in zip(repos, variants)}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     return rc
 

@@ -16,10 +16,13 @@
 #     bash bench/gpu/run_cpu_bench.sh
 # Results: $OUT/bench_serving.json, $OUT/run.log, $OUT/parts.tgz (Triton log, build output).
 # AB=1 adds step 5 (the default one-model topology against the three-step ensemble, side by
-# side); ORT_AB=1 adds step 6 (ONNX Runtime threading of the one model: split cores, every
-# instance all cores without spinning, one instance; bench/ort_threads_ab.py, ORT_VARIANTS to
-# choose others); MAIN_BENCH=0 skips step 4. The threading A/B alone, about 3 minutes:
+# side); ORT_AB=1 adds step 6 (ONNX Runtime threading of the one model: split cores, every key
+# "auto", one instance; bench/ort_threads_ab.py, ORT_VARIANTS to choose others); MAIN_BENCH=0
+# skips step 4. The threading A/B alone, about 3 minutes; the hot instance on every core,
+# spinning or sleeping, against split (not yet measured on 16 cores):
 #     MAIN_BENCH=0 ORT_AB=1 bash bench/gpu/run_cpu_bench.sh
+#     MAIN_BENCH=0 ORT_AB=1 ORT_VARIANTS=split:2:8:true:8:true,hot:2:8:true:16:true,hotsleep:2:8:true:16:false,one:1:16:true \
+#         bash bench/gpu/run_cpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${WORK:-/tmp/trtserve-cpu}

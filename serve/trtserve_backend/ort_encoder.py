@@ -40,6 +40,8 @@ class OrtEncoder:
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        #: how this session runs, for the served model's log
+        self.threads = f"intra-op threads {intra_op_threads or 'default'}, spinning {thread_spinning}"
         graph_inputs = {i.name for i in self.session.get_inputs()}
         missing = set(input_names) - graph_inputs
         if missing:

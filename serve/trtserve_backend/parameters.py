@@ -55,6 +55,25 @@ def _decode(kind: str, raw: str, where: str) -> Any:
     raise TypeError(f"{where}: unsupported parameter type {kind}")
 
 
+def hot_group(model: str) -> str:
+    """The instance group of ``model``'s preferred instance (the build names it,
+    trtserve_build.stages.triton_config.preferred_instances; the rest are ``<model>_pool``)."""
+    return f"{model}_hot"
+
+
+def pool_group(model: str) -> str:
+    """The instance group of ``model``'s other instances (beside :func:`hot_group`)."""
+    return f"{model}_pool"
+
+
+def is_hot_instance(instance: str, model: str) -> bool:
+    """Whether the Triton instance ``instance`` (``args["model_instance_name"]``) is in
+    ``model``'s :func:`hot_group`: Triton names instances ``<group>_<index>`` (r24.10 core:
+    ``sentiment_hot_0``), and older cores a group of one instance ``<group>`` alone."""
+    group = hot_group(model)
+    return instance == group or (instance.startswith(group + "_") and instance[len(group) + 1:].isdigit())
+
+
 @dataclass(frozen=True)
 class ModelParameters:
     """Base: :meth:`to_config` for the build, :meth:`from_config` for the Python model."""
@@ -140,6 +159,19 @@ class OrtEncoderParameters(ModelParameters):
     #: ONNX Runtime worker threads spin while a run is in flight (and stop when it returns);
     #: false: they sleep until woken (ort_encoder.OrtEncoder).
     thread_spinning: bool = True
+    #: The two above for the one model's preferred instance (group ``<name>_hot``: the one an
+    #: idle server runs every request on), which :meth:`for_instance` picks; the build writes the
+    #: same values as above where there is no such instance.
+    hot_intra_op_threads: int = 0
+    hot_thread_spinning: bool = True
+
+    def for_instance(self, hot: bool) -> "OrtEncoderParameters":
+        """These parameters as the engine of one instance runs them: the hot instance's thread
+        count and spinning in ``intra_op_threads`` / ``thread_spinning`` where ``hot``."""
+        if not hot:
+            return self
+        return dataclasses.replace(self, intra_op_threads=self.hot_intra_op_threads,
+                                   thread_spinning=self.hot_thread_spinning)
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,15 @@ from .steps import make_step_postprocess, make_tokenizer, windowed
 ENGINE_BACKENDS = ("onnxruntime", "torch")
 
 
-def load_engine(backend: str, cfg, folder: str, input_names: Sequence[str], output_name: str, device: str = "cpu"):
-    """The engine named by ``backend``, configured from ``cfg``'s typed parameters."""
+def load_engine(backend: str, cfg, folder: str, input_names: Sequence[str], output_name: str, device: str = "cpu",
+                hot: bool = False):
+    """The engine named by ``backend``, configured from ``cfg``'s typed parameters; ``hot``: for
+    the preferred instance (:func:`~.parameters.is_hot_instance`; ONNX Runtime's threads differ)."""
     if backend == "onnxruntime":
         from .ort_encoder import OrtEncoder
 
-        return OrtEncoder.from_parameters(OrtEncoderParameters.from_config(cfg), folder, input_names, output_name)
+        params = OrtEncoderParameters.from_config(cfg).for_instance(hot)
+        return OrtEncoder.from_parameters(params, folder, input_names, output_name)
     if backend == "torch":
         from .torch_engine import TorchEncoder
 
@@ -93,10 +96,11 @@ class Pipeline:
         self.clock: PhaseClock = _NoClock()
 
     @classmethod
-    def from_config(cls, cfg, folder: str, device: str = "cpu") -> "Pipeline":
+    def from_config(cls, cfg, folder: str, device: str = "cpu", hot: bool = False) -> "Pipeline":
+        """``hot``: this is the preferred instance (see :func:`load_engine`)."""
         params = PipelineParameters.from_config(cfg)
         inputs = params.encoder_inputs
-        engine = load_engine(params.engine_backend, cfg, folder, inputs, params.encoder_output, device)
+        engine = load_engine(params.engine_backend, cfg, folder, inputs, params.encoder_output, device, hot)
         post = PostprocessParameters.from_config(cfg)
         tokenizer = make_tokenizer(TokenizerParameters.from_config(cfg), folder, inputs)
         return cls(tokenizer, engine, make_step_postprocess(post, folder), encoder_inputs=inputs,

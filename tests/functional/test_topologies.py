@@ -49,3 +49,44 @@ def test_bad_text_fails_alone_in_both(server, ensemble_server):
             client.infer("sentiment", [text_input(httpclient, [b"\xff"])])
         assert _infer(srv, TEXTS[:1])["LABEL"][0, 0] == b"positive"
         client.close()
+
+
+
+@pytest.fixture(scope="module")
+def hot_server(sentiment_spec, tmp_path_factory):
+    """``sentiment`` (cpu) as one model of 3 instances whose hot instance has its own threads,
+    set explicitly so that they differ on any host ("auto" gives them every core only where the
+    pool runs one thread each: core.instances.host_sized)."""
+    import dataclasses
+
+    from trtserve_build.pipeline.build import build_variant
+    from trtserve_server.embedded import EmbeddedServer, Ports
+
+    engine = dataclasses.replace(sentiment_spec.engine("cpu"), instance_count=3, intra_op_threads=1,
+                                 thread_spinning=True, hot_intra_op_threads=2, hot_thread_spinning=False)
+    spec = dataclasses.replace(sentiment_spec, engines={**sentiment_spec.engines, "cpu": engine})
+    root = tmp_path_factory.mktemp("hot")
+    repository = build_variant([spec], "cpu", root / "cpu")
+    with EmbeddedServer(repository, Ports.free(), log_path=root / "triton.log") as srv:
+        assert srv.wait_ready(180) == ["sentiment"]
+        yield srv
+
+
+def test_the_hot_instance_runs_onnx_runtime_on_the_hot_threads(hot_server):
+    """Triton names the preferred group's instance so that model.py knows it (is_hot_instance):
+    that instance's ONNX Runtime takes hot_intra_op_threads / hot_thread_spinning, each pool
+    instance intra_op_threads / thread_spinning; each logs what it got when it starts."""
+    import re
+
+    from trtserve_backend.parameters import is_hot_instance
+    from trtserve_server.processes import stubs_of
+
+    log = hot_server.log_path.read_text(errors="replace")
+    started = dict(re.findall(r"(sentiment_\w+): ONNX Runtime (intra-op threads \d+, spinning \w+)", log))
+    # the instances that logged are the server's three stubs
+    assert set(started) == {s.instance for s in stubs_of(hot_server.process.pid)}, (started, log[-2000:])
+    hot = [i for i in started if is_hot_instance(i, "sentiment")]
+    assert hot == ["sentiment_hot_0"], started  # Triton 2.51: <group>_<index>
+    assert started.pop(hot[0]) == "intra-op threads 2, spinning False"
+    assert list(started.values()) == ["intra-op threads 1, spinning True"] * 2, started
+    assert _infer(hot_server, TEXTS[:1])["LABEL"][0, 0] == b"positive"

@@ -38,6 +38,24 @@ class TritonError:
         self.message = message
 
 
+class Logger:
+    """Records what the models log: ``(level, message)`` in ``messages`` (one list per install)."""
+
+    messages: list = []
+
+    @classmethod
+    def log_info(cls, message):
+        cls.messages.append(("info", message))
+
+    @classmethod
+    def log_warn(cls, message):
+        cls.messages.append(("warn", message))
+
+    @classmethod
+    def log_error(cls, message):
+        cls.messages.append(("error", message))
+
+
 def get_input_tensor_by_name(request, name):
     return next((t for t in request.inputs() if t.name() == name), None)
 
@@ -48,6 +66,7 @@ def install(monkeypatch, *model_modules: str) -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor, module.InferenceResponse, module.TritonError = Tensor, InferenceResponse, TritonError
     module.get_input_tensor_by_name = get_input_tensor_by_name
+    module.Logger = type("Logger", (Logger,), {"messages": []})
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
     for name in (*model_modules, "trtserve_backend.triton_models._common"):
         monkeypatch.delitem(sys.modules, name, raising=False)

@@ -14,6 +14,9 @@ from trtserve_backend.parameters import (
     PostprocessParameters,
     TokenizerParameters,
     TorchEncoderParameters,
+    hot_group,
+    is_hot_instance,
+    pool_group,
 )
 from trtserve_backend.postprocess import Embedder, LabelledClassifier
 from trtserve_backend.steps import make_step_postprocess
@@ -160,3 +163,25 @@ def test_fidelity_report_uses_the_served_postprocess():
     pooled = np.array([[1.0, 2.0, 2.0]])
     np.testing.assert_array_equal(public_outputs(pooled, contract.EMBEDDING_TASK),
                                   make_step_postprocess(PostprocessParameters(contract.EMBEDDING_TASK))(pooled)[contract.EMBEDDING])
+
+
+@pytest.mark.parametrize("instance, hot", [
+    ("sentiment_hot_0", True),  # Triton r24.10: <group>_<index>
+    ("sentiment_hot", True),  # older cores: a group of one instance is named <group>
+    ("sentiment_pool_0", False), ("sentiment_pool_3", False), ("sentiment_0", False), ("", False),
+    ("sentiment_hot_extra_0", False), ("sentiment_tokenizer_hot_0", False),
+])
+def test_hot_instance_is_recognised_by_its_groups_name(instance, hot):
+    assert is_hot_instance(instance, "sentiment") is hot
+    assert hot_group("sentiment") == "sentiment_hot" and pool_group("sentiment") == "sentiment_pool"
+
+
+def test_the_hot_instance_runs_with_the_hot_threads():
+    params = OrtEncoderParameters(onnx_file="m.onnx", intra_op_threads=1, thread_spinning=True,
+                                  hot_intra_op_threads=16, hot_thread_spinning=False)
+    back = OrtEncoderParameters.from_parameters(params.to_config())
+    assert back == params
+    assert back.for_instance(hot=False) == params
+    hot = back.for_instance(hot=True)
+    assert (hot.intra_op_threads, hot.thread_spinning) == (16, False)
+    assert dataclasses.replace(hot, intra_op_threads=1, thread_spinning=True) == params

@@ -71,6 +71,31 @@ def _deployment(spec, tmp_path: Path):
     return args, PythonModelConfig.from_args(args), str(version)
 
 
+@pytest.mark.parametrize("instance, threads, spinning", [
+    ("sentiment_hot_0", 3, "0"),  # the preferred group's instance: the hot threads
+    ("sentiment_pool_0", 1, "1"),  # the pool: cores / instances
+    ("sentiment_pool_1", 1, "1"),
+])
+def test_the_hot_instance_runs_onnx_runtime_with_its_own_threads(sentiment_spec, fake_pb_utils, tmp_path, instance,
+                                                                 threads, spinning):
+    """model.py reads its instance's name (args["model_instance_name"]) and gives ONNX Runtime the
+    hot instance's threads only there (core.instances: hot_intra_op_threads), and logs what it got."""
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    from .test_triton_config import with_engine
+
+    spec = with_engine(sentiment_spec, "cpu", instance_count=3, intra_op_threads=1, thread_spinning=True,
+                       hot_intra_op_threads=3, hot_thread_spinning=False)
+    args, _, _ = _deployment(spec, tmp_path)
+    served = TritonPythonModel()
+    served.initialize({**args, "model_instance_name": instance})
+    options = served.pipeline.engine.session.get_session_options()
+    assert options.intra_op_num_threads == threads
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    assert fake_pb_utils.Logger.messages == [
+        ("info", f"{instance}: ONNX Runtime intra-op threads {threads}, spinning {spinning == '1'}")]
+
+
 def _apart(cfg, folder, texts):
     """The three steps run one after the other, as the ensemble runs them (one request)."""
     params = PipelineParameters.from_config(cfg)

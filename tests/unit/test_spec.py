@@ -56,6 +56,11 @@ def test_unknown_keys_are_rejected():
         (lambda r: r["engine"]["cpu"].update(topology="mesh"), "topology 'mesh'"),
         (lambda r: r["engine"]["cpu"].update(thread_spinning="yes"), r"thread_spinning must be true, false or \"auto\""),
         (lambda r: r["engine"]["cpu"].update(thread_spinning=1), r"thread_spinning must be true, false or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(hot_intra_op_threads=-1), "hot_intra_op_threads must be >= 0"),
+        (lambda r: r["engine"]["cpu"].update(hot_intra_op_threads="all"),
+         r"hot_intra_op_threads must be .* or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(hot_thread_spinning="yes"),
+         r"hot_thread_spinning must be true, false or \"auto\""),
         (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
     ],
 )
@@ -94,9 +99,10 @@ def test_fingerprint_tracks_content(embed_spec):
     # (the whole-spec key changed deliberately with [batching] max_request_text_bytes /
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
-    # 14, and with the engine sections' thread_spinning and engine_format, issue 13: it keys the
-    # generated repository; the "model" key above, which keys training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "f365fc16d4267c0e"
+    # 14, and with the engine sections' thread_spinning and engine_format, issue 13, and with their
+    # hot_intra_op_threads / hot_thread_spinning, issue 13: it keys the generated repository; the
+    # "model" key above, which keys training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "3260b36ef4b959bc"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

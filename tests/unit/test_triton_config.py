@@ -6,7 +6,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import trtserve_contract as contract
-from trtserve_build.core.instances import host_sized, thread_spinning
+from trtserve_build.core.instances import has_hot_instance, host_sized, thread_spinning
 from trtserve_build.core.records import ExportManifest
 from trtserve_build.core.pbtxt import read_config, to_text, write_config
 from trtserve_build.stages.triton_config import deployment_configs
@@ -171,8 +171,11 @@ def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, exp
 
 @pytest.mark.parametrize("engine, cores, spinning", [
     # "auto" instances x "auto" threads fill the cores exactly: spin (as before this knob)
-    (dict(instance_count="auto", intra_op_threads="auto"), 2, True),
     (dict(instance_count="auto", intra_op_threads="auto"), 16, True),
+    # ... but on 2 cores the hot instance takes both cores beside the pool's one thread: 3
+    # threads on 2 cores, so none spins (the pool's single thread has no workers to spin anyway)
+    (dict(instance_count="auto", intra_op_threads="auto"), 2, False),
+    (dict(instance_count="auto", intra_op_threads="auto", hot_intra_op_threads=1), 2, True),
     # every instance with all cores: their threads share cores, so they sleep between ops
     (dict(instance_count="auto", intra_op_threads=16), 16, False),
     (dict(instance_count=2, intra_op_threads=2), 2, False),
@@ -186,6 +189,24 @@ def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, exp
 ])
 def test_thread_spinning_auto_spins_only_where_the_threads_fit_the_cores(sentiment_spec, engine, cores, spinning):
     assert thread_spinning(with_engine(sentiment_spec, "cpu", **engine), "cpu", cores) is spinning
+    # "auto" for the hot instance too: one rule (all the instances' threads fit the cores), and
+    # without a hot instance (count 1) the instance's own setting
+    if "thread_spinning" not in engine or engine["instance_count"] == 1:
+        assert thread_spinning(with_engine(sentiment_spec, "cpu", **engine), "cpu", cores, hot=True) is spinning
+
+
+@pytest.mark.parametrize("engine, cores, spinning", [
+    # set for the hot instance alone: as set, the pool keeps its "auto"
+    (dict(instance_count="auto", intra_op_threads="auto", hot_thread_spinning=True), 2, (False, True)),
+    (dict(instance_count="auto", intra_op_threads="auto", hot_thread_spinning=False), 16, (True, False)),
+    # the hot instance on all 16 cores beside a pool of 8-thread instances: 24 threads, none spins
+    (dict(instance_count="auto", intra_op_threads="auto", hot_intra_op_threads=16), 16, (False, False)),
+    # thread_spinning set: the pool's only
+    (dict(instance_count=2, intra_op_threads=1, thread_spinning=True), 2, (True, False)),
+])
+def test_hot_thread_spinning_is_the_hot_instances_own(sentiment_spec, engine, cores, spinning):
+    spec = with_engine(sentiment_spec, "cpu", **engine)
+    assert (thread_spinning(spec, "cpu", cores), thread_spinning(spec, "cpu", cores, hot=True)) == spinning
 
 
 def test_thread_spinning_is_written_to_the_one_models_config(sentiment_spec):
@@ -196,3 +217,42 @@ def test_thread_spinning_is_written_to_the_one_models_config(sentiment_spec):
     p = {k: v.string_value for k, v in deployment_configs(with_engine(spec, "cpu", thread_spinning=True),
                                                           manifest_for(spec), "cpu")[0].parameters.items()}
     assert p["thread_spinning"] == "true"
+
+
+@pytest.mark.parametrize("cores, pool, hot", [(2, 1, 2), (3, 1, 3), (4, 2, 2), (16, 8, 8), (64, 16, 16)])
+def test_auto_hot_instance_threads(sentiment_spec, cores, pool, hot):
+    """The preferred instance (the one a lone request runs on) gets every core's thread where the
+    pool's instances run one thread each (measured on 2 cores); elsewhere the pool's count (16
+    sleeping threads lost c=1 against 8 spinning on 16 cores: core.instances.host_sized)."""
+    spec = with_engine(sentiment_spec, "cpu", instance_count="auto", intra_op_threads="auto",
+                       hot_intra_op_threads="auto")
+    assert has_hot_instance(spec, "cpu", cores)
+    assert host_sized(spec, "cpu", "intra_op_threads", cores) == pool
+    assert host_sized(spec, "cpu", "hot_intra_op_threads", cores) == hot
+    assert host_sized(with_engine(spec, "cpu", hot_intra_op_threads=3), "cpu", "hot_intra_op_threads", cores) == 3
+    # single-threaded pool instances set by hand: the hot one still gets every core
+    assert host_sized(with_engine(spec, "cpu", intra_op_threads=1), "cpu", "hot_intra_op_threads", cores) == cores
+
+
+@pytest.mark.parametrize("changes", [dict(instance_count=1), dict(topology="ensemble")])
+def test_without_a_hot_instance_the_hot_threads_are_the_pools(sentiment_spec, changes):
+    """One instance (no preferred group) or an ensemble (its encoder has no hot instance): "auto"
+    gives the instance(s) the threads they have anyway."""
+    spec = with_engine(sentiment_spec, "cpu", intra_op_threads="auto", hot_intra_op_threads="auto", **changes)
+    assert not has_hot_instance(spec, "cpu", 16)
+    assert host_sized(spec, "cpu", "hot_intra_op_threads", 16) == host_sized(spec, "cpu", "intra_op_threads", 16)
+    assert thread_spinning(spec, "cpu", 16, hot=True) is thread_spinning(spec, "cpu", 16)
+
+
+def test_hot_threads_are_written_to_the_one_models_config_only(sentiment_spec):
+    spec = with_engine(sentiment_spec, "cpu", instance_count=2, intra_op_threads=1, hot_intra_op_threads=7,
+                       hot_thread_spinning=False, thread_spinning=True)
+    (single,) = deployment_configs(spec, manifest_for(spec), "cpu")
+    p = {k: v.string_value for k, v in single.parameters.items()}
+    assert (p["intra_op_threads"], p["thread_spinning"]) == ("1", "true")
+    assert (p["hot_intra_op_threads"], p["hot_thread_spinning"]) == ("7", "false")
+    # the ensemble's encoder has no preferred instance: its "auto" hot values are its own
+    spec = with_engine(spec, "cpu", topology="ensemble", hot_intra_op_threads="auto", hot_thread_spinning="auto")
+    encoder = next(c for c in deployment_configs(spec, manifest_for(spec), "cpu") if c.name == spec.encoder_model)
+    p = {k: v.string_value for k, v in encoder.parameters.items()}
+    assert (p["hot_intra_op_threads"], p["hot_thread_spinning"]) == (p["intra_op_threads"], p["thread_spinning"])

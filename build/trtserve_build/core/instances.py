@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from .enums import (AUTO, INSTANCE_KNOBS, PYTHON_ENGINE_BACKENDS, TOPOLOGIES, TORCH_ATTENTION, TORCH_ENGINE_FORMATS,
-                    TORCH_PRECISIONS)
+from .enums import (AUTO, INSTANCE_KNOBS, PYTHON_ENGINE_BACKENDS, THREAD_KNOBS, TOPOLOGIES, TORCH_ATTENTION,
+                    TORCH_ENGINE_FORMATS, TORCH_PRECISIONS)
 from .errors import SpecError
 
 
@@ -24,11 +24,13 @@ def resolve_topology(engine) -> str:
 def validate_serving(engine, section: str) -> None:
     """Instance knobs (an integer or "auto") and the topology of an ``EngineSpec``."""
     for knob in INSTANCE_KNOBS:
-        value, least = getattr(engine, knob), 0 if knob == "intra_op_threads" else 1
+        value, least = getattr(engine, knob), 0 if knob in THREAD_KNOBS else 1
         if value != AUTO and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             raise SpecError(f'{section} {knob} must be >= {least} (an integer) or "auto", got {value!r}')
-    if not (isinstance(engine.thread_spinning, bool) or engine.thread_spinning == AUTO):
-        raise SpecError(f'{section} thread_spinning must be true, false or "auto", got {engine.thread_spinning!r}')
+    for knob in ("thread_spinning", "hot_thread_spinning"):
+        value = getattr(engine, knob)
+        if not (isinstance(value, bool) or value == AUTO):
+            raise SpecError(f'{section} {knob} must be true, false or "auto", got {value!r}')
     if engine.topology not in TOPOLOGIES:
         raise SpecError(f"{section} topology {engine.topology!r}; known: {TOPOLOGIES}")
     if engine.topology == "single" and engine.backend not in PYTHON_ENGINE_BACKENDS:
@@ -68,9 +70,21 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     2-deep queue under 24 retrying clients on the 2-vCPU VM turned requests away 50 times in a
     row, with two it did not). Every instance with threads on all cores, sleeping instead of
     spinning (intra_op_threads = cores, thread_spinning "auto"), won c=1 in 4 of 5 A/Bs on the
-    2-vCPU VM but not 8-client throughput on a quiet one (bench/gpu/NOTES.md, session 6): not
-    the default until the 16-core A/B (bench/ort_threads_ab.py) says so;
+    2-vCPU VM but not 8-client throughput on a quiet one (bench/gpu/NOTES.md, session 6), and
+    lost c=1 on 16 cores (2 x 16 sleeping 6.29 ms against 2 x 8 spinning 4.69 ms);
     tokenizer and postprocess steps of an ensemble one instance per 4 cores, up to 8.
+
+    ``hot_intra_op_threads`` "auto" (the preferred instance, which an idle server runs every
+    request on: :func:`has_hot_instance`): every core where the pool's instances run one thread
+    each (the "auto" sizing on 2-3 cores), else the pool's count. On the 2-vCPU VM
+    (bench/ort_threads_ab.py, perf_analyzer, two runs of 5 interleaved rounds, medians,
+    docs/results/vm_bench/ort_hot_threads_ab_*.json) the hot instance on 2 sleeping threads beside
+    a 1-thread pool served c=1 in 13.0 / 11.5 ms against 14.3 / 13.3 (faster in every round) at
+    123 / 134 against 128 / 139 texts/s with 8 clients; with its 2 threads spinning, 10.0 / 9.3
+    ms but 106 / 110 texts/s (under load they spin against the pool's run). Where the pool
+    already runs several spinning threads (16 cores: 2 x 8), every core means 16 sleeping
+    threads, which lost c=1 there (above): unchanged until a 16-core A/B of the hot arms
+    (``bench/gpu/run_cpu_bench.sh`` with ``ORT_AB=1``, its header) says otherwise.
     """
     engine = spec.engine(variant)
     value = getattr(engine, knob)
@@ -79,6 +93,9 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     cores = cores or os.cpu_count() or 1
     if knob == "intra_op_threads":
         return max(1, cores // host_sized(spec, variant, "instance_count", cores))
+    if knob == "hot_intra_op_threads":
+        threads = host_sized(spec, variant, "intra_op_threads", cores)
+        return cores if threads == 1 and has_hot_instance(spec, variant, cores) else threads
     if knob in ("tokenizer_instances", "postprocess_instances"):
         return max(1, min(8, cores // 4))
     if engine.backend == "torch" and resolve_topology(engine) == "single":
@@ -88,19 +105,39 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     return max(1, min(2, cores // 8))
 
 
-def thread_spinning(spec, variant: str, cores: int | None = None) -> bool:
-    """``thread_spinning`` of ``[engine.<variant>]``: "auto" spins while the instances' intra-op
-    threads together fit in the host's cores (0 threads: ONNX Runtime's default, one per core).
+def has_hot_instance(spec, variant: str, cores: int | None = None) -> bool:
+    """Whether ``[engine.<variant>]`` is served with a preferred instance (``<name>_hot``,
+    stages.triton_config.preferred_instances): the one model (single topology) with more than
+    one instance. Only its ONNX Runtime takes ``hot_intra_op_threads`` / ``hot_thread_spinning``."""
+    engine = spec.engine(variant)
+    return resolve_topology(engine) == "single" and host_sized(spec, variant, "instance_count", cores) > 1
+
+
+def thread_spinning(spec, variant: str, cores: int | None = None, hot: bool = False) -> bool:
+    """``thread_spinning`` of ``[engine.<variant>]`` (``hot``: ``hot_thread_spinning``, the
+    preferred instance's): "auto" spins while the intra-op threads of all the instances, the hot
+    one's included, together fit in the host's cores (0 threads: ONNX Runtime's default, one per
+    core); without a hot instance, "auto" hot is the instances' own setting. A single-threaded
+    session has no worker threads, so its setting changes nothing.
 
     Spinning threads start each of the graph's many small parallel ops at once (-0.6 ms per
     request at concurrency 1 on 2 cores), but where instances' threads share cores, concurrent
     runs spin against each other: 2 instances x 2 spinning threads on the 2-vCPU VM served 37.7
     texts/s against 68.2 with 1 thread each (bench/gpu/NOTES.md, session 4), and 45 against 87
-    with 2 sleeping threads each (bench/ort_threads_ab.py).
+    with 2 sleeping threads each (bench/ort_threads_ab.py); a hot instance of 2 spinning threads
+    beside a 1-thread pool, 110 against 134 sleeping (host_sized).
     """
     engine = spec.engine(variant)
-    if engine.thread_spinning != AUTO:
-        return bool(engine.thread_spinning)
+    setting = engine.hot_thread_spinning if hot else engine.thread_spinning
+    if setting != AUTO:
+        return bool(setting)
     cores = cores or os.cpu_count() or 1
+    hot_instance = has_hot_instance(spec, variant, cores)
+    if hot and not hot_instance:  # no such instance: what the instances have
+        return thread_spinning(spec, variant, cores)
     threads = host_sized(spec, variant, "intra_op_threads", cores) or cores
-    return host_sized(spec, variant, "instance_count", cores) * threads <= cores
+    instances = host_sized(spec, variant, "instance_count", cores)
+    if hot_instance:
+        hot_threads = host_sized(spec, variant, "hot_intra_op_threads", cores) or cores
+        return hot_threads + (instances - 1) * threads <= cores
+    return instances * threads <= cores

@@ -99,6 +99,11 @@ class EngineSpec:
     #: and whether they spin in a run or sleep until woken ("auto": core.instances.thread_spinning).
     intra_op_threads: int | str = 0
     thread_spinning: bool | str = AUTO
+    #: The same two for the one model's preferred instance (``<name>_hot``, the one an idle
+    #: server runs every request on) where the deployment has more than one instance ("auto":
+    #: core.instances.host_sized and thread_spinning).
+    hot_intra_op_threads: int | str = AUTO
+    hot_thread_spinning: bool | str = AUTO
     #: torch backend: transformers attention implementation traced into the TorchScript, and
     #: what is served: "torchscript" or "aoti" (enums.TORCH_ENGINE_FORMATS).
     attention: str = "sdpa"

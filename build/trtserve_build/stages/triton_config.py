@@ -18,6 +18,8 @@ from trtserve_backend.parameters import (
     PostprocessParameters,
     TokenizerParameters,
     TorchEncoderParameters,
+    hot_group,
+    pool_group,
 )
 from trtserve_backend.torch_engine import default_graph_batch_sizes
 from tritonclient.grpc import model_config_pb2 as mc
@@ -100,9 +102,9 @@ def preferred_instances(name: str, kind, count: int) -> list[mc.ModelInstanceGro
     peak within noise. A server without the flag ignores the priorities."""
     if count <= 1:
         return [mc.ModelInstanceGroup(kind=kind, count=count)]
-    return [mc.ModelInstanceGroup(name=f"{name}_hot", kind=kind, count=1,
+    return [mc.ModelInstanceGroup(name=hot_group(name), kind=kind, count=1,
                                   rate_limiter=mc.ModelRateLimiter(priority=HOT_PRIORITY)),
-            mc.ModelInstanceGroup(name=f"{name}_pool", kind=kind, count=count - 1,
+            mc.ModelInstanceGroup(name=pool_group(name), kind=kind, count=count - 1,
                                   rate_limiter=mc.ModelRateLimiter(priority=POOL_PRIORITY))]
 
 
@@ -206,6 +208,9 @@ def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters
     # merge_lengths: the class's default, "group" (the reason is documented on the field)
     return OrtEncoderParameters(onnx_file=ONNX_FILE, intra_op_threads=host_sized(spec, variant, "intra_op_threads"),
                                 thread_spinning=thread_spinning(spec, variant), precision=engine.precision,
+                                # the preferred instance's (core.instances.has_hot_instance)
+                                hot_intra_op_threads=host_sized(spec, variant, "hot_intra_op_threads"),
+                                hot_thread_spinning=thread_spinning(spec, variant, hot=True),
                                 # windows: a request may bring max_windows rows; attention memory grows
                                 # with rows x length^2
                                 max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0)

@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.parameters import PipelineParameters, TokenizerParameters
+from trtserve_backend.parameters import PipelineParameters, TokenizerParameters, is_hot_instance
 from trtserve_backend.pipeline import PhaseClock, Pipeline
 from trtserve_backend.tokenize import InvalidTextError
 from trtserve_backend.triton_models._common import (OutputTensors, error_response, fixed_output_values,
@@ -23,7 +23,11 @@ class TritonPythonModel:
         cfg = PythonModelConfig.from_args(args)
         self.input_names = [t.name for t in cfg.inputs]
         device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
-        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device)
+        instance = args.get("model_instance_name", "")
+        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device, hot=is_hot_instance(instance, cfg.name))
+        threads = getattr(self.pipeline.engine, "threads", None)
+        if threads:  # ONNX Runtime: which threading this instance got (hot or pool)
+            pb_utils.Logger.log_info(f"{instance}: ONNX Runtime {threads}")
         self.output_tensors = OutputTensors(cfg.outputs, fixed_output_values(self.pipeline.postprocess))
         tokenizer = TokenizerParameters.from_config(cfg)
         self.limits = RequestLimits(tokenizer.max_request_text_bytes, tokenizer.max_request_texts)
