@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2] / d) for d in ("build", "serve", "contract")]
 
-from engine_bench import NAMES, check_feeds, random_feeds  # noqa: E402
+from engine_bench import NAMES, check_feeds, kernel_breakdown, random_feeds  # noqa: E402
 from timing import exit_on_sigterm, gpu_info, time_gpu, write_json  # noqa: E402
 
 import trtserve_contract as contract  # noqa: E402
@@ -69,11 +69,7 @@ def attention_first(backend: str | None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [getattr(SDPBackend, backend), SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    seen = []
-    for b in order:
-        if b not in seen:
-            seen.append(b)
-    with sdpa_kernel(seen, set_priority=True):
+    with sdpa_kernel(list(dict.fromkeys(order)), set_priority=True):
         yield
 
 
@@ -113,14 +109,21 @@ def build_engine(model, path: Path, norm: str) -> None:
                            max_batch=512, max_seq=512, device="cuda", engine_format="fused", norm=norm)
 
 
-def load_and_capture(path: Path, attention: str | None, library: str):
+def load_engine(path: Path, plan=None):
+    """The served engine of ``path`` and its full-rows program (``plan``: the graphs to capture)."""
     from trtserve_build.core.paths import full_rows_path
     from trtserve_backend.programs import load_program
-    from trtserve_backend.torch_engine import GraphPlan, TorchEncoder
+    from trtserve_backend.torch_engine import TorchEncoder
 
-    plan = GraphPlan(tuple(sorted({b for b, _ in SHAPES})), (128,))
     encoder = TorchEncoder.from_file(str(path), NAMES, "cuda", plan)
     encoder.full_module = load_program(full_rows_path(path), "cuda")
+    return encoder
+
+
+def load_and_capture(path: Path, attention: str | None, library: str):
+    from trtserve_backend.torch_engine import GraphPlan
+
+    encoder = load_engine(path, GraphPlan(tuple(sorted({b for b, _ in SHAPES})), (128,)))
     with blas(library), attention_first(attention):
         encoder.capture()
     return encoder
@@ -130,18 +133,35 @@ def tune(path: Path) -> None:
     """TunableOp over every GEMM the engine runs at the measured shapes (eager, no graphs)."""
     import torch
 
-    from trtserve_backend.torch_engine import TorchEncoder
-
-    encoder = TorchEncoder.from_file(str(path), NAMES, "cuda", None)
-    from trtserve_build.core.paths import full_rows_path
-    from trtserve_backend.programs import load_program
-
-    encoder.full_module = load_program(full_rows_path(path), "cuda")
+    encoder = load_engine(path)
     for batch, seq in SHAPES:
         feeds = random_feeds(batch, seq, "cuda")
         for full in (False, True):
             encoder.run_eager(feeds, full=full)
     torch.cuda.synchronize()
+
+
+def tune_and_capture(path: Path, csv: str, result: dict, engines: dict) -> None:
+    """TunableOp on: tune the engine's GEMMs (and the micro table's), then capture two engines."""
+    import torch
+
+    tunable = torch.cuda.tunable
+    tunable.enable(True)
+    tunable.tuning_enable(True)
+    tunable.set_filename(csv)
+    started = time.perf_counter()
+    tune(path)
+    result["gemms"] += gemm_table(32768, "tunableop cublas")  # tunes the micro shapes too
+    tunable.tuning_enable(False)
+    result["tuning_seconds"] = round(time.perf_counter() - started, 1)
+    result["tunable_results"] = [list(map(str, r)) for r in tunable.get_results()]
+    log(f"TunableOp tuned in {result['tuning_seconds']}s: {len(result['tunable_results'])} results")
+    for label, attention in (("tunableop", None), ("tunableop + cudnn attention", "CUDNN_ATTENTION")):
+        try:
+            engines[label] = load_and_capture(path, attention, "cublas")
+        except Exception as e:  # noqa: BLE001 - one failed variant must not lose the rest
+            result["errors"][label] = str(e)[:500]
+            log(f"{label}: capture failed: {e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,36 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         for norm in norms:
             encoder = engines.get(f"norm {norm}")
             if encoder is not None:
-                from engine_bench import kernel_breakdown
-
                 result["kernel_breakdown"][norm] = kernel_breakdown(encoder.full_module, 256, 128)
                 log(f"norm {norm} kernels at 256x128: {result['kernel_breakdown'][norm]}")
 
         # TunableOp last: it stays enabled for what is captured after it.
-        try:
-            if not args.levers:
-                raise RuntimeError("skipped (no --levers)")
-            path = paths[norms[0]]
-            tunable = torch.cuda.tunable
-            tunable.enable(True)
-            tunable.tuning_enable(True)
-            tunable.set_filename(args.tunable_csv)
-            started = time.perf_counter()
-            tune(path)
-            result["gemms"] += gemm_table(32768, "tunableop cublas")  # tunes the micro shapes too
-            tunable.tuning_enable(False)
-            result["tuning_seconds"] = round(time.perf_counter() - started, 1)
-            result["tunable_results"] = [list(map(str, r)) for r in tunable.get_results()]
-            log(f"TunableOp tuned in {result['tuning_seconds']}s: {len(result['tunable_results'])} results")
-            for label, attention in (("tunableop", None), ("tunableop + cudnn attention", "CUDNN_ATTENTION")):
-                try:
-                    engines[label] = load_and_capture(path, attention, "cublas")
-                except Exception as e:  # noqa: BLE001
-                    result["errors"][label] = str(e)[:500]
-                    log(f"{label}: capture failed: {e}")
-        except Exception as e:  # noqa: BLE001
-            result["errors"]["tunableop"] = str(e)[:500]
-            log(f"TunableOp: {e}")
+        if args.levers:
+            try:
+                tune_and_capture(paths[norms[0]], args.tunable_csv, result, engines)
+            except Exception as e:  # noqa: BLE001
+                result["errors"]["tunableop"] = str(e)[:500]
+                log(f"TunableOp: {e}")
 
         feeds = {shape: random_feeds(*shape, "cuda") for shape in SHAPES}
         for round_ in range(1, args.rounds + 1):
