@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             chunk = [texts[(r * args.requests + k) % len(texts)] for k in range(args.requests)]
             for name, server, (call, _) in zip(names, servers, callers):
                 floor = args.floor and server is servers[-1]
+                if server.process.poll() is not None:
+                    # a server that died (Triton 2.51: a cancelled gRPC call can crash it, and
+                    # perf_analyzer may leave calls in flight when it stops): its later rounds
+                    # stay unmeasured, the others go on
+                    print(f"{name}: the server exited ({server.process.returncode}), see {server.log_path}",
+                          file=sys.stderr)
+                    continue
                 before = step_stats(server.grpc_url)
                 if pa:
                     got = perf_analyzer.run("sentiment", server.grpc_url, 1, data, measurement_ms=args.pa_ms, pa=pa,
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     lat = [np.percentile(samples, 50)], [np.percentile(samples, 95)]
                 rows[name]["c1_p50_ms"] += lat[0]
                 rows[name]["c1_p95_ms"] += lat[1]
-                add_step_times(steps[name], step_stats(server.grpc_url), before)
+                if server.process.poll() is None:
+                    add_step_times(steps[name], step_stats(server.grpc_url), before)
                 if args.throughput_seconds > 0 and not floor:
                     if pa:
                         got = perf_analyzer.run("sentiment", server.grpc_url, 8, data, pa=pa, workdir=work,

@@ -188,10 +188,13 @@ def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int, labe
 def one_model_caller(repository: Path, deployment: str = "sentiment"):
     """The served one model's own code in this process (``Pipeline.run`` built from its generated
     config.pbtxt, as the model's ``initialize`` builds it), or None for an ensemble. Served c=1
-    minus the do-nothing floor, against this, is what the server adds beyond Triton's own hop."""
+    minus the do-nothing floor, against this, is what the server adds beyond Triton's own hop.
+    Where the model has a preferred instance, built as that one (the instance a lone request runs
+    on, with its solo session: no other instance runs here)."""
     from google.protobuf.json_format import MessageToDict
 
     from trtserve_backend.model_config import PythonModelConfig
+    from trtserve_backend.parameters import hot_group
     from trtserve_backend.pipeline import Pipeline
     from trtserve_build.core.pbtxt import read_config
 
@@ -199,7 +202,8 @@ def one_model_caller(repository: Path, deployment: str = "sentiment"):
     if config.backend != "python" or engine_model(Path(repository), deployment) != deployment:
         return None
     cfg = PythonModelConfig.from_dict(MessageToDict(config, preserving_proto_field_name=True))
-    pipeline = Pipeline.from_config(cfg, str(Path(repository) / deployment / "1"))
+    hot = any(group.name == hot_group(deployment) for group in config.instance_group)
+    pipeline = Pipeline.from_config(cfg, str(Path(repository) / deployment / "1"), hot=hot)
     return lambda text: pipeline.run([[text]])
 
 

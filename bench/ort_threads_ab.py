@@ -2,21 +2,22 @@
 
 Each variant is the `sentiment` cpu repository generated from deployments/sentiment.toml with
 ``[engine.cpu]`` instance_count / intra_op_threads / thread_spinning (and, where given,
-hot_intra_op_threads / hot_thread_spinning: the preferred ``sentiment_hot`` instance's) set (the
+hot_intra_op_threads / hot_thread_spinning / solo_intra_op_threads: the preferred
+``sentiment_hot`` instance's) set (the
 build's own stages, into model_repository/cpu_ab_<name>); bench/ab_repositories.py then serves
 them all at once and alternates between them in rounds, by perf_analyzer when there is one
 ($PERF_ANALYZER or on PATH), with the do-nothing floor, each one model's ``Pipeline.run``
 in-process and raw ONNX Runtime measured in the same rounds. Default variants on C cores, I =
 the "auto" instance count:
 
-    split  I instances x C/I threads, spinning, the hot instance too ("auto" before the hot
-           instance had threads of its own: 2 x 8 on 16 cores, 2 x 1 on 2)
+    split  I instances x C/I threads, spinning, the hot instance too, no solo session ("auto"
+           before the hot instance had threads of its own: 2 x 8 on 16 cores, 2 x 1 on 2)
     auto   every key "auto" (core.instances): today's default, where the hot instance (the one
-           a lone request runs on) may get more threads than the pool
+           a lone request runs on) runs on every core, spinning, while no other is busy (solo)
     one    1 instance  x C threads, spinning
 
-A variant is name:instances:threads:spinning[:hot_threads[:hot_spinning]]; the hot keys left
-out stay "auto" (core.instances).
+A variant is name:instances:threads:spinning[:hot_threads[:hot_spinning[:solo_threads]]]; the
+hot keys left out stay "auto" (core.instances); solo_threads 0: no solo session.
 
     python -m bench.ort_threads_ab [--variants hot:2:1:true:2:true,...] [--rounds 3] [--output FILE]
 """
@@ -42,19 +43,20 @@ def default_variants(cores: int) -> str:
     spec = load_spec(SPEC)
     n = host_sized(spec, "cpu", "instance_count", cores)
     threads = max(1, cores // n)
-    return f"split:{n}:{threads}:true:{threads}:true,auto:auto:auto:auto,one:1:{cores}:true"
+    return f"split:{n}:{threads}:true:{threads}:true:0,auto:auto:auto:auto,one:1:{cores}:true"
 
 
 #: ``[engine.cpu]`` keys a variant sets, in the order its fields name them (after its name)
 VARIANT_KEYS = ("instance_count", "intra_op_threads", "thread_spinning", "hot_intra_op_threads",
-                "hot_thread_spinning")
+                "hot_thread_spinning", "solo_intra_op_threads")
+VARIANT_FORMAT = "name:instances:threads:spinning[:hot_threads[:hot_spinning[:solo_threads]]]"
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """``name:instances:threads:spinning[:hot_threads[:hot_spinning]]`` -> (name, {key: value})."""
+    """A variant (``VARIANT_FORMAT``) -> (name, {key: value})."""
     name, *values = text.split(":")
     if not 3 <= len(values) <= len(VARIANT_KEYS):
-        raise ValueError(f"variant {text!r}: expected name:instances:threads:spinning[:hot_threads[:hot_spinning]]")
+        raise ValueError(f"variant {text!r}: expected {VARIANT_FORMAT}")
     return name, dict(zip(VARIANT_KEYS, values))
 
 
@@ -76,7 +78,7 @@ def variant_spec(text: str, keys: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", help="name:instances:threads:spinning[:hot_threads[:hot_spinning]],... "
+    parser.add_argument("--variants", help=VARIANT_FORMAT + ",... "
                                            "(default: split, auto, one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100, help="Python-client c=1 requests per round")

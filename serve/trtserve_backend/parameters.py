@@ -164,12 +164,16 @@ class OrtEncoderParameters(ModelParameters):
     #: same values as above where there is no such instance.
     hot_intra_op_threads: int = 0
     hot_thread_spinning: bool = True
+    #: The preferred instance's threads while no other instance of the model executes (spinning;
+    #: 0: none): ort_encoder.OrtEncoder runs a second session on them (busy.BusyBoard).
+    solo_intra_op_threads: int = 0
 
     def for_instance(self, hot: bool) -> "OrtEncoderParameters":
         """These parameters as the engine of one instance runs them: the hot instance's thread
-        count and spinning in ``intra_op_threads`` / ``thread_spinning`` where ``hot``."""
+        count and spinning in ``intra_op_threads`` / ``thread_spinning`` where ``hot``; the
+        others have no solo session."""
         if not hot:
-            return self
+            return dataclasses.replace(self, solo_intra_op_threads=0)
         return dataclasses.replace(self, intra_op_threads=self.hot_intra_op_threads,
                                    thread_spinning=self.hot_thread_spinning)
 

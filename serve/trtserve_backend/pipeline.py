@@ -35,14 +35,15 @@ ENGINE_BACKENDS = ("onnxruntime", "torch")
 
 
 def load_engine(backend: str, cfg, folder: str, input_names: Sequence[str], output_name: str, device: str = "cpu",
-                hot: bool = False):
+                hot: bool = False, others_busy: Callable[[], bool] | None = None):
     """The engine named by ``backend``, configured from ``cfg``'s typed parameters; ``hot``: for
-    the preferred instance (:func:`~.parameters.is_hot_instance`; ONNX Runtime's threads differ)."""
+    the preferred instance (:func:`~.parameters.is_hot_instance`; ONNX Runtime's threads differ,
+    and ``others_busy`` says when it has the host to itself: busy.BusyBoard)."""
     if backend == "onnxruntime":
         from .ort_encoder import OrtEncoder
 
         params = OrtEncoderParameters.from_config(cfg).for_instance(hot)
-        return OrtEncoder.from_parameters(params, folder, input_names, output_name)
+        return OrtEncoder.from_parameters(params, folder, input_names, output_name, others_busy)
     if backend == "torch":
         from .torch_engine import TorchEncoder
 
@@ -96,11 +97,13 @@ class Pipeline:
         self.clock: PhaseClock = _NoClock()
 
     @classmethod
-    def from_config(cls, cfg, folder: str, device: str = "cpu", hot: bool = False) -> "Pipeline":
-        """``hot``: this is the preferred instance (see :func:`load_engine`)."""
+    def from_config(cls, cfg, folder: str, device: str = "cpu", hot: bool = False,
+                    others_busy: Callable[[], bool] | None = None) -> "Pipeline":
+        """``hot``, ``others_busy``: this is the preferred instance (see :func:`load_engine`)."""
         params = PipelineParameters.from_config(cfg)
         inputs = params.encoder_inputs
-        engine = load_engine(params.engine_backend, cfg, folder, inputs, params.encoder_output, device, hot)
+        engine = load_engine(params.engine_backend, cfg, folder, inputs, params.encoder_output, device, hot,
+                             others_busy)
         post = PostprocessParameters.from_config(cfg)
         tokenizer = make_tokenizer(TokenizerParameters.from_config(cfg), folder, inputs)
         return cls(tokenizer, engine, make_step_postprocess(post, folder), encoder_inputs=inputs,

@@ -2,9 +2,13 @@
 default) and as the three-step ensemble, each on the real server with the real model."""
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+
+from trtserve_backend.busy import BUSY, PREFIX, SLOTS, board_directory
 
 from .conftest import text_input
 
@@ -63,7 +67,8 @@ def hot_server(sentiment_spec, tmp_path_factory):
     from trtserve_server.embedded import EmbeddedServer, Ports
 
     engine = dataclasses.replace(sentiment_spec.engine("cpu"), instance_count=3, intra_op_threads=1,
-                                 thread_spinning=True, hot_intra_op_threads=2, hot_thread_spinning=False)
+                                 thread_spinning=True, hot_intra_op_threads=2, hot_thread_spinning=False,
+                                 solo_intra_op_threads=3)
     spec = dataclasses.replace(sentiment_spec, engines={**sentiment_spec.engines, "cpu": engine})
     root = tmp_path_factory.mktemp("hot")
     repository = build_variant([spec], "cpu", root / "cpu")
@@ -75,18 +80,39 @@ def hot_server(sentiment_spec, tmp_path_factory):
 def test_the_hot_instance_runs_onnx_runtime_on_the_hot_threads(hot_server):
     """Triton names the preferred group's instance so that model.py knows it (is_hot_instance):
     that instance's ONNX Runtime takes hot_intra_op_threads / hot_thread_spinning, each pool
-    instance intra_op_threads / thread_spinning; each logs what it got when it starts."""
+    instance intra_op_threads / thread_spinning; each logs what it got when it starts. The hot
+    one also opens its solo session (every core it is given, spinning), which it runs while the
+    board that all three share (keyed by the server's process) shows no other busy."""
     import re
 
     from trtserve_backend.parameters import is_hot_instance
     from trtserve_server.processes import stubs_of
 
     log = hot_server.log_path.read_text(errors="replace")
-    started = dict(re.findall(r"(sentiment_\w+): ONNX Runtime (intra-op threads \d+, spinning \w+)", log))
+    started = dict(re.findall(r"(sentiment_\w+): ONNX Runtime (intra-op threads \d+, spinning \w+(?:; alone: \d+ spinning)?)",
+                              log))
     # the instances that logged are the server's three stubs
     assert set(started) == {s.instance for s in stubs_of(hot_server.process.pid)}, (started, log[-2000:])
     hot = [i for i in started if is_hot_instance(i, "sentiment")]
     assert hot == ["sentiment_hot_0"], started  # Triton 2.51: <group>_<index>
-    assert started.pop(hot[0]) == "intra-op threads 2, spinning False"
+    assert started.pop(hot[0]) == "intra-op threads 2, spinning False; alone: 3 spinning"
     assert list(started.values()) == ["intra-op threads 1, spinning True"] * 2, started
     assert _infer(hot_server, TEXTS[:1])["LABEL"][0, 0] == b"positive"
+    board = pathlib.Path(board_directory()) / f"{PREFIX}{hot_server.process.pid}-sentiment"
+    assert board.exists(), sorted(p.name for p in board.parent.glob(PREFIX + "*"))
+    slots = np.fromfile(board, dtype=np.int64)
+    assert len(slots) == SLOTS and BUSY not in slots and slots[0] > 0  # idle; the hot instance ran
+
+
+def test_the_hot_instance_answers_alike_alone_and_beside_a_busy_pool(hot_server):
+    """One request at a time runs on the hot instance's solo session, many at once on the
+    instances' own sessions: the same answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [t for t in TEXTS if t] * 4
+    alone = [_infer(hot_server, [t]) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda t: _infer(hot_server, [t]), texts))
+    for a, b in zip(alone, together):
+        assert a["LABEL"].tolist() == b["LABEL"].tolist()
+        np.testing.assert_allclose(a["PROBABILITIES"], b["PROBABILITIES"], atol=1e-5)

@@ -161,6 +161,44 @@ def test_thread_spinning_reaches_the_session_and_results_do_not_change(onnx_mode
     np.testing.assert_allclose(encoder.run_requests([f])[0], reference(model, f), rtol=1e-5, atol=1e-6)
 
 
+class _Recorder:
+    """A session that notes each run it is asked for and hands it to the real one."""
+
+    def __init__(self, session, name, calls):
+        self.session, self.name, self.calls = session, name, calls
+
+    def run(self, *args):
+        self.calls.append(self.name)
+        return self.session.run(*args)
+
+
+def test_the_solo_session_runs_while_no_other_instance_is_busy(onnx_model):
+    """The preferred instance's second session (every core, spinning) takes the runs while
+    ``others_busy()`` is false, the instance's own the rest; same results either way."""
+    model, path = onnx_model
+    busy = [False]
+    encoder = OrtEncoder(path, NAMES, "out", intra_op_threads=1, thread_spinning=False,
+                         solo_intra_op_threads=2, others_busy=lambda: busy[0])
+    solo = encoder.solo.get_session_options()
+    assert solo.intra_op_num_threads == 2 and solo.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert encoder.session.get_session_options().intra_op_num_threads == 1
+    assert "alone: 2 spinning" in encoder.threads
+    calls: list[str] = []
+    encoder.session = _Recorder(encoder.session, "own", calls)
+    encoder.solo = _Recorder(encoder.solo, "solo", calls)
+    f = feeds(3, 16, 5)
+    expected = reference(model, f)
+    for state in (False, True, False):
+        busy[0] = state
+        np.testing.assert_allclose(encoder.run_requests([f])[0], expected, rtol=1e-5, atol=1e-6)
+    assert calls == ["solo", "own", "solo"]
+    assert (encoder.runs, encoder.solo_runs) == (3, 2)
+    # none asked for: one session, and no question asked
+    plain = OrtEncoder(path, NAMES, "out", intra_op_threads=1, others_busy=lambda: 1 / 0)
+    assert plain.solo is None
+    np.testing.assert_allclose(plain.run_requests([f])[0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_merge_and_missing_inputs_are_named(onnx_model):
     _, path = onnx_model
     with pytest.raises(ValueError, match="merge 'sorted'"):

@@ -7,6 +7,7 @@ so the tests need no built artifacts; the Triton utilities are the tests' one st
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -79,21 +80,36 @@ def _deployment(spec, tmp_path: Path):
 def test_the_hot_instance_runs_onnx_runtime_with_its_own_threads(sentiment_spec, fake_pb_utils, tmp_path, instance,
                                                                  threads, spinning):
     """model.py reads its instance's name (args["model_instance_name"]) and gives ONNX Runtime the
-    hot instance's threads only there (core.instances: hot_intra_op_threads), and logs what it got."""
+    hot instance's threads only there (core.instances: hot_intra_op_threads), and logs what it got;
+    the hot one also its solo session (solo_intra_op_threads), which it runs while the board that
+    every instance flags its executions on shows no other busy."""
     from trtserve_backend.triton_models.pipeline import TritonPythonModel
 
     from .test_triton_config import with_engine
 
     spec = with_engine(sentiment_spec, "cpu", instance_count=3, intra_op_threads=1, thread_spinning=True,
-                       hot_intra_op_threads=3, hot_thread_spinning=False)
+                       hot_intra_op_threads=3, hot_thread_spinning=False, solo_intra_op_threads=2)
     args, _, _ = _deployment(spec, tmp_path)
     served = TritonPythonModel()
     served.initialize({**args, "model_instance_name": instance})
-    options = served.pipeline.engine.session.get_session_options()
-    assert options.intra_op_num_threads == threads
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
-    assert fake_pb_utils.Logger.messages == [
-        ("info", f"{instance}: ONNX Runtime intra-op threads {threads}, spinning {spinning == '1'}")]
+    try:
+        engine = served.pipeline.engine
+        options = engine.session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+        hot = instance.startswith("sentiment_hot")
+        solo = "; alone: 2 spinning" if hot else ""
+        assert fake_pb_utils.Logger.messages == [
+            ("info", f"{instance}: ONNX Runtime intra-op threads {threads}, spinning {spinning == '1'}{solo}")]
+        assert (engine.solo is not None) is hot
+        # every instance flags its executions on the board, the hot one asks it
+        assert served.board.slot == (0 if hot else 1 + int(instance[-1]))
+        assert not hot or engine.others_busy == served.board.others_busy
+        served.execute([])
+        slots = np.fromfile(served.board.path, dtype=np.int64)
+        assert slots[served.board.slot] > 0 and -1 not in slots  # when its execution ended
+    finally:
+        os.unlink(served.board.path)
 
 
 def _apart(cfg, folder, texts):

@@ -61,6 +61,7 @@ def test_unknown_keys_are_rejected():
          r"hot_intra_op_threads must be .* or \"auto\""),
         (lambda r: r["engine"]["cpu"].update(hot_thread_spinning="yes"),
          r"hot_thread_spinning must be true, false or \"auto\""),
+        (lambda r: r["engine"]["cpu"].update(solo_intra_op_threads=-2), "solo_intra_op_threads must be >= 0"),
         (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
     ],
 )
@@ -100,9 +101,9 @@ def test_fingerprint_tracks_content(embed_spec):
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
     # 14, and with the engine sections' thread_spinning and engine_format, issue 13, and with their
-    # hot_intra_op_threads / hot_thread_spinning, issue 13: it keys the generated repository; the
-    # "model" key above, which keys training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "3260b36ef4b959bc"
+    # hot_intra_op_threads / hot_thread_spinning, and with solo_intra_op_threads, issue 13: it keys
+    # the generated repository; the "model" key above, which keys training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "ebb5c9d33758b0e3"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

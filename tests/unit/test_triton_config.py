@@ -1,5 +1,6 @@
 """Generated configs: protobuf-built, round-trip through text_format, agree with the contract."""
 import json
+import os
 
 import pytest
 from google.protobuf import text_format
@@ -172,9 +173,12 @@ def test_auto_instances_are_sized_from_the_host_cores(sentiment_spec, cores, exp
 @pytest.mark.parametrize("engine, cores, spinning", [
     # "auto" instances x "auto" threads fill the cores exactly: spin (as before this knob)
     (dict(instance_count="auto", intra_op_threads="auto"), 16, True),
-    # ... but on 2 cores the hot instance takes both cores beside the pool's one thread: 3
-    # threads on 2 cores, so none spins (the pool's single thread has no workers to spin anyway)
-    (dict(instance_count="auto", intra_op_threads="auto"), 2, False),
+    # on 2 cores too: the hot instance runs its pool share (1 thread) beside the pool, every core
+    # only alone (its solo session, which always spins)
+    (dict(instance_count="auto", intra_op_threads="auto"), 2, True),
+    # ... but without a solo session the hot instance takes both cores beside the pool's one
+    # thread: 3 threads on 2 cores, so none spins (the pool's single thread has no workers anyway)
+    (dict(instance_count="auto", intra_op_threads="auto", solo_intra_op_threads=0), 2, False),
     (dict(instance_count="auto", intra_op_threads="auto", hot_intra_op_threads=1), 2, True),
     # every instance with all cores: their threads share cores, so they sleep between ops
     (dict(instance_count="auto", intra_op_threads=16), 16, False),
@@ -197,12 +201,13 @@ def test_thread_spinning_auto_spins_only_where_the_threads_fit_the_cores(sentime
 
 @pytest.mark.parametrize("engine, cores, spinning", [
     # set for the hot instance alone: as set, the pool keeps its "auto"
-    (dict(instance_count="auto", intra_op_threads="auto", hot_thread_spinning=True), 2, (False, True)),
+    (dict(instance_count="auto", intra_op_threads="auto", solo_intra_op_threads=0, hot_thread_spinning=True), 2,
+     (False, True)),
     (dict(instance_count="auto", intra_op_threads="auto", hot_thread_spinning=False), 16, (True, False)),
     # the hot instance on all 16 cores beside a pool of 8-thread instances: 24 threads, none spins
     (dict(instance_count="auto", intra_op_threads="auto", hot_intra_op_threads=16), 16, (False, False)),
     # thread_spinning set: the pool's only
-    (dict(instance_count=2, intra_op_threads=1, thread_spinning=True), 2, (True, False)),
+    (dict(instance_count=2, intra_op_threads=1, solo_intra_op_threads=0, thread_spinning=True), 2, (True, False)),
 ])
 def test_hot_thread_spinning_is_the_hot_instances_own(sentiment_spec, engine, cores, spinning):
     spec = with_engine(sentiment_spec, "cpu", **engine)
@@ -221,17 +226,24 @@ def test_thread_spinning_is_written_to_the_one_models_config(sentiment_spec):
 
 @pytest.mark.parametrize("cores, pool, hot", [(2, 1, 2), (3, 1, 3), (4, 2, 2), (16, 8, 8), (64, 16, 16)])
 def test_auto_hot_instance_threads(sentiment_spec, cores, pool, hot):
-    """The preferred instance (the one a lone request runs on) gets every core's thread where the
-    pool's instances run one thread each (measured on 2 cores); elsewhere the pool's count (16
-    sleeping threads lost c=1 against 8 spinning on 16 cores: core.instances.host_sized)."""
+    """The preferred instance (the one a lone request runs on) runs on every core, spinning, while
+    it is alone (solo), and on the pool's count beside a busy pool. Without a solo session it gets
+    every core's thread where the pool's instances run one thread each (measured on 2 cores);
+    elsewhere the pool's count (16 sleeping threads lost c=1 against 8 spinning on 16 cores:
+    core.instances.host_sized)."""
     spec = with_engine(sentiment_spec, "cpu", instance_count="auto", intra_op_threads="auto",
                        hot_intra_op_threads="auto")
     assert has_hot_instance(spec, "cpu", cores)
     assert host_sized(spec, "cpu", "intra_op_threads", cores) == pool
-    assert host_sized(spec, "cpu", "hot_intra_op_threads", cores) == hot
+    assert host_sized(spec, "cpu", "solo_intra_op_threads", cores) == cores
+    assert host_sized(spec, "cpu", "hot_intra_op_threads", cores) == pool
     assert host_sized(with_engine(spec, "cpu", hot_intra_op_threads=3), "cpu", "hot_intra_op_threads", cores) == 3
+    no_solo = with_engine(spec, "cpu", solo_intra_op_threads=0)
+    assert host_sized(no_solo, "cpu", "hot_intra_op_threads", cores) == hot
     # single-threaded pool instances set by hand: the hot one still gets every core
-    assert host_sized(with_engine(spec, "cpu", intra_op_threads=1), "cpu", "hot_intra_op_threads", cores) == cores
+    assert host_sized(with_engine(no_solo, "cpu", intra_op_threads=1), "cpu", "hot_intra_op_threads", cores) == cores
+    # pool instances on every core already (0: ONNX Runtime's default): no solo session
+    assert host_sized(with_engine(spec, "cpu", intra_op_threads=0), "cpu", "solo_intra_op_threads", cores) == 0
 
 
 @pytest.mark.parametrize("changes", [dict(instance_count=1), dict(topology="ensemble")])
@@ -242,6 +254,7 @@ def test_without_a_hot_instance_the_hot_threads_are_the_pools(sentiment_spec, ch
     assert not has_hot_instance(spec, "cpu", 16)
     assert host_sized(spec, "cpu", "hot_intra_op_threads", 16) == host_sized(spec, "cpu", "intra_op_threads", 16)
     assert thread_spinning(spec, "cpu", 16, hot=True) is thread_spinning(spec, "cpu", 16)
+    assert host_sized(spec, "cpu", "solo_intra_op_threads", 16) == 0
 
 
 def test_hot_threads_are_written_to_the_one_models_config_only(sentiment_spec):
@@ -251,8 +264,13 @@ def test_hot_threads_are_written_to_the_one_models_config_only(sentiment_spec):
     p = {k: v.string_value for k, v in single.parameters.items()}
     assert (p["intra_op_threads"], p["thread_spinning"]) == ("1", "true")
     assert (p["hot_intra_op_threads"], p["hot_thread_spinning"]) == ("7", "false")
+    assert p["solo_intra_op_threads"] == str(os.cpu_count())  # "auto": every core of this host
+    p = {k: v.string_value for k, v in deployment_configs(with_engine(spec, "cpu", solo_intra_op_threads=5),
+                                                          manifest_for(spec), "cpu")[0].parameters.items()}
+    assert p["solo_intra_op_threads"] == "5"
     # the ensemble's encoder has no preferred instance: its "auto" hot values are its own
     spec = with_engine(spec, "cpu", topology="ensemble", hot_intra_op_threads="auto", hot_thread_spinning="auto")
     encoder = next(c for c in deployment_configs(spec, manifest_for(spec), "cpu") if c.name == spec.encoder_model)
     p = {k: v.string_value for k, v in encoder.parameters.items()}
     assert (p["hot_intra_op_threads"], p["hot_thread_spinning"]) == (p["intra_op_threads"], p["thread_spinning"])
+    assert p["solo_intra_op_threads"] == "0"

@@ -28,9 +28,9 @@ TOPOLOGIES = ("auto", "ensemble", "single")
 #: An instance knob's value that sizes it from the host's cores (stages.triton_config.host_sized).
 AUTO = "auto"
 INSTANCE_KNOBS = ("instance_count", "tokenizer_instances", "postprocess_instances", "intra_op_threads",
-                  "hot_intra_op_threads")
+                  "hot_intra_op_threads", "solo_intra_op_threads")
 #: Instance knobs that may be 0 (ONNX Runtime's default thread count: one per core).
-THREAD_KNOBS = ("intra_op_threads", "hot_intra_op_threads")
+THREAD_KNOBS = ("intra_op_threads", "hot_intra_op_threads", "solo_intra_op_threads")
 VARIANTS = ("cpu", "gpu", "gpu_torch")
 
 CALIBRATION_METHODS = ("percentile", "entropy", "max")

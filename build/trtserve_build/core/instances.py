@@ -74,9 +74,18 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     lost c=1 on 16 cores (2 x 16 sleeping 6.29 ms against 2 x 8 spinning 4.69 ms);
     tokenizer and postprocess steps of an ensemble one instance per 4 cores, up to 8.
 
-    ``hot_intra_op_threads`` "auto" (the preferred instance, which an idle server runs every
-    request on: :func:`has_hot_instance`): every core where the pool's instances run one thread
-    each (the "auto" sizing on 2-3 cores), else the pool's count. On the 2-vCPU VM
+    ``solo_intra_op_threads`` "auto": every core where there is a preferred instance (the one an
+    idle server runs every request on: :func:`has_hot_instance`) and the pool's instances run on
+    fewer; 0 (none) elsewhere. That instance then runs a second ONNX Runtime session on every core,
+    spinning, while no other instance of the model executes (trtserve_backend.busy), and
+    ``hot_intra_op_threads`` "auto" is the pool's count: under load it is one of the pool.
+    perf_analyzer, 5 interleaved rounds (README, session 10): on the 2-vCPU VM c=1 10.78 ms and
+    133.1 texts/s at 8 clients, against 12.22 / 126.8 for the hot instance sleeping on both
+    cores, 10.18 / 107.5 spinning on both, 14.82 / 127.5 for every instance on 1 core; on 16
+    cores 3.84 ms / 513.0 against 4.00 / 531.2 for 2 x 8 everywhere.
+
+    Without a solo session, ``hot_intra_op_threads`` "auto" is every core where the pool's
+    instances run one thread each (the "auto" sizing on 2-3 cores), else the pool's count. On the 2-vCPU VM
     (bench/ort_threads_ab.py, perf_analyzer, two runs of 5 interleaved rounds, medians,
     docs/results/vm_bench/ort_hot_threads_ab_*.json) the hot instance on 2 sleeping threads beside
     a 1-thread pool served c=1 in 13.0 / 11.5 ms against 14.3 / 13.3 (faster in every round) at
@@ -93,8 +102,13 @@ def host_sized(spec, variant: str, knob: str, cores: int | None = None) -> int:
     cores = cores or os.cpu_count() or 1
     if knob == "intra_op_threads":
         return max(1, cores // host_sized(spec, variant, "instance_count", cores))
+    if knob == "solo_intra_op_threads":
+        threads = host_sized(spec, variant, "intra_op_threads", cores)
+        return cores if 0 < threads < cores and has_hot_instance(spec, variant, cores) else 0
     if knob == "hot_intra_op_threads":
         threads = host_sized(spec, variant, "intra_op_threads", cores)
+        if host_sized(spec, variant, "solo_intra_op_threads", cores):
+            return threads
         return cores if threads == 1 and has_hot_instance(spec, variant, cores) else threads
     if knob in ("tokenizer_instances", "postprocess_instances"):
         return max(1, min(8, cores // 4))

@@ -104,6 +104,9 @@ class EngineSpec:
     #: core.instances.host_sized and thread_spinning).
     hot_intra_op_threads: int | str = AUTO
     hot_thread_spinning: bool | str = AUTO
+    #: The preferred instance's threads while no other instance of the model executes (always
+    #: spinning; 0: none; "auto": every core where there is a hot instance, core.instances).
+    solo_intra_op_threads: int | str = AUTO
     #: torch backend: transformers attention implementation traced into the TorchScript, and
     #: what is served: "torchscript" or "aoti" (enums.TORCH_ENGINE_FORMATS).
     attention: str = "sdpa"

@@ -211,6 +211,7 @@ def _onnx_parameters(spec: DeploymentSpec, variant: str) -> OrtEncoderParameters
                                 # the preferred instance's (core.instances.has_hot_instance)
                                 hot_intra_op_threads=host_sized(spec, variant, "hot_intra_op_threads"),
                                 hot_thread_spinning=thread_spinning(spec, variant, hot=True),
+                                solo_intra_op_threads=host_sized(spec, variant, "solo_intra_op_threads"),
                                 # windows: a request may bring max_windows rows; attention memory grows
                                 # with rows x length^2
                                 max_rows_per_run=spec.batching.max_batch_size if spec.windows is not None else 0)

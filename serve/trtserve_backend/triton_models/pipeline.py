@@ -9,9 +9,11 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
+from trtserve_backend.busy import BusyBoard
 from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
-from trtserve_backend.parameters import PipelineParameters, TokenizerParameters, is_hot_instance
+from trtserve_backend.parameters import (OrtEncoderParameters, PipelineParameters, TokenizerParameters,
+                                         is_hot_instance)
 from trtserve_backend.pipeline import PhaseClock, Pipeline
 from trtserve_backend.tokenize import InvalidTextError
 from trtserve_backend.triton_models._common import (OutputTensors, error_response, fixed_output_values,
@@ -22,9 +24,15 @@ class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
         self.input_names = [t.name for t in cfg.inputs]
-        device = instance_device(args) if PipelineParameters.from_config(cfg).engine_backend == "torch" else "cpu"
+        backend = PipelineParameters.from_config(cfg).engine_backend
+        device = instance_device(args) if backend == "torch" else "cpu"
         instance = args.get("model_instance_name", "")
-        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device, hot=is_hot_instance(instance, cfg.name))
+        hot = is_hot_instance(instance, cfg.name)
+        #: every instance flags its executions where the preferred one runs alone on more threads
+        self.board = (BusyBoard.for_instance(cfg.name, instance, hot) if backend == "onnxruntime"
+                      and OrtEncoderParameters.from_config(cfg).solo_intra_op_threads > 0 else None)
+        self.pipeline = Pipeline.from_config(cfg, version_dir(args), device, hot=hot,
+                                             others_busy=self.board and self.board.others_busy)
         threads = getattr(self.pipeline.engine, "threads", None)
         if threads:  # ONNX Runtime: which threading this instance got (hot or pool)
             pb_utils.Logger.log_info(f"{instance}: ONNX Runtime {threads}")
@@ -36,6 +44,12 @@ class TritonPythonModel:
             self.pipeline.clock = PhaseClock()
 
     def execute(self, requests):
+        if self.board is None:
+            return self._execute(requests)
+        with self.board.busy():
+            return self._execute(requests)
+
+    def _execute(self, requests):
         clock = self.pipeline.clock
         clock.start()
         items, errors = read_items(requests, self.input_names, self.limits)
@@ -64,5 +78,11 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        if self.board is not None:
+            self.board.close()
+        engine = self.pipeline.engine
+        if getattr(engine, "solo", None) is not None:
+            pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime ran alone on every core {engine.solo_runs} of "
+                                     f"{engine.runs} runs")
         if self.pipeline.clock.executions:
             pb_utils.Logger.log_info(f"{self.name} phase times: {self.pipeline.clock.summary()}")

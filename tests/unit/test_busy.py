@@ -1,0 +1,85 @@
+"""The board on which the instances of one served model note their executions (trtserve_backend.busy)."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from trtserve_backend.busy import BUSY, PREFIX, QUIET_NS, SLOTS, BusyBoard, remove_stale_boards, slot_of
+
+
+def test_slots_follow_triton_instance_names():
+    assert slot_of("sentiment_hot_0", hot=True) == 0
+    assert slot_of("sentiment_pool_0", hot=False) == 1
+    assert slot_of("sentiment_pool_2", hot=False) == 3
+    assert slot_of("sentiment_pool", hot=False) == 1  # an older core's lone instance
+    assert 1 <= slot_of(f"sentiment_pool_{SLOTS * 3}", hot=False) < SLOTS  # wraps, never slot 0
+
+
+def _execute_in_another_process(path, slot, started, release):
+    board = BusyBoard(path, slot)
+    with board.busy():
+        started.set()
+        release.wait(30)
+
+
+def test_an_execution_in_another_process_shows_until_a_quiet_moment_after_it_ends(tmp_path):
+    hot = BusyBoard.for_instance("sentiment", "sentiment_hot_0", hot=True, server_pid=os.getpid(),
+                                 directory=str(tmp_path))
+    assert hot.quiet_ns == QUIET_NS
+    assert not hot.others_busy()
+    with hot.busy():  # its own executions do not count
+        assert not hot.others_busy()
+    ctx = multiprocessing.get_context("spawn")
+    started, release = ctx.Event(), ctx.Event()
+    worker = ctx.Process(target=_execute_in_another_process, args=(hot.path, slot_of("sentiment_pool_1", False),
+                                                                   started, release))
+    worker.start()
+    try:
+        assert started.wait(60)
+        assert hot.others_busy()
+    finally:
+        release.set()
+        worker.join(60)
+    ended = time.monotonic_ns()
+    assert worker.exitcode == 0
+    slots = np.fromfile(hot.path, dtype=np.int64)
+    assert 0 < slots[2] <= ended and BUSY not in slots  # when the pool's execution ended
+    # busy until QUIET_NS after that, then not
+    hot.quiet_ns = 10**15
+    assert hot.others_busy()
+    hot.quiet_ns = 0
+    assert not hot.others_busy()
+    hot.close()
+
+
+def test_a_failing_execution_clears_its_flag(tmp_path):
+    path = str(tmp_path / "board")
+    pool, hot = BusyBoard(path, 2), BusyBoard(path, 0, quiet_ns=0)
+    with pytest.raises(RuntimeError):
+        with pool.busy():
+            assert hot.others_busy()
+            raise RuntimeError("inference failed")
+    assert not hot.others_busy()
+    with pytest.raises(ValueError, match="slot 64"):
+        BusyBoard(path, SLOTS)
+
+
+def test_boards_of_servers_that_are_gone_are_removed(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{PREFIX}{gone.pid}-sentiment"
+    live = tmp_path / f"{PREFIX}{os.getpid()}-sentiment"
+    other = tmp_path / "unrelated"
+    for p in (stale, live, other):
+        p.write_bytes(bytes(SLOTS * 8))
+    remove_stale_boards(str(tmp_path))
+    assert not stale.exists() and live.exists() and other.exists()
+    board = BusyBoard.for_instance("my model/1", "x_pool_0", hot=False, server_pid=os.getpid(),
+                                   directory=str(tmp_path))
+    assert os.path.basename(board.path) == f"{PREFIX}{os.getpid()}-my_model_1"
