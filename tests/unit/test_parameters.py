@@ -25,6 +25,8 @@ from google.protobuf import json_format
 from trtserve_build.core.records import ExportManifest
 from trtserve_build.stages.triton_config import deployment_configs
 
+from .test_triton_config import with_engine
+
 ALL = (TokenizerParameters, OrtEncoderParameters, TorchEncoderParameters, PostprocessParameters)
 
 
@@ -40,17 +42,12 @@ def python_model_config(config) -> PythonModelConfig:
     return PythonModelConfig.from_dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
-def _with_topology(spec, variant, topology):
-    engine = dataclasses.replace(spec.engine(variant), topology=topology)
-    return dataclasses.replace(spec, engines={**spec.engines, variant: engine})
-
-
 @pytest.mark.parametrize("variant", ["cpu", "gpu_torch"])
 def test_generated_parameters_read_back_by_the_same_class(sentiment_spec, embed_spec, variant):
     """The three steps of the ensemble topology, each with its own class."""
     role = {"_tokenizer": TokenizerParameters, "_postprocess": PostprocessParameters,
             "_encoder": OrtEncoderParameters if variant == "cpu" else TorchEncoderParameters}
-    sentiment_spec, embed_spec = (_with_topology(s, variant, "ensemble") for s in (sentiment_spec, embed_spec))
+    sentiment_spec, embed_spec = (with_engine(s, variant, topology="ensemble") for s in (sentiment_spec, embed_spec))
     for spec in (sentiment_spec, embed_spec):
         for config in deployment_configs(spec, manifest(spec), variant):
             cls = next((c for suffix, c in role.items() if config.name.endswith(suffix)), None)
@@ -178,10 +175,11 @@ def test_hot_instance_is_recognised_by_its_groups_name(instance, hot):
 
 def test_the_hot_instance_runs_with_the_hot_threads():
     params = OrtEncoderParameters(onnx_file="m.onnx", intra_op_threads=1, thread_spinning=True,
-                                  hot_intra_op_threads=16, hot_thread_spinning=False)
+                                  hot_intra_op_threads=16, hot_thread_spinning=False, solo_intra_op_threads=32)
     back = OrtEncoderParameters.from_parameters(params.to_config())
     assert back == params
-    assert back.for_instance(hot=False) == params
+    # the pool: its own threads, and no solo session
+    assert back.for_instance(hot=False) == dataclasses.replace(params, solo_intra_op_threads=0)
     hot = back.for_instance(hot=True)
-    assert (hot.intra_op_threads, hot.thread_spinning) == (16, False)
+    assert (hot.intra_op_threads, hot.thread_spinning, hot.solo_intra_op_threads) == (16, False, 32)
     assert dataclasses.replace(hot, intra_op_threads=1, thread_spinning=True) == params
