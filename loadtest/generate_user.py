@@ -28,6 +28,7 @@ from locust import User, events, task  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from loadtest import exit_watchdog  # noqa: E402
 from loadtest.workload import load_corpus  # noqa: E402
 from trtserve_client import TrtServeClient  # noqa: E402
 from trtserve_client.errors import translate_error  # noqa: E402
@@ -59,6 +60,7 @@ class StreamTotals:
 
 
 TOTALS = StreamTotals()
+exit_watchdog.install(events)  # a finished run exits even if gRPC under gevent hangs it
 
 
 @events.init_command_line_parser.add_listener

@@ -32,12 +32,14 @@ grpc_gevent.init_gevent()
 
 from locust import User, events, task  # noqa: E402
 
+from loadtest import exit_watchdog  # noqa: E402
 from loadtest.qa_ner_workload import cloze_pairs  # noqa: E402
 from loadtest.workload import DEFAULT_MODELS, RequestMix, load_corpus, request_name  # noqa: E402
 from trtserve_client.errors import translate_error  # noqa: E402
 from trtserve_client.inputs import encode_texts, text_tensor  # noqa: E402
 
 _BYTES = "BYTES"
+exit_watchdog.install(events)  # a finished run exits even if gRPC under gevent hangs it
 
 
 @events.init_command_line_parser.add_listener

@@ -267,6 +267,58 @@ def test_bad_options_exit_2_before_any_load(tmp_path, capsys):
     assert "--step-time" in capsys.readouterr().err
 
 
+
+def test_a_finished_locust_run_exits_even_when_the_interpreter_would_hang(tmp_path):
+    """A real headless Locust run whose interpreter exit waits forever on a non-daemon thread (as
+    tritonclient's gRPC stream threads under gevent once did in CI): the exit watchdog dumps every
+    thread's stack and ends the process with Locust's own exit code, soon after the grace period."""
+    import os
+    import subprocess
+    import sys
+
+    stuck = tmp_path / "stuck_user.py"
+    stuck.write_text(
+        "import threading\n"
+        "from locust import User, events, task\n"
+        "from loadtest import exit_watchdog\n"
+        "exit_watchdog.install(events, grace_s=2.0)\n"
+        "@events.quit.add_listener\n"
+        "def hang_interpreter_exit(**_kw):\n"
+        "    forever = threading.Event()\n"
+        "    threading.Thread(target=forever.wait).start()  # non-daemon: sys.exit joins it\n"
+        "class Idle(User):\n"
+        "    def wait_time(self):\n"
+        "        return 0.2\n"
+        "    @task\n"
+        "    def nothing(self):\n"
+        "        pass\n")
+    locust = Path(sys.executable).with_name("locust")
+    started = time.monotonic()
+    proc = subprocess.run([str(locust), "-f", str(stuck), "--headless", "-u", "1", "-r", "1", "-t", "1s",
+                           "--only-summary"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "forcing exit 0" in proc.stderr and "Thread" in proc.stderr  # the stacks came with it
+    assert time.monotonic() - started < 60
+
+
+def test_the_exit_watchdog_exits_1_when_locust_never_chose_a_code():
+    from loadtest.exit_watchdog import ExitWatchdog
+
+    codes = []
+    watchdog = ExitWatchdog(grace_s=0.05, exit=codes.append)
+    watchdog.arm()
+    watchdog.arm()  # once only
+    deadline = time.monotonic() + 5
+    while not codes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert codes == [1]
+    watchdog.record(exit_code=3)
+    watchdog.fire()
+    assert codes == [1, 3]
+
+
 # ---- the compose health check -------------------------------------------------------------
 
 
