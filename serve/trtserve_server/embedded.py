@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import trtserve_contract as contract
+from trtserve_backend.busy import board_directory, remove_stale_boards
 
 from .deployments import TASK_INPUTS, Deployment, discover
+from .processes import release_regions, stubs_of
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,10 @@ class EmbeddedServer:
     admin_key: str | None = field(default=None, repr=False)
     #: a Triton install other than nvidia-pytriton's (see :meth:`TritonInstall.locate`)
     triton_root: Path | None = None
+    #: the Python-backend stubs' shared-memory regions seen (at ready and at stop): unlinked once
+    #: the server is gone, since tritonserver leaves them in /dev/shm when it is killed (with the
+    #: busy boards of servers that are gone, trtserve_backend.busy)
+    _regions: set[str] = field(default_factory=set, repr=False, init=False)
 
     def command(self, install: TritonInstall) -> list[str]:
         control = []
@@ -303,6 +309,7 @@ class EmbeddedServer:
                     if deployments:
                         for deployment in deployments:
                             self.answer_once(deployment, timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+                        self._note_regions()
                         return [d.name for d in deployments]
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
                 last_error = e
@@ -315,6 +322,7 @@ class EmbeddedServer:
         proc = self.process
         if proc is None:
             return None
+        self._note_regions()
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
@@ -324,6 +332,7 @@ class EmbeddedServer:
         # Stubs live in the same process group: make sure nothing is left behind.
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
+        self._release_regions()
         return proc.returncode
 
     def kill(self) -> int | None:
@@ -331,9 +340,20 @@ class EmbeddedServer:
         proc = self.process
         if proc is None:
             return None
+        self._note_regions()
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
+        self._release_regions()
         return proc.returncode
+
+    def _note_regions(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self._regions.update(st.shm_region for st in stubs_of(self.process.pid) if st.shm_region)
+
+    def _release_regions(self) -> None:
+        release_regions(self._regions)
+        self._regions.clear()
+        remove_stale_boards(board_directory())
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()

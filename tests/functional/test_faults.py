@@ -198,3 +198,23 @@ def test_killing_the_supervisor_takes_the_restarted_server_down(served):
     served.proc.kill()
     served.proc.wait(timeout=30)
     assert not still_running(tree, wait_s=30), "tritonserver or stubs outlived the launcher"
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(ensemble_repository, tmp_path):
+    """tritonserver unlinks its stubs' /dev/shm regions only when it shuts down itself; killed, it
+    leaves them (1 MiB or more of RAM each, for good). An unsupervised EmbeddedServer (tests,
+    benchmarks) releases them when it is stopped, whatever became of the server."""
+    import os
+
+    from trtserve_server.embedded import EmbeddedServer, Ports
+    from trtserve_server.processes import SHM_DIR
+
+    srv = EmbeddedServer(ensemble_repository, Ports.free(), log_path=tmp_path / "triton.log")
+    with srv:
+        srv.wait_ready(180)
+        regions = {st.shm_region for st in stubs_of(srv.process.pid) if st.shm_region}
+        assert len(regions) >= 3 and all((SHM_DIR / r).exists() for r in regions)  # a stub per instance
+        os.kill(srv.process.pid, signal.SIGKILL)  # tritonserver alone, as a crash would end it
+        srv.process.wait()
+        assert all((SHM_DIR / r).exists() for r in regions)  # what the crash left
+    assert not [r for r in regions if (SHM_DIR / r).exists()]
