@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_serving import (add_step_times, grpc_text_caller, mean_step_times, one_model_caller,
+from bench.bench_serving import (add_step_times, grpc_text_caller, mean_step_times, one_model_pipeline,
                                  onnxruntime_caller, served_throughput, step_stats, time_calls)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,9 @@ def reference_callers(args) -> dict:
             art / "model.onnx", art / "tokenizer.json", spec.model.max_sequence_length, spec.model.labels)
     if args.in_process:
         for repo in args.repositories:
-            call = one_model_caller(repo)
-            if call is not None:
-                out[f"{repo} Pipeline.run (in-process)"] = call
+            pipeline = one_model_pipeline(repo)
+            if pipeline is not None:
+                out[f"{repo} Pipeline.run (in-process)"] = lambda text, p=pipeline: p.run([[text]])
     return out
 
 

@@ -185,8 +185,8 @@ def onnxruntime_caller(onnx_path: Path, tokenizer_path: Path, max_len: int, labe
     return call
 
 
-def one_model_caller(repository: Path, deployment: str = "sentiment"):
-    """The served one model's own code in this process (``Pipeline.run`` built from its generated
+def one_model_pipeline(repository: Path, deployment: str = "sentiment"):
+    """The served one model's own code in this process (the ``Pipeline`` built from its generated
     config.pbtxt, as the model's ``initialize`` builds it), or None for an ensemble. Served c=1
     minus the do-nothing floor, against this, is what the server adds beyond Triton's own hop.
     Where the model has a preferred instance, built as that one (the instance a lone request runs
@@ -204,7 +204,7 @@ def one_model_caller(repository: Path, deployment: str = "sentiment"):
     cfg = PythonModelConfig.from_dict(MessageToDict(config, preserving_proto_field_name=True))
     hot = any(group.name == hot_group(deployment) for group in config.instance_group)
     pipeline = Pipeline.from_config(cfg, str(Path(repository) / deployment / "1"), hot=hot)
-    return lambda text: pipeline.run([[text]])
+    return pipeline  # one text: pipeline.run([[text]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": onnxruntime_caller(artifacts / "model.onnx", artifacts / "tokenizer.json",
                                               spec.model.max_sequence_length, spec.model.labels),
         }
-        in_process = one_model_caller(Path(args.repository))
+        in_process = one_model_pipeline(Path(args.repository))
         if in_process is not None:
-            callers["one_model"] = in_process
+            callers["one_model"] = lambda text: in_process.run([[text]])
         if floor is not None:
             floor.wait_ready(180)
             callers["floor"], floor_client = grpc_text_caller(floor.grpc_url)

@@ -45,8 +45,12 @@ def _ms(row: dict, key: str) -> float | None:
 
 def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement_ms: int = 3000,
         stability_pct: int = 100, timeout_s: float = 120.0, pa: list[str] | None = None,
-        workdir: Path | None = None) -> dict:
+        workdir: Path | None = None, sync: bool = False) -> dict:
     """One perf_analyzer run at ``concurrency``; returns throughput and latency (ms) or an error.
+
+    ``sync``: perf_analyzer's own default, one blocking call per request on each of
+    ``concurrency`` threads, instead of ``--async`` (a completion thread hands responses back);
+    at concurrency 1 both keep exactly one request in flight (bench/c1_probe.py compares them).
 
     perf_analyzer measures windows of ``measurement_ms`` until three in a row agree within
     ``stability_pct`` (100: the first three count, on a shared noisy host a tighter bound may
@@ -56,9 +60,9 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
     if not pa:
         return {"concurrency": concurrency, "error": "no perf_analyzer (set PERF_ANALYZER or install perf-analyzer)"}
     workdir = Path(workdir or tempfile.mkdtemp(prefix="pa-"))
-    out_csv = workdir / f"{model}_c{concurrency}.csv"
+    out_csv = workdir / f"{model}_c{concurrency}{'_sync' if sync else ''}.csv"
     cmd = [*pa, "-m", model, "-i", "grpc", "-u", url, "--input-data", str(input_data),
-           "--concurrency-range", f"{concurrency}:{concurrency}", "--async", "--max-threads", "16",
+           "--concurrency-range", f"{concurrency}:{concurrency}", *(() if sync else ("--async",)), "--max-threads", "16",
            "--measurement-interval", str(measurement_ms), "--stability-percentage", str(stability_pct),
            "--max-trials", "6",
            "-f", str(out_csv)]
@@ -76,7 +80,7 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
     with out_csv.open() as f:
         row = next(csv.DictReader(f))
     return {
-        "concurrency": concurrency,
+        "concurrency": concurrency, "mode": "sync" if sync else "async",
         "infer_per_s": float(row["Inferences/Second"]),
         "p50_ms": _ms(row, "p50 latency"), "p90_ms": _ms(row, "p90 latency"),
         "p95_ms": _ms(row, "p95 latency"), "p99_ms": _ms(row, "p99 latency"),
