@@ -76,6 +76,19 @@ def test_hybrid_keeps_layernorm_and_softmax_in_fp32(tiny_model, attention, imple
     norms = [m for m in converted.modules() if type(m).__name__ == "Fp32LayerNorm"]
     assert len(norms) == 1 + 2 * TINY["num_hidden_layers"]  # embeddings + 2 per layer
     assert all(m.weight.dtype == torch.float32 for m in norms)
+    # the checkpoint's FP32 values, not FP16-rounded ones (which would compute exactly what fp16 does)
+    import copy
+
+    model = copy.deepcopy(tiny_model)  # module-scoped: the other tests keep theirs
+    originals = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    with torch.no_grad():
+        for m in originals:
+            m.weight.add_(torch.linspace(1e-4, 3e-4, m.weight.numel()))  # values FP16 cannot hold
+    converted = conv.convert(model, "hybrid", attention)
+    norms = [m for m in converted.modules() if type(m).__name__ == "Fp32LayerNorm"]
+    for norm, original in zip(norms, originals, strict=True):
+        assert torch.equal(norm.weight, original.weight) and torch.equal(norm.bias, original.bias)
+        assert not torch.equal(norm.weight, original.weight.half().float())
     assert converted.classifier.weight.dtype == torch.float16
     assert converted.config._attn_implementation == implementation
     x = torch.randn(2, 3, TINY["hidden_size"]).half()

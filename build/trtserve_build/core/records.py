@@ -17,7 +17,8 @@ from .files import write_text_atomic
 from .paths import MANIFEST_FILE
 
 ENGINE_RECORD_SCHEMA = 1
-TORCHSCRIPT_FORMAT_VERSION = 1
+#: 2: hybrid's FP32 LayerNorms carry the checkpoint's FP32 weights (1: FP16-rounded ones)
+TORCHSCRIPT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

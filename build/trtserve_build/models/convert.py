@@ -128,11 +128,16 @@ def convert(hf_model, precision: str, attention: str):
         return model.float()
     model.half()
     if precision == "hybrid":
+        # The FP32 LayerNorms take the checkpoint's FP32 weights (``hf_model``'s, by module name),
+        # not the FP16-rounded ones ``model.half()`` left: otherwise hybrid computed exactly what
+        # fp16 does (PyTorch's FP16 LayerNorm already reduces in FP32).
         Fp32LayerNorm = _fp32_layer_norm_class()
-        for parent in list(model.modules()):
+        originals = dict(hf_model.named_modules())
+        for parent_name, parent in list(model.named_modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.LayerNorm):
-                    setattr(parent, child_name, Fp32LayerNorm(child))
+                    source = originals[f"{parent_name}.{child_name}" if parent_name else child_name]
+                    setattr(parent, child_name, Fp32LayerNorm(source))
     return model
 
 
