@@ -5,11 +5,9 @@ windows by the fast tokenizer's overflow, exactly as the Hugging Face pipelines 
 
 - QA: ``[CLS] question [SEP] context-window [SEP]``, the context truncated ``only_second`` with
   ``doc_stride`` tokens of overlap (``QuestionAnsweringPipeline.preprocess`` on a fast
-  tokenizer). Questions stay whole, as the pipeline's fast tokenizer keeps them (its
-  ``max_question_len`` acts on slow tokenizers only), except one the pipeline cannot window: too
-  long to leave more than ``doc_stride`` tokens of context per window (the tokenizer fails there).
-  Such a question is cut to its first ``max_question_length`` tokens (as text, at the end of the
-  last kept token) instead of being rejected.
+  tokenizer). A question longer than ``max_question_length`` tokens is cut to its first
+  ``max_question_length`` tokens (as text, at the end of the last kept token) instead of being
+  rejected.
 - NER: ``[CLS] text-window [SEP]`` with ``stride`` tokens of overlap
   (``TokenClassificationPipeline`` with ``stride``); ``stride = 0`` keeps only the first window,
   as the pipeline does without ``stride``.
@@ -169,40 +167,25 @@ class WindowTokenizer:
                 raise InvalidTextError(f"{contract.CONTEXT}[{i}] is empty")
         return list(items)
 
-    def truncate_questions(self, questions: Sequence[str], contexts: Sequence[str] | None = None) -> list[str]:
-        """Questions cut to their first ``max_question_length`` tokens (as text); with ``contexts``,
-        only those the pipeline cannot window with their context (:meth:`pipeline_keeps_whole`)."""
+    def truncate_questions(self, questions: Sequence[str]) -> list[str]:
+        """Questions cut to their first ``max_question_length`` tokens (as text)."""
         limit = self.settings.max_question_length
         out = list(questions)
-        pending = list(range(len(out)))
-        for attempt in range(3):  # re-tokenizing a cut text can, rarely, add a token at the cut
-            encodings = self.question_tokenizer.encode_batch([out[i] for i in pending], add_special_tokens=False)
-            long = [(i, e) for i, e in zip(pending, encodings) if len(e.ids) > limit]
-            if attempt == 0 and contexts is not None:
-                long = [(i, e) for i, e in long if not self.pipeline_keeps_whole(out[i], contexts[i])]
+        for _ in range(3):  # re-tokenizing a cut text can, rarely, add a token at the cut
+            encodings = self.question_tokenizer.encode_batch(out, add_special_tokens=False)
+            long = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
             if not long:
                 return out
-            for i, e in long:
-                out[i] = out[i][:e.offsets[limit - 1][1]]
-            pending = [i for i, _ in long]
+            for i in long:
+                out[i] = out[i][:encodings[i].offsets[limit - 1][1]]
         raise InvalidTextError(f"{contract.QUESTION} could not be cut to {limit} tokens")
-
-    def pipeline_keeps_whole(self, question: str, context: str) -> bool:
-        """Whether the pipeline (a fast tokenizer: no question cut) windows the pair with the whole
-        question: the pair fits one window, or each window keeps more than ``stride`` context tokens
-        (else the tokenizer fails: "`stride` must be strictly less than `max_len`")."""
-        pair = self.question_tokenizer.encode(question, context)  # no truncation, special tokens added
-        if len(pair.ids) <= self.settings.max_length:
-            return True
-        context_tokens = sum(1 for s in pair.sequence_ids if s == 1)
-        return self.settings.max_length - (len(pair.ids) - context_tokens) > self.settings.stride
 
     def _windows(self, items: Sequence[Item]) -> list[list]:
         """The encodings (windows) of each item, first window first."""
         if not items:
             return []
         if self.task == contract.QUESTION_ANSWERING:
-            questions = self.truncate_questions([q for q, _ in items], [c for _, c in items])
+            questions = self.truncate_questions([q for q, _ in items])
             encodings = self.tokenizer.encode_batch(list(zip(questions, [c for _, c in items])))
             return [[e, *e.overflowing] for e in encodings]
         encodings = self.tokenizer.encode_batch(list(items))

@@ -72,11 +72,8 @@ def test_qa_word_alignment_spans_whole_words(tokenizer_file):
 
 
 def test_qa_long_question_is_cut_not_rejected(tokenizer_file):
-    """A question that leaves no more than doc_stride context tokens per window (the pipeline's
-    tokenizer fails on it) is cut to max_question_length tokens."""
     tok = qa_tokenizer(tokenizer_file, max_question_length=16)
-    question = " ".join(["why"] * 10 + ["is", "this", "extraordinarily", "long", "question", "asked", "here"] * 6)
-    assert not tok.pipeline_keeps_whole(question, LONG_CONTEXT)
+    question = " ".join(["why"] * 10 + ["is", "this", "extraordinarily", "long", "question", "asked", "here"] * 3)
     [cut] = tok.truncate_questions([question])
     full = tok.question_tokenizer.encode(question, add_special_tokens=False).ids
     assert question.startswith(cut) and len(cut) < len(question)
@@ -84,25 +81,6 @@ def test_qa_long_question_is_cut_not_rejected(tokenizer_file):
     [rows] = tok.encode_requests([[(question, LONG_CONTEXT)]])
     assert rows[contract.INPUT_IDS][0, 17] == 102  # [SEP] right after 16 question tokens
     assert tok.truncate_questions(["short one"]) == ["short one"]
-
-
-def test_qa_question_the_pipeline_windows_stays_whole(tokenizer_file):
-    """The pipeline's fast tokenizer never cuts a question (max_question_len acts on slow tokenizers
-    only): one longer than max_question_length that leaves more than doc_stride context tokens per
-    window, or whose pair fits one window, is served whole, as the pipeline answers it."""
-    tok = qa_tokenizer(tokenizer_file, max_length=64, stride=16, max_question_length=16)
-    question = " ".join(["why"] * 10 + ["is", "this", "long", "question", "asked", "here"] * 2)  # 22 tokens
-    q_ids = tok.question_tokenizer.encode(question, add_special_tokens=False).ids
-    assert 16 < len(q_ids) < 64 - 16 - 3
-    assert tok.truncate_questions([question], [LONG_CONTEXT]) == [question]
-    [rows] = tok.encode_requests([[(question, LONG_CONTEXT)]])
-    assert rows[contract.INPUT_IDS].shape[0] > 5
-    assert (rows[contract.INPUT_IDS][:, 1:1 + len(q_ids)] == q_ids).all()  # every window: the whole question
-    assert (rows[contract.INPUT_IDS][:, 1 + len(q_ids)] == 102).all()
-    # a question too long to window a long context, with a context short enough for one window
-    longer = " ".join(["why"] * 50)
-    assert not tok.pipeline_keeps_whole(longer, LONG_CONTEXT) and tok.pipeline_keeps_whole(longer, "Paris.")
-    assert tok.truncate_questions([longer, longer], ["Paris.", LONG_CONTEXT]) == [longer, " ".join(["why"] * 16)]
 
 
 def test_qa_empty_inputs_name_the_problem_and_spare_other_requests(tokenizer_file):
