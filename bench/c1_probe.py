@@ -30,18 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench import perf_analyzer  # noqa: E402
-from bench.bench_serving import REPO_ROOT, latency_summary, one_model_pipeline, onnxruntime_caller  # noqa: E402
+from bench.bench_serving import (REPO_ROOT, latency_summary, one_model_pipeline, onnxruntime_caller,  # noqa: E402
+                                 time_calls)
 
 PHASES = re.compile(r"sentiment phase times: (\d+) executions, us per execution: ([^\"\n]*)")
-
-
-def timed(call, texts) -> list[float]:
-    out = []
-    for text in texts:
-        start = time.perf_counter()
-        call(text)
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pipeline.clock = clock = PhaseClock()
 
-    def in_process(text: str):
-        return pipeline.run([[text]])
+    def in_process(text: str):  # the one model, its phase clock counting each call
+        clock.start()
+        pipeline.run([[text]])
+        clock.executions += 1
+
     log = work / "triton.log"
     floor_repo = write_floor_repository(repository, work / "floor_repository")
     rows: dict[str, list] = {k: [] for k in ("raw_ms", "one_model_ms", "served_async", "served_sync", "floor_async")}
@@ -82,19 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             EmbeddedServer(floor_repo, Ports.free(), log_path=work / "floor.log") as floor:
         server.wait_ready(180)
         floor.wait_ready(180)
-        timed(raw, texts[:20])  # warm-up
-        timed(in_process, texts[:20])
+        time_calls(raw, texts[:20])  # warm-up
+        time_calls(in_process, texts[:20])
         clock.seconds.clear()
         clock.executions = 0
         for r in range(args.rounds):
             chunk = texts[:args.requests]
-            rows["raw_ms"] += timed(raw, chunk)
-            for text in chunk:  # the one model with its clock
-                start = time.perf_counter()
-                clock.start()
-                in_process(text)
-                clock.executions += 1
-                rows["one_model_ms"].append((time.perf_counter() - start) * 1e3)
+            rows["raw_ms"] += time_calls(raw, chunk)
+            rows["one_model_ms"] += time_calls(in_process, chunk)
             for key, url, sync in (("served_async", server.grpc_url, False), ("served_sync", server.grpc_url, True),
                                    ("floor_async", floor.grpc_url, False)):
                 got = perf_analyzer.run("sentiment", url, 1, data, measurement_ms=3000, workdir=work, sync=sync)
