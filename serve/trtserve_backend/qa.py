@@ -133,15 +133,19 @@ def answers_for_item(logits: np.ndarray, spans: np.ndarray, lengths: np.ndarray,
             else Answer("", a["score"], -1, -1) for a in ranked]
 
 
+def ranked_answers(logits: np.ndarray, spans: np.ndarray, window_item: np.ndarray, texts: np.ndarray,
+                   settings: QASettings) -> list[list[Answer]]:
+    """The ranked answers (at most ``n_best``) of each item of one request (k window rows -> n lists)."""
+    lengths = window_lengths(spans)
+    return [answers_for_item(logits[rows], spans[rows], lengths[rows], context, settings)
+            for rows, context in zip(split_windows(window_item), item_texts(texts, window_item))]
+
+
 def answer_requests(logits: np.ndarray, spans: np.ndarray, window_item: np.ndarray, texts: np.ndarray,
                     settings: QASettings) -> list[Answer]:
     """The best answer of each item of one request (k window rows -> n answers)."""
-    lengths = window_lengths(spans)
-    best = []
-    for rows, context in zip(split_windows(window_item), item_texts(texts, window_item)):
-        ranked = answers_for_item(logits[rows], spans[rows], lengths[rows], context, settings)
-        best.append(ranked[0] if ranked else NO_ANSWER)
-    return best
+    return [ranked[0] if ranked else NO_ANSWER
+            for ranked in ranked_answers(logits, spans, window_item, texts, settings)]
 
 
 class QAPostprocess:

@@ -7,9 +7,16 @@ tokenizer and scored by the served postprocess (``trtserve_backend.steps.make_to
 ``make_step_postprocess``, with the parameters the generated configs carry), requests of
 :data:`REQUEST_ITEMS` items, every window one engine row, as Triton runs them. Only the executor
 differs between FP32 and the variant.
+
+QA answers are also ranked with a wider pool of spans per window (the pipeline's ``top_k =``
+:data:`TIE_POOL_TOP_K`): the served scoring keeps the best ``2 * n_best + 10`` spans of each
+window and adds the scores of spans with the same text, so a near-tie at that cut (12th against
+13th span) can move a whole answer; where the two precisions' answers differ but their
+wide-pool answers agree, the difference is that cut, not the precision (``pool_ties``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 import trtserve_contract as contract
+from trtserve_backend.qa import ranked_answers
 from trtserve_backend.steps import make_step_postprocess, make_tokenizer
 from trtserve_backend.windows import window_lengths
 
@@ -29,6 +37,8 @@ from ..stages.triton_config import postprocess_parameters, tokenizer_parameters
 
 #: Items per request: the rows of all their windows are one executor batch.
 REQUEST_ITEMS = 8
+#: QA: the answers of a wider span pool (see above) decide whether differing answers are a cut tie.
+TIE_POOL_TOP_K = 5
 
 
 @dataclass
@@ -39,6 +49,7 @@ class WindowedOutputs:
     answers: list[tuple[int, int, float]] | None  # QA: (START, END, SCORE) per item
     entities: list[list[dict]] | None  # NER: the ENTITIES list per item
     seconds: float
+    pooled: list[tuple[int, int]] | None = None  # QA: (START, END) per item with the wider span pool
 
 
 class WindowedRunner:
@@ -65,7 +76,7 @@ class WindowedRunner:
 
     def run(self, executor, requests: Sequence[dict[str, np.ndarray]]) -> WindowedOutputs:
         started = time.perf_counter()
-        logits, answers, entities = [], [], []
+        logits, answers, entities, pooled = [], [], [], []
         for rows in requests:
             raw = np.asarray(executor.infer({n: rows[n] for n in self.inputs})[0], dtype=np.float32)
             logits += [raw[k, :n] for k, n in enumerate(window_lengths(rows[contract.TOKEN_SPANS]))]
@@ -74,11 +85,19 @@ class WindowedRunner:
             if self.task == contract.QUESTION_ANSWERING:
                 answers += [(int(s), int(e), float(p)) for s, e, p in zip(
                     served[contract.START].ravel(), served[contract.END].ravel(), served[contract.SCORE].ravel())]
+                pooled += self._pooled(rows, raw)
             else:
                 entities += [json.loads(v) for v in served[contract.ENTITIES].ravel()]
         qa = self.task == contract.QUESTION_ANSWERING
         return WindowedOutputs(logits, answers if qa else None, None if qa else entities,
-                               round(time.perf_counter() - started, 2))
+                               round(time.perf_counter() - started, 2), pooled if qa else None)
+
+    def _pooled(self, rows: dict[str, np.ndarray], raw: np.ndarray) -> list[tuple[int, int]]:
+        settings = self.postprocess.settings
+        wide = dataclasses.replace(settings, n_best=max(settings.n_best, TIE_POOL_TOP_K))
+        ranked = ranked_answers(raw, rows[contract.TOKEN_SPANS], rows[contract.WINDOW_ITEM],
+                                rows[contract.ITEM_TEXT], wide)
+        return [(r[0].start, r[0].end) if r else (-1, -1) for r in ranked]
 
 
 def windowed_row(spec: DeploymentSpec, precision: str, executor_label: str, items: int,
@@ -86,7 +105,7 @@ def windowed_row(spec: DeploymentSpec, precision: str, executor_label: str, item
     """The report row of ``candidate`` against the FP32 ``reference`` (set ``real``)."""
     m = compare_token_logits(reference.logits, candidate.logits)
     if reference.answers is not None:
-        task = answer_agreement(reference.answers, candidate.answers)
+        task = answer_agreement(reference.answers, candidate.answers, reference.pooled, candidate.pooled)
     else:
         task = entity_agreement(reference.entities, candidate.entities)
     return Row(spec.name, precision, "real", executor_label, items, top1_agreement=None,

@@ -14,7 +14,8 @@ Question answering and token classification (the windowed tasks) run the served 
 instead (:mod:`trtserve_build.pipeline.windowed`): the shipped QA pairs and NER texts of the
 exactness tests, one engine row per window, the served postprocess. Their task metric against
 FP32: answer agreement (share of questions whose (START, END) equals FP32's, and the largest
-|SCORE| difference) and entity agreement (share of texts whose entity list, as (group, start,
+|SCORE| difference; the gate also counts "pool ties": answers that differ only through the
+served scoring's per-window span cut, i.e. agree when both rank a wider pool of spans) and entity agreement (share of texts whose entity list, as (group, start,
 end), equals FP32's, and entity-level F1 against FP32); beside it the raw per-token logits'
 cosine (per window, over its tokens), max abs error and NaN/Inf share.
 
@@ -63,7 +64,7 @@ from ..core.metrics import cosine_rows
 from ..core.spec import GateSpec
 
 VARIANT_PRECISIONS = TRANSFORMED_PRECISIONS
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2  # 2: QA rows count pool ties
 
 
 # =======================================================================================
@@ -97,6 +98,8 @@ class Row:
     max_score_diff: float | None = None
     #: NER: entity-level F1 against FP32's entities
     entity_f1: float | None = None
+    #: QA: questions whose answer differs from FP32's but agrees with a wider span pool (gated as agreeing)
+    pool_ties: int | None = None
 
 
 def top1(outputs: np.ndarray, task: str) -> np.ndarray:
@@ -154,17 +157,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict:
 Answer = tuple[int, int, float]
 
 
-def answer_agreement(reference: Sequence[Answer], candidate: Sequence[Answer]) -> dict:
-    """Share of questions whose (START, END) equals the reference's, and the largest |SCORE| difference
-    (non-finite scores count as infinitely far)."""
+def answer_agreement(reference: Sequence[Answer], candidate: Sequence[Answer],
+                     reference_pooled: Sequence[tuple[int, int]] | None = None,
+                     candidate_pooled: Sequence[tuple[int, int]] | None = None) -> dict:
+    """Share of questions whose (START, END) equals the reference's, the largest |SCORE| difference
+    (non-finite scores count as infinitely far) and, given both sides' (START, END) with a wider
+    span pool, the pool ties: questions whose answers differ but whose wide-pool answers agree."""
     if len(reference) != len(candidate):
         raise ValueError(f"{len(candidate)} answers against {len(reference)} reference answers")
     if not reference:
-        return {"task_agreement": None, "max_score_diff": None}
+        return {"task_agreement": None, "max_score_diff": None, "pool_ties": None}
     same = [(r[0], r[1]) == (c[0], c[1]) for r, c in zip(reference, candidate)]
     diffs = [abs(float(r[2]) - float(c[2])) for r, c in zip(reference, candidate)]
     diffs = [d if math.isfinite(d) else math.inf for d in diffs]
-    return {"task_agreement": sum(same) / len(same), "max_score_diff": max(diffs)}
+    ties = None
+    if reference_pooled is not None and candidate_pooled is not None:
+        ties = sum(not s and tuple(rp) == tuple(cp) for s, rp, cp in zip(same, reference_pooled, candidate_pooled))
+    return {"task_agreement": sum(same) / len(same), "max_score_diff": max(diffs), "pool_ties": ties}
 
 
 def entity_key(entity: dict) -> tuple:
@@ -233,11 +242,12 @@ def evaluate_gate(model: str, precision: str, rows: Sequence[Row], gate: GateSpe
                             f"(mean {_fmt(r.cosine_mean, 6)}, max |err| {_fmt(r.max_abs_error, 3)})")
         if gate.min_top1_agreement is not None and r.top1_agreement is not None and r.top1_agreement < gate.min_top1_agreement:
             failures.append(f"{where}: top-1 agreement {r.top1_agreement:.4f} < {gate.min_top1_agreement}")
-        if gate.min_answer_agreement is not None and r.max_score_diff is not None and r.task_agreement is not None \
-                and r.task_agreement < gate.min_answer_agreement:
-            failures.append(f"{where}: {r.task_agreement:.2%} of {r.texts} answers equal FP32's "
-                            f"< {gate.min_answer_agreement:.2%} (min_answer_agreement; max |SCORE diff| "
-                            f"{_fmt(r.max_score_diff, 4)})")
+        agreeing = None if r.task_agreement is None else r.task_agreement + (r.pool_ties or 0) / max(r.texts, 1)
+        if gate.min_answer_agreement is not None and r.max_score_diff is not None and agreeing is not None \
+                and agreeing < gate.min_answer_agreement:
+            failures.append(f"{where}: {agreeing:.2%} of {r.texts} answers agree with FP32's "
+                            f"< {gate.min_answer_agreement:.2%} (min_answer_agreement; {r.task_agreement:.2%} equal, "
+                            f"{r.pool_ties or 0} pool tie(s); max |SCORE diff| {_fmt(r.max_score_diff, 4)})")
         if gate.min_entity_f1 is not None and r.entity_f1 is not None and r.entity_f1 < gate.min_entity_f1:
             failures.append(f"{where}: entity F1 {r.entity_f1:.4f} against FP32 < {gate.min_entity_f1} "
                             f"(min_entity_f1; {_fmt(r.task_agreement, 4)} of {r.texts} entity lists equal FP32's)")
@@ -283,7 +293,8 @@ def row_line(r: Row) -> str:
     acc = "" if r.accuracy is None else f" acc {r.accuracy:.4f} (drop {r.accuracy_drop_points:.2f} pt)"
     if r.windows is not None:
         task = (f" entities agree {_fmt(r.task_agreement, 4)} F1 {_fmt(r.entity_f1, 4)}" if r.entity_f1 is not None
-                else f" answers agree {_fmt(r.task_agreement, 4)} max|dSCORE| {_fmt(r.max_score_diff, 4)}")
+                else f" answers agree {_fmt(r.task_agreement, 4)} (+{r.pool_ties or 0} pool ties) "
+                f"max|dSCORE| {_fmt(r.max_score_diff, 4)}")
         return (f"{r.model}/{r.precision}/{r.set}: {r.texts} items, {r.windows} windows:{task}; logits cos mean "
                 f"{_fmt(r.cosine_mean, 6)} min {_fmt(r.cosine_min, 6)} max|err| {_fmt(r.max_abs_error, 4)}"
                 f" nonfinite {r.nonfinite_fraction:.2%} [{r.executor}]")
@@ -343,11 +354,16 @@ def windowed_table(reports: Sequence[DeploymentReport]) -> list[str]:
         verdict = {g.precision: ("pass" if g.passed else "**FAIL**") for g in rep.gates}
         lines.append(
             f"| {r.model} | {r.precision} | {r.set} | {r.texts} | {r.windows} | "
-            f"{'n/a' if r.task_agreement is None else f'{r.task_agreement:.2%}'} | {_fmt(r.max_score_diff, 4)} | "
+            f"{'n/a' if r.task_agreement is None else f'{r.task_agreement:.2%}'}{_ties(r)} | "
+            f"{_fmt(r.max_score_diff, 4)} | "
             f"{_fmt(r.entity_f1, 4)} | {_fmt(r.cosine_mean, 6)} | {_fmt(r.cosine_min, 6)} | "
             f"{_fmt(r.max_abs_error, 4)} | {r.nonfinite_fraction:.1%} | {verdict.get(r.precision, 'reference')} | "
             f"{r.executor} |")
     return lines
+
+
+def _ties(r: Row) -> str:
+    return f" (+{r.pool_ties} pool tie{'s' * (r.pool_ties > 1)})" if r.pool_ties else ""
 
 
 def write_report(reports: Sequence[DeploymentReport], json_path: Path, md_path: Path | None) -> dict:
