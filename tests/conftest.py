@@ -117,8 +117,9 @@ def qa_ner_references(qa_checkpoint, ner_checkpoint, qa_pairs, ner_texts, qa_tok
     cases, names = [], []
     for case in QA_CASES:
         items = qa_case_items(case, qa_pairs)
-        # the served tokenizer cuts long questions to max_question_len tokens; the pipeline gets the cut text
-        questions = qa_tokenizers[case.name].truncate_questions([q for q, _ in items])
+        # the pipeline gets the questions the served tokenizer encodes: whole wherever the pipeline
+        # can window them (a cut question is one the pipeline's tokenizer would reject)
+        questions = qa_tokenizers[case.name].truncate_questions([q for q, _ in items], [c for _, c in items])
         cases.append({"task": "question-answering", "checkpoint": qa_checkpoint, "settings": case.pipeline_settings(),
                       "items": [{"question": q, "context": c} for q, (_, c) in zip(questions, items)]})
         names.append(case.name)

@@ -5,9 +5,11 @@ windows by the fast tokenizer's overflow, exactly as the Hugging Face pipelines 
 
 - QA: ``[CLS] question [SEP] context-window [SEP]``, the context truncated ``only_second`` with
   ``doc_stride`` tokens of overlap (``QuestionAnsweringPipeline.preprocess`` on a fast
-  tokenizer). A question longer than ``max_question_length`` tokens is cut to its first
-  ``max_question_length`` tokens (as text, at the end of the last kept token) instead of being
-  rejected.
+  tokenizer). The question stays whole, as the pipeline keeps it on a fast tokenizer (its
+  ``max_question_len`` acts on slow tokenizers only), unless the pipeline could not window it:
+  a question that leaves no more than ``doc_stride`` context tokens per window (where the
+  pipeline's tokenizer raises) is cut to its first ``max_question_length`` tokens (as text, at
+  the end of the last kept token) instead of being rejected.
 - NER: ``[CLS] text-window [SEP]`` with ``stride`` tokens of overlap
   (``TokenClassificationPipeline`` with ``stride``); ``stride = 0`` keeps only the first window,
   as the pipeline does without ``stride``.
@@ -48,7 +50,7 @@ class WindowSettings:
     pad_token_id: int
     #: Windows one request may need at most: the encoder's max batch size.
     max_windows: int
-    #: QA only: the question is cut to this many tokens.
+    #: QA only: a question the pipeline could not window is cut to this many tokens.
     max_question_length: int = 64
     #: QA only: answers extend to whole words (the pipeline's ``align_to_words``, default on).
     align_to_words: bool = True
@@ -167,17 +169,29 @@ class WindowTokenizer:
                 raise InvalidTextError(f"{contract.CONTEXT}[{i}] is empty")
         return list(items)
 
-    def truncate_questions(self, questions: Sequence[str]) -> list[str]:
-        """Questions cut to their first ``max_question_length`` tokens (as text)."""
+    def pipeline_keeps_whole(self, question: str, context: str) -> bool:
+        """Whether the pipeline windows ``context`` after the whole ``question``: the pair fits in
+        ``max_length`` tokens, or the question (with the special tokens) leaves more than
+        ``stride`` tokens of context per window (else the fast tokenizer's truncation raises)."""
+        pair = self.question_tokenizer.encode(question, context)
+        fixed = sum(1 for k in pair.sequence_ids if k != 1)  # question and special tokens
+        return len(pair.ids) <= self.settings.max_length or self.settings.max_length - fixed > self.settings.stride
+
+    def truncate_questions(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
+        """The questions as the encoder sees them: whole where :meth:`pipeline_keeps_whole`, else cut
+        to their first ``max_question_length`` tokens (as text)."""
         limit = self.settings.max_question_length
         out = list(questions)
+        encodings = self.question_tokenizer.encode_batch(out, add_special_tokens=False)
+        cut = [i for i, e in enumerate(encodings)
+               if len(e.ids) > limit and not self.pipeline_keeps_whole(out[i], contexts[i])]
         for _ in range(3):  # re-tokenizing a cut text can, rarely, add a token at the cut
-            encodings = self.question_tokenizer.encode_batch(out, add_special_tokens=False)
-            long = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
-            if not long:
+            if not cut:
                 return out
-            for i in long:
+            for i in cut:
                 out[i] = out[i][:encodings[i].offsets[limit - 1][1]]
+            encodings = self.question_tokenizer.encode_batch(out, add_special_tokens=False)
+            cut = [i for i in cut if len(encodings[i].ids) > limit]
         raise InvalidTextError(f"{contract.QUESTION} could not be cut to {limit} tokens")
 
     def _windows(self, items: Sequence[Item]) -> list[list]:
@@ -185,7 +199,7 @@ class WindowTokenizer:
         if not items:
             return []
         if self.task == contract.QUESTION_ANSWERING:
-            questions = self.truncate_questions([q for q, _ in items])
+            questions = self.truncate_questions([q for q, _ in items], [c for _, c in items])
             encodings = self.tokenizer.encode_batch(list(zip(questions, [c for _, c in items])))
             return [[e, *e.overflowing] for e in encodings]
         encodings = self.tokenizer.encode_batch(list(items))

@@ -71,16 +71,37 @@ def test_qa_word_alignment_spans_whole_words(tokenizer_file):
     assert len(pieces) > 4 and "".join(pieces) == "Unbelievablyoverwroughtmelodrama."
 
 
-def test_qa_long_question_is_cut_not_rejected(tokenizer_file):
-    tok = qa_tokenizer(tokenizer_file, max_question_length=16)
+def test_qa_long_question_stays_whole_where_the_pipeline_keeps_it(tokenizer_file):
+    """A fast tokenizer's pipeline never cuts the question (its max_question_len acts on slow
+    tokenizers only): a 31-token question over a 16-token limit leaves 30 > doc_stride 16
+    context tokens per 64-token window, so it is encoded whole."""
+    tok = qa_tokenizer(tokenizer_file, max_question_length=16, max_windows=256)
     question = " ".join(["why"] * 10 + ["is", "this", "extraordinarily", "long", "question", "asked", "here"] * 3)
-    [cut] = tok.truncate_questions([question])
+    n = len(tok.question_tokenizer.encode(question, add_special_tokens=False).ids)
+    assert 16 < n and 64 - n - 3 > 16
+    assert tok.pipeline_keeps_whole(question, LONG_CONTEXT)
+    assert tok.truncate_questions([question], [LONG_CONTEXT]) == [question]
+    [rows] = tok.encode_requests([[(question, LONG_CONTEXT)]])
+    assert rows[contract.INPUT_IDS][0, n + 1] == 102  # [SEP] right after the whole question
+    assert rows[contract.INPUT_IDS].shape[0] > 1  # and the context still windows
+
+
+def test_qa_question_the_pipeline_cannot_window_is_cut_not_rejected(tokenizer_file):
+    """A question leaving <= doc_stride context tokens per window makes the pipeline's tokenizer
+    raise; served, it is cut to its first max_question_length tokens instead. A pair that fits in
+    one window needs no truncation, so even that question stays whole with a short context."""
+    tok = qa_tokenizer(tokenizer_file, max_question_length=16)
+    question = " ".join(["why", "is", "this", "extraordinarily", "long", "question", "asked", "here"] * 5)
     full = tok.question_tokenizer.encode(question, add_special_tokens=False).ids
+    assert 64 - len(full) - 3 <= 16 and len(full) + 2 + 3 <= 64  # "Paris." is 2 tokens
+    assert not tok.pipeline_keeps_whole(question, LONG_CONTEXT)
+    [cut] = tok.truncate_questions([question], [LONG_CONTEXT])
     assert question.startswith(cut) and len(cut) < len(question)
     assert tok.question_tokenizer.encode(cut, add_special_tokens=False).ids == full[:16]
     [rows] = tok.encode_requests([[(question, LONG_CONTEXT)]])
     assert rows[contract.INPUT_IDS][0, 17] == 102  # [SEP] right after 16 question tokens
-    assert tok.truncate_questions(["short one"]) == ["short one"]
+    assert tok.truncate_questions([question], ["Paris."]) == [question]  # fits: no window, no cut
+    assert tok.truncate_questions(["short one"], [LONG_CONTEXT]) == ["short one"]
 
 
 def test_qa_empty_inputs_name_the_problem_and_spare_other_requests(tokenizer_file):
