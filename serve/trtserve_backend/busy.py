@@ -21,24 +21,21 @@ import contextlib
 import mmap
 import os
 import re
-import tempfile
 import time
 from typing import Iterator
 
 import numpy as np
 
+from trtserve_contract.boards import PREFIX, board_directory, board_path, remove_stale_boards
+
+__all__ = ["BUSY", "PREFIX", "QUIET_NS", "SLOTS", "BusyBoard", "board_directory", "remove_stale_boards", "slot_of"]
+
 #: Slots in one board: slot 0 is the preferred instance's, the pool's instances take 1.. (an
 #: instance index past the last slot shares one: the board only ever says "someone was busy").
 SLOTS = 64
-PREFIX = "trtserve-busy-"
 #: How long after another instance's execution ended the preferred one still counts it busy.
 QUIET_NS = 20_000_000
 BUSY = -1
-
-
-def board_directory() -> str:
-    """Shared memory where the host has it (/dev/shm), else the temporary directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 def slot_of(instance: str, hot: bool) -> int:
@@ -48,25 +45,6 @@ def slot_of(instance: str, hot: bool) -> int:
         return 0
     match = re.search(r"(\d+)$", instance)
     return 1 + (int(match.group(1)) if match else 0) % (SLOTS - 1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def remove_stale_boards(directory: str) -> None:
-    """Boards of servers that are gone (the file name carries the server's process id)."""
-    for name in os.listdir(directory):
-        match = re.match(re.escape(PREFIX) + r"(\d+)-", name)
-        if match and not _alive(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
 
 
 class BusyBoard:
@@ -96,8 +74,7 @@ class BusyBoard:
         directory = directory or board_directory()
         remove_stale_boards(directory)
         pid = os.getppid() if server_pid is None else server_pid
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
-        return cls(os.path.join(directory, f"{PREFIX}{pid}-{safe}"), slot_of(instance, hot))
+        return cls(board_path(directory, pid, model), slot_of(instance, hot))
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import trtserve_contract as contract
-from trtserve_backend.busy import board_directory, remove_stale_boards
+from trtserve_contract.boards import board_directory, remove_stale_boards
 
 from .deployments import TASK_INPUTS, Deployment, discover
 from .processes import release_regions, stubs_of
@@ -178,7 +178,7 @@ class EmbeddedServer:
     triton_root: Path | None = None
     #: the Python-backend stubs' shared-memory regions seen (at ready and at stop): unlinked once
     #: the server is gone, since tritonserver leaves them in /dev/shm when it is killed (with the
-    #: busy boards of servers that are gone, trtserve_backend.busy)
+    #: busy boards of servers that are gone, trtserve_contract.boards)
     _regions: set[str] = field(default_factory=set, repr=False, init=False)
 
     def command(self, install: TritonInstall) -> list[str]:

@@ -1,0 +1,44 @@
+"""Where the busy boards live and how they are named (:mod:`trtserve_backend.busy` writes them).
+
+One file per served model and server process, ``<board_directory>/trtserve-busy-<server pid>-<model>``,
+shared by the Python models that map it and the launcher that removes the boards of servers that
+are gone (``trtserve_server.embedded``). Standard library only: the server image carries the
+contract, not the backend (deploy/triton.cpu.Dockerfile).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+
+PREFIX = "trtserve-busy-"
+
+
+def board_directory() -> str:
+    """Shared memory where the host has it (/dev/shm), else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def board_path(directory: str, server_pid: int, model: str) -> str:
+    """The board of ``model`` in the server ``server_pid`` (the name made file-safe)."""
+    return os.path.join(directory, f"{PREFIX}{server_pid}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_boards(directory: str) -> None:
+    """Boards of servers that are gone (the file name carries the server's process id)."""
+    for name in os.listdir(directory):
+        match = re.match(re.escape(PREFIX) + r"(\d+)-", name)
+        if match and not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
