@@ -7,7 +7,11 @@ is built from the model's own config.pbtxt (what the served model's ``initialize
   * the raw engine on real texts at batch 1..64 (host inputs and outputs, as served): the engine
     texts/s that the served throughput is compared with;
   * one text through tokenizer -> engine -> postprocess (``Pipeline.run``), p50 and per stage:
-    what the served p50 at concurrency 1 is compared with.
+    what the served p50 at concurrency 1 is compared with;
+  * the same one text with an idle gap before each call (``--gaps-ms``, about what a served
+    request spends outside the model at concurrency 1), the caller sleeping or spinning through
+    the gap: whether the host makes code slower after its core idled (the served c=1 phases ran
+    1.5-2.3x slower than back to back in session 9), apart from anything Triton does.
 
 Run with the stub's environment (numpy < 2, torch, tokenizers): no transformers needed.
 """
@@ -59,7 +63,7 @@ def tokenizer_throughput(tok, texts: list[str], seconds: float) -> dict:
     return out
 
 
-def bench(pipeline: Pipeline, texts: list[str], seconds: float, quick: bool, sync) -> dict:
+def bench(pipeline: Pipeline, texts: list[str], seconds: float, quick: bool, sync, gaps_ms: list[float]) -> dict:
     tok, engine = pipeline.tokenizer, pipeline.engine
     key = tok.output_names[0]
     result: dict = {}
@@ -111,7 +115,30 @@ def bench(pipeline: Pipeline, texts: list[str], seconds: float, quick: bool, syn
             stage[k].append(v)
     result["pipeline_stages_p50_ms"] = {k: summary_ms(v)["p50_ms"] for k, v in stage.items()}
     log(f"one text in-process: {result['pipeline_one_text']['p50_ms']:.3f} ms p50; stages {result['pipeline_stages_p50_ms']}")
+    result["pipeline_one_text_after_gap"] = after_gaps(pipeline, texts[:(60 if quick else 400)], gaps_ms)
     return result
+
+
+def after_gaps(pipeline: Pipeline, texts: list[str], gaps_ms: list[float]) -> dict:
+    """``Pipeline.run`` of one text after an idle gap, the caller sleeping or spinning through it."""
+    out = {}
+    for gap in gaps_ms:
+        for how in ("sleep", "spin"):
+            samples = []
+            for i, text in enumerate(texts):
+                if how == "sleep":
+                    time.sleep(gap / 1000)
+                else:
+                    until = time.perf_counter() + gap / 1000
+                    while time.perf_counter() < until:
+                        pass
+                t0 = time.perf_counter()
+                pipeline.run([[text]])
+                if i >= 20:
+                    samples.append(time.perf_counter() - t0)
+            out[f"{how}_{gap:g}ms"] = summary_ms(samples)
+            log(f"one text after a {gap:g} ms gap ({how}): {out[f'{how}_{gap:g}ms']['p50_ms']:.3f} ms p50")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployments", default="sentiment,embed")
     parser.add_argument("--device", default="cuda:0", help="cpu: a dry run without a GPU (no CUDA graphs)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gaps-ms", default="1,5", help="idle gaps before one-text calls ('' for none)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
@@ -139,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         pipeline = Pipeline.from_config(cfg, str(repo / name / "1"), args.device)
         log(f"{name}: pipeline loaded (CUDA graphs captured) in {time.perf_counter() - started:.1f}s")
-        result["deployments"][name] = bench(pipeline, texts, 0.5 if args.quick else 1.5, args.quick, sync)
+        gaps = [float(g) for g in args.gaps_ms.split(",") if g]
+        result["deployments"][name] = bench(pipeline, texts, 0.5 if args.quick else 1.5, args.quick, sync, gaps)
         write_json(args.out, result)
         del pipeline
     return 0

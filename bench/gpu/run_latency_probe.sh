@@ -67,7 +67,7 @@ for name, d in r["deployments"].items():
     done
     echo; echo "## in-process (the same Pipeline, one text)"; echo '```'
     "$STUB_PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))["deployments"]["sentiment"]
-print(json.dumps({k: r.get(k) for k in ("pipeline_one_text", "pipeline_stages_p50_ms")}, indent=1))' "$PARTS/inprocess.json"
+print(json.dumps({k: r.get(k) for k in ("pipeline_one_text", "pipeline_stages_p50_ms", "pipeline_one_text_after_gap")}, indent=1))' "$PARTS/inprocess.json"
     echo '```'
 } > "$OUT/latency_probe.md" 2>&1
 cat "$OUT/latency_probe.md"
