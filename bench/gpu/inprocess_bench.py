@@ -95,13 +95,7 @@ def bench(pipeline: Pipeline, texts: list[str], seconds: float, quick: bool, syn
             f"p50 {result['engine'][str(batch)]['p50_ms']:.3f} ms")
 
     # One text end to end (the served model's code path for a one-request execution).
-    samples = []
-    for i, text in enumerate(texts[:(60 if quick else 1000)]):
-        t0 = time.perf_counter()
-        pipeline.run([[text]])
-        if i >= 20:
-            samples.append(time.perf_counter() - t0)
-    result["pipeline_one_text"] = summary_ms(samples)
+    result["pipeline_one_text"] = one_text(pipeline, texts[:(60 if quick else 1000)])
     stage = {"tokenize": [], "engine": [], "postprocess": []}
     for text in texts[:(30 if quick else 300)]:
         t0 = time.perf_counter()
@@ -119,25 +113,33 @@ def bench(pipeline: Pipeline, texts: list[str], seconds: float, quick: bool, syn
     return result
 
 
+def one_text(pipeline: Pipeline, texts: list[str], pause=None) -> dict:
+    """``Pipeline.run`` of one text at a time (``pause()`` before each call), the first 20 as warm-up."""
+    samples = []
+    for i, text in enumerate(texts):
+        if pause is not None:
+            pause()
+        t0 = time.perf_counter()
+        pipeline.run([[text]])
+        if i >= 20:
+            samples.append(time.perf_counter() - t0)
+    return summary_ms(samples)
+
+
+def spin(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
 def after_gaps(pipeline: Pipeline, texts: list[str], gaps_ms: list[float]) -> dict:
-    """``Pipeline.run`` of one text after an idle gap, the caller sleeping or spinning through it."""
+    """:func:`one_text` after an idle gap, the caller sleeping or spinning through it."""
     out = {}
     for gap in gaps_ms:
-        for how in ("sleep", "spin"):
-            samples = []
-            for i, text in enumerate(texts):
-                if how == "sleep":
-                    time.sleep(gap / 1000)
-                else:
-                    until = time.perf_counter() + gap / 1000
-                    while time.perf_counter() < until:
-                        pass
-                t0 = time.perf_counter()
-                pipeline.run([[text]])
-                if i >= 20:
-                    samples.append(time.perf_counter() - t0)
-            out[f"{how}_{gap:g}ms"] = summary_ms(samples)
-            log(f"one text after a {gap:g} ms gap ({how}): {out[f'{how}_{gap:g}ms']['p50_ms']:.3f} ms p50")
+        for how, wait in (("sleep", time.sleep), ("spin", spin)):
+            key = f"{how}_{gap:g}ms"
+            out[key] = one_text(pipeline, texts, lambda: wait(gap / 1000))
+            log(f"one text after a {gap:g} ms gap ({how}): {out[key]['p50_ms']:.3f} ms p50")
     return out
 
 

@@ -300,6 +300,7 @@ def test_pool_ties_are_differing_answers_that_agree_with_a_wider_span_pool():
     assert answer_agreement(reference[1:2], candidate[1:2], [(0, 5)], [(9, 9)])["pool_ties"] == 0
     gate = GateSpec(min_answer_agreement=0.75)
     tied = row(precision="fp16", texts=4, windows=4, max_score_diff=m["max_score_diff"], task_agreement=0.5, pool_ties=1)
+    assert tied.answers_agreeing == 0.75
     assert evaluate_gate("qa", "fp16", [tied], gate).passed  # 2 equal + 1 tie of 4 = 75%
     untied = row(precision="fp16", texts=4, windows=4, max_score_diff=0.0, task_agreement=0.5, pool_ties=0)
     assert not evaluate_gate("qa", "fp16", [untied], gate).passed

@@ -63,6 +63,9 @@ class WindowedRunner:
         self.output = manifest.output
         self.tokenizer = make_tokenizer(tokenizer_parameters(spec, manifest), folder, self.inputs)
         self.postprocess = make_step_postprocess(postprocess_parameters(spec), folder)
+        if self.task == contract.QUESTION_ANSWERING:
+            served = self.postprocess.settings
+            self.wide_pool = dataclasses.replace(served, n_best=max(served.n_best, TIE_POOL_TOP_K))
 
     def requests(self, items: Sequence) -> list[dict[str, np.ndarray]]:
         """The tokenizer's rows of each request of :data:`REQUEST_ITEMS` items (errors raised)."""
@@ -93,10 +96,8 @@ class WindowedRunner:
                                round(time.perf_counter() - started, 2), pooled if qa else None)
 
     def _pooled(self, rows: dict[str, np.ndarray], raw: np.ndarray) -> list[tuple[int, int]]:
-        settings = self.postprocess.settings
-        wide = dataclasses.replace(settings, n_best=max(settings.n_best, TIE_POOL_TOP_K))
         ranked = ranked_answers(raw, rows[contract.TOKEN_SPANS], rows[contract.WINDOW_ITEM],
-                                rows[contract.ITEM_TEXT], wide)
+                                rows[contract.ITEM_TEXT], self.wide_pool)
         return [(r[0].start, r[0].end) if r else (-1, -1) for r in ranked]
 
 

@@ -15,9 +15,10 @@ instead (:mod:`trtserve_build.pipeline.windowed`): the shipped QA pairs and NER 
 exactness tests, one engine row per window, the served postprocess. Their task metric against
 FP32: answer agreement (share of questions whose (START, END) equals FP32's, and the largest
 |SCORE| difference; the gate also counts "pool ties": answers that differ only through the
-served scoring's per-window span cut, i.e. agree when both rank a wider pool of spans) and entity agreement (share of texts whose entity list, as (group, start,
-end), equals FP32's, and entity-level F1 against FP32); beside it the raw per-token logits'
-cosine (per window, over its tokens), max abs error and NaN/Inf share.
+served scoring's per-window span cut, i.e. agree when both rank a wider pool of spans) and
+entity agreement (share of texts whose entity list, as (group, start, end), equals FP32's, and
+entity-level F1 against FP32); beside it the raw per-token logits' cosine (per window, over its
+tokens), max abs error and NaN/Inf share.
 
 Gates per precision come from the spec (``[precision.gates.<precision>]``, defaults in
 ``spec.DEFAULT_GATES``); a failed gate raises :class:`NonFiniteOutputError` or
@@ -101,6 +102,12 @@ class Row:
     #: QA: questions whose answer differs from FP32's but agrees with a wider span pool (gated as agreeing)
     pool_ties: int | None = None
 
+    @property
+    def answers_agreeing(self) -> float | None:
+        """QA: the share the answer gate reads, answers equal to FP32's plus pool ties."""
+        tied = (self.pool_ties or 0) / max(self.texts, 1)
+        return None if self.task_agreement is None else self.task_agreement + tied
+
 
 def top1(outputs: np.ndarray, task: str) -> np.ndarray:
     """argmax for classifiers; for embeddings the index of the nearest other output (cosine)."""
@@ -170,9 +177,8 @@ def answer_agreement(reference: Sequence[Answer], candidate: Sequence[Answer],
     same = [(r[0], r[1]) == (c[0], c[1]) for r, c in zip(reference, candidate)]
     diffs = [abs(float(r[2]) - float(c[2])) for r, c in zip(reference, candidate)]
     diffs = [d if math.isfinite(d) else math.inf for d in diffs]
-    ties = None
-    if reference_pooled is not None and candidate_pooled is not None:
-        ties = sum(not s and tuple(rp) == tuple(cp) for s, rp, cp in zip(same, reference_pooled, candidate_pooled))
+    ties = None if reference_pooled is None or candidate_pooled is None else sum(
+        not s and tuple(rp) == tuple(cp) for s, rp, cp in zip(same, reference_pooled, candidate_pooled))
     return {"task_agreement": sum(same) / len(same), "max_score_diff": max(diffs), "pool_ties": ties}
 
 
@@ -242,10 +248,9 @@ def evaluate_gate(model: str, precision: str, rows: Sequence[Row], gate: GateSpe
                             f"(mean {_fmt(r.cosine_mean, 6)}, max |err| {_fmt(r.max_abs_error, 3)})")
         if gate.min_top1_agreement is not None and r.top1_agreement is not None and r.top1_agreement < gate.min_top1_agreement:
             failures.append(f"{where}: top-1 agreement {r.top1_agreement:.4f} < {gate.min_top1_agreement}")
-        agreeing = None if r.task_agreement is None else r.task_agreement + (r.pool_ties or 0) / max(r.texts, 1)
-        if gate.min_answer_agreement is not None and r.max_score_diff is not None and agreeing is not None \
-                and agreeing < gate.min_answer_agreement:
-            failures.append(f"{where}: {agreeing:.2%} of {r.texts} answers agree with FP32's "
+        if gate.min_answer_agreement is not None and r.max_score_diff is not None and r.answers_agreeing is not None \
+                and r.answers_agreeing < gate.min_answer_agreement:
+            failures.append(f"{where}: {r.answers_agreeing:.2%} of {r.texts} answers agree with FP32's "
                             f"< {gate.min_answer_agreement:.2%} (min_answer_agreement; {r.task_agreement:.2%} equal, "
                             f"{r.pool_ties or 0} pool tie(s); max |SCORE diff| {_fmt(r.max_score_diff, 4)})")
         if gate.min_entity_f1 is not None and r.entity_f1 is not None and r.entity_f1 < gate.min_entity_f1:
@@ -293,8 +298,7 @@ def row_line(r: Row) -> str:
     acc = "" if r.accuracy is None else f" acc {r.accuracy:.4f} (drop {r.accuracy_drop_points:.2f} pt)"
     if r.windows is not None:
         task = (f" entities agree {_fmt(r.task_agreement, 4)} F1 {_fmt(r.entity_f1, 4)}" if r.entity_f1 is not None
-                else f" answers agree {_fmt(r.task_agreement, 4)} (+{r.pool_ties or 0} pool ties) "
-                f"max|dSCORE| {_fmt(r.max_score_diff, 4)}")
+                else f" answers agree {_fmt(r.task_agreement, 4)}{_ties(r)} max|dSCORE| {_fmt(r.max_score_diff, 4)}")
         return (f"{r.model}/{r.precision}/{r.set}: {r.texts} items, {r.windows} windows:{task}; logits cos mean "
                 f"{_fmt(r.cosine_mean, 6)} min {_fmt(r.cosine_min, 6)} max|err| {_fmt(r.max_abs_error, 4)}"
                 f" nonfinite {r.nonfinite_fraction:.2%} [{r.executor}]")
