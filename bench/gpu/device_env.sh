@@ -74,6 +74,13 @@ setup_perf_analyzer() {
     log "perf_analyzer: $("$PERF_ANALYZER" --version 2>&1 | head -1)"
 }
 
+# build_served_sentiment: the `sentiment` gpu_torch repository alone (no floors) in $WORK/repository,
+# as `make gpu-bench` builds it: the served model of the A/B scripts (run_hot_ab, run_sync_ab, run_idle_ab).
+build_served_sentiment() {
+    step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
+        --out "$PARTS/build_served.json" --skip-cpu-trace --no-floors --deployments sentiment
+}
+
 # ab_rows ARM...: the table of an interleaved A/B script (run_hot_ab, run_sync_ab, run_respond_ab):
 # one line per perf_analyzer sweep row of each $PARTS/<arm>_<round>.json (pa_bench.py --out), for
 # the first deployment in it.

@@ -15,8 +15,7 @@ cd "$(dirname "$0")/../.."
 WORK=${WORK:-/tmp/trtserve-gpu}
 source bench/gpu/device_env.sh
 setup_perf_analyzer
-step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
-    --out "$PARTS/build_served.json" --skip-cpu-trace --no-floors --deployments sentiment || exit 1
+build_served_sentiment || exit 1
 PA=("$STUB_PY" bench/gpu/pa_bench.py --texts "$DEV/data/texts.txt" --repository "$WORK/repository" --no-check
     --deployments sentiment --concurrency "${AB_CONCURRENCY:-1,16,512}" --measurement-ms 3000)
 export TRTSERVE_PHASE_TIMES=1

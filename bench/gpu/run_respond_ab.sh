@@ -14,8 +14,7 @@ WORK=${WORK:-/tmp/trtserve-gpu}
 OLD_BACKEND=${OLD_BACKEND:-.device/old_backend}
 source bench/gpu/device_env.sh
 setup_perf_analyzer
-step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
-    --out "$PARTS/build_served.json" --skip-cpu-trace --no-floors --deployments sentiment || exit 1
+build_served_sentiment || exit 1
 cp -r "$WORK/repository" "$WORK/repository_old"
 for version in "$WORK"/repository_old/*/1; do
     [ -d "$version/trtserve_backend" ] || continue

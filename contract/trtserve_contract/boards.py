@@ -1,6 +1,7 @@
 """Where the busy boards live and how they are named (:mod:`trtserve_backend.busy` writes them).
 
-One file per served model and server process, ``<board_directory>/trtserve-busy-<server pid>-<model>``,
+One file per served model and server process, ``<board_directory>/trtserve-busy-<server pid>-<model>``
+(and one activity stamp per server, model name :data:`ACTIVITY`),
 shared by the Python models that map it and the launcher that removes the boards of servers that
 are gone (``trtserve_server.embedded``). Standard library only: the server image carries the
 contract, not the backend (deploy/triton.cpu.Dockerfile).
@@ -13,6 +14,9 @@ import re
 import tempfile
 
 PREFIX = "trtserve-busy-"
+#: The board name of a server's activity stamp (trtserve_backend.idle_poll: when any of its
+#: Python models last executed), beside the models' busy boards (deployment names are identifiers).
+ACTIVITY = ".activity"
 
 
 def board_directory() -> str:

@@ -275,3 +275,6 @@ class PipelineParameters(ModelParameters):
     #: Tokenizer outputs the postprocess reads beside the encoder output (the windowed tasks:
     #: token spans, window -> item, item texts; NER also the token ids), as the ensemble wires them.
     side_inputs: tuple[str, ...] = field(default=(), metadata={OMIT_EMPTY: True})
+    #: Keep the host's cores from halting while the server executed within this many ms
+    #: (trtserve_backend.idle_poll; 0 = off).
+    idle_poll_ms: int = field(default=0, metadata={OMIT_EMPTY: True})

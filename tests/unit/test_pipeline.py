@@ -362,3 +362,45 @@ def test_one_model_answers_windowed_tasks_like_the_three_steps(request, fake_pb_
     if spec.task == contract.QUESTION_ANSWERING:  # the long context really spans several windows
         rows = served.pipeline.tokenizer.encode_requests([items[0]])[0]
         assert rows[contract.INPUT_IDS].shape[0] > 1
+
+
+def test_idle_poll_ms_makes_the_first_instance_poll_and_every_instance_stamp(fake_pb_utils, tmp_path, sentiment_spec,
+                                                                            monkeypatch):
+    """idle_poll_ms (issue 13, trtserve_backend/idle_poll.py) travels through config.pbtxt; the first
+    instance of the server to load polls every core, later ones only stamp their executions, and
+    finalize stops the pollers. Off (the default), the model makes no stamp file at all."""
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    from .test_triton_config import with_engine
+
+    monkeypatch.setattr("trtserve_contract.boards.board_directory", lambda: str(tmp_path))
+    monkeypatch.setattr("trtserve_backend.idle_poll.board_directory", lambda: str(tmp_path))
+    args, cfg, _ = _deployment(sentiment_spec, tmp_path)
+    assert "idle_poll_ms" not in cfg.parameters
+    plain = TritonPythonModel()
+    plain.initialize(args)
+    assert plain.activity is None and plain.poller is None
+    plain.execute([text_request(["a"])])
+    assert not list(tmp_path.glob("trtserve-busy-*"))
+
+    # the spec allows it for the torch engine only (core.instances); the model's code is the same
+    spec = with_engine(sentiment_spec, "cpu", idle_poll_ms=15)
+    (tmp_path / "polled").mkdir()
+    args, cfg, _ = _deployment(spec, tmp_path / "polled")
+    assert cfg.parameters["idle_poll_ms"] == "15"
+    first, second = TritonPythonModel(), TritonPythonModel()
+    first.initialize({**args, "model_instance_name": "sentiment_hot_0"})
+    second.initialize({**args, "model_instance_name": "sentiment_pool_0"})
+    try:
+        assert first.poller.polling and not second.poller.polling
+        assert len(first.poller.children) == len(os.sched_getaffinity(0))
+        assert ("info", f"sentiment_hot_0: polling {len(os.sched_getaffinity(0))} cores while the server executed "
+                "within 15 ms") in fake_pb_utils.Logger.messages
+        before = first.activity.last_ns()
+        second.execute([text_request(["a"])])
+        assert first.activity.last_ns() > before  # one stamp per server
+    finally:
+        children = list(first.poller.children)
+        first.finalize()
+        second.finalize()
+    assert first.poller.children == [] and not any(Path(f"/proc/{c}/stat").exists() for c in children)

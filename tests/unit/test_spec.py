@@ -63,6 +63,11 @@ def test_unknown_keys_are_rejected():
          r"hot_thread_spinning must be true, false or \"auto\""),
         (lambda r: r["engine"]["cpu"].update(solo_intra_op_threads=-2), "solo_intra_op_threads must be >= 0"),
         (lambda r: r["engine"]["gpu"].update(topology="single"), "topology \"single\" needs an engine that runs in"),
+        (lambda r: r["engine"]["gpu_torch"].update(idle_poll_ms=-1), "idle_poll_ms must be an integer >= 0"),
+        (lambda r: r["engine"]["gpu_torch"].update(idle_poll_ms=True), "idle_poll_ms must be an integer >= 0"),
+        (lambda r: r["engine"]["gpu"].update(idle_poll_ms=20), "idle_poll_ms applies to backend \"torch\" served as"),
+        (lambda r: r["engine"]["cpu"].update(idle_poll_ms=20), r"idle_poll_ms .* backend 'onnxruntime', topology 'single'"),
+        (lambda r: r["engine"]["gpu_torch"].update(idle_poll_ms=20, topology="ensemble"), "topology 'ensemble'"),
     ],
 )
 def test_invalid_specs_name_the_problem(mutate, message):
@@ -101,9 +106,10 @@ def test_fingerprint_tracks_content(embed_spec):
     # max_request_texts, issue 15, and with the engine sections' topology and "auto" instances,
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
     # 14, and with the engine sections' thread_spinning and engine_format, issue 13, and with their
-    # hot_intra_op_threads / hot_thread_spinning, and with solo_intra_op_threads, issue 13: it keys
-    # the generated repository; the "model" key above, which keys training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "ebb5c9d33758b0e3"
+    # hot_intra_op_threads / hot_thread_spinning, and with solo_intra_op_threads, and with
+    # idle_poll_ms, issue 13: it keys the generated repository; the "model" key above, which keys
+    # training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "f9c7dd5a6088817e"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7

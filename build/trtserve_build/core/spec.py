@@ -115,6 +115,10 @@ class EngineSpec:
     cuda_graphs: bool = True
     #: torch backend: captured batch sizes (empty = powers of two up to max_batch_size).
     cuda_graph_batch_sizes: tuple[int, ...] = ()
+    #: The one model (single topology): keep the host's cores from halting while a request
+    #: executed within this many ms (SCHED_IDLE polling processes, trtserve_backend.idle_poll;
+    #: 0 = off). For GPU engines on virtual machines whose kernel does not poll before halting.
+    idle_poll_ms: int = 0
 
 
 @dataclass(frozen=True)

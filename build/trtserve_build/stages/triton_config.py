@@ -304,7 +304,8 @@ def pipeline_config(spec: DeploymentSpec, manifest: ExportManifest, variant: str
                    postprocess_parameters(spec),
                    PipelineParameters(engine_backend=engine.backend,
                                       encoder_inputs=tuple(d.name for d in encoder_input_decls(manifest)),
-                                      encoder_output=encoder_out.name, side_inputs=side)):
+                                      encoder_output=encoder_out.name, side_inputs=side,
+                                      idle_poll_ms=engine.idle_poll_ms)):
         _parameters(config, params)
     return config
 

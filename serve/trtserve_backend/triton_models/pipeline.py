@@ -10,6 +10,7 @@ import os
 import triton_python_backend_utils as pb_utils
 
 from trtserve_backend.busy import BusyBoard
+from trtserve_backend.idle_poll import ActivityStamp, IdlePoller
 from trtserve_backend.limits import RequestLimits
 from trtserve_backend.model_config import PythonModelConfig
 from trtserve_backend.parameters import (OrtEncoderParameters, PipelineParameters, TokenizerParameters,
@@ -24,9 +25,20 @@ class TritonPythonModel:
     def initialize(self, args):
         cfg = PythonModelConfig.from_args(args)
         self.input_names = [t.name for t in cfg.inputs]
-        backend = PipelineParameters.from_config(cfg).engine_backend
-        device = instance_device(args) if backend == "torch" else "cpu"
+        params = PipelineParameters.from_config(cfg)
+        backend = params.engine_backend
         instance = args.get("model_instance_name", "")
+        #: idle_poll_ms: when this server last executed (every instance stamps it), and the first
+        #: instance to ask polls the host's cores while it is recent (one poller per server),
+        #: forked before the engine loads (nothing of CUDA in the pollers).
+        #: TRTSERVE_ACTIVITY_STAMP: the stamp alone (bench/idle_ab.py hosts the poller itself).
+        stamp = params.idle_poll_ms or os.environ.get("TRTSERVE_ACTIVITY_STAMP")
+        self.activity = ActivityStamp.for_server() if stamp else None
+        self.poller = IdlePoller(self.activity, params.idle_poll_ms) if params.idle_poll_ms else None
+        if self.poller is not None and self.poller.polling:
+            pb_utils.Logger.log_info(f"{instance}: polling {len(self.poller.children)} cores while the server "
+                                     f"executed within {params.idle_poll_ms} ms")
+        device = instance_device(args) if backend == "torch" else "cpu"
         hot = is_hot_instance(instance, cfg.name)
         #: every instance flags its executions where the preferred one runs alone on more threads
         self.board = (BusyBoard.for_instance(cfg.name, instance, hot) if backend == "onnxruntime"
@@ -44,6 +56,15 @@ class TritonPythonModel:
             self.pipeline.clock = PhaseClock()
 
     def execute(self, requests):
+        if self.activity is None:
+            return self._execute_board(requests)
+        self.activity.touch()
+        try:
+            return self._execute_board(requests)
+        finally:
+            self.activity.touch()
+
+    def _execute_board(self, requests):
         if self.board is None:
             return self._execute(requests)
         with self.board.busy():
@@ -78,6 +99,10 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        if self.poller is not None:
+            self.poller.close()
+        if self.activity is not None:
+            self.activity.close()
         if self.board is not None:
             self.board.close()
         engine = self.pipeline.engine
