@@ -33,8 +33,8 @@ VARIANT = "gpu_torch"
 
 
 def with_engine(spec, **changes):
-    """``spec`` with its gpu_torch engine section changed (``topology``, ``engine_format``: the A/Bs
-    against the default)."""
+    """``spec`` with its gpu_torch engine section changed (``topology``, ``engine_format``,
+    ``idle_poll_ms``: the A/Bs against the default)."""
     import dataclasses
 
     engines = dict(spec.engines)
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="override the spec's gpu_torch precision (fp32 for a fast CPU dry run)")
     parser.add_argument("--engine-format", choices=("torchscript", "fused", "aoti"), help="override the spec's "
                         "gpu_torch engine_format (the A/B of the fused encoder against the traced HF modules)")
+    parser.add_argument("--idle-poll-ms", type=int, help="override the spec's gpu_torch idle_poll_ms (the opt-in "
+                        "pollers, trtserve_backend/idle_poll.py)")
     args = parser.parse_args(argv)
 
     data, work = Path(args.data), Path(args.work)
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = with_precision(spec, VARIANT, args.precision)
         if args.engine_format:
             spec = with_engine(spec, engine_format=args.engine_format)
+        if args.idle_poll_ms is not None:
+            spec = with_engine(spec, idle_poll_ms=args.idle_poll_ms)
         engine = spec.engine(VARIANT)
         manifest = ExportManifest.read(export_dir(spec))
         model = random_task_model(data / "sentiment_config.json", spec.task, seed=args.seed,

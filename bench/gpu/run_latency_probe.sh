@@ -14,7 +14,8 @@
 #      between 8 contexts), started as a user-space daemon (nvidia-cuda-mps-control, if the
 #      machine has it; GPU settings untouched) and quit at the end; plus c=256,512 with and without;
 #   5. the phase lines and the rows into $OUT/latency_probe.md.
-# Prepare: `make gpu-pack`; device tool, carry .device:  [MPS_AB=1] [ENGINE_FORMAT=torchscript|fused] bash bench/gpu/run_latency_probe.sh
+# Prepare: `make gpu-pack`; device tool, carry .device:
+#   [MPS_AB=1] [ENGINE_FORMAT=torchscript|fused] [IDLE_POLL_MS=20] bash bench/gpu/run_latency_probe.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${WORK:-/tmp/trtserve-gpu}
@@ -22,7 +23,8 @@ INSTANCES=${INSTANCES:-8 1}
 source bench/gpu/device_env.sh
 setup_perf_analyzer
 step build_served 100 "${IMG[@]}" bench/gpu/build_served.py --data "$DEV/data" --work "$WORK" \
-    --out "$PARTS/build_served.json" --skip-cpu-trace ${ENGINE_FORMAT:+--engine-format "$ENGINE_FORMAT"} || exit 1
+    --out "$PARTS/build_served.json" --skip-cpu-trace ${ENGINE_FORMAT:+--engine-format "$ENGINE_FORMAT"} \
+    ${IDLE_POLL_MS:+--idle-poll-ms "$IDLE_POLL_MS"} || exit 1
 step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \
     --texts "$DEV/data/texts.txt" --out "$PARTS/inprocess.json"
 export TRTSERVE_PHASE_TIMES=1

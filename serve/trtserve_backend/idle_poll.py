@@ -157,6 +157,8 @@ def _poll(stamp: ActivityStamp, cpu: int, window_ns: int, parent: int) -> None:
             continue
         time.sleep(sleep)  # no traffic for the window: sleep, backing off
         sleep = min(sleep * 2, MAX_SLEEP_S)
+        if os.getppid() != parent:  # a second guard beside the death signal
+            return
 
 
 def _timed(turns) -> int:
