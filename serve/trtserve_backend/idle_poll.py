@@ -138,6 +138,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _poll(stamp: ActivityStamp, cpu: int, window_ns: int, parent: int) -> None:
     _die_with_parent(parent)
+    # A forked poller keeps the stub's command line: out of the server's process group, so that
+    # whatever finds the stubs by group (trtserve_server.processes.stubs_of, the supervisor) does
+    # not take a poller for one. It still dies with its stub (the death signal).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

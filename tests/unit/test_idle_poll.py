@@ -58,6 +58,7 @@ def test_pollers_spin_at_idle_priority_only_while_the_server_is_active(stamp):
         (child,) = poller.children
         assert wait_for(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE)
         assert os.sched_getaffinity(child) == {min(os.sched_getaffinity(0))}
+        assert wait_for(lambda: os.getpgid(child) == child)  # out of the server's group: not a "stub"
         idle = cpu_seconds(child)
         time.sleep(0.5)  # never stamped: it sleeps (backoff up to 50 ms)
         assert cpu_seconds(child) - idle < 0.1
