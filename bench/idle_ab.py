@@ -47,8 +47,6 @@ sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract"), str(ROOT)]
 from bench import perf_analyzer  # noqa: E402
 
 CONDITIONS = ("quiet", "smi", "idlespin", "qos", "pin", "qos+pin", "poll")
-#: ``poll``'s window (ms): --poll-ms
-POLL_MS = [20]
 _SPIN = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); os.sched_setaffinity(0, {%d})\nwhile True: pass"
 
 
@@ -142,11 +140,11 @@ def pinned(pid: int):
 
 
 @contextlib.contextmanager
-def idle_poller(server_pid: int):
+def idle_poller(server_pid: int, window_ms: float):
     from trtserve_backend.idle_poll import ActivityStamp, IdlePoller
 
     stamp = ActivityStamp.for_server(server_pid)
-    poller = IdlePoller(stamp, POLL_MS[0])
+    poller = IdlePoller(stamp, window_ms)
     try:
         if not poller.polling:
             raise RuntimeError("the server's own models poll already (idle_poll_ms in the repository)")
@@ -156,13 +154,14 @@ def idle_poller(server_pid: int):
         stamp.close()
 
 
-def condition(name: str, server_pid: int, deployment: str):
-    """The context manager of condition ``name``; ``a+b``: both at once."""
+def condition(name: str, server_pid: int, deployment: str, poll_ms: float = 20):
+    """The context manager of condition ``name``; ``a+b``: both at once; ``poll_ms``: the window
+    of ``poll``."""
     if "+" in name:
         stack = contextlib.ExitStack()
         try:
             for part in name.split("+"):
-                stack.enter_context(condition(part, server_pid, deployment))
+                stack.enter_context(condition(part, server_pid, deployment, poll_ms))
         except BaseException:
             stack.close()
             raise
@@ -178,7 +177,7 @@ def condition(name: str, server_pid: int, deployment: str):
     if name == "pin":
         return pinned(hot_stub(server_pid, deployment))
     if name == "poll":
-        return idle_poller(server_pid)
+        return idle_poller(server_pid, poll_ms)
     raise ValueError(f"condition {name!r}; known: {CONDITIONS}")
 
 
@@ -205,12 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1", help="comma-separated client counts, each condition")
-    parser.add_argument("--poll-ms", type=int, default=POLL_MS[0], help="the poll condition's window")
+    parser.add_argument("--poll-ms", type=int, default=20, help="the poll condition's window")
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--log", default="", help="the Triton log (default: a temporary file)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    POLL_MS[0] = args.poll_ms
 
     sys.path.insert(0, str(ROOT / "bench" / "gpu"))
     from pa_bench import stage_summary, statistics as triton_statistics
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name in result["skipped"]:
                     continue
                 try:
-                    ctx = condition(name, server.process.pid, args.deployment)
+                    ctx = condition(name, server.process.pid, args.deployment, args.poll_ms)
                     ctx.__enter__()
                 except (OSError, RuntimeError) as e:
                     result["skipped"][name] = str(e)

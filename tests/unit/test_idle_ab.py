@@ -61,3 +61,15 @@ def test_host_facts_say_whether_pm_qos_can_be_requested():
     assert facts["cpu_dma_latency_writable"] == os.access("/dev/cpu_dma_latency", os.W_OK)
     if Path("/sys/devices/system/cpu/cpu0/cpuidle").is_dir():
         assert all("latency" in s for s in facts["cpu0_idle_states"])
+
+
+def test_medians_are_per_condition_and_client_count_over_the_rounds():
+    rows = [{"condition": c, "concurrency": n, "round": r, "p50_ms": p, "infer_per_s": 1000 / p,
+             "stages": {"sentiment": {"exec_us": p * 500}}}
+            for c, n, r, p in [("quiet", 1, 0, 1.5), ("quiet", 1, 1, 1.4), ("quiet", 1, 2, 1.9),
+                               ("poll", 1, 0, 1.2), ("poll", 1, 1, 1.3), ("poll", 512, 0, 20.0)]]
+    rows.append({"condition": "poll", "concurrency": 1, "round": 2, "error": "perf_analyzer exit 1"})
+    out = idle_ab.medians(rows, ["quiet", "poll"], [1, 512], "sentiment")
+    assert out["quiet c=1"] == {"p50_ms": 1.5, "infer_per_s": 1000 / 1.5, "exec_us": 750.0, "rounds": 3}
+    assert out["poll c=1"]["p50_ms"] == 1.25 and out["poll c=1"]["rounds"] == 2  # the failed row is left out
+    assert out["poll c=512"]["rounds"] == 1 and "quiet c=512" not in out
