@@ -105,21 +105,17 @@ def cpu_latency_qos():
 
 
 def hot_stub(server_pid: int, deployment: str) -> int:
-    """The pid of the preferred instance's stub (its instance name, ``<model>_hot_...``, is in the
-    stub's command line), else of the stub that ran the most CPU (one instance: the only one)."""
-    groups = perf_analyzer._process_groups(server_pid)
-    stubs = [pid for pid, g in groups.items() if g == f"stub:{deployment}"]
+    """The pid of the preferred instance's stub (group ``<model>_hot``), else of the stub of
+    ``deployment`` that ran the most CPU (one instance: the only one)."""
+    from trtserve_backend.parameters import hot_group
+    from trtserve_server.processes import cpu_seconds, stubs_of
+
+    mine = {pid for pid, group in perf_analyzer._process_groups(server_pid).items() if group == f"stub:{deployment}"}
+    stubs = [st for st in stubs_of(server_pid) if st.pid in mine]
     if not stubs:
         raise RuntimeError(f"no stub of {deployment}")
-    for pid in stubs:
-        if f"{deployment}_hot".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu(pid):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-    return max(stubs, key=cpu)
+    hot = [st.pid for st in stubs if st.instance.startswith(hot_group(deployment) + "_")]
+    return hot[0] if hot else max((st.pid for st in stubs), key=lambda pid: cpu_seconds(pid) or 0.0)
 
 
 @contextlib.contextmanager

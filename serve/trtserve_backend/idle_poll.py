@@ -77,23 +77,21 @@ class ActivityStamp:
 
 class IdlePoller:
     """One SCHED_IDLE polling process per core of ``cores`` (default: every core this process may
-    run on) while ``stamp``'s server executed within ``window_ms``. ``exclusive``: only one poller
-    per stamp file (the first to take its lock; the others do nothing), so each model instance
-    can ask for one. Children die with the process that made them (``PR_SET_PDEATHSIG``)."""
+    run on) while ``stamp``'s server executed within ``window_ms``. One poller per stamp file: the
+    first to take its lock polls, the others do nothing, so each model instance can ask for one.
+    Children die with the process that made them (``PR_SET_PDEATHSIG``)."""
 
-    def __init__(self, stamp: ActivityStamp, window_ms: float, cores=None, exclusive: bool = True):
+    def __init__(self, stamp: ActivityStamp, window_ms: float, cores=None):
         if window_ms <= 0:
             raise ValueError(f"idle_poll window {window_ms} ms: must be > 0")
         self.stamp, self.window_ns, self.children = stamp, int(window_ms * 1e6), []
-        self._lock = None
-        if exclusive:
-            fd = os.open(stamp.path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)  # another process of this server polls already
-                return
-            self._lock = fd
+        self._lock = os.open(stamp.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)  # another process of this server polls already
+            self._lock = None
+            return
         parent = os.getpid()
         for cpu in sorted(cores if cores is not None else os.sched_getaffinity(0)):
             with warnings.catch_warnings():  # "multi-threaded, fork() may deadlock": the child only polls

@@ -14,13 +14,9 @@ import pytest
 
 from trtserve_backend.idle_poll import ActivityStamp, IdlePoller
 from trtserve_contract.boards import remove_stale_boards
+from trtserve_server.processes import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for(predicate, timeout_s: float = 5.0) -> bool:
