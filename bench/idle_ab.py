@@ -17,8 +17,10 @@ Conditions:
   * ``pin``: the preferred instance's stub process (every thread) pinned to one core, so the
     request always wakes it where its caches are;
   * ``poll``: what a deployment's ``idle_poll_ms`` runs (trtserve_backend.idle_poll.IdlePoller:
-    SCHED_IDLE pollers on every core while the server executed within ``--poll-ms``), hosted by
-    this script on the server's activity stamp, so one server measures it on and off;
+    SCHED_IDLE pollers on every core while the server executed within ``--poll-ms`` and at most
+    one execution is in flight), hosted by this script on the server's activity stamp, so one
+    server measures it on and off;
+  * ``pollall``: the same pollers spinning at any load (session 13's committed version);
   * ``a+b``: two of them at once (for example ``qos+pin``).
 
 A condition that cannot be set up here (no ``/dev/cpu_dma_latency``, no nvidia-smi) is recorded as
@@ -46,7 +48,7 @@ sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract"), str(ROOT)]
 
 from bench import perf_analyzer  # noqa: E402
 
-CONDITIONS = ("quiet", "smi", "idlespin", "qos", "pin", "qos+pin", "poll")
+CONDITIONS = ("quiet", "smi", "idlespin", "qos", "pin", "qos+pin", "poll", "pollall")
 _SPIN = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); os.sched_setaffinity(0, {%d})\nwhile True: pass"
 
 
@@ -136,11 +138,11 @@ def pinned(pid: int):
 
 
 @contextlib.contextmanager
-def idle_poller(server_pid: int, window_ms: float):
+def idle_poller(server_pid: int, window_ms: float, busy_limit: int | None):
     from trtserve_backend.idle_poll import ActivityStamp, IdlePoller
 
     stamp = ActivityStamp.for_server(server_pid)
-    poller = IdlePoller(stamp, window_ms)
+    poller = IdlePoller(stamp, window_ms, busy_limit=busy_limit)
     try:
         if not poller.polling:
             raise RuntimeError("the server's own models poll already (idle_poll_ms in the repository)")
@@ -172,8 +174,10 @@ def condition(name: str, server_pid: int, deployment: str, poll_ms: float = 20):
         return cpu_latency_qos()
     if name == "pin":
         return pinned(hot_stub(server_pid, deployment))
-    if name == "poll":
-        return idle_poller(server_pid, poll_ms)
+    if name in ("poll", "pollall"):
+        from trtserve_backend.idle_poll import BUSY_LIMIT
+
+        return idle_poller(server_pid, poll_ms, BUSY_LIMIT if name == "poll" else None)
     raise ValueError(f"condition {name!r}; known: {CONDITIONS}")
 
 

@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT / "serve"), str(ROOT / "contract")]
 from timing import exit_on_sigterm, summary_ms, write_json  # noqa: E402
 
 from trtserve_backend.model_config import PythonModelConfig  # noqa: E402
-from trtserve_backend.pipeline import Pipeline  # noqa: E402
+from trtserve_backend.pipeline import PhaseClock, Pipeline  # noqa: E402
 
 ENGINE_BATCHES = (1, 8, 16, 32, 64)
 
@@ -133,13 +133,19 @@ def spin(seconds: float) -> None:
 
 
 def after_gaps(pipeline: Pipeline, texts: list[str], gaps_ms: list[float]) -> dict:
-    """:func:`one_text` after an idle gap, the caller sleeping or spinning through it."""
-    out = {}
-    for gap in gaps_ms:
-        for how, wait in (("sleep", time.sleep), ("spin", spin)):
+    """:func:`one_text` after an idle gap, the caller sleeping or spinning through it, and the mean
+    time of each phase over every call, the warm-up's too (the served model's own phase clock):
+    which phases a gap slows; ``none_0ms`` is the same back to back."""
+    out, saved = {}, pipeline.clock
+    for gap in [0.0] + [g for g in gaps_ms if g]:
+        for how, wait in (("sleep", time.sleep), ("spin", spin)) if gap else (("none", None),):
             key = f"{how}_{gap:g}ms"
-            out[key] = one_text(pipeline, texts, lambda: wait(gap / 1000))
-            log(f"one text after a {gap:g} ms gap ({how}): {out[key]['p50_ms']:.3f} ms p50")
+            pipeline.clock = clock = PhaseClock()
+            out[key] = one_text(pipeline, texts, wait and (lambda: wait(gap / 1000)))
+            clock.executions = len(texts)
+            out[key]["phase_mean_us"] = {k: v / len(texts) * 1e6 for k, v in clock.seconds.items()}
+            log(f"one text after a {gap:g} ms gap ({how}): {out[key]['p50_ms']:.3f} ms p50; {clock.summary()}")
+    pipeline.clock = saved
     return out
 
 

@@ -4,9 +4,10 @@
 # call of about 4 minutes:
 #   1. build_served.py: the `sentiment` gpu_torch repository (one Python model, 8 instances);
 #   2. inprocess_bench.py: the same Pipeline in-process (back to back and after idle gaps);
-#   3. bench/idle_ab.py: one server, perf_analyzer at concurrency 1 under each host condition
-#      (quiet, nvidia-smi polling as the load sampler does, SCHED_IDLE spinners, PM QoS
-#      cpu_dma_latency=0, the preferred stub pinned, combinations), interleaved rounds.
+#   3. bench/idle_ab.py: one server, perf_analyzer under each host condition (default: quiet, the
+#      load-aware pollers of idle_poll_ms `poll`, the same spinning at any load `pollall`; others:
+#      nvidia-smi polling, SCHED_IDLE spinners, PM QoS cpu_dma_latency=0, the preferred stub
+#      pinned, combinations) at 1, 16 and 512 clients, interleaved rounds.
 # Prepare: `make gpu-pack`; device tool, carry .device:  [ROUNDS=3] [CONDITIONS=...] bash bench/gpu/run_idle_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +17,7 @@ setup_perf_analyzer
 build_served_sentiment || exit 1
 step inprocess 80 "$STUB_PY" bench/gpu/inprocess_bench.py --repository "$WORK/repository" \
     --texts "$DEV/data/texts.txt" --deployments sentiment --out "$PARTS/inprocess.json"
-step idle_ab 420 "$STUB_PY" -m bench.idle_ab --repository "$WORK/repository" --deployment sentiment \
+step idle_ab 480 "$STUB_PY" -m bench.idle_ab --repository "$WORK/repository" --deployment sentiment \
     --texts "$DEV/data/texts.txt" --rounds "${ROUNDS:-3}" --measurement-ms 2000 --log "$PARTS/triton_idle_ab.log" \
-    --conditions "${CONDITIONS:-quiet,poll,idlespin}" --concurrency "${CONCURRENCY:-1,512}" --out "$PARTS/idle_ab.json"
+    --conditions "${CONDITIONS:-quiet,poll,pollall}" --concurrency "${CONCURRENCY:-1,16,512}" --out "$PARTS/idle_ab.json"
 cp "$PARTS/idle_ab.json" "$PARTS/inprocess.json" "$OUT/" 2>/dev/null

@@ -29,7 +29,8 @@ def board_path(directory: str, server_pid: int, model: str) -> str:
     return os.path.join(directory, f"{PREFIX}{server_pid}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,6 +44,6 @@ def remove_stale_boards(directory: str) -> None:
     """Boards of servers that are gone (the file name carries the server's process id)."""
     for name in os.listdir(directory):
         match = re.match(re.escape(PREFIX) + r"(\d+)-", name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))

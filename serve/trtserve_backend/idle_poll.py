@@ -11,9 +11,11 @@ with every core busy in a SCHED_IDLE loop, the same server.
 :class:`IdlePoller` does that only while there is traffic: one process per allowed core, at
 SCHED_IDLE priority (it runs only when the core has nothing else to run, and any woken thread
 takes the core from it at once), spinning while a model of this server executed within
-``window_ms``, else sleeping with a backoff up to :data:`MAX_SLEEP_S`. The models stamp their
-activity into a small shared file (:class:`ActivityStamp`, one per server: its name carries the
-server's process id, trtserve_contract.boards).
+``window_ms`` and no more than :data:`BUSY_LIMIT` executions are in flight, else sleeping with a
+backoff up to :data:`MAX_SLEEP_S`: one request at a time is where the wakeups cost, while under
+load the server's own threads keep the cores awake. The models stamp their activity into a small
+shared file (:class:`ActivityStamp`, one per server: its name carries the server's process id,
+trtserve_contract.boards).
 
 Costs, why it is a per-engine setting (``idle_poll_ms``, off by default): the cores show busy
 to anything that reads CPU usage (an autoscaler on CPU would scale out), they draw power, SMT
@@ -28,36 +30,51 @@ import fcntl
 import mmap
 import os
 import signal
-import struct
 import sys
 import time
 import warnings
 
-from trtserve_contract.boards import ACTIVITY, board_directory, board_path
+import numpy as np
 
-#: Longest sleep of an idle poller between looks at the stamp (its backoff starts at 1 ms).
-MAX_SLEEP_S = 0.05
+from trtserve_contract.boards import ACTIVITY, alive, board_directory, board_path
+
+#: Shortest and longest sleep of an idle poller between looks at the stamp (a backoff).
+MIN_SLEEP_S, MAX_SLEEP_S = 0.001, 0.05
 #: Empty loop turns between two looks at the stamp while spinning (~10-20 us of CPython): the
 #: lightest spin Python has (no calls, no allocations, no clock: a clock read that is not served
 #: by the vDSO costs the hypervisor an exit), to take as little as possible from the host.
 SPIN_TURNS = 1000
-_STAMP = struct.Struct("q")
+#: Model instances of one server the stamp tells apart (more share the time word only).
+SLOTS = 128
+_SIZE = 8 * (1 + 2 * SLOTS)
+#: The most executions in flight at which the pollers still spin: one request at a time pays for the
+#: wakeups (each hop wakes a halted core); under load the server's own threads keep the cores
+#: awake, and spinning beside them only takes from them (the first poller, spinning at any load,
+#: cost 13% of the 512-client throughput on the H200 machine).
+BUSY_LIMIT = 1
 _PR_SET_PDEATHSIG = 1
 
 
 class ActivityStamp:
-    """The monotonic time (ns) a model of one server last started or ended an execution, in a
-    file every process of that server maps (one aligned 8-byte store per touch: no lock)."""
+    """What the models of one server are doing, in a file every process of that server maps:
+    word 0 is the monotonic time (ns) a model last started or ended an execution; then one word
+    per model instance (its process id while it executes, else 0), the instance's slot, claimed
+    at first use under a lock (``<stamp>.claims``) from those free or left by a dead process.
+    Aligned 8-byte stores, one writer per word but the time (any of them: the latest wins), so no
+    lock on the way through an execution."""
 
     def __init__(self, path: str):
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _STAMP.size:
-                os.ftruncate(fd, _STAMP.size)
-            self._map = mmap.mmap(fd, _STAMP.size)
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)
+            self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
+        words = np.frombuffer(self._map, dtype=np.int64)
+        self._time, self._owners, self._running = words[:1], words[1:1 + SLOTS], words[1 + SLOTS:]
+        self.slot: int | None = None
 
     @classmethod
     def for_server(cls, server_pid: int | None = None, directory: str | None = None) -> "ActivityStamp":
@@ -65,26 +82,67 @@ class ActivityStamp:
         pid = os.getppid() if server_pid is None else server_pid
         return cls(board_path(directory or board_directory(), pid, ACTIVITY))
 
+    def claim(self) -> int | None:
+        """This process's slot (a free one, or one whose process is gone); None when all
+        :data:`SLOTS` are taken (its executions then move only the time)."""
+        if self.slot is None:
+            lock = os.open(self.path + ".claims", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                mine = os.getpid()
+                free = [i for i, pid in enumerate(self._owners.tolist()) if pid in (0, mine) or not alive(pid)]
+                if free:
+                    self.slot = free[0]
+                    self._running[self.slot] = 0
+                    self._owners[self.slot] = mine
+            finally:
+                os.close(lock)  # releases the lock
+        return self.slot
+
+    def begin(self) -> None:
+        """An execution of this process starts (claims a slot the first time)."""
+        slot = self.slot if self.slot is not None else self.claim()
+        if slot is not None:
+            self._running[slot] = os.getpid()
+        self.touch()
+
+    def end(self) -> None:
+        if self.slot is not None:
+            self._running[self.slot] = 0
+        self.touch()
+
     def touch(self) -> None:
-        _STAMP.pack_into(self._map, 0, time.monotonic_ns())
+        self._time[0] = time.monotonic_ns()
 
     def last_ns(self) -> int:
-        return _STAMP.unpack_from(self._map, 0)[0]
+        return int(self._time[0])
+
+    def executing(self) -> int:
+        """How many instances of the server execute now (a process that died executing is not
+        counted)."""
+        return sum(1 for pid in self._running.tolist() if pid and alive(pid))
+
+    def more_than(self, limit: int) -> bool:
+        """Whether more than ``limit`` instances execute now: one read of the slots, the
+        processes asked whether they live only when the count says yes."""
+        return int(np.count_nonzero(self._running)) > limit and self.executing() > limit
 
     def close(self) -> None:
+        del self._time, self._owners, self._running  # the arrays' views of the map go before the map
         self._map.close()
 
 
 class IdlePoller:
     """One SCHED_IDLE polling process per core of ``cores`` (default: every core this process may
-    run on) while ``stamp``'s server executed within ``window_ms``. One poller per stamp file: the
-    first to take its lock polls, the others do nothing, so each model instance can ask for one.
-    Children die with the process that made them (``PR_SET_PDEATHSIG``)."""
+    run on) while ``stamp``'s server executed within ``window_ms`` and at most ``busy_limit`` of
+    its instances execute at once (None: at any load). One poller per stamp file: the first to
+    take its lock polls, the others do nothing, so each model instance can ask for one. Children
+    die with the process that made them (``PR_SET_PDEATHSIG``)."""
 
-    def __init__(self, stamp: ActivityStamp, window_ms: float, cores=None):
+    def __init__(self, stamp: ActivityStamp, window_ms: float, cores=None, busy_limit: int | None = BUSY_LIMIT):
         if window_ms <= 0:
             raise ValueError(f"idle_poll window {window_ms} ms: must be > 0")
-        self.stamp, self.window_ns, self.children = stamp, int(window_ms * 1e6), []
+        self.stamp, self.window_ns, self.busy_limit, self.children = stamp, int(window_ms * 1e6), busy_limit, []
         self._lock = os.open(stamp.path, os.O_RDONLY)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,7 +158,7 @@ class IdlePoller:
             if pid == 0:  # the child: poll until killed, never return into the caller's code
                 code = 0
                 try:
-                    _poll(stamp, cpu, self.window_ns, parent)
+                    _poll(stamp, cpu, self.window_ns, parent, busy_limit)
                 except BaseException:  # noqa: BLE001 - a child must not run its parent's code on
                     code = 1
                 finally:
@@ -134,7 +192,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _poll(stamp: ActivityStamp, cpu: int, window_ns: int, parent: int) -> None:
+def _poll(stamp: ActivityStamp, cpu: int, window_ns: int, parent: int, busy_limit: int | None) -> None:
     _die_with_parent(parent)
     # A forked poller keeps the stub's command line: out of the server's process group, so that
     # whatever finds the stubs by group (trtserve_server.processes.stubs_of, the supervisor) does
@@ -145,20 +203,23 @@ def _poll(stamp: ActivityStamp, cpu: int, window_ns: int, parent: int) -> None:
         os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     last, turns = stamp.last_ns, range(SPIN_TURNS)
+    loaded = (lambda: False) if busy_limit is None else (lambda: stamp.more_than(busy_limit))
     # the window in spins of SPIN_TURNS, from the fastest of a few timed ones: while spinning the
-    # poller reads only the stamp, and a new value restarts the window
+    # poller reads only the stamp and the slots, and a new time restarts the window
     spins = max(1, window_ns // min(_timed(turns) for _ in range(5)))
-    seen, left, sleep = last(), 0, 0.001
+    seen, left, sleep = last(), 0, MIN_SLEEP_S
     while True:
         stamp_ns = last()
         if stamp_ns != seen:  # a model started or ended an execution
-            seen, left, sleep = stamp_ns, spins, 0.001
-        if left:
-            left -= 1
+            seen, left = stamp_ns, spins
+        if left and not loaded():
+            left, sleep = left - 1, MIN_SLEEP_S
             for _ in turns:
                 pass
             continue
-        time.sleep(sleep)  # no traffic for the window: sleep, backing off
+        # no execution within the window, or the server under load: sleep, backing off (a load
+        # that ends is seen within MAX_SLEEP_S)
+        time.sleep(sleep)
         sleep = min(sleep * 2, MAX_SLEEP_S)
         if os.getppid() != parent:  # a second guard beside the death signal
             return

@@ -73,3 +73,23 @@ def test_medians_are_per_condition_and_client_count_over_the_rounds():
     assert out["quiet c=1"] == {"p50_ms": 1.5, "infer_per_s": 1000 / 1.5, "exec_us": 750.0, "rounds": 3}
     assert out["poll c=1"]["p50_ms"] == 1.25 and out["poll c=1"]["rounds"] == 2  # the failed row is left out
     assert out["poll c=512"]["rounds"] == 1 and "quiet c=512" not in out
+
+
+@pytest.mark.parametrize("name, limit", [("poll", 1), ("pollall", None)])
+def test_poll_conditions_host_the_servers_pollers_load_aware_or_not(name, limit, monkeypatch, tmp_path):
+    from trtserve_backend import idle_poll
+
+    made = []
+    real = idle_poll.IdlePoller
+
+    def recording(stamp, window_ms, cores=None, busy_limit=idle_poll.BUSY_LIMIT):
+        made.append(real(stamp, window_ms, cores=[min(os.sched_getaffinity(0))], busy_limit=busy_limit))
+        return made[-1]
+
+    monkeypatch.setattr(idle_poll, "IdlePoller", recording)
+    monkeypatch.setattr(idle_poll, "board_directory", lambda: str(tmp_path))
+    with idle_ab.condition(name, os.getpid(), "sentiment", poll_ms=7):
+        (poller,) = made
+        assert poller.polling and poller.busy_limit == limit and poller.window_ns == 7_000_000
+    assert not poller.children
+    assert (tmp_path / f"trtserve-busy-{os.getpid()}-.activity").exists()

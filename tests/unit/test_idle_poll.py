@@ -48,6 +48,47 @@ def test_the_stamp_is_one_file_per_server_that_any_process_reads(stamp, tmp_path
     assert os.path.exists(stamp.path) and not os.path.exists(dead.path)
 
 
+def python_holding(setup: str, prints: str) -> subprocess.Popen:
+    """A Python process that runs ``setup`` (idle_poll imported), prints ``prints`` and sleeps."""
+    code = (f"import os, time\nfrom trtserve_backend.idle_poll import ActivityStamp, IdlePoller\n{setup}\n"
+            f"print({prints}, flush=True)\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "serve"), str(ROOT / "contract")])}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def executing_in_another_process(path: str):
+    """A process that starts an execution on the stamp at ``path`` and holds it (kill it to end)."""
+    proc = python_holding(f"s = ActivityStamp({path!r}); s.begin()", "s.slot")
+    return proc, int(proc.stdout.readline())
+
+
+def test_instances_claim_slots_and_the_stamp_counts_executions_in_flight(stamp):
+    assert stamp.executing() == 0 and stamp.slot is None
+    stamp.begin()  # the first execution claims this process's slot
+    mine = stamp.slot
+    assert stamp.executing() == 1 and not stamp.more_than(1) and stamp.more_than(0)
+    stamp.end()
+    assert stamp.executing() == 0 and stamp.slot == mine and stamp.last_ns() > 0
+    first, first_slot = executing_in_another_process(stamp.path)
+    second, second_slot = executing_in_another_process(stamp.path)
+    try:
+        assert len({mine, first_slot, second_slot}) == 3
+        assert stamp.executing() == 2 and stamp.more_than(1)
+        first.kill()  # died while executing: its slot still says so, but its process is gone
+        first.wait()
+        assert stamp.executing() == 1 and not stamp.more_than(1)
+        third, third_slot = executing_in_another_process(stamp.path)  # a restarted instance
+        try:
+            assert third_slot == first_slot and stamp.executing() == 2
+        finally:
+            third.kill()
+            third.wait()
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
 def test_pollers_spin_at_idle_priority_only_while_the_server_is_active(stamp):
     poller = IdlePoller(stamp, window_ms=300, cores=[min(os.sched_getaffinity(0))])
     try:
@@ -70,6 +111,31 @@ def test_pollers_spin_at_idle_priority_only_while_the_server_is_active(stamp):
     assert not poller.children and not Path(f"/proc/{child}").exists()
 
 
+def test_pollers_do_not_spin_while_the_server_is_under_load(stamp):
+    """More than BUSY_LIMIT executions in flight: the server's own threads keep the cores awake, so
+    the pollers sleep through traffic, and spin again once one request at a time is left."""
+    poller = IdlePoller(stamp, window_ms=5000, cores=[min(os.sched_getaffinity(0))], busy_limit=1)
+    first, _ = executing_in_another_process(stamp.path)
+    second, _ = executing_in_another_process(stamp.path)
+    try:
+        (child,) = poller.children
+        assert wait_for(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE)
+        stamp.touch()  # recent traffic, two executions in flight: no spinning
+        before = cpu_seconds(child)
+        time.sleep(0.6)
+        assert cpu_seconds(child) - before < 0.1
+        second.kill()  # one left: it spins (it looks again within MAX_SLEEP_S)
+        second.wait()
+        stamp.touch()
+        busy = cpu_seconds(child)
+        assert wait_for(lambda: cpu_seconds(child) - busy >= 0.1, timeout_s=10)
+    finally:
+        poller.close()
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
 def test_one_poller_per_server_and_the_lock_frees_with_it(stamp):
     first = IdlePoller(stamp, window_ms=10, cores=[min(os.sched_getaffinity(0))])
     second = IdlePoller(stamp, window_ms=10, cores=[min(os.sched_getaffinity(0))])
@@ -88,13 +154,8 @@ def test_one_poller_per_server_and_the_lock_frees_with_it(stamp):
 
 
 def test_pollers_die_with_the_process_that_made_them(tmp_path):
-    code = ("import os, sys, time\n"
-            "from trtserve_backend.idle_poll import ActivityStamp, IdlePoller\n"
-            f"p = IdlePoller(ActivityStamp.for_server(os.getpid(), {str(tmp_path)!r}), 50)\n"
-            "print(' '.join(map(str, p.children)), flush=True)\n"
-            "time.sleep(60)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "serve"), str(ROOT / "contract")])}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    proc = python_holding(f"p = IdlePoller(ActivityStamp.for_server(os.getpid(), {str(tmp_path)!r}), 50)",
+                          "' '.join(map(str, p.children))")
     try:
         children = [int(p) for p in proc.stdout.readline().split()]
         assert len(children) == len(os.sched_getaffinity(0))

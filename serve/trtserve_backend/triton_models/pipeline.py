@@ -58,11 +58,11 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.activity is None:
             return self._execute_board(requests)
-        self.activity.touch()
+        self.activity.begin()
         try:
             return self._execute_board(requests)
         finally:
-            self.activity.touch()
+            self.activity.end()
 
     def _execute_board(self, requests):
         if self.board is None:
