@@ -107,9 +107,9 @@ def test_fingerprint_tracks_content(embed_spec):
     # issue 13, and with the default precision gates' min_answer_agreement / min_entity_f1, issue
     # 14, and with the engine sections' thread_spinning and engine_format, issue 13, and with their
     # hot_intra_op_threads / hot_thread_spinning, and with solo_intra_op_threads, and with
-    # idle_poll_ms, issue 13: it keys the generated repository; the "model" key above, which keys
-    # training and export, did not change)
-    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "f9c7dd5a6088817e"
+    # idle_poll_ms, issue 13, and with embed.toml's gpu_torch turning it on: it keys the generated
+    # repository; the "model" key above, which keys training and export, did not change)
+    assert parse_spec(_raw()).fingerprint() == embed_spec.fingerprint() == "ab155c53d1eef749"
     # sections not asked for do not enter
     raw = _raw()
     raw["batching"]["max_queue_size"] = 7
