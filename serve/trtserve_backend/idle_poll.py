@@ -117,6 +117,10 @@ class ActivityStamp:
     def last_ns(self) -> int:
         return int(self._time[0])
 
+    def claimed(self) -> list[int]:
+        """The process ids that hold a slot (a dead one's until another process reuses it)."""
+        return [pid for pid in self._owners.tolist() if pid]
+
     def executing(self) -> int:
         """How many instances of the server execute now (a process that died executing is not
         counted)."""

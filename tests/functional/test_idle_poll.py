@@ -105,6 +105,15 @@ def test_a_real_stub_polls_answers_alike_and_its_pollers_follow_it(polled_reposi
         got = _infer(served.http_url)
         assert (got["LABEL"] == expected["LABEL"]).all()
         np.testing.assert_allclose(got["PROBABILITIES"], expected["PROBABILITIES"], atol=1e-6)
+        # the stub that executed claimed a slot in the server's stamp, and nothing is in flight now
+        from trtserve_backend.idle_poll import ActivityStamp
+
+        stamp = ActivityStamp.for_server(triton)
+        try:
+            assert stamp.last_ns() > 0 and stamp.executing() == 0
+            assert stamp.claimed() and set(stamp.claimed()) <= stubs
+        finally:
+            stamp.close()
 
         os.kill(owner.pop(), signal.SIGKILL)  # the stub that owns the pollers dies
         assert _wait(lambda: not any(Path(f"/proc/{p}").exists() and

@@ -73,6 +73,7 @@ def test_instances_claim_slots_and_the_stamp_counts_executions_in_flight(stamp):
     second, second_slot = executing_in_another_process(stamp.path)
     try:
         assert len({mine, first_slot, second_slot}) == 3
+        assert set(stamp.claimed()) == {os.getpid(), first.pid, second.pid}
         assert stamp.executing() == 2 and stamp.more_than(1)
         first.kill()  # died while executing: its slot still says so, but its process is gone
         first.wait()
