@@ -6,7 +6,10 @@
   * the served model under perf_analyzer at c=1, async gRPC (as `make bench`) and sync, with the
     server's phase times (``TRTSERVE_PHASE_TIMES=1``: read, tokenize, engine, postprocess, respond
     per execution, logged by the model at unload);
-  * the do-nothing floor of the same topology under perf_analyzer at c=1.
+  * the do-nothing floor of the same topology under perf_analyzer at c=1;
+  * raw ONNX Runtime and the one model in-process again, each call after an idle gap
+    (``--gap-ms``, the caller sleeping: what a core does between a served c=1 request and the
+    next): whether the host makes the same code slower after its cores idled, apart from Triton.
 
     PERF_ANALYZER="$(bench/perf_analyzer_setup.sh)" python -m bench.c1_probe --rounds 3 \
         --output docs/results/vm_bench/c1_probe_<date>.json
@@ -36,11 +39,21 @@ from bench.bench_serving import (REPO_ROOT, latency_summary, one_model_pipeline,
 PHASES = re.compile(r"sentiment phase times: (\d+) executions, us per execution: ([^\"\n]*)")
 
 
+def gap_calls(fn, texts: list[str], gap_ms: float) -> list[float]:
+    """:func:`time_calls` with the caller sleeping ``gap_ms`` before each call (not counted)."""
+    samples = []
+    for t in texts:
+        time.sleep(gap_ms / 1000)
+        samples += time_calls(fn, [t])
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default=str(REPO_ROOT / "model_repository" / "cpu"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=300, help="in-process calls per subject and round")
+    parser.add_argument("--gap-ms", type=float, default=1.0, help="idle gap before each call of the gap subjects")
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "c1_probe.json"))
     args = parser.parse_args(argv)
 
@@ -66,13 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.clock = clock = PhaseClock()
 
     def in_process(text: str):  # the one model, its phase clock counting each call
-        clock.start()
+        pipeline.clock.start()
         pipeline.run([[text]])
-        clock.executions += 1
+        pipeline.clock.executions += 1
+
+    gap_clock = PhaseClock()
+
+    def in_process_after_gap(text: str):
+        pipeline.clock = gap_clock
+        try:
+            in_process(text)
+        finally:
+            pipeline.clock = clock
 
     log = work / "triton.log"
     floor_repo = write_floor_repository(repository, work / "floor_repository")
-    rows: dict[str, list] = {k: [] for k in ("raw_ms", "one_model_ms", "served_async", "served_sync", "floor_async")}
+    rows: dict[str, list] = {k: [] for k in ("raw_ms", "one_model_ms", "raw_gap_ms", "one_model_gap_ms",
+                                             "served_async", "served_sync", "floor_async")}
     with EmbeddedServer(repository, Ports.free(), log_path=log) as server, \
             EmbeddedServer(floor_repo, Ports.free(), log_path=work / "floor.log") as floor:
         server.wait_ready(180)
@@ -85,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             chunk = texts[:args.requests]
             rows["raw_ms"] += time_calls(raw, chunk)
             rows["one_model_ms"] += time_calls(in_process, chunk)
+            rows["raw_gap_ms"] += gap_calls(raw, chunk, args.gap_ms)
+            rows["one_model_gap_ms"] += gap_calls(in_process_after_gap, chunk, args.gap_ms)
             for key, url, sync in (("served_async", server.grpc_url, False), ("served_sync", server.grpc_url, True),
                                    ("floor_async", floor.grpc_url, False)):
                 got = perf_analyzer.run("sentiment", url, 1, data, measurement_ms=3000, workdir=work, sync=sync)
@@ -97,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "rounds": args.rounds,
         "raw_onnxruntime": latency_summary(rows["raw_ms"]), "one_model_in_process": latency_summary(rows["one_model_ms"]),
-        "one_model_phases_us": clock.summary(),
+        "one_model_phases_us": clock.summary(), "gap_ms": args.gap_ms,
+        "raw_onnxruntime_after_gap": latency_summary(rows["raw_gap_ms"]),
+        "one_model_in_process_after_gap": latency_summary(rows["one_model_gap_ms"]),
+        "one_model_phases_after_gap_us": gap_clock.summary(),
         "served_phases_us": served_phases[-1][1] if served_phases else None,
         **{k: rows[k] for k in ("served_async", "served_sync", "floor_async")},
     }
@@ -110,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("raw_onnxruntime", "one_model_in_process", "one_model_phases_us",
-                                             "served_phases_us", "medians_p50_ms")}, indent=1))
+                                             "raw_onnxruntime_after_gap", "one_model_in_process_after_gap",
+                                             "one_model_phases_after_gap_us", "served_phases_us", "medians_p50_ms")},
+                     indent=1))
     return 0
 
 
