@@ -147,15 +147,22 @@ class IdlePoller:
         if window_ms <= 0:
             raise ValueError(f"idle_poll window {window_ms} ms: must be > 0")
         self.stamp, self.window_ns, self.busy_limit, self.children = stamp, int(window_ms * 1e6), busy_limit, []
-        self._lock = os.open(stamp.path, os.O_RDONLY)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)  # another process of this server polls already
-            self._lock = None
+        self._lock, cores = None, sorted(cores if cores is not None else os.sched_getaffinity(0))
+        quota = cpu_quota()
+        #: why this process does not poll though it could have (None: it polls, or another does)
+        self.declined = (f"the cgroup limits CPU to {quota:g} of {len(cores)} cores: pollers would spend the quota "
+                         f"and the kernel would throttle the server" if quota is not None and quota < len(cores)
+                         else None)
+        if self.declined:
             return
-        parent = os.getpid()
-        for cpu in sorted(cores if cores is not None else os.sched_getaffinity(0)):
+        lock = os.open(stamp.path, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)  # another process of this server polls already
+            return
+        self._lock, parent = lock, os.getpid()
+        for cpu in cores:
             with warnings.catch_warnings():  # "multi-threaded, fork() may deadlock": the child only polls
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
@@ -184,6 +191,37 @@ class IdlePoller:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+def cpu_quota(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """The CPU limit (in cores) of this process's cgroup or any above it, None without one.
+
+    A quota (a container's CPU limit: ``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1) counts
+    a SCHED_IDLE poller's spinning like any work: the pollers would spend it and the kernel would
+    then stop every thread of the container for the rest of the period."""
+    try:
+        lines = open(proc_cgroup).read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: cpu.max in the process's cgroup and each above it
+            parts = [p for p in path.split("/") if p]
+            for depth in range(len(parts), -1, -1):
+                with contextlib.suppress(OSError, ValueError):
+                    quota, period = open(os.path.join(root, *parts[:depth], "cpu.max")).read().split()
+                    if quota != "max":
+                        limits.append(int(quota) / int(period))
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's mount
+            for base in (os.path.join(root, "cpu", path.lstrip("/")), os.path.join(root, "cpu")):
+                with contextlib.suppress(OSError, ValueError):
+                    quota = int(open(os.path.join(base, "cpu.cfs_quota_us")).read())
+                    period = int(open(os.path.join(base, "cpu.cfs_period_us")).read())
+                    if quota > 0:
+                        limits.append(quota / period)
+                    break
+    return min(limits) if limits else None
 
 
 def _die_with_parent(parent: int) -> None:

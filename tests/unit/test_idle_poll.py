@@ -166,3 +166,48 @@ def test_pollers_die_with_the_process_that_made_them(tmp_path):
         proc.wait()
     assert wait_for(lambda: not any(Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text()
                                      .rsplit(")", 1)[1].split()[0] for c in children))
+
+
+def _cgroup_tree(tmp_path, proc: str, files: dict[str, str]):
+    (tmp_path / "proc_cgroup").write_text(proc)
+    for rel, text in files.items():
+        (tmp_path / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / rel).write_text(text)
+    return str(tmp_path / "fs"), str(tmp_path / "proc_cgroup")
+
+
+@pytest.mark.parametrize("proc, files, expected", [
+    # cgroup v2: the pod's limit sits above the container's cgroup, which has none
+    ("0::/kubepods/pod1/ctr\n", {"kubepods/pod1/cpu.max": "200000 100000\n", "kubepods/pod1/ctr/cpu.max": "max 100000\n"},
+     2.0),
+    ("0::/kubepods/pod1/ctr\n", {"kubepods/pod1/ctr/cpu.max": "max 100000\n"}, None),
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),  # a container's own namespace: its cgroup is the root
+    # cgroup v1 (hybrid hosts): the cpu controller's quota, -1 for none
+    ("1:cpu,cpuacct:/docker/abc\n0::/\n", {"cpu/docker/abc/cpu.cfs_quota_us": "50000\n",
+                                           "cpu/docker/abc/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ("1:cpu:/\n0::/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+])
+def test_cpu_quota_reads_the_containers_limit_in_either_cgroup_version(tmp_path, proc, files, expected):
+    from trtserve_backend.idle_poll import cpu_quota
+
+    assert cpu_quota(*_cgroup_tree(tmp_path, proc, files)) == expected
+    assert cpu_quota(str(tmp_path / "none"), str(tmp_path / "no_such_file")) is None
+
+
+def test_no_pollers_under_a_cpu_quota_smaller_than_the_cores(stamp, monkeypatch):
+    """SCHED_IDLE spinning still spends a container's CPU quota, and then the kernel stops every
+    thread of the container until the next period: under such a limit the deployment does not poll
+    and says why."""
+    from trtserve_backend import idle_poll
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(idle_poll, "cpu_quota", lambda: cores - 0.5)
+    limited = IdlePoller(stamp, window_ms=10)
+    assert not limited.polling and f"limits CPU to {cores - 0.5:g} of {cores} cores" in limited.declined
+    limited.close()
+    monkeypatch.setattr(idle_poll, "cpu_quota", lambda: float(cores))  # a limit it cannot exceed
+    allowed = IdlePoller(stamp, window_ms=10)
+    try:
+        assert allowed.polling and allowed.declined is None
+    finally:
+        allowed.close()

@@ -404,3 +404,24 @@ def test_idle_poll_ms_makes_the_first_instance_poll_and_every_instance_stamp(fak
         first.finalize()
         second.finalize()
     assert first.poller.children == [] and not any(Path(f"/proc/{c}/stat").exists() for c in children)
+
+
+def test_idle_poll_ms_under_a_cpu_quota_serves_without_pollers_and_says_why(fake_pb_utils, tmp_path, sentiment_spec,
+                                                                              monkeypatch):
+    from trtserve_backend.triton_models.pipeline import TritonPythonModel
+
+    from .test_triton_config import with_engine
+
+    monkeypatch.setattr("trtserve_backend.idle_poll.board_directory", lambda: str(tmp_path))
+    monkeypatch.setattr("trtserve_backend.idle_poll.cpu_quota", lambda: 1.0)
+    args, _, _ = _deployment(with_engine(sentiment_spec, "cpu", idle_poll_ms=15), tmp_path)
+    model = TritonPythonModel()
+    model.initialize({**args, "model_instance_name": "sentiment_hot_0"})
+    try:
+        assert not model.poller.polling
+        warnings = [m for level, m in fake_pb_utils.Logger.messages if level == "warn"]
+        assert any("sentiment_hot_0: idle_poll_ms set, not polling: the cgroup limits CPU to 1 of" in m for m in warnings)
+        assert model.execute([text_request(["a"])])[0].error is None  # it serves, and still stamps
+        assert model.activity.last_ns() > 0
+    finally:
+        model.finalize()

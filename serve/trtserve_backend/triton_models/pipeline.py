@@ -38,6 +38,8 @@ class TritonPythonModel:
         if self.poller is not None and self.poller.polling:
             pb_utils.Logger.log_info(f"{instance}: polling {len(self.poller.children)} cores while the server "
                                      f"executed within {params.idle_poll_ms} ms")
+        elif self.poller is not None and self.poller.declined:
+            pb_utils.Logger.log_warn(f"{instance}: idle_poll_ms set, not polling: {self.poller.declined}")
         device = instance_device(args) if backend == "torch" else "cpu"
         hot = is_hot_instance(instance, cfg.name)
         #: every instance flags its executions where the preferred one runs alone on more threads
