@@ -105,12 +105,13 @@ def test_a_real_stub_polls_answers_alike_and_its_pollers_follow_it(polled_reposi
         got = _infer(served.http_url)
         assert (got["LABEL"] == expected["LABEL"]).all()
         np.testing.assert_allclose(got["PROBABILITIES"], expected["PROBABILITIES"], atol=1e-6)
-        # the stub that executed claimed a slot in the server's stamp, and nothing is in flight now
+        # the stub that executed claimed a slot in the server's stamp, and once the supervisor's
+        # probes are answered too, nothing is left in flight
         from trtserve_backend.idle_poll import ActivityStamp
 
         stamp = ActivityStamp.for_server(triton)
         try:
-            assert stamp.last_ns() > 0 and stamp.executing() == 0
+            assert stamp.last_ns() > 0 and _wait(lambda: stamp.executing() == 0, timeout_s=10)
             assert stamp.claimed() and set(stamp.claimed()) <= stubs
         finally:
             stamp.close()
