@@ -144,7 +144,7 @@ def after_gaps(pipeline: Pipeline, texts: list[str], gaps_ms: list[float]) -> di
             pipeline.clock = clock = PhaseClock()
             out[key] = one_text(pipeline, texts, wait and (lambda: wait(gap / 1000)))
             clock.executions = len(texts)
-            out[key]["phase_mean_us"] = {k: v / len(texts) * 1e6 for k, v in clock.seconds.items()}
+            out[key]["phase_mean_us"] = clock.means_us()
             log(f"one text after a {gap:g} ms gap ({how}): {out[key]['p50_ms']:.3f} ms p50; {clock.summary()}")
     pipeline.clock = saved
     return out

@@ -75,6 +75,7 @@ class ActivityStamp:
         words = np.frombuffer(self._map, dtype=np.int64)
         self._time, self._owners, self._running = words[:1], words[1:1 + SLOTS], words[1 + SLOTS:]
         self.slot: int | None = None
+        self._pid = 0  # this process's id once it tried to claim a slot (0: not yet)
 
     @classmethod
     def for_server(cls, server_pid: int | None = None, directory: str | None = None) -> "ActivityStamp":
@@ -85,11 +86,11 @@ class ActivityStamp:
     def claim(self) -> int | None:
         """This process's slot (a free one, or one whose process is gone); None when all
         :data:`SLOTS` are taken (its executions then move only the time)."""
-        if self.slot is None:
+        if not self._pid:  # once: a process that found every slot taken does not ask again
+            self._pid = mine = os.getpid()
             lock = os.open(self.path + ".claims", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                mine = os.getpid()
                 free = [i for i, pid in enumerate(self._owners.tolist()) if pid in (0, mine) or not alive(pid)]
                 if free:
                     self.slot = free[0]
@@ -101,9 +102,9 @@ class ActivityStamp:
 
     def begin(self) -> None:
         """An execution of this process starts (claims a slot the first time)."""
-        slot = self.slot if self.slot is not None else self.claim()
+        slot = self.claim()
         if slot is not None:
-            self._running[slot] = os.getpid()
+            self._running[slot] = self._pid
         self.touch()
 
     def end(self) -> None:

@@ -68,10 +68,14 @@ class PhaseClock:
         self.seconds[phase] += now - self._last
         self._last = now
 
-    def summary(self) -> str:
+    def means_us(self) -> dict[str, float]:
+        """Microseconds per execution of each phase."""
         n = max(1, self.executions)
+        return {k: v / n * 1e6 for k, v in self.seconds.items()}
+
+    def summary(self) -> str:
         return f"{self.executions} executions, us per execution: " + " ".join(
-            f"{k}={v / n * 1e6:.0f}" for k, v in self.seconds.items())
+            f"{k}={v:.0f}" for k, v in self.means_us().items())
 
 
 class _NoClock(PhaseClock):
