@@ -9,6 +9,7 @@ contract, not the backend (deploy/triton.cpu.Dockerfile).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import tempfile
@@ -27,6 +28,18 @@ def board_directory() -> str:
 def board_path(directory: str, server_pid: int, model: str) -> str:
     """The board of ``model`` in the server ``server_pid`` (the name made file-safe)."""
     return os.path.join(directory, f"{PREFIX}{server_pid}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}")
+
+
+def map_board(path: str, size: int) -> mmap.mmap:
+    """The first ``size`` bytes of the board file at ``path``, mapped shared; the first process to
+    ask makes the file (zeros; another's earlier extension to the same size is the same)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
 
 
 def alive(pid: int) -> bool:

@@ -18,7 +18,6 @@ one client at a time never wakes the pool at all.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from trtserve_contract.boards import PREFIX, board_directory, board_path, remove_stale_boards
+from trtserve_contract.boards import PREFIX, board_directory, board_path, map_board, remove_stale_boards
 
 __all__ = ["BUSY", "PREFIX", "QUIET_NS", "SLOTS", "BusyBoard", "board_directory", "remove_stale_boards", "slot_of"]
 
@@ -54,13 +53,7 @@ class BusyBoard:
     def __init__(self, path: str, slot: int, quiet_ns: int = QUIET_NS):
         if not 0 <= slot < SLOTS:
             raise ValueError(f"slot {slot} outside 0..{SLOTS - 1}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < SLOTS * 8:
-                os.ftruncate(fd, SLOTS * 8)  # zeros; another instance's earlier truncate is the same
-            self._map = mmap.mmap(fd, SLOTS * 8)
-        finally:
-            os.close(fd)
+        self._map = map_board(path, SLOTS * 8)
         self._slots = np.frombuffer(self._map, dtype=np.int64)
         self.path = path
         self.slot = slot

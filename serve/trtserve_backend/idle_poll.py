@@ -17,7 +17,7 @@ load the server's own threads keep the cores awake. The models stamp their activ
 shared file (:class:`ActivityStamp`, one per server: its name carries the server's process id,
 trtserve_contract.boards).
 
-Costs, why it is a per-engine setting (``idle_poll_ms``, off by default): the cores show busy
+Costs, why it is a per-engine setting (``idle_poll_ms``, off unless a spec sets it): the cores show busy
 to anything that reads CPU usage (an autoscaler on CPU would scale out), they draw power, SMT
 siblings share a core's execution units, and engines whose own threads wait by yielding
 (ONNX Runtime's spinning pool on 2 vCPUs) get slower beside it: on the 2-core VM the same
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import mmap
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from trtserve_contract.boards import ACTIVITY, alive, board_directory, board_path
+from trtserve_contract.boards import ACTIVITY, alive, board_directory, board_path, map_board
 
 #: Shortest and longest sleep of an idle poller between looks at the stamp (a backoff).
 MIN_SLEEP_S, MAX_SLEEP_S = 0.001, 0.05
@@ -65,13 +64,7 @@ class ActivityStamp:
 
     def __init__(self, path: str):
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < _SIZE:
-                os.ftruncate(fd, _SIZE)
-            self._map = mmap.mmap(fd, _SIZE)
-        finally:
-            os.close(fd)
+        self._map = map_board(path, _SIZE)
         words = np.frombuffer(self._map, dtype=np.int64)
         self._time, self._owners, self._running = words[:1], words[1:1 + SLOTS], words[1 + SLOTS:]
         self.slot: int | None = None

@@ -2,6 +2,7 @@
 the gpu repository's windowed tokenizer answering in the real server (no GPU here to run a plan)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -12,11 +13,20 @@ import trtserve_contract as contract
 pytestmark = pytest.mark.slow
 
 
+#: Items the build's fidelity gate runs on here (the deployments' default is every one of the 220:
+#: minutes of the FP16-faithful interpreter on this CPU for qa's 417 windows).
+GATE_ITEMS = 32
+
+
+def _gated_on(spec):
+    return dataclasses.replace(spec, precision=dataclasses.replace(spec.precision, fidelity_samples=GATE_ITEMS))
+
+
 @pytest.fixture(scope="module")
 def gpu_repository(tmp_path_factory, qa_spec, ner_spec):
     from trtserve_build.pipeline.build import build_variant
 
-    return build_variant([qa_spec, ner_spec], "gpu", tmp_path_factory.mktemp("gpu") / "gpu")
+    return build_variant([_gated_on(qa_spec), _gated_on(ner_spec)], "gpu", tmp_path_factory.mktemp("gpu") / "gpu")
 
 
 @pytest.mark.parametrize("name, max_length, max_windows", [("qa", 384, 128), ("ner", 128, 256)])
@@ -26,7 +36,21 @@ def test_plans_hold_a_request_of_max_windows_rows(gpu_repository, name, max_leng
     record = json.loads((encoder / "engine_record.json").read_text())
     shapes = json.dumps(record["profiles"])
     assert f"[{max_windows}, {max_length}]" in shapes, shapes  # max_windows rows x max length
-    assert record["precision"] == "fp32"
+    assert record["precision"] == "hybrid"  # the gpu variant's default (deployments/{qa,ner}.toml)
+
+
+@pytest.mark.parametrize("name", ["qa", "ner"])
+def test_the_build_gated_the_hybrid_graph_on_the_specs_fidelity_samples(gpu_repository, name, qa_spec, ner_spec):
+    """The hybrid build ran its fidelity gate (cached beside the graph) on the spec's
+    fidelity_samples items of the windowed set, through the served windows and postprocess."""
+    from trtserve_build.core.paths import fidelity_cache_path
+
+    spec = {"qa": qa_spec, "ner": ner_spec}[name]
+    cached = json.loads(fidelity_cache_path(spec, "hybrid").read_text())
+    assert cached["passed"] and cached["key"]["samples"] == GATE_ITEMS
+    rows = {r["precision"]: r for r in cached["rows"]}
+    assert rows["fp32"]["texts"] == rows["hybrid"]["texts"] == GATE_ITEMS
+    assert rows["hybrid"]["windows"] >= GATE_ITEMS and rows["hybrid"]["nonfinite_fraction"] == 0.0
 
 
 def _ready(client, model: str) -> bool:

@@ -83,3 +83,22 @@ def test_boards_of_servers_that_are_gone_are_removed(tmp_path):
     board = BusyBoard.for_instance("my model/1", "x_pool_0", hot=False, server_pid=os.getpid(),
                                    directory=str(tmp_path))
     assert os.path.basename(board.path) == f"{PREFIX}{os.getpid()}-my_model_1"
+
+
+def test_map_board_makes_the_file_once_and_every_mapping_shares_it(tmp_path):
+    """The one way both boards map their file (trtserve_contract.boards.map_board): made and zeroed
+    by the first, never cut shorter by a later, smaller request, and one memory for all."""
+    from trtserve_contract.boards import map_board
+
+    path = str(tmp_path / "board")
+    first = map_board(path, 64)
+    assert os.path.getsize(path) == 64 and first[:] == bytes(64)
+    first[8:16] = (7).to_bytes(8, "little")
+    second = map_board(path, 16)  # a smaller view of the same file
+    assert os.path.getsize(path) == 64 and int.from_bytes(second[8:16], "little") == 7
+    second[0:8] = (5).to_bytes(8, "little")
+    assert int.from_bytes(first[0:8], "little") == 5
+    third = map_board(path, 128)  # a larger one extends the file with zeros, keeping what is there
+    assert os.path.getsize(path) == 128 and int.from_bytes(third[8:16], "little") == 7 and third[64:] == bytes(64)
+    for m in (first, second, third):
+        m.close()

@@ -158,10 +158,12 @@ def run_windowed_deployment(
 ) -> DeploymentReport:
     """Question answering / token classification: the real items through the served windowed
     tokenizer and postprocess, FP32 (ONNX Runtime) against each precision's graph; one ``real``
-    row per precision with the task metric (answer / entity agreement) and the raw-logit numbers."""
+    row per precision with the task metric (answer / entity agreement) and the raw-logit numbers.
+    The first ``samples`` items (default: the spec's ``fidelity_samples``) of at most
+    :data:`~trtserve_build.data.texts.WINDOWED_EVAL_ITEMS`."""
     manifest = export(spec)
     runner = WindowedRunner(spec)
-    items = windowed_eval_items(spec.task, samples)
+    items = windowed_eval_items(spec.task, samples or spec.precision.fidelity_samples)
     requests = runner.requests(items)
     reference, _ = choose_executor(export_dir(spec) / ONNX_FILE, allow_tensorrt=False)
     if not isinstance(reference, OrtExecutor):  # FP32 under ORT is exact: it must be available

@@ -52,6 +52,17 @@ def _elementwise(fn):
     return lambda it, a, at: _compute(it, fn, a)
 
 
+def _rounded_once(fn):
+    """Ops whose FP16 kernels in PyTorch already compute each element in FP32 and round it once
+    (add, subtract, multiply, softmax): on inputs of one float type, the op as is (3-4x faster on
+    the CPU than FP32 copies, bit-identical: tests/unit/test_interpreter.py); else :func:`_compute`."""
+    def run(it, a, at):
+        if all(x is not None and _is_float(x) for x in a) and len({x.dtype for x in a}) == 1:
+            return fn(*a)
+        return _compute(it, fn, a)
+    return run
+
+
 def _int_div(it, a, at):
     x, y = a
     if _is_float(x):
@@ -192,7 +203,7 @@ def _reduce(kind: str):
 
 def _softmax(it, a, at):
     axis = at.get("axis", -1)
-    return _compute(it, lambda v: it.torch.softmax(v, dim=axis), a)
+    return _rounded_once(lambda v: it.torch.softmax(v, dim=axis))(it, a, at)
 
 
 def _layernorm(it, a, at):
@@ -319,9 +330,9 @@ def _build_ops() -> dict[str, Callable]:
         "And": lambda it, a, at: a[0] & a[1],
         "Or": lambda it, a, at: a[0] | a[1],
         "Not": lambda it, a, at: ~a[0],
-        "Add": _elementwise(torch.add),
-        "Sub": _elementwise(torch.sub),
-        "Mul": _elementwise(torch.mul),
+        "Add": _rounded_once(torch.add),
+        "Sub": _rounded_once(torch.sub),
+        "Mul": _rounded_once(torch.mul),
         "Div": _int_div,
         "Pow": lambda it, a, at: _compute(it, torch.pow, a, out_dtype=a[0].dtype),
         "Sqrt": _elementwise(torch.sqrt),
