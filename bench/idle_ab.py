@@ -24,7 +24,9 @@ Conditions:
   * ``a+b``: two of them at once (for example ``qos+pin``).
 
 A condition that cannot be set up here (no ``/dev/cpu_dma_latency``, no nvidia-smi) is recorded as
-skipped. Changes nothing that outlives the run.
+skipped. Changes nothing that outlives the run. The default specs turn the models' own pollers on
+(``idle_poll_ms``), which the ``poll`` conditions cannot A/B: ``--model-poll-ms 0`` serves a copy
+of the repository with the deployment's ``idle_poll_ms`` off (N: set to N), so ``quiet`` means none.
 
     python -m bench.idle_ab --repository R --deployment sentiment --texts T --rounds 3 --out idle_ab.json
 """
@@ -181,6 +183,25 @@ def condition(name: str, server_pid: int, deployment: str, poll_ms: float = 20):
     raise ValueError(f"condition {name!r}; known: {CONDITIONS}")
 
 
+def with_model_poll(repository: Path, deployment: str, poll_ms: int, work: Path) -> Path:
+    """A copy of ``repository`` (files hard-linked) whose ``deployment`` has ``idle_poll_ms`` =
+    ``poll_ms`` (0: the parameter removed, i.e. off), set in its ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    copy = work / "repository"
+    shutil.copytree(repository, copy, copy_function=os.link, symlinks=True)
+    path = copy / deployment / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    if poll_ms:
+        config.parameters["idle_poll_ms"].string_value = str(poll_ms)
+    elif "idle_poll_ms" in config.parameters:
+        del config.parameters["idle_poll_ms"]
+    path.unlink()  # a link to the original: write a file of its own
+    path.write_text(text_format.MessageToString(config))
+    return copy
+
+
 def medians(rows: list[dict], conditions, concurrencies, deployment: str) -> dict[str, dict]:
     """{"<condition> c=<n>": median p50 ms, infer/s and Triton exec us over the rounds}."""
     out = {}
@@ -205,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1", help="comma-separated client counts, each condition")
     parser.add_argument("--poll-ms", type=int, default=20, help="the poll condition's window")
+    parser.add_argument("--model-poll-ms", type=int, default=None,
+                        help="serve a copy whose deployment's idle_poll_ms is this (0: off; default: as built)")
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--log", default="", help="the Triton log (default: a temporary file)")
     parser.add_argument("--out", required=True)
@@ -222,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",") if c]
     result: dict = {"host": host_facts(), "deployment": args.deployment, "rounds": [], "skipped": {}}
     log(f"host: {json.dumps(result['host'])}")
-    server = EmbeddedServer(Path(args.repository), Ports.free(), log_path=Path(args.log or work / "triton.log"))
+    repository = Path(args.repository)
+    if args.model_poll_ms is not None:
+        repository = with_model_poll(repository, args.deployment, args.model_poll_ms, work)
+        result["model_poll_ms"] = args.model_poll_ms
+    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log or work / "triton.log"))
     with server:
         server.wait_ready(300)
         url = server.grpc_url

@@ -93,3 +93,28 @@ def test_poll_conditions_host_the_servers_pollers_load_aware_or_not(name, limit,
         assert poller.polling and poller.busy_limit == limit and poller.window_ns == 7_000_000
     assert not poller.children
     assert (tmp_path / f"trtserve-busy-{os.getpid()}-.activity").exists()
+
+
+def test_with_model_poll_turns_the_deployments_own_pollers_off_in_a_copy(tmp_path):
+    """``--model-poll-ms``: the served copy's ModelConfig carries the asked idle_poll_ms (0: none);
+    the original repository is left as it was (the copy's files are hard links)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    original = tmp_path / "repo"
+    (original / "sentiment" / "1").mkdir(parents=True)
+    config = mc.ModelConfig(name="sentiment", backend="python")
+    config.parameters["idle_poll_ms"].string_value = "20"
+    config.parameters["encoder_output"].string_value = "logits"
+    (original / "sentiment" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (original / "sentiment" / "1" / "model.py").write_text("# the model\n")
+
+    def params(repo):
+        parsed = text_format.Parse((repo / "sentiment" / "config.pbtxt").read_text(), mc.ModelConfig())
+        return {k: v.string_value for k, v in parsed.parameters.items()}
+
+    off = idle_ab.with_model_poll(original, "sentiment", 0, tmp_path / "a")
+    assert params(off) == {"encoder_output": "logits"}
+    assert (off / "sentiment" / "1" / "model.py").stat().st_ino == (original / "sentiment" / "1" / "model.py").stat().st_ino
+    assert params(original)["idle_poll_ms"] == "20"
+    assert params(idle_ab.with_model_poll(original, "sentiment", 5, tmp_path / "b"))["idle_poll_ms"] == "5"
