@@ -346,8 +346,11 @@ def test_probe_timeouts_count_as_a_hang_only_when_the_stubs_compute_nothing(work
     from trtserve_server import supervisor as sv
     from trtserve_server.processes import cpu_seconds
 
-    stand_in = subprocess.Popen([sys.executable, "-c", work])
+    # the stand-in says when its interpreter is up: starting Python takes tens of ms of CPU (more on
+    # a loaded 2-core machine), which inside the first probe's window reads as a busy stub
+    stand_in = subprocess.Popen([sys.executable, "-c", f"print('up', flush=True)\n{work}"], stdout=subprocess.PIPE, text=True)
     try:
+        assert stand_in.stdout.readline().strip() == "up"
         sup = sv.Supervisor(_FakeServer(0), sv.SupervisorSettings(hang_confirmations=3, busy_cpu_s=0.05))
         sup.server.start()
         sup._prober = _TimingOutProber(0.6)
