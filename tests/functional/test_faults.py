@@ -55,14 +55,28 @@ def served(both_topologies, tmp_path_factory):
     stop_supervised(served, may_be_dead=True)  # the last test kills it
 
 
+def _up(served: Supervised, limit_s: float) -> bool:
+    """The supervisor has finished (re)starting the server: a restart's start waits for every
+    deployment's readiness, and models may answer before it ends; a fault injected meanwhile is
+    the restart's failure ("start-failed"), not a new event."""
+    deadline = time.monotonic() + limit_s
+    while not served.status().get("server_up"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _healthy(served: Supervised) -> None:
-    """Both deployments answer; then a probe interval passes, so that the next fault is an
-    independent one, not the same deployment failing again right after its repair (which the
-    supervisor counts towards a reload loop)."""
+    """The supervisor is not restarting the server and both deployments answer; then a probe
+    interval passes, so that the next fault is an independent one, not the same deployment
+    failing again right after its repair (which the supervisor counts towards a reload loop)."""
+    assert _up(served, 2 * HARD_LIMIT_S), f"the supervisor did not finish starting the server: {served.status()}"
     for deployment in ("sentiment", "embed"):
         took = time_to_answer(f"127.0.0.1:{served.ports.http}", deployment, time.monotonic(), limit_s=HARD_LIMIT_S)
         assert took is not None, f"{deployment} is not answering before the fault"
     time.sleep(1.5)
+    assert _up(served, 2 * HARD_LIMIT_S), f"the supervisor did not finish starting the server: {served.status()}"
 
 
 def _repaired(served: Supervised, before: dict, deadline: float) -> bool:
