@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench import perf_analyzer
 from bench.ensemble_floor import write_floor_repository
+from trtserve_build.core.pbtxt import read_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,20 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def one_output_copies(repository: Path, deployment: str) -> list[str]:
     """Beside ``deployment`` in ``repository``, one copy per output answering only that output
     (``<deployment>_only_<output>``: its ModelConfig with the other outputs removed); their names."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    source = text_format.Parse((repository / deployment / "config.pbtxt").read_text(), mc.ModelConfig())
+    source = read_config(repository / deployment / "config.pbtxt")
     names = []
     for output in source.output:
         name = f"{deployment}_only_{output.name.lower()}"
         shutil.copytree(repository / deployment, repository / name)
-        config = mc.ModelConfig()
+        config = type(source)()
         config.CopyFrom(source)
         config.name = name
         del config.output[:]
         config.output.add().CopyFrom(output)
-        (repository / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        write_config(config, repository / name / "config.pbtxt")
         names.append(name)
     return names
 

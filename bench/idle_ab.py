@@ -186,19 +186,18 @@ def condition(name: str, server_pid: int, deployment: str, poll_ms: float = 20):
 def with_model_poll(repository: Path, deployment: str, poll_ms: int, work: Path) -> Path:
     """A copy of ``repository`` (files hard-linked) whose ``deployment`` has ``idle_poll_ms`` =
     ``poll_ms`` (0: the parameter removed, i.e. off), set in its ModelConfig protobuf."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
+    sys.path.insert(0, str(ROOT / "build"))
+    from trtserve_build.core.pbtxt import read_config, write_config
 
     copy = work / "repository"
     shutil.copytree(repository, copy, copy_function=os.link, symlinks=True)
     path = copy / deployment / "config.pbtxt"
-    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    config = read_config(path)
     if poll_ms:
         config.parameters["idle_poll_ms"].string_value = str(poll_ms)
     elif "idle_poll_ms" in config.parameters:
         del config.parameters["idle_poll_ms"]
-    path.unlink()  # a link to the original: write a file of its own
-    path.write_text(text_format.MessageToString(config))
+    write_config(config, path)  # renamed over the link: the original's file stays as it was
     return copy
 
 
