@@ -45,8 +45,11 @@ def _ms(row: dict, key: str) -> float | None:
 
 def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement_ms: int = 3000,
         stability_pct: int = 100, timeout_s: float = 120.0, pa: list[str] | None = None,
-        workdir: Path | None = None, sync: bool = False) -> dict:
+        workdir: Path | None = None, sync: bool = False, protocol: str = "grpc") -> dict:
     """One perf_analyzer run at ``concurrency``; returns throughput and latency (ms) or an error.
+
+    ``protocol``: "grpc" (the default) or "http" (``url`` is then the server's HTTP address): the
+    same requests through Triton's other frontend.
 
     ``sync``: perf_analyzer's own default, one blocking call per request on each of
     ``concurrency`` threads, instead of ``--async`` (a completion thread hands responses back);
@@ -60,8 +63,10 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
     if not pa:
         return {"concurrency": concurrency, "error": "no perf_analyzer (set PERF_ANALYZER or install perf-analyzer)"}
     workdir = Path(workdir or tempfile.mkdtemp(prefix="pa-"))
-    out_csv = workdir / f"{model}_c{concurrency}{'_sync' if sync else ''}.csv"
-    cmd = [*pa, "-m", model, "-i", "grpc", "-u", url, "--input-data", str(input_data),
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"protocol must be grpc or http, not {protocol!r}")
+    out_csv = workdir / f"{model}_c{concurrency}{'_sync' if sync else ''}_{protocol}.csv"
+    cmd = [*pa, "-m", model, "-i", protocol, "-u", url, "--input-data", str(input_data),
            "--concurrency-range", f"{concurrency}:{concurrency}", *(() if sync else ("--async",)), "--max-threads", "16",
            "--measurement-interval", str(measurement_ms), "--stability-percentage", str(stability_pct),
            "--max-trials", "6",
@@ -80,7 +85,7 @@ def run(model: str, url: str, concurrency: int, input_data: Path, *, measurement
     with out_csv.open() as f:
         row = next(csv.DictReader(f))
     return {
-        "concurrency": concurrency, "mode": "sync" if sync else "async",
+        "concurrency": concurrency, "mode": "sync" if sync else "async", "protocol": protocol,
         "infer_per_s": float(row["Inferences/Second"]),
         "p50_ms": _ms(row, "p50 latency"), "p90_ms": _ms(row, "p90 latency"),
         "p95_ms": _ms(row, "p95 latency"), "p99_ms": _ms(row, "p99 latency"),
@@ -156,6 +161,40 @@ def cpu_seconds(root: int | None = None) -> dict[str, float]:
     return out
 
 
+def thread_seconds(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every thread of the server's processes (those
+    :func:`_process_groups` finds): tid -> ("group/thread name", seconds). A thread near one
+    core busy over a step is a serial stage that more instances or cores cannot widen."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for pid, group in _process_groups(root).items():
+        if group == "perf_analyzer":
+            continue
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[int(tid)] = (f"{group}/{name}", (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def busiest_threads(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                    wall_s: float, top: int = 10) -> list[dict]:
+    """The ``top`` threads by cores busy between two :func:`thread_seconds` readings (1.0 = one
+    core all the time), busiest first; threads under 1% are left out."""
+    rows = [{"thread": name, "tid": tid, "busy": round((seconds - before.get(tid, (name, 0.0))[1]) / wall_s, 3)}
+            for tid, (name, seconds) in after.items()]
+    rows.sort(key=lambda r: -r["busy"])
+    return [r for r in rows[:top] if r["busy"] >= 0.01]
+
+
 class Sampler:
     """CPU seconds per process group and the GPU's utilization over a step (``with Sampler() as s``)."""
 
@@ -167,6 +206,7 @@ class Sampler:
         self._stop = threading.Event()
 
     def __enter__(self) -> "Sampler":
+        self._threads0 = thread_seconds(self.root) if self.root else {}
         self._cpu0, self._t0 = cpu_seconds(self.root), time.perf_counter()
         if self.gpu:
             self._thread = threading.Thread(target=self._poll_gpu, daemon=True)
@@ -194,5 +234,7 @@ class Sampler:
                            for k in sorted(after) if after.get(k, 0.0) - self._cpu0.get(k, 0.0) > 0.01},
             "host_cores": os.cpu_count(),
         }
+        if self.root:  # the server's busiest threads (tritonserver's frontends and instances, the stubs)
+            self.result["busiest_threads"] = busiest_threads(self._threads0, thread_seconds(self.root), wall)
         if self.gpu_samples:
             self.result["gpu_util_mean_pct"] = round(sum(self.gpu_samples) / len(self.gpu_samples), 1)

@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, help="experiment: every model's instance count (a copy of the repository)")
     parser.add_argument("--rotate", action="store_true",
                         help="experiment: instances in one group, --rate-limit=off (idle instances in turn)")
+    parser.add_argument("--protocols", default="grpc",
+                        help="perf_analyzer's protocol(s) at each concurrency, side by side: grpc, http or grpc,http")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="experiment: an extra tritonserver option (repeatable), e.g. --grpc-infer-allocation-pool-size=512")
     parser.add_argument("--out", required=True)
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.instances or args.rotate:
         repository = with_instances(repository, args.instances, work / "repository", rotate=args.rotate)
         result["instances"], result["rotate"] = args.instances, args.rotate
-    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log),
+    result["protocols"], result["server_args"] = args.protocols.split(","), args.server_arg
+    server = EmbeddedServer(repository, Ports.free(), log_path=Path(args.log), extra_args=tuple(args.server_arg),
                             rate_limit="off" if args.rotate else "execution_count")
     started = time.perf_counter()
     try:
@@ -155,19 +160,20 @@ def main(argv: list[str] | None = None) -> int:
                 if name in reference:
                     entry["correctness"] = check(url, name, reference[name])
                     log(f"{name} correctness: {entry['correctness']}")
-                for c in (int(x) for x in args.concurrency.split(",") if x):
+                for c, protocol in ((int(x), p) for x in args.concurrency.split(",") if x for p in result["protocols"]):
                     before = statistics(url)
                     with perf_analyzer.Sampler(root=server.process.pid) as sampler:
-                        row = perf_analyzer.run(name, url, c, input_data, measurement_ms=args.measurement_ms,
-                                                workdir=work)
+                        row = perf_analyzer.run(name, server.http_url if protocol == "http" else url, c, input_data,
+                                                measurement_ms=args.measurement_ms, workdir=work, protocol=protocol)
                     row["stages"] = stage_summary(before, statistics(url), sampler.result["wall_s"])
                     row["load"] = sampler.result
                     entry["sweep"].append(row)
                     write_json(args.out, result)
-                    log(f"{args.label} {name} c={c}: {row.get('infer_per_s', float('nan')):8.0f}/s "
+                    log(f"{args.label} {name} c={c} {protocol}: {row.get('infer_per_s', float('nan')):8.0f}/s "
                         f"p50 {row.get('p50_ms') or float('nan'):.3f} ms {row.get('error', '')} "
                         f"cores {sampler.result['cores_busy']} gpu {sampler.result.get('gpu_util_mean_pct')}% "
-                        f"batch {[(k, v['mean_batch']) for k, v in row['stages'].items()]}")
+                        f"batch {[(k, v['mean_batch']) for k, v in row['stages'].items()]} "
+                        f"threads {[(t['thread'], t['busy']) for t in sampler.result.get('busiest_threads', [])[:6]]}")
     finally:
         write_json(args.out, result)
     return 0
