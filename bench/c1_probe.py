@@ -7,6 +7,8 @@
     server's phase times (``TRTSERVE_PHASE_TIMES=1``: read, tokenize, engine, postprocess, respond
     per execution, logged by the model at unload);
   * the do-nothing floor of the same topology under perf_analyzer at c=1;
+  * the served model and the floor again over HTTP (async): the same requests through Triton's
+    other frontend (libevhtp instead of gRPC's completion-queue threads);
   * raw ONNX Runtime and the one model in-process again, each call after an idle gap
     (``--gap-ms``, the caller sleeping: what a core does between a served c=1 request and the
     next): whether the host makes the same code slower after its cores idled, apart from Triton.
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "triton.log"
     floor_repo = write_floor_repository(repository, work / "floor_repository")
     rows: dict[str, list] = {k: [] for k in ("raw_ms", "one_model_ms", "raw_gap_ms", "one_model_gap_ms",
-                                             "served_async", "served_sync", "floor_async")}
+                                             "served_async", "served_sync", "floor_async",
+                                             "served_http", "floor_http")}
     with EmbeddedServer(repository, Ports.free(), log_path=log) as server, \
             EmbeddedServer(floor_repo, Ports.free(), log_path=work / "floor.log") as floor:
         server.wait_ready(180)
@@ -110,13 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             rows["one_model_ms"] += time_calls(in_process, chunk)
             rows["raw_gap_ms"] += gap_calls(raw, chunk, args.gap_ms)
             rows["one_model_gap_ms"] += gap_calls(in_process_after_gap, chunk, args.gap_ms)
-            for key, url, sync in (("served_async", server.grpc_url, False), ("served_sync", server.grpc_url, True),
-                                   ("floor_async", floor.grpc_url, False)):
-                got = perf_analyzer.run("sentiment", url, 1, data, measurement_ms=3000, workdir=work, sync=sync)
+            for key, url, sync, protocol in (("served_async", server.grpc_url, False, "grpc"),
+                                             ("served_sync", server.grpc_url, True, "grpc"),
+                                             ("floor_async", floor.grpc_url, False, "grpc"),
+                                             ("served_http", server.http_url, False, "http"),
+                                             ("floor_http", floor.http_url, False, "http")):
+                got = perf_analyzer.run("sentiment", url, 1, data, measurement_ms=3000, workdir=work, sync=sync,
+                                        protocol=protocol)
                 rows[key].append({k: got.get(k) for k in ("p50_ms", "p95_ms", "avg_ms", "server_compute_infer_ms",
                                                            "network_server_ms", "error")})
             print(f"round {r + 1}/{args.rounds}: raw {statistics.median(rows['raw_ms']):.2f} ms, "
-                  f"served {rows['served_async'][-1]['p50_ms']} / sync {rows['served_sync'][-1]['p50_ms']} ms",
+                  f"served {rows['served_async'][-1]['p50_ms']} / sync {rows['served_sync'][-1]['p50_ms']} / "
+                  f"http {rows['served_http'][-1]['p50_ms']} ms, floor {rows['floor_async'][-1]['p50_ms']} / "
+                  f"http {rows['floor_http'][-1]['p50_ms']} ms",
                   file=sys.stderr)
     served_phases = PHASES.findall(log.read_text())
     result = {
@@ -127,14 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         "one_model_in_process_after_gap": latency_summary(rows["one_model_gap_ms"]),
         "one_model_phases_after_gap_us": gap_clock.summary(),
         "served_phases_us": served_phases[-1][1] if served_phases else None,
-        **{k: rows[k] for k in ("served_async", "served_sync", "floor_async")},
+        **{k: rows[k] for k in ("served_async", "served_sync", "floor_async",
+                                             "served_http", "floor_http")},
     }
 
     def median_p50(key: str) -> float | None:
         values = [x["p50_ms"] for x in rows[key] if x.get("p50_ms") is not None]
         return statistics.median(values) if values else None
 
-    result["medians_p50_ms"] = {k: median_p50(k) for k in ("served_async", "served_sync", "floor_async")}
+    result["medians_p50_ms"] = {k: median_p50(k) for k in ("served_async", "served_sync", "floor_async",
+                                             "served_http", "floor_http")}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("raw_onnxruntime", "one_model_in_process", "one_model_phases_us",
