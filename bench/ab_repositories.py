@@ -10,6 +10,15 @@ time per request in each step of the ensemble.
     cp -r model_repository/cpu /tmp/b && $EDITOR /tmp/b/sentiment_encoder/config.pbtxt
     python -m bench.ab_repositories model_repository/cpu /tmp/b --rounds 20 [--throughput-seconds 5]
 
+``--server-args`` (once per repository, in order) starts that repository's server with extra
+tritonserver options: one repository twice with two sets of options A/Bs a server setting, e.g.
+the Python backend's shared memory:
+
+    python -m bench.ab_repositories model_repository/cpu model_repository/cpu --server-args= \
+        --server-args=--backend-config=python,shm-default-byte-size=67108864 --perf-analyzer --rounds 6
+
+(the ``=`` form: argparse would take a value that starts with ``--`` for an option of its own)
+
 With ``--perf-analyzer`` the served numbers of each round come from perf_analyzer (the outside
 C++ client `make bench` reads the targets with): c=1, and 8 clients when ``--throughput-seconds``
 is set. Reference rows, measured in the same rounds: ``--floor`` (the first repository's models
@@ -23,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -55,6 +65,18 @@ def reference_callers(args) -> dict:
     return out
 
 
+def server_variants(repositories, server_args) -> list[tuple[str, list[str]]]:
+    """(name, extra tritonserver options) per repository: ``server_args[i]`` (one string, split as
+    a shell would) for the i-th, none for those past the end; the name is the path and the options."""
+    if len(server_args) > len(repositories):
+        raise ValueError("more --server-args than repositories")
+    extra = [shlex.split(a) for a in server_args] + [[] for _ in range(len(repositories) - len(server_args))]
+    names = [" ".join([str(r), *e]) for r, e in zip(repositories, extra)]
+    if len(set(names)) < len(names):
+        raise ValueError("two variants are the same repository with the same --server-args")
+    return list(zip(names, extra))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repositories", nargs="+", type=Path)
@@ -69,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="store_true", help="add the first repository's do-nothing floor (c=1)")
     parser.add_argument("--in-process", action="store_true", help="add each one model's Pipeline.run in-process")
     parser.add_argument("--raw-onnxruntime", action="store_true", help="add raw ONNX Runtime in-process")
+    parser.add_argument("--server-args", action="append", default=[],
+                        help="extra tritonserver options for the repository in the same position (repeat per repository)")
     parser.add_argument("--output", type=Path, help="write the rounds and medians as JSON")
     args = parser.parse_args(argv)
+    try:
+        variants = server_variants(args.repositories, args.server_args)
+    except ValueError as e:
+        parser.error(str(e))
 
     from bench import perf_analyzer
     from bench.ensemble_floor import write_floor_repository
@@ -85,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         print("no perf_analyzer here (set PERF_ANALYZER): the Python client measures", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="ab-pa-"))  # under /tmp: a perf_analyzer container sees it
     data = perf_analyzer.write_input_data(texts[:1000], work / "texts.json") if pa else None
-    names = [str(r) for r in args.repositories]
+    names, extra = [n for n, _ in variants], [e for _, e in variants]
     repos = list(args.repositories)
     if args.floor:
         repos.append(write_floor_repository(repos[0], logs / "ab_floor_repository"))
-        names.append(f"floor of {names[0]} (models doing nothing)")
-    servers = [EmbeddedServer(r, Ports.free(), log_path=logs / f"ab_triton_{i}.log") for i, r in enumerate(repos)]
+        names.append(f"floor of {args.repositories[0]} (models doing nothing)")
+        extra.append([])
+    servers = [EmbeddedServer(r, Ports.free(), log_path=logs / f"ab_triton_{i}.log", extra_args=tuple(e))
+               for i, (r, e) in enumerate(zip(repos, extra))]
     rows = {name: {"c1_p50_ms": [], "c1_p95_ms": [], "clients8_per_s": []} for name in names}
     steps = {name: {} for name in names}
     with contextlib.ExitStack() as stack:
@@ -177,7 +207,8 @@ def report(rows: dict, steps: dict, args, client: str) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({
             "client": client, "rounds": args.rounds, "load_average_at_end": os.getloadavg(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds_by_subject": rows, "median": medians,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "server_args": args.server_args, "rounds_by_subject": rows,
+            "median": medians,
             "c1_steps_us_per_request": {n: mean_step_times(s) for n, s in steps.items()}}, indent=2) + "\n")
     return 0
 
