@@ -38,6 +38,11 @@ from bench import perf_analyzer  # noqa: E402
 from bench.bench_serving import (REPO_ROOT, latency_summary, one_model_pipeline, onnxruntime_caller,  # noqa: E402
                                  time_calls)
 
+#: the perf_analyzer subjects, each read at c=1 in every round: (key, which server, sync, protocol)
+SERVED = (("served_async", "server", False, "grpc"), ("served_sync", "server", True, "grpc"),
+          ("floor_async", "floor", False, "grpc"), ("served_http", "server", False, "http"),
+          ("floor_http", "floor", False, "http"))
+SERVED_KEYS = tuple(key for key, *_ in SERVED)
 PHASES = re.compile(r"sentiment phase times: (\d+) executions, us per execution: ([^\"\n]*)")
 
 
@@ -97,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "triton.log"
     floor_repo = write_floor_repository(repository, work / "floor_repository")
     rows: dict[str, list] = {k: [] for k in ("raw_ms", "one_model_ms", "raw_gap_ms", "one_model_gap_ms",
-                                             "served_async", "served_sync", "floor_async",
-                                             "served_http", "floor_http")}
+                                             *SERVED_KEYS)}
     with EmbeddedServer(repository, Ports.free(), log_path=log) as server, \
             EmbeddedServer(floor_repo, Ports.free(), log_path=work / "floor.log") as floor:
         server.wait_ready(180)
@@ -113,11 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             rows["one_model_ms"] += time_calls(in_process, chunk)
             rows["raw_gap_ms"] += gap_calls(raw, chunk, args.gap_ms)
             rows["one_model_gap_ms"] += gap_calls(in_process_after_gap, chunk, args.gap_ms)
-            for key, url, sync, protocol in (("served_async", server.grpc_url, False, "grpc"),
-                                             ("served_sync", server.grpc_url, True, "grpc"),
-                                             ("floor_async", floor.grpc_url, False, "grpc"),
-                                             ("served_http", server.http_url, False, "http"),
-                                             ("floor_http", floor.http_url, False, "http")):
+            for key, which, sync, protocol in SERVED:
+                target = server if which == "server" else floor
+                url = target.http_url if protocol == "http" else target.grpc_url
                 got = perf_analyzer.run("sentiment", url, 1, data, measurement_ms=3000, workdir=work, sync=sync,
                                         protocol=protocol)
                 rows[key].append({k: got.get(k) for k in ("p50_ms", "p95_ms", "avg_ms", "server_compute_infer_ms",
@@ -136,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_model_in_process_after_gap": latency_summary(rows["one_model_gap_ms"]),
         "one_model_phases_after_gap_us": gap_clock.summary(),
         "served_phases_us": served_phases[-1][1] if served_phases else None,
-        **{k: rows[k] for k in ("served_async", "served_sync", "floor_async",
-                                             "served_http", "floor_http")},
+        **{k: rows[k] for k in SERVED_KEYS},
     }
 
     def median_p50(key: str) -> float | None:

@@ -148,40 +148,42 @@ def _process_groups(root: int | None = None) -> dict[int, str]:
     return groups
 
 
-def cpu_seconds(root: int | None = None) -> dict[str, float]:
-    """CPU seconds (user + system) so far, summed per process group."""
-    tick = os.sysconf("SC_CLK_TCK")
+def cpu_seconds(root: int | None = None, groups: dict[int, str] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) so far, summed per process group (``groups``: a
+    :func:`_process_groups` reading already taken, else one is taken)."""
+    from trtserve_server.processes import cpu_seconds as process_seconds
+
     out: dict[str, float] = {}
-    for pid, group in _process_groups(root).items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    for pid, group in (_process_groups(root) if groups is None else groups).items():
+        seconds = process_seconds(pid)
+        if seconds is not None:  # None: gone since the scan
+            out[group] = out.get(group, 0.0) + seconds
     return out
 
 
-def thread_seconds(root: int | None = None) -> dict[int, tuple[str, float]]:
+def thread_seconds(root: int | None = None, groups: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) so far of every thread of the server's processes (those
-    :func:`_process_groups` finds): tid -> ("group/thread name", seconds). A thread near one
-    core busy over a step is a serial stage that more instances or cores cannot widen."""
-    tick = os.sysconf("SC_CLK_TCK")
+    :func:`_process_groups` finds, or ``groups``): tid -> ("group/thread name", seconds). A thread
+    near one core busy over a step is a serial stage that more instances or cores cannot widen."""
+    from trtserve_server.processes import cpu_seconds as process_seconds
+
     out: dict[int, tuple[str, float]] = {}
-    for pid, group in _process_groups(root).items():
+    for pid, group in (_process_groups(root) if groups is None else groups).items():
         if group == "perf_analyzer":
             continue
+        tasks = Path(f"/proc/{pid}/task")
         try:
-            tids = os.listdir(f"/proc/{pid}/task")
+            tids = os.listdir(tasks)
         except OSError:
             continue
         for tid in tids:
             try:
-                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                name = (tasks / tid / "comm").read_text().strip()
             except OSError:
                 continue
-            name = text[text.index("(") + 1:text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
-            out[int(tid)] = (f"{group}/{name}", (int(fields[11]) + int(fields[12])) / tick)
+            seconds = process_seconds(int(tid), tasks)  # a thread's stat, read alike
+            if seconds is not None:
+                out[int(tid)] = (f"{group}/{name}", seconds)
     return out
 
 
@@ -206,12 +208,16 @@ class Sampler:
         self._stop = threading.Event()
 
     def __enter__(self) -> "Sampler":
-        self._threads0 = thread_seconds(self.root) if self.root else {}
-        self._cpu0, self._t0 = cpu_seconds(self.root), time.perf_counter()
+        (self._cpu0, self._threads0), self._t0 = self._reading(), time.perf_counter()
         if self.gpu:
             self._thread = threading.Thread(target=self._poll_gpu, daemon=True)
             self._thread.start()
         return self
+
+    def _reading(self) -> tuple[dict[str, float], dict[int, tuple[str, float]]]:
+        """CPU seconds per process group and, with a root, per server thread, from one scan of /proc."""
+        groups = _process_groups(self.root)
+        return cpu_seconds(groups=groups), (thread_seconds(groups=groups) if self.root else {})
 
     def _poll_gpu(self) -> None:
         while not self._stop.is_set():
@@ -226,7 +232,7 @@ class Sampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         wall = time.perf_counter() - self._t0
-        after = cpu_seconds(self.root)
+        after, threads = self._reading()
         self.result = {
             "wall_s": round(wall, 2),
             # cores busy on average over the step, per process group (1.0 = one core all the time)
@@ -235,6 +241,6 @@ class Sampler:
             "host_cores": os.cpu_count(),
         }
         if self.root:  # the server's busiest threads (tritonserver's frontends and instances, the stubs)
-            self.result["busiest_threads"] = busiest_threads(self._threads0, thread_seconds(self.root), wall)
+            self.result["busiest_threads"] = busiest_threads(self._threads0, threads, wall)
         if self.gpu_samples:
             self.result["gpu_util_mean_pct"] = round(sum(self.gpu_samples) / len(self.gpu_samples), 1)
