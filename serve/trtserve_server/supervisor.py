@@ -328,7 +328,7 @@ class Supervisor:
                 self.stats.add("reloads", model)
             log.info("unload %.2fs, load %.2fs", unloaded - started, time.monotonic() - unloaded)
         except (urllib.error.URLError, OSError, ValueError) as e:
-            self._restart("reload-failed", f"reload of {', '.join(suspects)} failed: {e}")
+            self._restart_after_reload(f"reload of {', '.join(suspects)} failed: {e}")
             return
         stubs = stubs_of(self.server.process.pid)
         self._known_stubs = {st.instance: st.pid for st in stubs}
@@ -344,8 +344,18 @@ class Supervisor:
             self.stats.set(last_event=f"reloaded {', '.join(suspects)}: {result.describe()}")
             log.warning("recovered %s by reloading %s, %.2fs after detection", deployment.name, ", ".join(suspects), took)
         else:
-            self._restart("reload-failed", f"reload of {', '.join(suspects)} did not restore "
-                          f"{deployment.name}: {confirm.describe()}")
+            self._restart_after_reload(f"reload of {', '.join(suspects)} did not restore "
+                                       f"{deployment.name}: {confirm.describe()}")
+
+    def _restart_after_reload(self, cause: str) -> None:
+        """A reload did not repair: restart, counted as what happened. A tritonserver that exited
+        meanwhile (a crash during the repair) is an "exited" restart with its signal or code,
+        as the loop counts it, not a failed reload."""
+        code = self.server.process.poll() if self.server.process is not None else None
+        if code is not None:
+            self._restart("exited", f"tritonserver {describe_exit(code)}")
+        else:
+            self._restart("reload-failed", cause)
 
     def _restart(self, kind: str, cause: str) -> None:
         """Stop tritonserver (its whole process group) and start it again, backing off when

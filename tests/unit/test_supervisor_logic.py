@@ -314,6 +314,29 @@ def test_a_restart_loop_backs_off_and_counts_every_attempt(monkeypatch):
     assert status["server_up"] and status["recoveries"] == {"restart": 1}
 
 
+def test_a_server_that_dies_during_a_repair_is_an_exited_restart_not_a_failed_reload():
+    """A reload that does not repair restarts the server: counted as a failed reload while the
+    server runs, but as "exited", with its signal, when the server itself died meanwhile (a crash
+    during the repair, seen in CI: the restart was miscounted and its cause hidden)."""
+    import signal
+
+    from trtserve_server import supervisor as sv
+
+    class Crashed(_FakeProcess):
+        def poll(self):
+            return -signal.SIGSEGV
+
+    server = _FakeServer(failures=0)
+    sup = sv.Supervisor(server, sv.SupervisorSettings())
+    server.process = Crashed()
+    sup._restart_after_reload("reload of embed did not restore embed: connection lost")
+    server.process = _FakeProcess()  # running (the restarted one)
+    sup._restart_after_reload("reload of embed did not restore embed: timeout")
+    status = sup.stats.snapshot()
+    assert status["restarts"] == {"exited": 1, "reload-failed": 1}
+    assert server.starts == 2
+
+
 def test_the_supervisor_refuses_a_server_without_the_key():
     from trtserve_server.supervisor import Supervisor
 
